@@ -1,0 +1,182 @@
+"""Micro-benchmark of the compiled state-space kernel on a synthetic diode clipper.
+
+The clipper (Yeh, Abel & Smith, DAFx-07): series R = 2.2 kOhm from the input to node
+``out``, C = 10 nF from ``out`` to ground, anti-parallel 1N914 diodes (IS = 2.52 nA,
+N = 1.752) from ``out`` to ground.  Trapezoidal rule at fs, state ``x`` = the capacitor's
+companion history current (amperes), one port ``v`` = V(out), ``f`` = the two diode currents
+(the second diode sees ``-v``: one port, two DiodeBlocks).  With ``Gs = 1/R + 2C/T``::
+
+    KCL at out:  (u - v)/R = 2C/T v - x + i1(v) - i2(-v)
+    v = (x + u/R)/Gs + (-i1 + i2)/Gs       ->  G = 1/Gs, H = 1/(R Gs), K = [-1/Gs, 1/Gs]
+    y = v                                  ->  D = G, E = H, F = K
+    x' = 4C/T v - x                        ->  A = 4C/T G - 1, B = 4C/T H, C = 4C/T K
+
+Run ``python benchmarks/bench_kernel.py`` (``--help`` for options).  Reports ns/sample for the
+forward pass (inference and with the trajectory saved), the backward pass and forward +
+backward through ``torch.autograd``, all on one thread; the bytes saved per sample for
+backward; and the compile time cold (fresh cache directory) and cached (a new process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+R_SERIES = 2.2e3  # ohms
+C_SHUNT = 10e-9  # farads
+DIODE = {"IS": 2.52e-9, "N": 1.752}  # 1N914 (Yeh, Abel & Smith, DAFx-07)
+
+
+def clipper_matrices(fs: float, r: float = R_SERIES, c: float = C_SHUNT) -> tuple[np.ndarray, ...]:
+    """The nine DK matrices of the clipper at sample rate ``fs`` hertz (see the module doc)."""
+    t = 1.0 / fs
+    gs = 1.0 / r + 2.0 * c / t
+    k4 = 4.0 * c / t
+    G = np.array([[1.0 / gs]])
+    H = np.array([[1.0 / (r * gs)]])
+    K = np.array([[-1.0 / gs, 1.0 / gs]])
+    return (k4 * G - 1.0, k4 * H, k4 * K, G.copy(), H.copy(), K.copy(), G, H, K)
+
+
+def clipper_nonlinearity():
+    """Two DiodeBlocks on one port (the second reversed) and their theta (2 x 31 entries)."""
+    from circuitsim.kernels.devices import diode_params_vector
+    from circuitsim.kernels.nonlinearity import DiodeBlock, build_nonlinearity
+
+    pv = diode_params_vector(DIODE)
+    nl = build_nonlinearity([DiodeBlock(port=0, out_i=0, theta=0, sign=1.0),
+                             DiodeBlock(port=0, out_i=1, theta=pv.size, sign=-1.0)], 1, 2)
+    return nl, np.concatenate([pv, pv])
+
+
+def _input(fs: float, seconds: float, amplitude: float, batch: int) -> np.ndarray:
+    t = np.arange(int(fs * seconds)) / fs
+    # a decaying 110 Hz "guitar note" with harmonics plus a 1 kHz tone, volts
+    sig = np.sin(2 * np.pi * 110 * t) + 0.5 * np.sin(2 * np.pi * 330 * t + 0.3) + 0.3 * np.sin(2 * np.pi * 1000 * t)
+    sig = amplitude * sig * np.exp(-t / max(seconds, 1e-9))
+    return np.repeat(sig[None, :, None], batch, axis=0)
+
+
+def compile_probe() -> dict[str, float]:
+    """Time building and first-calling the kernels (run in a subprocess; see --compile)."""
+    t0 = time.perf_counter()
+    from circuitsim.kernels import statespace as ss
+
+    t_import = time.perf_counter() - t0
+    nl, theta = clipper_nonlinearity()
+    mats = clipper_matrices(384e3)
+    u = _input(384e3, 0.001, 1.0, 1)
+    t1 = time.perf_counter()
+    res = ss.forward(nl, mats, theta, u, np.zeros((1, 1)), options=ss.KernelOptions(threads=1))
+    t2 = time.perf_counter()
+    ss.backward(nl, mats, theta, u, res.v, res.checkpoints, np.ones_like(res.y), options=ss.KernelOptions(threads=1))
+    t3 = time.perf_counter()
+    return {"import_s": t_import, "forward_first_call_s": t2 - t1, "backward_first_call_s": t3 - t2}
+
+
+def _probe_in_subprocess(cache: str) -> dict[str, float]:
+    env = dict(os.environ, CIRCUITSIM_CACHE=cache)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--compile-probe"], env=env, check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _best(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--fs", type=float, default=384e3, help="sample rate, hertz")
+    ap.add_argument("--seconds", type=float, default=1.0, help="signal length, seconds")
+    ap.add_argument("--amplitude", type=float, default=4.0, help="input peak, volts")
+    ap.add_argument("--predictor", default="tangent", choices=["previous", "linear", "tangent"])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="also time cold and cached compilation (subprocesses)")
+    ap.add_argument("--compile-probe", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.compile_probe:
+        print(json.dumps(compile_probe()))
+        return
+
+    from circuitsim.kernels import statespace as ss
+    from circuitsim.kernels.autograd import run_state_space
+
+    torch.set_num_threads(1)
+    nl, theta = clipper_nonlinearity()
+    mats = clipper_matrices(args.fs)
+    u = _input(args.fs, args.seconds, args.amplitude, 1)
+    x0 = np.zeros((1, 1))
+    n = u.shape[1]
+    opts = ss.KernelOptions(predictor=args.predictor, threads=1)
+    warm = ss.forward(nl, mats, theta, u[:, :1000], x0, options=opts)  # compile / load
+    ss.backward(nl, mats, theta, u[:, :1000], warm.v, warm.checkpoints, np.ones_like(warm.y), options=opts)
+
+    res = ss.forward(nl, mats, theta, u, x0, options=opts, save=False)
+    t_inf = _best(lambda: ss.forward(nl, mats, theta, u, x0, options=opts, save=False), args.repeats)
+    t_fwd = _best(lambda: ss.forward(nl, mats, theta, u, x0, options=opts, save=True), args.repeats)
+    saved = ss.forward(nl, mats, theta, u, x0, options=opts, save=True)
+    gy = np.ones_like(saved.y)
+    t_bwd = _best(lambda: ss.backward(nl, mats, theta, u, saved.v, saved.checkpoints, gy, options=opts), args.repeats)
+
+    # end to end through torch.autograd: matrices and theta (from IS, N) require grad
+    from circuitsim.kernels.nonlinearity import diode_theta_torch
+
+    mt = [torch.tensor(m, requires_grad=True) for m in mats]
+    is_ = torch.tensor(DIODE["IS"], dtype=torch.float64, requires_grad=True)
+    nn_ = torch.tensor(DIODE["N"], dtype=torch.float64, requires_grad=True)
+    ut = torch.from_numpy(u)
+
+    def end_to_end() -> None:
+        p = diode_theta_torch({"IS": is_, "N": nn_})
+        th = torch.cat([p, p])
+        y, _, _ = run_state_space(mt, th, ut, torch.zeros(1, 1, dtype=torch.float64), nl, options=opts)
+        (y * y).mean().backward()
+
+    end_to_end()
+    t_e2e = _best(end_to_end, args.repeats)
+    t_e2e_fwd = _best(lambda: run_state_space(mt, torch.cat([diode_theta_torch(DIODE)] * 2), ut,
+                                              torch.zeros(1, 1, dtype=torch.float64), nl, options=opts),
+                      args.repeats)
+
+    saved_bytes = saved.v.nbytes + saved.checkpoints.nbytes
+    report = {
+        "samples": n,
+        "fs_hz": args.fs,
+        "predictor": args.predictor,
+        "newton_iterations_per_sample": res.stats[0, ss.ST_ITER] / n,
+        "max_iterations": int(res.stats[0, ss.ST_MAXITER]),
+        "fallbacks": int(res.stats[0, ss.ST_DAMPED] + res.stats[0, ss.ST_HOMOTOPY]),
+        "forward_inference_ns_per_sample": 1e9 * t_inf / n,
+        "forward_saving_ns_per_sample": 1e9 * t_fwd / n,
+        "backward_kernel_ns_per_sample": 1e9 * t_bwd / n,
+        "autograd_forward_ns_per_sample": 1e9 * t_e2e_fwd / n,
+        "autograd_forward_backward_ns_per_sample": 1e9 * t_e2e / n,
+        "ratio_forward_backward_to_forward": t_e2e / t_inf,
+        "saved_bytes_per_sample": saved_bytes / n,
+    }
+    if args.compile:
+        with tempfile.TemporaryDirectory() as cache:
+            report["compile_cold"] = _probe_in_subprocess(cache)
+            report["compile_cached"] = _probe_in_subprocess(cache)
+    for k, v in report.items():
+        print(f"{k:42s} {v:.4g}" if isinstance(v, float) else f"{k:42s} {v}")
+
+
+if __name__ == "__main__":
+    main()

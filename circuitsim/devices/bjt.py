@@ -1,0 +1,318 @@
+"""The ngspice 39 Gummel-Poon BJT at TEMP = TNOM = 27 degC, in differentiable torch.
+
+Equations: ``docs/devices.md``, transcribed from ngspice-39 ``src/spicelib/devices/bjt/
+bjtload.c`` (currents, base charge, charges), ``bjttemp.c`` (derived quantities at T = TNOM),
+``bjtsetup.c`` (defaults) and ``bjt.c`` (the parameter tables).
+
+Conventions: internal voltages ``vbe = V(b') - V(e')``, ``vbc = V(b') - V(c')`` (volts);
+``ib`` flows b' -> e' and ``ic`` flows c' -> e' (the currents into the internal base and
+collector, amperes); ``qbe`` is the charge on branch b' -> e', ``qbc`` on b' -> c' (coulombs).
+PNP (polarity -1) is ``-f(-v)``.  RB, RC, RE are linear resistors added by the caller.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from circuitsim.devices.constants import GMIN, ROOT2, VT
+from circuitsim.devices.diode import depletion_charge, limexp, pn_current
+
+DTYPE = torch.float64
+INF = math.inf
+
+# Model parameters the equations use, with ngspice's defaults (bjtsetup.c).  "Not given" in
+# ngspice maps to: VAF = VAR = IKF = IKR = VTF = inf (0 means the same in ngspice and here),
+# IBE = IBC = 0 (both must be > 0 to replace IS).  RB, RC, RE are read by the caller.
+BJT_DEFAULTS: dict[str, float] = {
+    "IS": 1e-16,  # transport saturation current, A
+    "IBE": 0.0,  # B-E saturation current, A (used, with IBC, instead of IS when both are given)
+    "IBC": 0.0,  # B-C saturation current, A
+    "BF": 100.0,  # ideal forward beta
+    "NF": 1.0,  # forward emission coefficient
+    "VAF": INF,  # forward Early voltage, V
+    "IKF": INF,  # forward beta roll-off corner current, A
+    "NKF": 0.5,  # high-current roll-off exponent (limited to 1)
+    "ISE": 0.0,  # B-E leakage saturation current, A (values > 1e-4 multiply IS, SPICE2 "C2")
+    "NE": 1.5,  # B-E leakage emission coefficient
+    "BR": 1.0,  # ideal reverse beta
+    "NR": 1.0,  # reverse emission coefficient
+    "VAR": INF,  # reverse Early voltage, V
+    "IKR": INF,  # reverse roll-off corner current, A
+    "ISC": 0.0,  # B-C leakage saturation current, A (values > 1e-4 multiply IS, SPICE2 "C4")
+    "NC": 2.0,  # B-C leakage emission coefficient
+    "RB": 0.0,  # base resistance, ohms (caller; also decides where XCJC's remainder goes)
+    "RC": 0.0,  # collector resistance, ohms (caller)
+    "RE": 0.0,  # emitter resistance, ohms (caller)
+    "CJE": 0.0,  # B-E zero-bias depletion capacitance, F
+    "VJE": 0.75,  # B-E built-in potential, V
+    "MJE": 0.33,  # B-E grading coefficient (limited to 0.999)
+    "TF": 0.0,  # ideal forward transit time, s
+    "XTF": 0.0,  # TF bias dependence coefficient
+    "VTF": INF,  # voltage for the VBC dependence of TF, V
+    "ITF": 0.0,  # high-current parameter for TF, A
+    "CJC": 0.0,  # B-C zero-bias depletion capacitance, F
+    "VJC": 0.75,  # B-C built-in potential, V
+    "MJC": 0.33,  # B-C grading coefficient (limited to 0.999)
+    "XCJC": 1.0,  # fraction of CJC on the internal base
+    "TR": 0.0,  # ideal reverse transit time, s
+    "FC": 0.5,  # forward-bias depletion coefficient (limited to 0.9999)
+}
+
+_TEMPCO = ("TBF1 TBF2 TBR1 TBR2 TIKF1 TIKF2 TIKR1 TIKR2 TIRB1 TIRB2 TNC1 TNC2 TNE1 TNE2 TNF1 TNF2 "
+           "TNR1 TNR2 TRB1 TRB TRB2 TRC1 TRC TRC2 TRE1 TRE TRE2 TRM1 TRM2 TVAF1 TVAF2 TVAR1 TVAR2 "
+           "CTC CTE CTS TVJC TVJE TVJS TITF1 TITF2 TTF1 TTF2 TTR1 TTR2 TMJE1 TMJE2 TMJC1 TMJC2 "
+           "TMJS1 TMJS2 TNS1 TNS2 TIS1 TIS2 TISE1 TISE2 TISC1 TISC2 TISS1 TISS2").split()
+
+# Accepted, without effect on DC and transient results at TEMP = TNOM: temperature parameters,
+# noise, safe-operating-area limits, and the temperature exponents of the quasi-saturation model.
+BJT_SILENT: frozenset[str] = frozenset(
+    ["TNOM", "TREF", "XTB", "EG", "XTI", "TLEV", "TLEVC", "KF", "AF", "VBE_MAX", "VBC_MAX", "VCE_MAX",
+     "PD_MAX", "IC_MAX", "IB_MAX", "TE_MAX", "RTH0", "QUASIMOD", "VG", "CN", "D"] + _TEMPCO)
+
+# The rest of ngspice 39's BJT model table: accepted, but results differ from ngspice when a card
+# gives them: variable base resistance (RBM, IRB), excess phase (PTF), the substrate junction
+# (ISS, NS, CJS and its aliases, VJS, MJS, SUBS) and Kull's quasi-saturation (RCO, VO, GAMMA, QCO).
+BJT_UNMODELLED: frozenset[str] = frozenset({
+    "RBM", "IRB", "PTF", "ISS", "NS", "CJS", "CSUB", "CCS", "VJS", "PS", "MJS", "MS", "SUBS",
+    "RCO", "VO", "GAMMA", "QCO",
+})
+
+# Alternative spellings of modelled parameters (bjt.c IOPR entries).
+BJT_ALIASES: dict[str, str] = {"VA": "VAF", "IK": "IKF", "C2": "ISE", "VB": "VAR", "C4": "ISC", "PE": "VJE",
+                               "ME": "MJE", "PC": "VJC", "MC": "MJC", "NK": "NKF"}
+
+# Instance parameters (bjt.c BJTpTable) with defaults.  AREAB and AREAC default to AREA.
+BJT_INSTANCE: dict[str, float] = {
+    "AREA": 1.0, "AREAB": 1.0, "AREAC": 1.0, "M": 1.0, "TEMP": 27.0, "DTEMP": 0.0,
+    "ICVBE": 0.0, "ICVCE": 0.0, "OFF": 0.0,
+}
+
+BJT_OPTIONS: dict[str, float] = {"GMIN": GMIN}
+
+
+class BJTEval(NamedTuple):
+    """Currents (A), charges (C) and their derivatives (S, F) w.r.t. vbe and vbc."""
+
+    ib: Tensor
+    ic: Tensor
+    qbe: Tensor
+    qbc: Tensor
+    dib_dvbe: Tensor
+    dib_dvbc: Tensor
+    dic_dvbe: Tensor
+    dic_dvbc: Tensor
+    dqbe_dvbe: Tensor
+    dqbe_dvbc: Tensor
+    dqbc_dvbe: Tensor
+    dqbc_dvbc: Tensor
+
+
+def _t(x: Tensor | float) -> Tensor:
+    return x if isinstance(x, Tensor) else torch.tensor(float(x), dtype=DTYPE)
+
+
+def _get(p: Mapping[str, Tensor | float], key: str) -> Tensor:
+    if key in p:
+        return _t(p[key])
+    return torch.tensor(BJT_DEFAULTS[key] if key in BJT_DEFAULTS else BJT_OPTIONS[key], dtype=DTYPE)
+
+
+def _inverse(x: Tensor) -> Tensor:
+    """1/x, and 0 where x is 0 (ngspice's "not given or zero" means infinite)."""
+    nz = x != 0.0
+    return torch.where(nz, 1.0 / torch.where(nz, x, torch.ones_like(x)), torch.zeros_like(x))
+
+
+def bjt_instance_params(p: Mapping[str, Tensor | float], area: Tensor | float = 1.0, m: Tensor | float = 1.0,
+                        areab: Tensor | float | None = None, areac: Tensor | float | None = None,
+                        polarity: float = 1.0) -> dict[str, Tensor]:
+    """Model parameters scaled for one instance exactly as ngspice 39 does (bjtsetup.c, bjttemp.c).
+
+    AREA scales IS, IBE, ISE, IKF, IKR, ITF, CJE and divides RB, RC, RE.  The B-C side is scaled
+    by AREAB for a vertical device (NPN default) or AREAC for a lateral one (PNP default): ISC,
+    CJC and the B-C saturation current -- which ngspice 39 forms as ``IS*AREA*AREAB`` when IBE/IBC
+    are not both given, so the result carries explicit IBE/IBC.  The multiplier M scales every
+    current and charge including GMIN, which is the same as scaling all the currents and
+    capacitances above and GMIN by M.  SPICE2's ISE/ISC > 1e-4 convention is applied here, on
+    the unscaled values.
+    """
+    a, mm = _t(area), _t(m)
+    ab = a if areab is None else _t(areab)
+    ac = a if areac is None else _t(areac)
+    abc = ab if polarity > 0 else ac  # bjtsetup.c: NPN vertical, PNP lateral
+    out = {k: _get(p, k) for k in BJT_DEFAULTS}
+    isat = out["IS"]
+    both = (out["IBE"] > 0.0) & (out["IBC"] > 0.0)
+    out["IBE"] = torch.where(both, out["IBE"], isat) * a * mm
+    out["IBC"] = torch.where(both, out["IBC"], isat * a) * abc * mm
+    for k in ("ISE", "ISC"):
+        out[k] = torch.where(out[k] > 1e-4, isat * out[k], out[k])
+    out["IS"] = isat * a * mm
+    out["ISE"] = out["ISE"] * a * mm
+    out["ISC"] = out["ISC"] * abc * mm
+    for k in ("IKF", "IKR", "ITF", "CJE"):
+        out[k] = out[k] * a * mm
+    out["CJC"] = out["CJC"] * abc * mm
+    for k in ("RB", "RC", "RE"):
+        out[k] = out[k] / a
+    out["GMIN"] = _get(p, "GMIN") * mm
+    return out
+
+
+def bjt_model(p: Mapping[str, Tensor | float]) -> dict[str, Tensor]:
+    """Derived quantities of bjttemp.c/bjtsetup.c at T = TNOM (differentiable in the parameters).
+
+    ``ISBE``/``ISBC`` (IS unless IBE and IBC are both > 0), ``ISE``/``ISC`` (SPICE2 multiplier
+    convention applied), thermal voltages ``VTF`` = NF*Vt, ``VTR`` = NR*Vt, ``VTE`` = NE*Vt,
+    ``VTC`` = NC*Vt, inverses ``IVAF``, ``IVAR``, ``IIKF``, ``IIKR`` (0 = infinite), ``NKF``
+    (<= 1), ``OVTF`` = 1/(1.44 VTF), limited ``FC``, ``MJE``, ``MJC``, the depletion constants
+    ``FCPE``, ``F1``, ``F2``, ``F3`` (B-E) and ``FCPC``, ``F5``, ``F6``, ``F7`` (B-C), ``CZBC``
+    (the B-C depletion capacitance on b'-c': CJC when RB = 0, else XCJC*CJC) and ``VCRIT``.
+    """
+    g = {k: _get(p, k) for k in BJT_DEFAULTS}
+    isat = g["IS"]
+    both = (g["IBE"] > 0.0) & (g["IBC"] > 0.0)
+    fc = torch.clamp(g["FC"], max=0.9999)  # bjttemp.c
+    mje = torch.clamp(g["MJE"], max=0.999)
+    mjc = torch.clamp(g["MJC"], max=0.999)
+    xfc = torch.log(1.0 - fc)
+    vje, vjc = g["VJE"], g["VJC"]
+    vtf = g["VTF"]
+    return {
+        "ISBE": torch.where(both, g["IBE"], isat),
+        "ISBC": torch.where(both, g["IBC"], isat),
+        "ISE": torch.where(g["ISE"] > 1e-4, isat * g["ISE"], g["ISE"]),  # bjtsetup.c
+        "ISC": torch.where(g["ISC"] > 1e-4, isat * g["ISC"], g["ISC"]),
+        "VTF": g["NF"] * VT, "VTR": g["NR"] * VT, "VTE": g["NE"] * VT, "VTC": g["NC"] * VT,
+        "IVAF": _inverse(g["VAF"]), "IVAR": _inverse(g["VAR"]),
+        "IIKF": _inverse(g["IKF"]), "IIKR": _inverse(g["IKR"]),
+        "NKF": torch.clamp(g["NKF"], max=1.0),  # bjtsetup.c
+        "OVTF": _inverse(vtf * 1.44),
+        "FC": fc, "MJE": mje, "MJC": mjc,
+        "FCPE": fc * vje,
+        "F1": vje * (1.0 - torch.exp((1.0 - mje) * xfc)) / (1.0 - mje),
+        "F2": torch.exp((1.0 + mje) * xfc),
+        "F3": 1.0 - fc * (1.0 + mje),
+        "FCPC": fc * vjc,
+        "F5": vjc * (1.0 - torch.exp((1.0 - mjc) * xfc)) / (1.0 - mjc),
+        "F6": torch.exp((1.0 + mjc) * xfc),
+        "F7": 1.0 - fc * (1.0 + mjc),
+        # bjtload.c puts XCJC*CJC on b'-c' and the rest on b-c'; with RB = 0, b = b'
+        "CZBC": torch.where(g["RB"] == 0.0, g["CJC"], g["CJC"] * g["XCJC"]),
+        "VCRIT": VT * torch.log(VT / (ROOT2 * isat)),  # bjttemp.c: Vt, not NF*Vt
+        "BF": g["BF"], "BR": g["BR"], "ITF": g["ITF"], "XTF": g["XTF"], "TF": g["TF"], "TR": g["TR"],
+        "CJE": g["CJE"], "VJE": vje, "VJC": vjc, "GMIN": _get(p, "GMIN"),
+    }
+
+
+def bjt_qbx(vbx: Tensor, p: Mapping[str, Tensor | float]) -> tuple[Tensor, Tensor]:
+    """The (1 - XCJC)*CJC depletion charge on external base -> internal collector (bjtload.c qbx).
+
+    Only needed when RB > 0 (with RB = 0 it is already part of ``qbc``).  ``vbx = V(b) - V(c')``
+    in the NPN frame; returns (coulombs, farads).  Zero when XCJC = 1 (the default).
+    """
+    d = bjt_model(p)
+    czbx = _get(p, "CJC") * (1.0 - _get(p, "XCJC"))
+    return depletion_charge(_t(vbx), czbx, d["VJC"], d["MJC"], d["FCPC"], d["F5"], d["F6"], d["F7"])
+
+
+def _npn(vbe: Tensor, vbc: Tensor, d: dict[str, Tensor]) -> BJTEval:
+    gmin = d["GMIN"]
+    cbe, gbe = pn_current(vbe, d["ISBE"], d["VTF"])
+    cbc, gbc = pn_current(vbc, d["ISBC"], d["VTR"])
+    # leakage currents carry GMIN (bjtload.c adds CKTgmin to cben and cbcn)
+    cben, gben = pn_current(vbe, d["ISE"], d["VTE"])
+    cbcn, gbcn = pn_current(vbc, d["ISC"], d["VTC"])
+    cben = cben + gmin * vbe
+    gben = gben + gmin
+    cbcn = cbcn + gmin * vbc
+    gbcn = gbcn + gmin
+
+    # base charge qb (Early effect q1, high injection q2)
+    ivaf, ivar, iikf, iikr, nkf = d["IVAF"], d["IVAR"], d["IIKF"], d["IIKR"], d["NKF"]
+    q1 = 1.0 / (1.0 - ivaf * vbc - ivar * vbe)
+    q2 = iikf * cbe + iikr * cbc
+    arg = torch.clamp(1.0 + 4.0 * q2, min=0.0)
+    pos = arg > 0.0
+    arg_s = torch.where(pos, arg, torch.ones_like(arg))
+    sqarg = torch.pow(arg_s, nkf)  # 1 where arg = 0, as in bjtload.c
+    qb = q1 * (1.0 + sqarg) / 2.0
+    dsq = torch.where(pos, 2.0 * sqarg * nkf / arg_s, torch.zeros_like(arg_s))
+    dqbdve = q1 * (qb * ivar + iikf * gbe * dsq)
+    dqbdvc = q1 * (qb * ivaf + iikr * gbc * dsq)
+
+    bf, br = d["BF"], d["BR"]
+    cc = (cbe - cbc) / qb - cbc / br - cbcn
+    cb = cbe / bf + cben + cbc / br + cbcn
+    gpi = gbe / bf + gben
+    gmu = gbc / br + gbcn
+    go = (gbc + (cbe - cbc) * dqbdvc / qb) / qb
+    gmgo = (gbe - (cbe - cbc) * dqbdve / qb) / qb  # gm + go
+
+    # forward transit charge with the XTF/VTF/ITF modification (only for vbe > 0)
+    act = vbe > 0.0
+    zero = torch.zeros_like(cbe)
+    evtf, devtf = limexp(vbc * d["OVTF"])
+    argtf0 = d["XTF"] * evtf
+    itf = d["ITF"]
+    itf_on = itf != 0.0
+    cbe_a = torch.where(act, cbe, zero)
+    temp = cbe_a / (cbe_a + torch.where(itf_on, itf, torch.ones_like(itf)))
+    argtf = torch.where(itf_on, argtf0 * temp * temp, argtf0)
+    arg2 = torch.where(itf_on, argtf * (3.0 - temp - temp), argtf0)
+    dargtf = d["XTF"] * devtf  # equals argtf unless the exponent is beyond EXP_LIMIT
+    dargtf = torch.where(itf_on, dargtf * temp * temp, dargtf)
+    arg3 = cbe * dargtf * d["OVTF"]
+    cbe_m = torch.where(act, cbe * (1.0 + argtf) / qb, cbe)
+    gbe_m = torch.where(act, (gbe * (1.0 + arg2) - cbe_m * dqbdve) / qb, gbe)
+    tf = d["TF"]
+    geqcb = torch.where(act, tf * (arg3 - cbe_m * dqbdvc) / qb, zero)
+
+    qde, cde = depletion_charge(vbe, d["CJE"], d["VJE"], d["MJE"], d["FCPE"], d["F1"], d["F2"], d["F3"])
+    qdc, cdc = depletion_charge(vbc, d["CZBC"], d["VJC"], d["MJC"], d["FCPC"], d["F5"], d["F6"], d["F7"])
+    tr = d["TR"]
+    return BJTEval(
+        ib=cb, ic=cc, qbe=tf * cbe_m + qde, qbc=tr * cbc + qdc,
+        dib_dvbe=gpi, dib_dvbc=gmu, dic_dvbe=gmgo, dic_dvbc=-(gmu + go),
+        dqbe_dvbe=tf * gbe_m + cde, dqbe_dvbc=geqcb,
+        dqbc_dvbe=torch.zeros_like(cdc), dqbc_dvbc=tr * gbc + cdc,
+    )
+
+
+def bjt_junctions(vbe: Tensor, vbc: Tensor, p: Mapping[str, Tensor | float], polarity: float) -> BJTEval:
+    """Gummel-Poon currents, charges and Jacobian of the intrinsic transistor (ngspice 39 bjtload.c).
+
+    ``vbe``, ``vbc``: internal junction voltages in volts (broadcastable shapes).  ``p`` holds
+    the BJT_DEFAULTS keys (missing ones take the defaults) with AREA already applied (see
+    :func:`bjt_instance_params`), optionally GMIN.  ``polarity`` is +1 for NPN and -1 for PNP
+    (PNP outputs are ``-f(-v)``, so the derivatives are ``f'(-v)``).
+    """
+    s = float(polarity)
+    if s not in (1.0, -1.0):
+        raise ValueError(f"polarity must be +1 (NPN) or -1 (PNP), got {polarity}")
+    d = bjt_model(p)
+    vbe, vbc = torch.broadcast_tensors(_t(vbe), _t(vbc))
+    r = _npn(s * vbe, s * vbc, d)
+    if s > 0:
+        return r
+    return BJTEval(-r.ib, -r.ic, -r.qbe, -r.qbc, *r[4:])
+
+
+__all__ = [
+    "BJT_ALIASES",
+    "BJT_DEFAULTS",
+    "BJT_INSTANCE",
+    "BJT_OPTIONS",
+    "BJT_SILENT",
+    "BJT_UNMODELLED",
+    "BJTEval",
+    "bjt_instance_params",
+    "bjt_junctions",
+    "bjt_model",
+    "bjt_qbx",
+]

@@ -1,0 +1,165 @@
+"""What every formulation module shares: parameters by netlist name, sources, the operating point."""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from circuitsim.circuit.circuit import Circuit, ParamKind
+from circuitsim.formulations.system import DTYPE, MNAMatrices, MNATopology
+from circuitsim.solvers.dc import OperatingPointInfo, operating_point
+
+
+@dataclass
+class Diagnostics:
+    """What the last forward pass did: Newton work, fallbacks and the operating point."""
+
+    samples: int = 0
+    newton_iterations: int = 0
+    max_iterations: int = 0
+    fallbacks: list[str] = field(default_factory=list)
+    operating_point: OperatingPointInfo | None = None
+    max_residual: float = 0.0
+
+    @property
+    def mean_iterations(self) -> float:
+        return self.newton_iterations / max(self.samples, 1)
+
+
+class AbstractCircuitModule(nn.Module):
+    """A circuit as a ``torch.nn.Module`` mapping input volts (batch, time) to output volts.
+
+    Every literal value of the netlist is an ``nn.Parameter`` named as in the netlist:
+    ``R1``, ``D1N914.IS``, ``drive``, ``XV1.RK`` (dots are submodules).  Learnable values
+    (R, L, C, controlled-source gains, model parameters) require grad by default; ``.param``
+    knobs (controls) and source values do not.  Change them with :meth:`set_value` and
+    :meth:`set_kind`.
+    """
+
+    method: str = "abstract"
+
+    def __init__(
+        self,
+        circuit: Circuit,
+        sample_rate: float,
+        input_source: str | None = "VIN",
+        output_node: str = "out",
+    ):
+        super().__init__()
+        if not (sample_rate > 0 and math.isfinite(sample_rate)):
+            raise ValueError(f"sample rate must be a positive number of hertz, got {sample_rate}")
+        self.circuit = circuit
+        self.sample_rate = float(sample_rate)
+        self.topology = MNATopology(circuit, input_source, output_node)
+        self.topology.check_waveforms()
+        self._leaf_names: list[str] = []
+        for name, leaf in circuit.params.items():
+            *path, last = name.split(".")
+            owner: nn.Module = self
+            for part in path:
+                child = owner._modules.get(part)
+                if child is None:
+                    if hasattr(owner, part):
+                        raise ValueError(f"netlist name '{name}' collides with a module attribute '{part}'")
+                    child = nn.Module()
+                    owner.add_module(part, child)
+                owner = child
+            if hasattr(owner, last) and last not in owner._parameters:
+                raise ValueError(f"netlist name '{name}' collides with an attribute of the module; rename it")
+            req = leaf.kind == ParamKind.LEARNABLE
+            owner.register_parameter(last, nn.Parameter(torch.tensor(leaf.value, dtype=DTYPE), requires_grad=req))
+            self._leaf_names.append(name)
+        self.diagnostics = Diagnostics()
+
+    # ------------------------------------------------------------ parameters
+    def parameter(self, name: str) -> nn.Parameter:
+        """The parameter of a netlist value by name (``R1``, ``D1N914.IS``, ``drive``)."""
+        for n in self._leaf_names:
+            if n.lower() == name.lower():
+                return self.get_parameter(n)
+        raise KeyError(f"no value named '{name}' (values: {', '.join(self._leaf_names)})")
+
+    def values(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """(netlist name, parameter) for every value of the circuit."""
+        for n in self._leaf_names:
+            yield n, self.get_parameter(n)
+
+    def set_value(self, name: str, value: float) -> None:
+        """Set a value (SI units) in place, e.g. a knob: ``model.set_value("drive", 0.8)``."""
+        with torch.no_grad():
+            self.parameter(name).fill_(float(value))
+
+    def set_kind(self, name: str, kind: ParamKind | str) -> None:
+        """Make a value learnable (requires grad) or fixed/control (no grad)."""
+        kind = ParamKind(kind)
+        self.parameter(name).requires_grad_(kind == ParamKind.LEARNABLE)
+
+    def leaves(self) -> dict[str, torch.Tensor]:
+        return {n: self.get_parameter(n) for n in self._leaf_names}
+
+    def matrices(self) -> MNAMatrices:
+        """The MNA matrices at the current parameter values (differentiable)."""
+        return self.topology.assemble(self.leaves())
+
+    # ------------------------------------------------------------ signals
+    def source_values(self, m: MNAMatrices, u: torch.Tensor) -> torch.Tensor:
+        """Independent source values per sample (batch, time, n_sources): channel 0 is ``u`` (volts)."""
+        s = m.sources.to(u.dtype).expand(*u.shape, -1).clone()
+        s[..., 0] = u
+        return s
+
+    def operating_point(self, u0: torch.Tensor | None = None) -> tuple[torch.Tensor, OperatingPointInfo]:
+        """DC operating point for input value(s) ``u0`` (volts, shape (batch,)): unknowns (batch, n)."""
+        m = self.matrices()
+        u0 = torch.zeros(1, dtype=DTYPE) if u0 is None else torch.as_tensor(u0, dtype=DTYPE).reshape(-1)
+        s = self.source_values(m, u0)
+        return operating_point(self.topology, m, s)
+
+    def dc_voltages(self, u0: float = 0.0) -> dict[str, float]:
+        """Node voltages (volts) and source currents (amperes) at the DC operating point, by name."""
+        x, _ = self.operating_point(torch.tensor([u0], dtype=DTYPE))
+        return {name: float(v) for name, v in zip(self.topology.names, x[0])}
+
+    @staticmethod
+    def _as_batch(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        x = torch.as_tensor(x, dtype=DTYPE)
+        if x.ndim == 1:
+            return x.unsqueeze(0), True
+        if x.ndim != 2:
+            raise ValueError(f"input must be (batch, time) volts, got shape {tuple(x.shape)}")
+        return x, False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Output volts (batch, time) for input volts (batch, time); a 1-D input gives a 1-D output.
+
+        The simulation starts from the DC operating point with the input at its first sample.
+        """
+        u, squeeze = self._as_batch(x)
+        y, _ = self._simulate(u, None)
+        return y[0] if squeeze else y
+
+    def stream(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+        """Process one block of a long signal: returns (output, state to pass with the next block).
+
+        ``state=None`` starts from the DC operating point; consecutive blocks give exactly
+        the output of one long call.
+        """
+        u, squeeze = self._as_batch(x)
+        y, state = self._simulate(u, state)
+        return (y[0] if squeeze else y), state
+
+    @abstractmethod
+    def _simulate(self, u: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]: ...
+
+    def extra_repr(self) -> str:
+        return (
+            f"method={self.method}, sample_rate={self.sample_rate:g}, nodes={len(self.circuit.nodes)}, "
+            f"unknowns={self.topology.size}, ports={len(self.topology.ports)}"
+        )
+

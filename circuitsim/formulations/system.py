@@ -1,0 +1,376 @@
+"""The circuit's equations in MNA row space, shared by every formulation.
+
+Unknowns ``x`` are the node voltages (circuit nodes, then device-internal nodes) followed
+by the branch currents of voltage-defining elements (V, L, E, B with ``V=``).  The
+circuit obeys (Ho, Ruehli & Brennan 1975, with the device split of docs/devices.md)::
+
+    G x + Wi f_i(Nv x) + d/dt (Cm x + Wq f_q(Nv x)) = Bu s(t)
+
+``f = (f_i, f_q)`` are the nonlinear device outputs (currents and charges) of the port
+voltages ``v = Nv x``, ``s(t)`` the independent source values (channel 0 is the audio
+input).  :class:`MNATopology` holds the structure (computed once); :meth:`assemble`
+turns parameter values into the matrices with torch, so gradients reach every value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import sympy
+import torch
+
+from circuitsim.circuit.circuit import GROUND, Circuit, FlatElement
+from circuitsim.devices.bjt import BJT_DEFAULTS
+from circuitsim.devices.catalog import canonical_name
+from circuitsim.devices.diode import DIODE_DEFAULTS
+from circuitsim.kernels.nonlinearity import (
+    BJTBlock,
+    DiodeBlock,
+    ExprBlock,
+    Nonlinearity,
+    bjt_theta_torch,
+    build_nonlinearity,
+    diode_theta_torch,
+)
+from circuitsim.netlist import NetlistError
+from circuitsim.netlist.ast import Binary, BranchI, Expr, Name, NodeV, Num
+from circuitsim.netlist.expr import TORCH_OPS, evaluate, free_names, to_sympy
+
+DTYPE = torch.float64
+Row = tuple[tuple[int, float], ...]  # sparse row/column: (unknown index, coefficient)
+
+
+def _pair(a: int, b: int) -> Row:
+    return tuple((i, c) for i, c in ((a, 1.0), (b, -1.0)) if i != GROUND)
+
+
+@dataclass
+class MNAMatrices:
+    """Numeric MNA system for given parameter values (torch, differentiable)."""
+
+    G: torch.Tensor  # (n, n) siemens / unitless rows of voltage-defining elements
+    Cm: torch.Tensor  # (n, n) farads / henries
+    Bu: torch.Tensor  # (n, n_sources) maps source values (volts, amperes) into rows
+    Nv: torch.Tensor  # (n_ports, n) port-voltage incidence
+    Wi: torch.Tensor  # (n, n_out) injection of device currents
+    Wq: torch.Tensor  # (n, n_out) injection of device charges (d/dt)
+    theta: torch.Tensor  # device parameter vector of the nonlinearity
+    out: torch.Tensor  # (n,) output selector: y = out @ x
+    sources: torch.Tensor  # (n_sources,) values at t = 0 of the non-input sources (channel 0 is 0)
+
+
+@dataclass
+class _Device:
+    element: FlatElement
+    family: str  # 'D', 'Q'
+    internal: dict[str, int]  # terminal -> unknown index after the series resistors
+
+
+class MNATopology:
+    """Structure of a circuit's MNA equations: unknowns, stamps, ports, device outputs."""
+
+    def __init__(self, circuit: Circuit, input_source: str | None = "VIN", output_node: str = "out"):
+        self.circuit = circuit
+        els = circuit.elements
+        self.names: list[str] = [f"v({n})" for n in circuit.nodes]
+        n = len(circuit.nodes)
+        self.devices: list[_Device] = []
+        self.resistors: list[tuple[str, Expr, Row]] = []  # (name, ohms expression, pair) incl. internal
+        # device-internal nodes for series resistances (ngspice adds the same nodes)
+        for el in els:
+            if el.kind not in ("D", "Q"):
+                continue
+            terms = {"D": ("a", "k"), "Q": ("c", "b", "e")}[el.kind]
+            internal = dict(zip(terms, el.nodes))
+            series = {"D": {"a": "RS"}, "Q": {"c": "RC", "b": "RB", "e": "RE"}}[el.kind]
+            for term, pname in series.items():
+                expr = el.model.params.get(pname) if el.model else None
+                if expr is None or self._float(expr) == 0.0:
+                    continue
+                self.names.append(f"v({el.name.lower()}#{term})")
+                internal[term] = n
+                area = el.params.get("AREA", Num(1.0))
+                ohms = Binary("/", expr, Binary("*", area, el.params.get("M", Num(1.0))))
+                self.resistors.append((f"{el.name}.{pname}", ohms, _pair(dict(zip(terms, el.nodes))[term], n)))
+                n += 1
+            self.devices.append(_Device(el, el.kind, internal))
+        self.n_nodes = n
+        self.branch: dict[str, int] = {}
+        for el in els:
+            if el.kind in ("V", "L", "E") or (el.kind == "B" and "V" in el.params):
+                self.branch[el.name] = n
+                self.names.append(f"i({el.name.lower()})")
+                n += 1
+        self.size = n
+
+        # independent sources: channel 0 is the audio input
+        sources = [el for el in els if el.kind in ("V", "I")]
+        self.input_source = None
+        if input_source is not None:
+            key = input_source.upper()
+            match = [el for el in sources if el.name == key]
+            if not match:
+                vs = ", ".join(el.name for el in sources if el.kind == "V") or "none"
+                raise NetlistError(f"input source {input_source} not found (voltage sources: {vs})", None)
+            self.input_source = match[0]
+            sources.remove(match[0])
+        self.sources: list[FlatElement | None] = [self.input_source] + sources
+        try:
+            self.output = circuit.node_index(output_node)
+        except KeyError as exc:
+            raise NetlistError(f"output node '{output_node}': {exc.args[0]}", None) from None
+        if self.output == GROUND:
+            raise NetlistError("the output node is ground", None)
+        self.output_name = output_node.lower()
+
+        self.ports: list[Row] = []
+        self._port_index: dict[Row, int] = {}
+        self.outputs: list[tuple[Row, bool]] = []  # (injection column, is_charge)
+        self.blocks: list = []
+        self.theta_size = 0
+        self._junctions: set[int] = set()  # ports that are pn junctions (for Newton step limiting)
+        self._theta_sources: list = []  # how to build each theta piece
+        for dev in self.devices:
+            self._device_block(dev)
+        for el in els:
+            if el.kind == "B" or (el.kind in ("E", "G") and "VALUE" in el.params):
+                self._expr_block(el)
+        self.nonlinearity: Nonlinearity = build_nonlinearity(self.blocks, len(self.ports), len(self.outputs))
+
+    # ------------------------------------------------------------ helpers
+    def junction_ports(self) -> set[int]:
+        """Indices of the ports that are pn junctions of diodes and BJTs."""
+        return set(self._junctions)
+
+    def _float(self, expr: Expr) -> float:
+        leaves = {k: torch.tensor(p.value, dtype=DTYPE) for k, p in self.circuit.params.items()}
+        return float(evaluate(expr, leaves, TORCH_OPS))
+
+    def port(self, row: Row) -> int:
+        if row not in self._port_index:
+            self._port_index[row] = len(self.ports)
+            self.ports.append(row)
+        return self._port_index[row]
+
+    def _add_output(self, column: Row, charge: bool) -> int:
+        self.outputs.append((column, charge))
+        return len(self.outputs) - 1
+
+    def _device_block(self, dev: _Device) -> None:
+        t = dev.internal
+        if dev.family == "D":
+            p = self.port(_pair(t["a"], t["k"]))
+            self._junctions.add(p)
+            has_q = any(k in dev.element.model.params for k in ("CJO", "TT"))
+            oi = self._add_output(_pair(t["a"], t["k"]), False)
+            oq = self._add_output(_pair(t["a"], t["k"]), True) if has_q else -1
+            size = diode_theta_torch(self._device_params(dev, torch.tensor(1.0))).numel()
+            self.blocks.append(DiodeBlock(port=p, out_i=oi, out_q=oq, theta=self.theta_size))
+        else:
+            pbe = self.port(_pair(t["b"], t["e"]))
+            pbc = self.port(_pair(t["b"], t["c"]))
+            self._junctions.update((pbe, pbc))
+            has_q = any(k in dev.element.model.params for k in ("CJE", "CJC", "TF", "TR"))
+            outs = (
+                self._add_output(_pair(t["b"], t["e"]), False),
+                self._add_output(_pair(t["c"], t["e"]), False),
+                self._add_output(_pair(t["b"], t["e"]), True) if has_q else -1,
+                self._add_output(_pair(t["b"], t["c"]), True) if has_q else -1,
+            )
+            pol = 1.0 if dev.element.model.type == "NPN" else -1.0
+            size = bjt_theta_torch(self._device_params(dev, torch.tensor(1.0)), pol).numel()
+            self.blocks.append(BJTBlock(ports=(pbe, pbc), outs=outs, theta=self.theta_size))
+        self._theta_sources.append(("device", dev, self.theta_size, size))
+        self.theta_size += size
+
+    def _device_params(self, dev: _Device, leaves) -> dict[str, torch.Tensor]:
+        """Model parameters (ngspice defaults where the card is silent) with AREA and M applied."""
+        el = dev.element
+        env = leaves if isinstance(leaves, Mapping) else None
+        defaults = DIODE_DEFAULTS if dev.family == "D" else BJT_DEFAULTS
+        p: dict[str, torch.Tensor] = {}
+        for name, default in defaults.items():
+            expr = el.model.params.get(name)
+            if expr is not None and env is not None:
+                p[name] = evaluate(expr, env, TORCH_OPS)
+            elif expr is not None:
+                p[name] = torch.tensor(self._float(expr), dtype=DTYPE)
+            else:
+                p[name] = torch.tensor(default, dtype=DTYPE)
+        scale = torch.tensor(1.0, dtype=DTYPE)
+        for key in ("AREA", "M"):
+            if key in el.params:
+                scale = scale * (evaluate(el.params[key], env, TORCH_OPS) if env else self._float(el.params[key]))
+        scaled = ("IS", "CJO", "IKF") if dev.family == "D" else ("IS", "ISE", "ISC", "IKF", "IKR", "ITF", "CJE", "CJC")
+        for key in scaled:
+            if key in p:
+                p[key] = p[key] * scale
+        return p
+
+    def _expr_block(self, el: FlatElement) -> None:
+        key = "V" if "V" in el.params else "I" if "I" in el.params else "VALUE"
+        expr = el.params[key]
+        symbols: dict = {}
+        ports: list[tuple[sympy.Symbol, int]] = []
+        params: list[tuple[sympy.Symbol, int]] = []
+
+        def visit(e: Expr) -> None:
+            if isinstance(e, NodeV):
+                a = self.circuit.node_index(e.pos) if e.pos != "0" else GROUND
+                b = GROUND if e.neg in (None, "0") else self.circuit.node_index(e.neg)
+                if e not in symbols:
+                    sym = sympy.Symbol(f"v{len(ports)}", real=True)
+                    symbols[e] = sym
+                    ports.append((sym, self.port(_pair(a, b))))
+            elif isinstance(e, BranchI):
+                if e.source not in self.branch:
+                    raise NetlistError(f"{el.name}: I({e.source}) needs a voltage source named {e.source}", el.loc)
+                if e not in symbols:
+                    sym = sympy.Symbol(f"v{len(ports)}", real=True)
+                    symbols[e] = sym
+                    ports.append((sym, self.port(((self.branch[e.source], 1.0),))))
+            elif isinstance(e, Name):
+                if e.name in ("time", "temper", "hertz"):
+                    raise NetlistError(f"{el.name}: '{e.name}' in a behavioural expression is not supported", el.loc)
+            else:
+                for child in _children(e):
+                    visit(child)
+
+        visit(expr)
+        for name in sorted(free_names(expr)):
+            if name in self.circuit.params:
+                sym = sympy.Symbol(f"p{self.theta_size}", real=True)
+                symbols[name] = sym
+                params.append((sym, self.theta_size))
+                self._theta_sources.append(("leaf", name, self.theta_size, 1))
+                self.theta_size += 1
+        sexpr = to_sympy(expr, symbols)
+        if key in ("V",) or (key == "VALUE" and el.kind == "E"):
+            column: Row = ((self.branch[el.name], -1.0),)
+        else:
+            column = _pair(el.nodes[0], el.nodes[1])
+        out = self._add_output(column, False)
+        self.blocks.append(ExprBlock(expr=sexpr, ports=tuple(ports), params=tuple(params), out=out))
+
+    # ------------------------------------------------------------ numbers
+    def leaf_values(self) -> dict[str, torch.Tensor]:
+        """The netlist's parameter values as float64 tensors (no grad)."""
+        return {k: torch.tensor(p.value, dtype=DTYPE) for k, p in self.circuit.params.items()}
+
+    def assemble(self, leaves: Mapping[str, torch.Tensor]) -> MNAMatrices:
+        """Matrices for the given parameter values (tensors keyed by leaf name)."""
+        n = self.size
+        ev = lambda e: evaluate(e, leaves, TORCH_OPS)  # noqa: E731
+        g_idx: list[tuple[int, int]] = []
+        g_val: list[torch.Tensor] = []
+        c_idx: list[tuple[int, int]] = []
+        c_val: list[torch.Tensor] = []
+        one = torch.tensor(1.0, dtype=DTYPE)
+
+        def stamp(idx, val, rows: Row, cols: Row, v):
+            for i, ci in rows:
+                for j, cj in cols:
+                    idx.append((i, j))
+                    val.append(v * (ci * cj))
+
+        for _, ohms, pair in self.resistors:
+            stamp(g_idx, g_val, pair, pair, 1.0 / ev(ohms))
+        bu = torch.zeros(n, len(self.sources), dtype=DTYPE)
+        src_vals = [torch.tensor(0.0, dtype=DTYPE)]
+        for el in self.circuit.elements:
+            k = el.kind
+            nd = el.nodes
+            if k == "R":
+                stamp(g_idx, g_val, _pair(nd[0], nd[1]), _pair(nd[0], nd[1]), 1.0 / ev(el.value))
+            elif k == "C":
+                stamp(c_idx, c_val, _pair(nd[0], nd[1]), _pair(nd[0], nd[1]), ev(el.value))
+            elif k in ("L", "V") or (k == "E") or (k == "B" and "V" in el.params):
+                br = ((self.branch[el.name], 1.0),)
+                stamp(g_idx, g_val, _pair(nd[0], nd[1]), br, one)
+                stamp(g_idx, g_val, br, _pair(nd[0], nd[1]), one)
+                if k == "L":
+                    stamp(c_idx, c_val, br, br, -ev(el.value))
+                elif k == "E" and "VALUE" not in el.params:
+                    stamp(g_idx, g_val, br, _pair(nd[2], nd[3]), -ev(el.value))
+            elif k == "G" and "VALUE" not in el.params:
+                stamp(g_idx, g_val, _pair(nd[0], nd[1]), _pair(nd[2], nd[3]), ev(el.value))
+        for ch, el in enumerate(self.sources):
+            if el is None:
+                continue
+            col = _pair(el.nodes[0], el.nodes[1])
+            if el.kind == "V":
+                bu[self.branch[el.name], ch] = 1.0
+            else:
+                for i, c in col:
+                    bu[i, ch] = -c
+            if ch > 0:
+                src_vals.append(self._source_value(el, leaves))
+
+        def dense(idx, val):
+            m = torch.zeros(n, n, dtype=DTYPE)
+            if idx:
+                rows = torch.tensor([i for i, _ in idx])
+                cols = torch.tensor([j for _, j in idx])
+                vals = torch.stack([torch.as_tensor(v, dtype=DTYPE) for v in val])
+                m = m.index_put((rows, cols), vals, accumulate=True)
+            return m
+
+        nv = torch.zeros(len(self.ports), n, dtype=DTYPE)
+        for p, row in enumerate(self.ports):
+            for i, c in row:
+                nv[p, i] = c
+        wi = torch.zeros(n, len(self.outputs), dtype=DTYPE)
+        wq = torch.zeros(n, len(self.outputs), dtype=DTYPE)
+        for o, (col, charge) in enumerate(self.outputs):
+            for i, c in col:
+                (wq if charge else wi)[i, o] = c
+        pieces = []
+        for kind, what, _, _ in self._theta_sources:
+            if kind == "leaf":
+                pieces.append(leaves[what].reshape(1).to(DTYPE))
+            elif what.family == "D":
+                pieces.append(diode_theta_torch(self._device_params(what, leaves)))
+            else:
+                pol = 1.0 if what.element.model.type == "NPN" else -1.0
+                pieces.append(bjt_theta_torch(self._device_params(what, leaves), pol))
+        theta = torch.cat(pieces) if pieces else torch.zeros(0, dtype=DTYPE)
+        out = torch.zeros(n, dtype=DTYPE)
+        out[self.output] = 1.0
+        return MNAMatrices(dense(g_idx, g_val), dense(c_idx, c_val), bu, nv, wi, wq, theta, out, torch.stack(src_vals))
+
+    def _source_value(self, el: FlatElement, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """DC value (volts or amperes) of an independent source: its DC spec, else its waveform at t = 0."""
+        src = el.source
+        if src is not None and src.dc is not None:
+            return torch.as_tensor(evaluate(src.dc, leaves, TORCH_OPS), dtype=DTYPE)
+        if src is not None and src.waveform and src.args:
+            if src.waveform in ("SIN", "PULSE", "EXP"):
+                return torch.as_tensor(evaluate(src.args[0], leaves, TORCH_OPS), dtype=DTYPE)
+            if src.waveform == "PWL" and len(src.args) >= 2:
+                return torch.as_tensor(evaluate(src.args[1], leaves, TORCH_OPS), dtype=DTYPE)
+        return torch.tensor(0.0, dtype=DTYPE)
+
+    def check_waveforms(self) -> None:
+        """Refuse time-varying waveforms on sources other than the input (not simulated yet)."""
+        for el in self.sources[1:]:
+            if el is not None and el.source is not None and el.source.waveform not in (None,):
+                raise NetlistError(
+                    f"{el.name}: {el.source.waveform} waveform on a source other than the input is not "
+                    "supported; drive the circuit through the input source",
+                    el.loc,
+                )
+
+
+def _children(e: Expr):
+    from dataclasses import fields
+
+    for f in fields(e):  # type: ignore[arg-type]
+        v = getattr(e, f.name)
+        if isinstance(v, Expr):
+            yield v
+        elif isinstance(v, tuple):
+            yield from (x for x in v if isinstance(x, Expr))
+
+
+__all__ = ["MNAMatrices", "MNATopology", "canonical_name"]

@@ -1,0 +1,111 @@
+"""DC operating point, as ngspice computes it before a transient (capacitors open, inductors shorted).
+
+Plain damped Newton first; if it fails, gmin stepping (a conductance from every node to
+ground, reduced decade by decade) and then source stepping (all sources ramped from 0),
+the fallbacks of SPICE3 (Nagel 1975, ch. 5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from circuitsim.formulations.system import MNAMatrices, MNATopology
+from circuitsim.solvers.newton import NewtonError, newton
+
+JUNCTION_STEP = 0.5  # volts: largest change of a junction voltage in one Newton step
+
+
+@dataclass
+class OperatingPointInfo:
+    """How the operating point was found."""
+
+    iterations: int = 0
+    method: str = "newton"  # 'newton', 'gmin stepping', 'source stepping'
+    residual: float = 0.0
+    steps: list[str] = field(default_factory=list)
+
+
+def junction_limiter(topology: MNATopology, nv: torch.Tensor):
+    """A Newton step limiter that shortens steps moving any junction port by more than JUNCTION_STEP."""
+    ports = sorted(topology.junction_ports())
+    if not ports:
+        return None
+    sel = nv[ports]
+
+    def limit(x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+        dv = (dx @ sel.T).abs().amax(dim=-1, keepdim=True)
+        return dx * torch.clamp(JUNCTION_STEP / dv.clamp_min(1e-300), max=1.0)
+
+    return limit
+
+
+def operating_point(
+    topology: MNATopology, m: MNAMatrices, sources: torch.Tensor, x0: torch.Tensor | None = None
+) -> tuple[torch.Tensor, OperatingPointInfo]:
+    """Solve ``G x + Wi f_i(Nv x) = Bu s`` for a batch of source vectors ``s`` (batch, n_sources).
+
+    Returns the unknowns (batch, n): node voltages in volts, branch currents in amperes.
+    Runs without autograd; formulations attach the implicit-function gradient themselves.
+    """
+    nl = topology.nonlinearity
+    batch = sources.shape[0]
+    n = topology.size
+    info = OperatingPointInfo()
+    limit = junction_limiter(topology, m.Nv)
+    node_rows = torch.zeros(n, dtype=m.G.dtype)
+    node_rows[: topology.n_nodes] = 1.0
+
+    def make(scale: float, gmin: float):
+        b = scale * sources @ m.Bu.T
+        gdiag = torch.diag(gmin * node_rows)
+
+        def fn(x):
+            v = x @ m.Nv.T
+            f, jf = nl.torch_eval(v, m.theta, jacobian=True)
+            res = x @ (m.G + gdiag).T + f @ m.Wi.T - b
+            jac = m.G + gdiag + m.Wi @ jf @ m.Nv
+            return res, jac
+
+        return fn
+
+    with torch.no_grad():
+        x = torch.zeros(batch, n, dtype=m.G.dtype) if x0 is None else x0.clone()
+        r = newton(make(1.0, 0.0), x, limit=limit, max_iter=200)
+        info.iterations += r.iterations
+        if r.converged:
+            info.residual = r.residual
+            return r.x, info
+        info.steps.append(f"newton failed after {r.iterations} iterations (residual {r.residual:.3g})")
+        # gmin stepping
+        x = torch.zeros(batch, n, dtype=m.G.dtype)
+        ok = True
+        for gmin in [10.0**-k for k in range(2, 13)] + [0.0]:
+            r = newton(make(1.0, gmin), x, limit=limit, max_iter=200)
+            info.iterations += r.iterations
+            if not r.converged:
+                ok = False
+                break
+            x = r.x
+        if ok:
+            info.method, info.residual = "gmin stepping", r.residual
+            return x, info
+        info.steps.append(f"gmin stepping failed at gmin={gmin:g}")
+        # source stepping
+        x = torch.zeros(batch, n, dtype=m.G.dtype)
+        scale, step = 0.0, 0.1
+        while scale < 1.0:
+            trial = min(1.0, scale + step)
+            r = newton(make(trial, 0.0), x, limit=limit, max_iter=100)
+            info.iterations += r.iterations
+            if r.converged:
+                x, scale = r.x, trial
+                step = min(step * 2, 0.5)
+            else:
+                step /= 4
+                if step < 1e-6:
+                    info.steps.append(f"source stepping stalled at {scale:.3g} of the sources")
+                    raise NewtonError("DC operating point: " + "; ".join(info.steps))
+        info.method, info.residual = "source stepping", r.residual
+        return x, info

@@ -1,0 +1,62 @@
+"""Batched damped Newton iteration in torch (the reference solver; the compiled kernels have their own)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+class NewtonError(RuntimeError):
+    """A Newton solve failed after its fallbacks.  Names the sample and time when known."""
+
+    def __init__(self, message: str, sample: int | None = None, time: float | None = None):
+        where = ""
+        if sample is not None:
+            where = f" at sample {sample}" + (f" (t = {time:.6g} s)" if time is not None else "")
+        super().__init__(f"Newton did not converge{where}: {message}")
+        self.sample = sample
+        self.time = time
+
+
+@dataclass
+class NewtonResult:
+    x: torch.Tensor
+    iterations: int
+    converged: bool
+    residual: float
+
+
+ResidualFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def newton(
+    fn: ResidualFn,
+    x0: torch.Tensor,
+    *,
+    limit: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    reltol: float = 1e-11,
+    abstol: float = 1e-13,
+    max_iter: int = 100,
+) -> NewtonResult:
+    """Solve ``F(x) = 0`` for a batch ``x`` of shape (batch, n); ``fn`` returns (F, dF/dx).
+
+    ``limit(x, dx)`` may shorten the step (SPICE-style junction limiting); convergence
+    needs ``|dx| <= reltol |x| + abstol`` elementwise on the full (unlimited) step.
+    """
+    x = x0
+    res = float("inf")
+    for it in range(1, max_iter + 1):
+        f, jac = fn(x)
+        res = float(f.abs().max()) if f.numel() else 0.0
+        if not torch.isfinite(f).all():
+            return NewtonResult(x, it, False, float("nan"))
+        dx = -torch.linalg.solve(jac, f.unsqueeze(-1)).squeeze(-1)
+        full = dx
+        if limit is not None:
+            dx = limit(x, dx)
+        x = x + dx
+        if bool((full.abs() <= reltol * x.abs() + abstol).all()):
+            return NewtonResult(x, it, True, res)
+    return NewtonResult(x, max_iter, False, res)

@@ -1,0 +1,106 @@
+"""Validation against ngspice: ESR and largest error on the standard signals, and the DC point."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from circuitsim.api import load
+
+
+def esr(y: np.ndarray, ref: np.ndarray) -> float:
+    """Error-to-signal ratio ``sum((y - ref)^2) / sum((ref - ref[0])^2)``.
+
+    The reference's starting value (its DC operating point) is removed from the signal
+    energy, so a biased output (a pedal at 4.5 V) cannot hide its error behind the bias.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    signal = np.sum((ref - ref[0]) ** 2)
+    return float(np.sum((y - ref) ** 2) / max(signal, 1e-300))
+
+
+@dataclass
+class SignalResult:
+    name: str
+    esr: float
+    max_error: float  # volts
+    peak: float  # volts, peak deviation of the reference from its start
+
+
+@dataclass
+class DCResult:
+    name: str
+    ours: float
+    ngspice: float
+
+    @property
+    def rel_error(self) -> float:
+        return abs(self.ours - self.ngspice) / max(abs(self.ngspice), 1e-12)
+
+
+@dataclass
+class ValidationReport:
+    netlist: str
+    method: str
+    sim_rate: float
+    signals: list[SignalResult] = field(default_factory=list)
+    dc: list[DCResult] = field(default_factory=list)
+
+    def table(self) -> str:
+        lines = [f"{self.netlist} ({self.method}, {self.sim_rate:g} Hz) against ngspice", ""]
+        lines.append(f"{'signal':<16}{'ESR':>12}{'max error (V)':>16}{'peak (V)':>12}")
+        for r in self.signals:
+            lines.append(f"{r.name:<16}{r.esr:>12.3e}{r.max_error:>16.3e}{r.peak:>12.4g}")
+        if self.dc:
+            worst = max(self.dc, key=lambda d: abs(d.ours - d.ngspice))
+            lines += ["", f"DC operating point: {len(self.dc)} values, largest difference at {worst.name}: "
+                      f"{worst.ours:.9g} vs ngspice {worst.ngspice:.9g}"]
+        return "\n".join(lines)
+
+
+def compare_dc(model, netlist: str | Path, params: Mapping[str, float] | None = None) -> list[DCResult]:
+    """Our DC operating point against ngspice's ``.op``, on every node and source current both report."""
+    from circuitsim.spice import operating_point_ngspice
+
+    ours = model.dc_voltages(0.0)
+    theirs = operating_point_ngspice(netlist, params=params)
+    out = []
+    for key, val in ours.items():
+        name = key[2:-1] if key.startswith("v(") else key
+        ref = theirs.get(name, theirs.get(key))
+        if ref is not None:
+            out.append(DCResult(key, val, ref))
+    return out
+
+
+def validate(
+    netlist: str | Path,
+    method: str = "mna",
+    sample_rate: float = 48000.0,
+    oversample: int = 8,
+    duration: float = 0.02,
+    params: Mapping[str, float] | None = None,
+    input_source: str = "VIN",
+    output_node: str = "out",
+) -> ValidationReport:
+    """Run ``netlist`` through circuitsim and ngspice on the standard signals at ``sample_rate*oversample``."""
+    from circuitsim.signals import standard_signals
+    from circuitsim.spice import simulate_ngspice
+
+    fs = sample_rate * oversample
+    model = load(netlist, method, fs, params=params, input_source=input_source, output_node=output_node)
+    report = ValidationReport(str(netlist), method, fs)
+    for name, x in standard_signals(fs, duration).items():
+        ref = simulate_ngspice(netlist, x, fs, input_source, output_node, params=params)
+        with torch.no_grad():
+            y = model(torch.as_tensor(x)).numpy()
+        report.signals.append(
+            SignalResult(name, esr(y, ref), float(np.max(np.abs(y - ref))), float(np.max(np.abs(ref - ref[0]))))
+        )
+    report.dc = compare_dc(model, netlist, params)
+    return report

@@ -1,0 +1,393 @@
+"""The compiled state-space kernels against independent implementations.
+
+* forward: numba vs the plain-torch reference (:mod:`circuitsim.kernels.reference`) on a
+  random stable system with diode, BJT and behavioural (sympy) nonlinearities, batch > 1;
+  streamed-in-blocks == one-shot, bit for bit;
+* forward: a hand-derived diode clipper vs a per-sample ``scipy.optimize.brentq`` solve of
+  its trapezoidal KCL equation, with the diode equation of docs/devices.md written out here;
+* backward: numba adjoint gradients vs autograd through the reference, for every matrix, the
+  device parameters, the input and the initial state; ``torch.autograd.gradcheck``;
+* compiled ``numba_eval`` vs ``torch_eval`` (values and Jacobians, against autograd);
+* a Newton failure names its sample, time and batch item.
+
+The first run compiles four generated kernel modules (about 40 s on 2 cores); later runs load
+them from the cache (``$CIRCUITSIM_CACHE`` or ``~/.cache/circuitsim/kernels``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.optimize
+import sympy as sp
+import torch
+
+from circuitsim.kernels import statespace as ss
+from circuitsim.kernels.autograd import NewtonError, run_state_space
+from circuitsim.kernels.nonlinearity import (
+    BJTBlock,
+    DiodeBlock,
+    ExprBlock,
+    bjt_theta_torch,
+    build_nonlinearity,
+    cache_dir,
+    diode_theta_torch,
+)
+from circuitsim.kernels.reference import reference_state_space
+
+DT = torch.float64
+VT = 1.38064852e-23 * 300.15 / 1.6021766208e-19  # docs/devices.md: k T / q at 27 degC
+GMIN = 1e-12
+
+
+def rel(a, b) -> float:
+    a = np.asarray(a.detach() if isinstance(a, torch.Tensor) else a, dtype=float)
+    b = np.asarray(b.detach() if isinstance(b, torch.Tensor) else b, dtype=float)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+# ----------------------------------------------------------------------------- the mixed system
+# ports: 0 diode (with charge), 1 vbe, 2 vbc of an NPN (with charges), 3 a behavioural port
+# outputs: 0 i_d, 1 q_d, 2 ib, 3 ic, 4 qbe, 5 qbc, 6 behavioural current
+V3, KP, EX, KG = sp.symbols("v3 kp ex kg1", real=True)
+# a Koren-style law: softplus, Max, sign, Abs and a non-integer power
+E1 = sp.log(1 + sp.exp(KP * (V3 + sp.Rational(1, 5)))) / KP
+TRIODE_LIKE = 2 * sp.sign(sp.Max(E1, 0)) * sp.Abs(sp.Max(E1, 0)) ** EX / KG
+DIODE_P = {"IS": 2.52e-9, "N": 1.752, "CJO": 4e-12, "TT": 5e-9}
+BJT_P = {"IS": 1e-14, "BF": 200.0, "VAF": 80.0, "CJE": 8e-12, "CJC": 3e-12, "TF": 3e-10}
+EXPR_P = (25.0, 1.4, 300.0)  # kp, ex, kg1
+
+
+def mixed_nonlinearity():
+    nd = 31  # diode vector length (devices.DIODE_LAYOUT)
+    blocks = [
+        DiodeBlock(port=0, out_i=0, out_q=1, theta=0),
+        BJTBlock(ports=(1, 2), outs=(2, 3, 4, 5), theta=nd),
+        ExprBlock(TRIODE_LIKE, ports=((V3, 3),), params=((KP, nd + 60), (EX, nd + 61), (KG, nd + 62)), out=6),
+    ]
+    return build_nonlinearity(blocks, 4, 7)
+
+
+def mixed_theta(params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """theta from (possibly learnable) scalars: diode IS, N; BJT IS, BF; kp, ex, kg1."""
+    q = params or {}
+    d = dict(DIODE_P, **{k: q[f"d_{k}"] for k in ("IS", "N") if f"d_{k}" in q})
+    b = dict(BJT_P, **{k: q[f"b_{k}"] for k in ("IS", "BF") if f"b_{k}" in q})
+    e = [q.get(n, torch.tensor(v, dtype=DT)) for n, v in zip(("kp", "ex", "kg1"), EXPR_P)]
+    return torch.cat([diode_theta_torch(d), bjt_theta_torch(b, 1.0), torch.stack(e)])
+
+
+def mixed_system(seed: int = 0, fs: float = 96e3):
+    """A random stable system whose ports see physically sensible voltages (see the comments)."""
+    rng = np.random.default_rng(seed)
+    nx, nu, ny = 3, 2, 2
+    a = rng.standard_normal((nx, nx))
+    A = 0.9 * a / np.abs(np.linalg.eigvals(a)).max()
+    scale_f = np.array([1e-3, 1e-11, 3e-5, 3e-3, 1e-11, 1e-11, 1e-3])  # typical |f| per output
+    B = 0.2 * rng.standard_normal((nx, nu))
+    C = 0.05 * rng.standard_normal((nx, 7)) / scale_f
+    D = rng.standard_normal((ny, nx))
+    E = rng.standard_normal((ny, nu))
+    F = rng.standard_normal((ny, 7)) / scale_f
+    G = 0.3 * rng.standard_normal((4, nx))
+    # u[:, :, 1] is a DC supply of 1: the biases of the ports; u[:, :, 0] is the signal
+    H = np.array([[1.5, 0.0], [0.1, 1.0], [0.1, -5.0], [0.5, 0.2]])
+    k2 = 2.0 * fs
+    Rd, Rb, Re, Rc, R3 = 1e3, 1e3, 100.0, 1e3, 300.0
+    K = np.zeros((4, 7))
+    K[0, 0], K[0, 1] = -Rd, -k2 * Rd  # v0 = p0 - Rd (i_d + 2/T q_d)
+    K[1, 2], K[1, 3], K[1, 4] = -(Rb + Re), -Re, -k2 * Rb  # vbe = p1 - Rb ib - Re (ib + ic) - ...
+    K[2, 2], K[2, 3], K[2, 5] = -Rb, Rc, -k2 * Rb  # vbc = p2 - Rb ib + Rc ic - ...
+    K[3, 6] = -R3
+    K[0, 2], K[1, 6], K[3, 0] = -50.0, -10.0, -20.0  # weak cross couplings
+    K *= 1.0 + 0.05 * rng.standard_normal(K.shape)
+    return tuple(np.ascontiguousarray(m) for m in (A, B, C, D, E, F, G, H, K))
+
+
+def mixed_input(batch: int, T: int, fs: float = 96e3, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(T) / fs
+    u = np.zeros((batch, T, 2))
+    for b in range(batch):
+        f0 = 2000 + 3000 * rng.random()
+        u[b, :, 0] = (0.5 + b) * np.sin(2 * np.pi * f0 * t + rng.random()) + 0.05 * rng.standard_normal(T)
+    u[:, :, 1] = 1.0
+    return u
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    return mixed_nonlinearity()
+
+
+# ----------------------------------------------------------------------------- the diode clipper
+
+
+def clipper_matrices(fs: float, r: float = 2.2e3, c: float = 10e-9) -> tuple[np.ndarray, ...]:
+    """DK matrices of the clipper derived by hand (see benchmarks/bench_kernel.py)."""
+    gs = 1.0 / r + 2.0 * c * fs
+    k4 = 4.0 * c * fs
+    G = np.array([[1.0 / gs]])
+    H = np.array([[1.0 / (r * gs)]])
+    K = np.array([[-1.0 / gs, 1.0 / gs]])
+    return (k4 * G - 1.0, k4 * H, k4 * K, G.copy(), H.copy(), K.copy(), G, H, K)
+
+
+@pytest.fixture(scope="module")
+def clipper():
+    nl = build_nonlinearity([DiodeBlock(port=0, out_i=0, theta=0, sign=1.0),
+                             DiodeBlock(port=0, out_i=1, theta=31, sign=-1.0)], 1, 2)
+    return nl
+
+
+def clipper_theta(is_: torch.Tensor | float = 2.52e-9, n: torch.Tensor | float = 1.752) -> torch.Tensor:
+    p = diode_theta_torch({"IS": is_, "N": n})
+    return torch.cat([p, p])
+
+
+def diode_current_docs(v: float, is_: float, n: float) -> float:
+    """docs/devices.md diode current with GMIN (no breakdown, no charge)."""
+    vte = n * VT
+    if v >= -3 * vte:
+        i = is_ * (math.exp(v / vte) - 1.0)
+    else:
+        a = (3 * vte / (v * math.e)) ** 3
+        i = -is_ * (1 + a)
+    return i + GMIN * v
+
+
+def clipper_brentq(u: np.ndarray, fs: float, r: float = 2.2e3, c: float = 10e-9, is_: float = 2.52e-9,
+                   n: float = 1.752) -> np.ndarray:
+    """Trapezoidal clipper, one scalar root per sample: (u - v)/R = 2C/T v - x + i(v) - i(-v)."""
+    k2 = 2.0 * c * fs
+    x = 0.0
+    out = np.empty_like(u)
+    for k, uk in enumerate(u):
+        def kcl(v, uk=uk, x=x):
+            return (uk - v) / r - k2 * v + x - diode_current_docs(v, is_, n) + diode_current_docs(-v, is_, n)
+        lo, hi = -abs(uk) - 1.0, abs(uk) + 1.0
+        v = scipy.optimize.brentq(kcl, lo, hi, xtol=1e-15, rtol=4.5e-16, maxiter=500)
+        out[k] = v
+        x = 2.0 * k2 * v - x  # companion history current of the capacitor
+    return out
+
+
+# ============================================================================= tests
+
+
+def test_numba_eval_matches_torch_eval(mixed):
+    """Compiled f and J against torch_eval and against autograd of torch_eval (incl. PNP, reversed diode)."""
+    theta = mixed_theta()
+    rng = np.random.default_rng(3)
+    pts = np.column_stack([rng.uniform(-1.0, 0.8, 40), rng.uniform(0.3, 0.8, 40), rng.uniform(-3, 0.5, 40),
+                           rng.uniform(-1.5, 1.0, 40)])
+    pts[0, 3] = -0.2  # exactly at the Max(E1, 0) kink region edge of the behavioural law
+    f_t, j_t = mixed.torch_eval(torch.tensor(pts), theta, jacobian=True)
+    for k, v in enumerate(pts):
+        f_n, j_n = mixed.eval_numpy(v, theta.detach().numpy())
+        assert rel(f_n, f_t[k]) < 1e-13
+        assert rel(j_n, j_t[k]) < 1e-13
+        j_auto = torch.autograd.functional.jacobian(lambda vv: mixed.torch_eval(vv, theta), torch.tensor(v))
+        for o in range(7):  # row by row: rows differ by orders of magnitude
+            assert rel(j_t[k, o], j_auto[o]) < 1e-9, (k, o)
+    # a PNP and a reversed diode share one generated module with their NPN / forward twins
+    nd = 31
+    nl2 = build_nonlinearity([BJTBlock(ports=(0, 1), outs=(0, 1, 2, 3), theta=0),
+                              DiodeBlock(port=2, out_i=4, theta=60, sign=-1.0)], 3, 5)
+    th2 = torch.cat([bjt_theta_torch(BJT_P, -1.0), diode_theta_torch(DIODE_P)])
+    assert th2.numel() == 60 + nd
+    for v in ([-0.65, 2.0, 0.4], [-0.7, -0.2, -0.5], [0.3, 4.0, 1.0]):
+        f_n, j_n = nl2.eval_numpy(np.array(v), th2.numpy())
+        f_t2, j_t2 = nl2.torch_eval(torch.tensor(v, dtype=DT), th2, jacobian=True)
+        assert rel(f_n, f_t2) < 1e-13 and rel(j_n, j_t2) < 1e-13
+        j_auto = torch.autograd.functional.jacobian(lambda vv: nl2.torch_eval(vv, th2), torch.tensor(v, dtype=DT))
+        for o in range(5):
+            assert rel(j_t2[o], j_auto[o]) < 1e-9
+
+
+def test_expr_codegen_functions():
+    """Piecewise, Min, Heaviside, trig and the triode cut-off: compiled vs torch vs sympy."""
+    x, y, a = sp.symbols("x y a", real=True)
+    exprs = [
+        sp.Piecewise((x**2, x < 0), (sp.sin(x) * y, sp.And(x >= 0, y > 1)), (sp.tanh(x * y), True)),
+        sp.Min(x, y, 0.5) + sp.Heaviside(x) * sp.sqrt(1 + y**2) + sp.atan(x / a),
+        2 * sp.sign(sp.Max(x, 0)) * sp.Abs(sp.Max(x, 0)) ** sp.Rational(7, 5) / a,
+    ]
+    blocks = [ExprBlock(e, ports=((x, 0), (y, 1)), params=((a, 0),), out=k) for k, e in enumerate(exprs)]
+    nl = build_nonlinearity(blocks, 2, 3)
+    theta = np.array([1.7])
+    for pt in ([-0.7, 0.4], [0.6, 1.5], [0.6, 0.5], [0.0, 2.0], [1.2, -0.3]):
+        f_n, j_n = nl.eval_numpy(np.array(pt), theta)
+        f_t, j_t = nl.torch_eval(torch.tensor(pt, dtype=DT), torch.tensor(theta), jacobian=True)
+        subs = {x: pt[0], y: pt[1], a: theta[0]}
+        f_s = [float(e.subs(subs)) for e in exprs]
+        assert rel(f_n, f_s) < 1e-14 and rel(f_t, f_s) < 1e-14
+        assert rel(j_n, j_t) < 1e-14
+        assert np.all(np.isfinite(j_n))  # d/dx Max(x,0)**1.4 at x = 0 is 0, not 0/0
+        if pt[0] != 0.0:
+            j_s = [[float(sp.diff(e, s).subs(subs)) for s in (x, y)] for e in exprs]
+            assert np.allclose(j_n, j_s, rtol=1e-13, atol=1e-14)
+
+
+def test_forward_matches_reference(mixed):
+    mats = mixed_system()
+    theta = mixed_theta()
+    u = mixed_input(3, 120)
+    x0 = np.random.default_rng(5).standard_normal((3, 3)) * 0.1
+    res = ss.forward(mixed, mats, theta.numpy(), u, x0, save=True)
+    assert res.failed is None and res.stats[:, ss.ST_DAMPED].sum() == 0
+    y_ref, x_ref, v_ref = reference_state_space([torch.tensor(m) for m in mats], theta, torch.tensor(u),
+                                                torch.tensor(x0), mixed)
+    assert rel(res.y, y_ref) < 1e-10
+    assert rel(res.v, v_ref) < 1e-10
+    assert rel(res.x_final, x_ref) < 1e-10
+    # the ports really are nonlinear here: forward-biased diode and BE junction, active BJT
+    assert res.v[:, :, 0].max() > 0.4 and res.v[:, :, 1].min() > 0.5 and res.v[:, :, 2].max() < 0
+
+
+def test_stream_equals_one_shot(mixed):
+    mats = mixed_system()
+    theta = mixed_theta().numpy()
+    u = mixed_input(2, 300)
+    x0 = np.zeros((2, 3))
+    whole = ss.forward(mixed, mats, theta, u, x0, save=False)
+    x, warm, ys = x0, None, []
+    for a, b in ((0, 1), (1, 51), (51, 178), (178, 300)):
+        part = ss.forward(mixed, mats, theta, u[:, a:b], x, v_init=warm, save=False)
+        x, warm = part.x_final, part.warm
+        ys.append(part.y)
+    assert np.array_equal(np.concatenate(ys, axis=1), whole.y)
+    assert np.array_equal(x, whole.x_final)
+    # the same through the torch entry point, with gradients enabled for the second block
+    mt = [torch.tensor(m) for m in mats]
+    y1, fin, _ = run_state_space(mt, torch.tensor(theta), torch.tensor(u[:, :100]), torch.tensor(x0), mixed)
+    ut = torch.tensor(u[:, 100:], requires_grad=True)
+    y2, fin2, _ = run_state_space(mt, torch.tensor(theta), ut, fin["x"], mixed, v_init=fin["v"])
+    assert np.array_equal(torch.cat([y1, y2.detach()], dim=1).numpy(), whole.y)
+    assert np.array_equal(fin2["x"].detach().numpy(), whole.x_final)
+
+
+@pytest.mark.parametrize("fs", [384e3, 48e3])
+def test_clipper_vs_brentq(clipper, fs):
+    t = np.arange(600) / fs
+    sig = 4.0 * np.sin(2 * np.pi * 1500 * t) * np.exp(-t * 2000) + 0.8 * np.sin(2 * np.pi * 7000 * t)
+    y, _, stats = run_state_space([torch.tensor(m) for m in clipper_matrices(fs)], clipper_theta(),
+                                  torch.tensor(sig[None, :, None]), torch.zeros(1, 1, dtype=DT), clipper)
+    ref = clipper_brentq(sig, fs)
+    assert rel(y[0, :, 0], ref) < 1e-10
+    assert np.abs(ref).max() > 0.55  # the diodes conduct
+    assert stats["samples"] == 600 and stats["iterations"] >= 600
+
+
+def test_fallbacks_still_converge(clipper):
+    """With plain Newton capped at 1 iteration every sample goes to the damped fallback; with
+    the damped solve also capped the homotopy in p takes over.  Results stay exact."""
+    fs = 48e3
+    sig = np.concatenate([np.zeros(5), 12.0 * np.ones(10), -12.0 * np.ones(10)])
+    ref = clipper_brentq(sig, fs)
+    mats = clipper_matrices(fs)
+    theta = clipper_theta().numpy()
+    for opts, which in ((ss.KernelOptions(max_iter=1), ss.ST_DAMPED),
+                        (ss.KernelOptions(max_iter=1, fallback_iter=3), ss.ST_HOMOTOPY)):
+        res = ss.forward(clipper, mats, theta, sig[None, :, None], np.zeros((1, 1)), options=opts, save=False)
+        assert res.failed is None
+        assert res.stats[0, which] > 0
+        assert rel(res.y[0, :, 0], ref) < 1e-10
+
+
+def test_gradients_match_reference(mixed):
+    mats = mixed_system(seed=2)
+    u_np = mixed_input(2, 60, seed=4)
+    leaves = {
+        "d_IS": torch.tensor(DIODE_P["IS"], dtype=DT), "d_N": torch.tensor(DIODE_P["N"], dtype=DT),
+        "b_IS": torch.tensor(BJT_P["IS"], dtype=DT), "b_BF": torch.tensor(BJT_P["BF"], dtype=DT),
+        "kp": torch.tensor(EXPR_P[0], dtype=DT), "ex": torch.tensor(EXPR_P[1], dtype=DT),
+    }
+    w = torch.tensor(np.random.default_rng(9).standard_normal((2, 60, 2)))
+    wx = torch.tensor(np.random.default_rng(10).standard_normal((2, 3)))
+
+    def grads(run):
+        mt = [torch.tensor(m, requires_grad=True) for m in mats]
+        lv = {k: v.clone().requires_grad_(True) for k, v in leaves.items()}
+        u = torch.tensor(u_np, requires_grad=True)
+        x0 = torch.full((2, 3), 0.05, dtype=DT, requires_grad=True)
+        y, xT = run(mt, mixed_theta(lv), u, x0)
+        loss = (w * y).sum() + (wx * xT).sum()
+        inputs = mt + list(lv.values()) + [u, x0]
+        return y, torch.autograd.grad(loss, inputs)
+
+    y_nb, g_nb = grads(lambda mt, th, u, x0: (lambda r: (r[0], r[1]["x"]))(run_state_space(mt, th, u, x0, mixed)))
+    y_ref, g_ref = grads(lambda mt, th, u, x0: reference_state_space(mt, th, u, x0, mixed)[:2])
+    assert rel(y_nb, y_ref) < 1e-10
+    names = list("ABCDEFGHK") + list(leaves) + ["u", "x0"]
+    for name, a, b in zip(names, g_nb, g_ref):
+        assert torch.count_nonzero(b) > 0, name
+        assert rel(a, b) < 1e-7, name
+
+
+def test_gradcheck_tiny(clipper):
+    fs = 96e3
+    mats = [torch.tensor(m, requires_grad=True) for m in clipper_matrices(fs)]
+    t = np.arange(6) / fs
+    u = torch.tensor((2.0 * np.sin(2 * np.pi * 9000 * t + np.array([[0.0], [1.0]])))[:, :, None],
+                     requires_grad=True)
+    x0 = torch.tensor([[1e-3], [-2e-3]], dtype=DT, requires_grad=True)
+    log_is = torch.tensor(math.log(2.52e-9), dtype=DT, requires_grad=True)
+    n = torch.tensor(1.752, dtype=DT, requires_grad=True)
+
+    def fn(*args):
+        *m, u_, x0_, lis, n_ = args
+        y, fin, _ = run_state_space(m, clipper_theta(torch.exp(lis), n_), u_, x0_, clipper)
+        return y, fin["x"]
+
+    assert torch.autograd.gradcheck(fn, (*mats, u, x0, log_is, n), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_newton_failure_names_the_sample():
+    """v = p + v^2/2 has no real solution for p > 1/2 (I - K J = 1 - v is singular at the fold)."""
+    v0 = sp.Symbol("v0", real=True)
+    nl = build_nonlinearity([ExprBlock(v0**2 / 2, ports=((v0, 0),), out=0)], 1, 1)
+    one, zero = np.ones((1, 1)), np.zeros((1, 1))
+    mats = [torch.tensor(m) for m in (0.5 * one, zero, zero, zero, zero, one, zero, one, one)]
+    n = np.arange(20)
+    u = torch.tensor(np.stack([0.02 * n, 0.045 * n])[:, :, None])  # item 1 crosses 1/2 at sample 12
+    with pytest.raises(NewtonError) as err:
+        run_state_space(mats, torch.zeros(0, dtype=DT), u, torch.zeros(2, 1, dtype=DT), nl, sample_rate=48000.0,
+                        sample_offset=100)
+    e = err.value
+    assert (e.sample, e.batch) == (112, 1)
+    assert e.time == pytest.approx(112 / 48000.0)
+    assert str(e).startswith("Newton failed at sample 112 (t = 0.00233333333 s)")
+    # below the fold the same system is solved exactly: v = 1 - sqrt(1 - 2p)
+    y, _, _ = run_state_space(mats, torch.zeros(0, dtype=DT), u[:1], torch.zeros(1, 1, dtype=DT), nl)
+    p = 0.02 * n
+    assert rel(y[0, :, 0], (1 - np.sqrt(1 - 2 * p)) ** 2 / 2) < 1e-12
+
+
+def test_linear_system_without_ports():
+    """Nv = Nf = 0 (a linear circuit): the plain recursion y = D x + E u, x' = A x + B u."""
+    nl = build_nonlinearity([], 0, 0)
+    rng = np.random.default_rng(7)
+    A = 0.5 * rng.standard_normal((2, 2))
+    B, D, E = rng.standard_normal((2, 1)), rng.standard_normal((1, 2)), rng.standard_normal((1, 1))
+    z = np.zeros
+    mats = (A, B, z((2, 0)), D, E, z((1, 0)), z((0, 2)), z((0, 1)), z((0, 0)))
+    u = rng.standard_normal((2, 50, 1))
+    res = ss.forward(nl, mats, np.zeros(0), u, np.ones((2, 2)), save=False)
+    x = np.ones((2, 2))
+    for k in range(50):
+        assert np.allclose(res.y[:, k], x @ D.T + u[:, k] @ E.T, rtol=1e-13, atol=1e-13)
+        x = x @ A.T + u[:, k] @ B.T
+    assert np.allclose(res.x_final, x, rtol=1e-13, atol=1e-13)
+
+
+def test_generated_module_is_cached(clipper):
+    """The generated source lives in the cache directory and numba wrote its cache next to it."""
+    ss.forward(clipper, clipper_matrices(48e3), clipper_theta().numpy(), np.zeros((1, 3, 1)), np.zeros((1, 1)))
+    path = clipper.module.__file__
+    assert path.startswith(str(cache_dir()))
+    assert "def nl_eval" in open(path).read()
+    index = list((cache_dir() / "__pycache__").glob(f"{clipper.module.__name__}.forward_item*.nbi"))
+    assert index, "numba did not cache forward_item"
