@@ -168,7 +168,7 @@ def clipper_brentq(u: np.ndarray, fs: float, r: float = 2.2e3, c: float = 10e-9,
         def kcl(v, uk=uk, x=x):
             return (uk - v) / r - k2 * v + x - diode_current_docs(v, is_, n) + diode_current_docs(-v, is_, n)
         lo, hi = -abs(uk) - 1.0, abs(uk) + 1.0
-        v = scipy.optimize.brentq(kcl, lo, hi, xtol=1e-15, rtol=4.5e-16, maxiter=500)
+        v = scipy.optimize.brentq(kcl, lo, hi, xtol=1e-15, rtol=1e-15, maxiter=500)
         out[k] = v
         x = 2.0 * k2 * v - x  # companion history current of the capacitor
     return out
@@ -243,8 +243,9 @@ def test_forward_matches_reference(mixed):
     assert rel(res.y, y_ref) < 1e-10
     assert rel(res.v, v_ref) < 1e-10
     assert rel(res.x_final, x_ref) < 1e-10
-    # the ports really are nonlinear here: forward-biased diode and BE junction, active BJT
-    assert res.v[:, :, 0].max() > 0.4 and res.v[:, :, 1].min() > 0.5 and res.v[:, :, 2].max() < 0
+    # the ports really are nonlinear here: diode conducting, BE junction on, BJT active and saturated
+    assert res.v[:, :, 0].max() > 0.4 and res.v[:, :, 1].min() > 0.5
+    assert res.v[:, :, 2].min() < -1.0 and res.v[:, :, 2].max() > 0.4
 
 
 def test_stream_equals_one_shot(mixed):
@@ -328,21 +329,25 @@ def test_gradients_match_reference(mixed):
 
 
 def test_gradcheck_tiny(clipper):
+    """Finite differences through the whole compiled forward.  Every input enters as a relative
+    factor (matrices, x0, IS) or is O(1) (u, N), so one step size suits all of them."""
     fs = 96e3
-    mats = [torch.tensor(m, requires_grad=True) for m in clipper_matrices(fs)]
+    m0 = [torch.tensor(m) for m in clipper_matrices(fs)]
+    scales = [torch.ones_like(m, requires_grad=True) for m in m0]
     t = np.arange(6) / fs
     u = torch.tensor((2.0 * np.sin(2 * np.pi * 9000 * t + np.array([[0.0], [1.0]])))[:, :, None],
                      requires_grad=True)
-    x0 = torch.tensor([[1e-3], [-2e-3]], dtype=DT, requires_grad=True)
-    log_is = torch.tensor(math.log(2.52e-9), dtype=DT, requires_grad=True)
+    x0 = torch.tensor([[1.0], [-2.0]], dtype=DT, requires_grad=True)
+    is_scale = torch.tensor(1.0, dtype=DT, requires_grad=True)
     n = torch.tensor(1.752, dtype=DT, requires_grad=True)
 
     def fn(*args):
-        *m, u_, x0_, lis, n_ = args
-        y, fin, _ = run_state_space(m, clipper_theta(torch.exp(lis), n_), u_, x0_, clipper)
+        *s, u_, x0_, is_s, n_ = args
+        mats = [m * k for m, k in zip(m0, s)]
+        y, fin, _ = run_state_space(mats, clipper_theta(2.52e-9 * is_s, n_), u_, 1e-3 * x0_, clipper)
         return y, fin["x"]
 
-    assert torch.autograd.gradcheck(fn, (*mats, u, x0, log_is, n), eps=1e-6, atol=1e-6, rtol=1e-5)
+    assert torch.autograd.gradcheck(fn, (*scales, u, x0, is_scale, n), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
 def test_newton_failure_names_the_sample():

@@ -532,7 +532,7 @@ class Nonlinearity:
                 off = _offset(blk.theta)
                 dev = _devices()
                 pm = _theta_mapping(theta, off, dev.BJT_PARAM_ORDER)
-                pol = float(theta[off + dev.BJT_POLARITY_INDEX])
+                pol = float(theta[off + dev.BJT_POLARITY_INDEX].detach())
                 r = fn(v[..., blk.ports[0]], v[..., blk.ports[1]], pm, pol)
                 pbe, pbc = blk.ports
                 vals = (r.ib, r.ic, r.qbe, r.qbc)
