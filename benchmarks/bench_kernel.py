@@ -56,15 +56,25 @@ def clipper_nonlinearity():
     from circuitsim.kernels.nonlinearity import DiodeBlock, build_nonlinearity
 
     pv = diode_params_vector(DIODE)
-    nl = build_nonlinearity([DiodeBlock(port=0, out_i=0, theta=0, sign=1.0),
-                             DiodeBlock(port=0, out_i=1, theta=pv.size, sign=-1.0)], 1, 2)
+    nl = build_nonlinearity(
+        [
+            DiodeBlock(port=0, out_i=0, theta=0, sign=1.0),
+            DiodeBlock(port=0, out_i=1, theta=pv.size, sign=-1.0),
+        ],
+        1,
+        2,
+    )
     return nl, np.concatenate([pv, pv])
 
 
 def _input(fs: float, seconds: float, amplitude: float, batch: int) -> np.ndarray:
     t = np.arange(int(fs * seconds)) / fs
     # a decaying 110 Hz "guitar note" with harmonics plus a 1 kHz tone, volts
-    sig = np.sin(2 * np.pi * 110 * t) + 0.5 * np.sin(2 * np.pi * 330 * t + 0.3) + 0.3 * np.sin(2 * np.pi * 1000 * t)
+    sig = (
+        np.sin(2 * np.pi * 110 * t)
+        + 0.5 * np.sin(2 * np.pi * 330 * t + 0.3)
+        + 0.3 * np.sin(2 * np.pi * 1000 * t)
+    )
     sig = amplitude * sig * np.exp(-t / max(seconds, 1e-9))
     return np.repeat(sig[None, :, None], batch, axis=0)
 
@@ -81,7 +91,9 @@ def compile_probe() -> dict[str, float]:
     t1 = time.perf_counter()
     res = ss.forward(nl, mats, theta, u, np.zeros((1, 1)), options=ss.KernelOptions(threads=1))
     t2 = time.perf_counter()
-    ss.backward(nl, mats, theta, u, res.v, res.checkpoints, np.ones_like(res.y), options=ss.KernelOptions(threads=1))
+    ss.backward(
+        nl, mats, theta, u, res.v, res.checkpoints, np.ones_like(res.y), options=ss.KernelOptions(threads=1)
+    )
     t3 = time.perf_counter()
     return {"import_s": t_import, "forward_first_call_s": t2 - t1, "backward_first_call_s": t3 - t2}
 
@@ -90,8 +102,13 @@ def _probe_in_subprocess(cache: str) -> dict[str, float]:
     env = dict(os.environ, CIRCUITSIM_CACHE=cache)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--compile-probe"], env=env, check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--compile-probe"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -111,7 +128,9 @@ def main() -> None:
     ap.add_argument("--amplitude", type=float, default=4.0, help="input peak, volts")
     ap.add_argument("--predictor", default="tangent", choices=["previous", "linear", "tangent"])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--compile", action="store_true", help="also time cold and cached compilation (subprocesses)")
+    ap.add_argument(
+        "--compile", action="store_true", help="also time cold and cached compilation (subprocesses)"
+    )
     ap.add_argument("--compile-probe", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.compile_probe:
@@ -136,7 +155,9 @@ def main() -> None:
     t_fwd = _best(lambda: ss.forward(nl, mats, theta, u, x0, options=opts, save=True), args.repeats)
     saved = ss.forward(nl, mats, theta, u, x0, options=opts, save=True)
     gy = np.ones_like(saved.y)
-    t_bwd = _best(lambda: ss.backward(nl, mats, theta, u, saved.v, saved.checkpoints, gy, options=opts), args.repeats)
+    t_bwd = _best(
+        lambda: ss.backward(nl, mats, theta, u, saved.v, saved.checkpoints, gy, options=opts), args.repeats
+    )
 
     # end to end through torch.autograd: matrices and theta (from IS, N) require grad
     from circuitsim.kernels.nonlinearity import diode_theta_torch
@@ -161,9 +182,17 @@ def main() -> None:
     t_e2e = _best(end_to_end, args.repeats)
     end_to_end_matrices_only()
     t_e2e_m = _best(end_to_end_matrices_only, args.repeats)
-    t_e2e_fwd = _best(lambda: run_state_space(mt, torch.cat([diode_theta_torch(DIODE)] * 2), ut,
-                                              torch.zeros(1, 1, dtype=torch.float64), nl, options=opts),
-                      args.repeats)
+    t_e2e_fwd = _best(
+        lambda: run_state_space(
+            mt,
+            torch.cat([diode_theta_torch(DIODE)] * 2),
+            ut,
+            torch.zeros(1, 1, dtype=torch.float64),
+            nl,
+            options=opts,
+        ),
+        args.repeats,
+    )
 
     saved_bytes = saved.v.nbytes + saved.checkpoints.nbytes
     report = {

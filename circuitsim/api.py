@@ -11,11 +11,12 @@ import torch
 from circuitsim.circuit.build import build_circuit
 from circuitsim.circuit.circuit import Circuit
 from circuitsim.formulations.base import AbstractCircuitModule
+from circuitsim.formulations.dk import DKModule
 from circuitsim.formulations.mna import MNAModule
 from circuitsim.netlist import parse_file
 
-METHODS: dict[str, type[AbstractCircuitModule]] = {"mna": MNAModule}
-DEFAULT_METHOD = "mna"
+METHODS: dict[str, type[AbstractCircuitModule]] = {"mna": MNAModule, "dk": DKModule}
+DEFAULT_METHOD = "dk"  # DK handles every circuit MNA does (nonlinear charges included), compiled
 
 
 def register_method(name: str, cls: type[AbstractCircuitModule]) -> None:

@@ -137,8 +137,11 @@ def clipper_matrices(fs: float, r: float = 2.2e3, c: float = 10e-9) -> tuple[np.
 
 @pytest.fixture(scope="module")
 def clipper():
-    nl = build_nonlinearity([DiodeBlock(port=0, out_i=0, theta=0, sign=1.0),
-                             DiodeBlock(port=0, out_i=1, theta=31, sign=-1.0)], 1, 2)
+    nl = build_nonlinearity(
+        [DiodeBlock(port=0, out_i=0, theta=0, sign=1.0), DiodeBlock(port=0, out_i=1, theta=31, sign=-1.0)],
+        1,
+        2,
+    )
     return nl
 
 
@@ -158,15 +161,18 @@ def diode_current_docs(v: float, is_: float, n: float) -> float:
     return i + GMIN * v
 
 
-def clipper_brentq(u: np.ndarray, fs: float, r: float = 2.2e3, c: float = 10e-9, is_: float = 2.52e-9,
-                   n: float = 1.752) -> np.ndarray:
+def clipper_brentq(
+    u: np.ndarray, fs: float, r: float = 2.2e3, c: float = 10e-9, is_: float = 2.52e-9, n: float = 1.752
+) -> np.ndarray:
     """Trapezoidal clipper, one scalar root per sample: (u - v)/R = 2C/T v - x + i(v) - i(-v)."""
     k2 = 2.0 * c * fs
     x = 0.0
     out = np.empty_like(u)
     for k, uk in enumerate(u):
+
         def kcl(v, uk=uk, x=x):
             return (uk - v) / r - k2 * v + x - diode_current_docs(v, is_, n) + diode_current_docs(-v, is_, n)
+
         lo, hi = -abs(uk) - 1.0, abs(uk) + 1.0
         v = scipy.optimize.brentq(kcl, lo, hi, xtol=1e-15, rtol=1e-15, maxiter=500)
         out[k] = v
@@ -181,8 +187,14 @@ def test_numba_eval_matches_torch_eval(mixed):
     """Compiled f and J against torch_eval and against autograd of torch_eval (incl. PNP, reversed diode)."""
     theta = mixed_theta()
     rng = np.random.default_rng(3)
-    pts = np.column_stack([rng.uniform(-1.0, 0.8, 40), rng.uniform(0.3, 0.8, 40), rng.uniform(-3, 0.5, 40),
-                           rng.uniform(-1.5, 1.0, 40)])
+    pts = np.column_stack(
+        [
+            rng.uniform(-1.0, 0.8, 40),
+            rng.uniform(0.3, 0.8, 40),
+            rng.uniform(-3, 0.5, 40),
+            rng.uniform(-1.5, 1.0, 40),
+        ]
+    )
     pts[0, 3] = -0.2  # exactly at the Max(E1, 0) kink region edge of the behavioural law
     f_t, j_t = mixed.torch_eval(torch.tensor(pts), theta, jacobian=True)
     for k, v in enumerate(pts):
@@ -194,15 +206,23 @@ def test_numba_eval_matches_torch_eval(mixed):
             assert rel(j_t[k, o], j_auto[o]) < 1e-9, (k, o)
     # a PNP and a reversed diode share one generated module with their NPN / forward twins
     nd = 31
-    nl2 = build_nonlinearity([BJTBlock(ports=(0, 1), outs=(0, 1, 2, 3), theta=0),
-                              DiodeBlock(port=2, out_i=4, theta=60, sign=-1.0)], 3, 5)
+    nl2 = build_nonlinearity(
+        [
+            BJTBlock(ports=(0, 1), outs=(0, 1, 2, 3), theta=0),
+            DiodeBlock(port=2, out_i=4, theta=60, sign=-1.0),
+        ],
+        3,
+        5,
+    )
     th2 = torch.cat([bjt_theta_torch(BJT_P, -1.0), diode_theta_torch(DIODE_P)])
     assert th2.numel() == 60 + nd
     for v in ([-0.65, 2.0, 0.4], [-0.7, -0.2, -0.5], [0.3, 4.0, 1.0]):
         f_n, j_n = nl2.eval_numpy(np.array(v), th2.numpy())
         f_t2, j_t2 = nl2.torch_eval(torch.tensor(v, dtype=DT), th2, jacobian=True)
         assert rel(f_n, f_t2) < 1e-13 and rel(j_n, j_t2) < 1e-13
-        j_auto = torch.autograd.functional.jacobian(lambda vv: nl2.torch_eval(vv, th2), torch.tensor(v, dtype=DT))
+        j_auto = torch.autograd.functional.jacobian(
+            lambda vv: nl2.torch_eval(vv, th2), torch.tensor(v, dtype=DT)
+        )
         for o in range(5):
             assert rel(j_t2[o], j_auto[o]) < 1e-9
 
@@ -238,8 +258,9 @@ def test_forward_matches_reference(mixed):
     x0 = np.random.default_rng(5).standard_normal((3, 3)) * 0.1
     res = ss.forward(mixed, mats, theta.numpy(), u, x0, save=True)
     assert res.failed is None and res.stats[:, ss.ST_DAMPED].sum() == 0
-    y_ref, x_ref, v_ref = reference_state_space([torch.tensor(m) for m in mats], theta, torch.tensor(u),
-                                                torch.tensor(x0), mixed)
+    y_ref, x_ref, v_ref = reference_state_space(
+        [torch.tensor(m) for m in mats], theta, torch.tensor(u), torch.tensor(x0), mixed
+    )
     assert rel(res.y, y_ref) < 1e-10
     assert rel(res.v, v_ref) < 1e-10
     assert rel(res.x_final, x_ref) < 1e-10
@@ -274,8 +295,13 @@ def test_stream_equals_one_shot(mixed):
 def test_clipper_vs_brentq(clipper, fs):
     t = np.arange(600) / fs
     sig = 4.0 * np.sin(2 * np.pi * 1500 * t) * np.exp(-t * 2000) + 0.8 * np.sin(2 * np.pi * 7000 * t)
-    y, _, stats = run_state_space([torch.tensor(m) for m in clipper_matrices(fs)], clipper_theta(),
-                                  torch.tensor(sig[None, :, None]), torch.zeros(1, 1, dtype=DT), clipper)
+    y, _, stats = run_state_space(
+        [torch.tensor(m) for m in clipper_matrices(fs)],
+        clipper_theta(),
+        torch.tensor(sig[None, :, None]),
+        torch.zeros(1, 1, dtype=DT),
+        clipper,
+    )
     ref = clipper_brentq(sig, fs)
     assert rel(y[0, :, 0], ref) < 1e-10
     assert np.abs(ref).max() > 0.55  # the diodes conduct
@@ -290,8 +316,10 @@ def test_fallbacks_still_converge(clipper):
     ref = clipper_brentq(sig, fs)
     mats = clipper_matrices(fs)
     theta = clipper_theta().numpy()
-    for opts, which in ((ss.KernelOptions(max_iter=1), ss.ST_DAMPED),
-                        (ss.KernelOptions(max_iter=1, fallback_iter=3), ss.ST_HOMOTOPY)):
+    for opts, which in (
+        (ss.KernelOptions(max_iter=1), ss.ST_DAMPED),
+        (ss.KernelOptions(max_iter=1, fallback_iter=3), ss.ST_HOMOTOPY),
+    ):
         res = ss.forward(clipper, mats, theta, sig[None, :, None], np.zeros((1, 1)), options=opts, save=False)
         assert res.failed is None
         assert res.stats[0, which] > 0
@@ -302,9 +330,12 @@ def test_gradients_match_reference(mixed):
     mats = mixed_system(seed=2)
     u_np = mixed_input(2, 60, seed=4)
     leaves = {
-        "d_IS": torch.tensor(DIODE_P["IS"], dtype=DT), "d_N": torch.tensor(DIODE_P["N"], dtype=DT),
-        "b_IS": torch.tensor(BJT_P["IS"], dtype=DT), "b_BF": torch.tensor(BJT_P["BF"], dtype=DT),
-        "kp": torch.tensor(EXPR_P[0], dtype=DT), "ex": torch.tensor(EXPR_P[1], dtype=DT),
+        "d_IS": torch.tensor(DIODE_P["IS"], dtype=DT),
+        "d_N": torch.tensor(DIODE_P["N"], dtype=DT),
+        "b_IS": torch.tensor(BJT_P["IS"], dtype=DT),
+        "b_BF": torch.tensor(BJT_P["BF"], dtype=DT),
+        "kp": torch.tensor(EXPR_P[0], dtype=DT),
+        "ex": torch.tensor(EXPR_P[1], dtype=DT),
     }
     w = torch.tensor(np.random.default_rng(9).standard_normal((2, 60, 2)))
     wx = torch.tensor(np.random.default_rng(10).standard_normal((2, 3)))
@@ -319,7 +350,9 @@ def test_gradients_match_reference(mixed):
         inputs = mt + list(lv.values()) + [u, x0]
         return y, torch.autograd.grad(loss, inputs)
 
-    y_nb, g_nb = grads(lambda mt, th, u, x0: (lambda r: (r[0], r[1]["x"]))(run_state_space(mt, th, u, x0, mixed)))
+    y_nb, g_nb = grads(
+        lambda mt, th, u, x0: (lambda r: (r[0], r[1]["x"]))(run_state_space(mt, th, u, x0, mixed))
+    )
     y_ref, g_ref = grads(lambda mt, th, u, x0: reference_state_space(mt, th, u, x0, mixed)[:2])
     assert rel(y_nb, y_ref) < 1e-10
     names = list("ABCDEFGHK") + list(leaves) + ["u", "x0"]
@@ -335,8 +368,9 @@ def test_gradcheck_tiny(clipper):
     m0 = [torch.tensor(m) for m in clipper_matrices(fs)]
     scales = [torch.ones_like(m, requires_grad=True) for m in m0]
     t = np.arange(6) / fs
-    u = torch.tensor((2.0 * np.sin(2 * np.pi * 9000 * t + np.array([[0.0], [1.0]])))[:, :, None],
-                     requires_grad=True)
+    u = torch.tensor(
+        (2.0 * np.sin(2 * np.pi * 9000 * t + np.array([[0.0], [1.0]])))[:, :, None], requires_grad=True
+    )
     x0 = torch.tensor([[1.0], [-2.0]], dtype=DT, requires_grad=True)
     is_scale = torch.tensor(1.0, dtype=DT, requires_grad=True)
     n = torch.tensor(1.752, dtype=DT, requires_grad=True)
@@ -359,8 +393,15 @@ def test_newton_failure_names_the_sample():
     n = np.arange(20)
     u = torch.tensor(np.stack([0.02 * n, 0.045 * n])[:, :, None])  # item 1 crosses 1/2 at sample 12
     with pytest.raises(NewtonError) as err:
-        run_state_space(mats, torch.zeros(0, dtype=DT), u, torch.zeros(2, 1, dtype=DT), nl, sample_rate=48000.0,
-                        sample_offset=100)
+        run_state_space(
+            mats,
+            torch.zeros(0, dtype=DT),
+            u,
+            torch.zeros(2, 1, dtype=DT),
+            nl,
+            sample_rate=48000.0,
+            sample_offset=100,
+        )
     e = err.value
     assert (e.sample, e.batch) == (112, 1)
     assert e.time == pytest.approx(112 / 48000.0)
@@ -390,7 +431,9 @@ def test_linear_system_without_ports():
 
 def test_generated_module_is_cached(clipper):
     """The generated source lives in the cache directory and numba wrote its cache next to it."""
-    ss.forward(clipper, clipper_matrices(48e3), clipper_theta().numpy(), np.zeros((1, 3, 1)), np.zeros((1, 1)))
+    ss.forward(
+        clipper, clipper_matrices(48e3), clipper_theta().numpy(), np.zeros((1, 3, 1)), np.zeros((1, 1))
+    )
     path = clipper.module.__file__
     assert path.startswith(str(cache_dir()))
     assert "def nl_eval" in open(path).read()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 
 from circuitsim.circuit.checks import check_topology
 from circuitsim.circuit.circuit import GROUND, Circuit, DeviceModel, FlatElement, ParamKind, ParamLeaf
-from circuitsim.devices.catalog import model_parameter_status
+from circuitsim.devices.catalog import canonical_name, model_parameter_status
 from circuitsim.netlist import NetlistError, NetlistWarning
 from circuitsim.netlist.ast import (
     BranchI,
@@ -165,7 +165,8 @@ class _Builder:
                 if key not in f.models:
                     m = f.scope.models[key]
                     params: dict[str, Expr] = {}
-                    for pname, pexpr in m.params.items():
+                    for raw_name, pexpr in m.params.items():
+                        pname = canonical_name(m.type, raw_name)
                         status = model_parameter_status(m.type, pname)
                         if status == "unknown":
                             raise NetlistError(f"unknown parameter {pname} for {m.type} model {m.name}", m.loc)

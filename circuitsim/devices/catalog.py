@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from circuitsim.devices.bjt import BJT_DEFAULTS, BJT_SILENT, BJT_UNMODELLED
-from circuitsim.devices.diode import DIODE_DEFAULTS, DIODE_SILENT, DIODE_UNMODELLED
+from circuitsim.devices.bjt import BJT_ALIASES, BJT_DEFAULTS, BJT_SILENT, BJT_UNMODELLED
+from circuitsim.devices.diode import DIODE_ALIASES, DIODE_DEFAULTS, DIODE_SILENT, DIODE_UNMODELLED
 
 Status = Literal["modelled", "silent", "unmodelled", "unknown"]
 
@@ -15,9 +15,8 @@ _TABLES = {
     "PNP": (BJT_DEFAULTS, BJT_SILENT, BJT_UNMODELLED),
 }
 
-# Alternative spellings ngspice accepts for the same parameter.
-ALIASES = {"D": {"CJ0": "CJO", "CJ": "CJO", "PB": "VJ", "MJ": "M"}, "NPN": {"VA": "VAF", "IK": "IKF", "VB": "VAR"}}
-ALIASES["PNP"] = ALIASES["NPN"]
+# Alternative spellings ngspice accepts for the same parameter (checked against ngspice 39).
+ALIASES = {"D": DIODE_ALIASES, "NPN": BJT_ALIASES, "PNP": BJT_ALIASES}
 
 
 def canonical_name(model_type: str, param: str) -> str:

@@ -21,9 +21,10 @@ import sympy
 import torch
 
 from circuitsim.circuit.circuit import GROUND, Circuit, FlatElement
-from circuitsim.devices.bjt import BJT_DEFAULTS
+from circuitsim.devices.bjt import BJT_DEFAULTS, bjt_instance_params
 from circuitsim.devices.catalog import canonical_name
-from circuitsim.devices.diode import DIODE_DEFAULTS
+from circuitsim.devices.constants import GMIN
+from circuitsim.devices.diode import DIODE_DEFAULTS, diode_instance_params
 from circuitsim.kernels.nonlinearity import (
     BJTBlock,
     DiodeBlock,
@@ -94,6 +95,12 @@ class MNATopology:
                 ohms = Binary("/", expr, Binary("*", area, el.params.get("M", Num(1.0))))
                 self.resistors.append((f"{el.name}.{pname}", ohms, _pair(dict(zip(terms, el.nodes))[term], n)))
                 n += 1
+            if el.kind == "Q":
+                # bjtload.c: a GMIN conductance from the substrate (ground for 3 terminals) to c' (NPN) or b' (PNP)
+                sub = el.nodes[3] if len(el.nodes) > 3 else GROUND
+                inner = internal["c"] if el.model.type == "NPN" else internal["b"]
+                ohms = Binary("/", Num(1.0 / GMIN), el.params.get("M", Num(1.0)))
+                self.resistors.append((f"{el.name}.GMIN", ohms, _pair(inner, sub)))
             self.devices.append(_Device(el, el.kind, internal))
         self.n_nodes = n
         self.branch: dict[str, int] = {}
@@ -165,7 +172,7 @@ class MNATopology:
             has_q = any(k in dev.element.model.params for k in ("CJO", "TT"))
             oi = self._add_output(_pair(t["a"], t["k"]), False)
             oq = self._add_output(_pair(t["a"], t["k"]), True) if has_q else -1
-            size = diode_theta_torch(self._device_params(dev, torch.tensor(1.0))).numel()
+            size = diode_theta_torch(self._device_params(dev, None)).numel()
             self.blocks.append(DiodeBlock(port=p, out_i=oi, out_q=oq, theta=self.theta_size))
         else:
             pbe = self.port(_pair(t["b"], t["e"]))
@@ -179,34 +186,25 @@ class MNATopology:
                 self._add_output(_pair(t["b"], t["c"]), True) if has_q else -1,
             )
             pol = 1.0 if dev.element.model.type == "NPN" else -1.0
-            size = bjt_theta_torch(self._device_params(dev, torch.tensor(1.0)), pol).numel()
+            size = bjt_theta_torch(self._device_params(dev, None), pol).numel()
             self.blocks.append(BJTBlock(ports=(pbe, pbc), outs=outs, theta=self.theta_size))
         self._theta_sources.append(("device", dev, self.theta_size, size))
         self.theta_size += size
 
-    def _device_params(self, dev: _Device, leaves) -> dict[str, torch.Tensor]:
-        """Model parameters (ngspice defaults where the card is silent) with AREA and M applied."""
+    def _device_params(self, dev: _Device, leaves: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """Model parameters (ngspice defaults where the card is silent) scaled for the instance as ngspice does."""
         el = dev.element
-        env = leaves if isinstance(leaves, Mapping) else None
+        env = leaves if leaves is not None else self.leaf_values()
         defaults = DIODE_DEFAULTS if dev.family == "D" else BJT_DEFAULTS
         p: dict[str, torch.Tensor] = {}
         for name, default in defaults.items():
             expr = el.model.params.get(name)
-            if expr is not None and env is not None:
-                p[name] = evaluate(expr, env, TORCH_OPS)
-            elif expr is not None:
-                p[name] = torch.tensor(self._float(expr), dtype=DTYPE)
-            else:
-                p[name] = torch.tensor(default, dtype=DTYPE)
-        scale = torch.tensor(1.0, dtype=DTYPE)
-        for key in ("AREA", "M"):
-            if key in el.params:
-                scale = scale * (evaluate(el.params[key], env, TORCH_OPS) if env else self._float(el.params[key]))
-        scaled = ("IS", "CJO", "IKF") if dev.family == "D" else ("IS", "ISE", "ISC", "IKF", "IKR", "ITF", "CJE", "CJC")
-        for key in scaled:
-            if key in p:
-                p[key] = p[key] * scale
-        return p
+            p[name] = evaluate(expr, env, TORCH_OPS) if expr is not None else torch.tensor(default, dtype=DTYPE)
+        inst = {k: evaluate(el.params[k], env, TORCH_OPS) for k in ("AREA", "M", "AREAB", "AREAC") if k in el.params}
+        if dev.family == "D":
+            return diode_instance_params(p, inst.get("AREA", 1.0), inst.get("M", 1.0))
+        pol = 1.0 if el.model.type == "NPN" else -1.0
+        return bjt_instance_params(p, inst.get("AREA", 1.0), inst.get("M", 1.0), inst.get("AREAB"), inst.get("AREAC"), pol)
 
     def _expr_block(self, el: FlatElement) -> None:
         key = "V" if "V" in el.params else "I" if "I" in el.params else "VALUE"

@@ -34,8 +34,9 @@ class NewtonError(_NewtonError):
     ``batch`` the batch item.
     """
 
-    def __init__(self, sample_index: int, time_s: float | None = None, batch_index: int | None = None,
-                 detail: str = ""):
+    def __init__(
+        self, sample_index: int, time_s: float | None = None, batch_index: int | None = None, detail: str = ""
+    ):
         where = f"Newton failed at sample {sample_index}"
         if time_s is not None:
             where += f" (t = {time_s:.9g} s)"
@@ -72,16 +73,17 @@ def stats_dict(stats: np.ndarray) -> dict[str, int]:
     }
 
 
-def theta_gradient(nl: Nonlinearity, theta: torch.Tensor, v: np.ndarray, mu: np.ndarray,
-                   chunk: int = THETA_CHUNK) -> torch.Tensor:
+def theta_gradient(
+    nl: Nonlinearity, theta: torch.Tensor, v: np.ndarray, mu: np.ndarray, chunk: int = THETA_CHUNK
+) -> torch.Tensor:
     """``sum_{b,n} mu[b,n] . df/dtheta(v[b,n])`` with torch autograd, ``chunk`` samples at a time."""
     th = theta.detach().to(DTYPE).requires_grad_(True)
     total = torch.zeros_like(th)
     T = v.shape[1]
     with torch.enable_grad():
         for s in range(0, T, chunk):
-            vv = torch.from_numpy(np.ascontiguousarray(v[:, s:s + chunk]))
-            mm = torch.from_numpy(np.ascontiguousarray(mu[:, s:s + chunk]))
+            vv = torch.from_numpy(np.ascontiguousarray(v[:, s : s + chunk]))
+            mm = torch.from_numpy(np.ascontiguousarray(mu[:, s : s + chunk]))
             f = nl.torch_eval(vv, th)
             if not f.requires_grad:
                 continue
@@ -101,11 +103,26 @@ class StateSpaceFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor, E: torch.Tensor,
-                F: torch.Tensor, G: torch.Tensor, H: torch.Tensor, K: torch.Tensor, theta: torch.Tensor,
-                u: torch.Tensor, x0: torch.Tensor, nonlinearity: Nonlinearity, options: KernelOptions | None = None,
-                v_init: torch.Tensor | np.ndarray | None = None, sample_rate: float | None = None,
-                sample_offset: int = 0) -> tuple[torch.Tensor, ...]:
+    def forward(
+        ctx: Any,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: torch.Tensor,
+        E: torch.Tensor,
+        F: torch.Tensor,
+        G: torch.Tensor,
+        H: torch.Tensor,
+        K: torch.Tensor,
+        theta: torch.Tensor,
+        u: torch.Tensor,
+        x0: torch.Tensor,
+        nonlinearity: Nonlinearity,
+        options: KernelOptions | None = None,
+        v_init: torch.Tensor | np.ndarray | None = None,
+        sample_rate: float | None = None,
+        sample_offset: int = 0,
+    ) -> tuple[torch.Tensor, ...]:
         options = options or KernelOptions()
         mats = tuple(_np(m) for m in (A, B, C, D, E, F, G, H, K))
         th, un, xn = _np(theta), _np(u), _np(x0)
@@ -132,8 +149,9 @@ class StateSpaceFunction(torch.autograd.Function):
         gy_np = np.zeros((batch, T, ny)) if gy is None else _np(gy)
         gx_np = None if gx is None else _np(gx)
         res = statespace.backward(ctx.nl, mats, th, un, v, ckpt, gy_np, gx_np, ctx.options)
-        grads: list[Any] = [torch.from_numpy(d) if need else None
-                            for d, need in zip(res.dmats, ctx.needs_input_grad[:9])]
+        grads: list[Any] = [
+            torch.from_numpy(d) if need else None for d, need in zip(res.dmats, ctx.needs_input_grad[:9])
+        ]
         theta = ctx.theta_like
         grads.append(theta_gradient(ctx.nl, theta, v, res.mu) if ctx.needs_input_grad[9] else None)
         grads.append(torch.from_numpy(res.du).to(ctx.dtypes[0]) if ctx.needs_input_grad[10] else None)
@@ -178,16 +196,22 @@ def run_state_space(
         x0 = x0.expand(u.shape[0], x0.shape[0])
     tensors = (*mats, theta, u, x0)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        y, xT, warm, st = StateSpaceFunction.apply(*tensors, nonlinearity, options, v_init, sample_rate,
-                                                   sample_offset)
+        y, xT, warm, st = StateSpaceFunction.apply(
+            *tensors, nonlinearity, options, v_init, sample_rate, sample_offset
+        )
         stats = st.numpy()
     else:
         vi = _np(v_init) if isinstance(v_init, torch.Tensor) else v_init
-        res = statespace.forward(nonlinearity, tuple(_np(m) for m in mats), _np(theta), _np(u), _np(x0), vi,
-                                 options, save=False)
+        res = statespace.forward(
+            nonlinearity, tuple(_np(m) for m in mats), _np(theta), _np(u), _np(x0), vi, options, save=False
+        )
         _raise_if_failed(res, sample_rate, sample_offset)
-        y, xT, warm, stats = (torch.from_numpy(res.y), torch.from_numpy(res.x_final), torch.from_numpy(res.warm),
-                              res.stats)
+        y, xT, warm, stats = (
+            torch.from_numpy(res.y),
+            torch.from_numpy(res.x_final),
+            torch.from_numpy(res.warm),
+            res.stats,
+        )
     return y, {"x": xT, "v": warm}, stats_dict(stats)
 
 

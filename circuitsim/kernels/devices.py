@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from numba import njit
 
-from circuitsim.devices.bjt import BJT_DEFAULTS, bjt_model
+from circuitsim.devices.bjt import BJT_DEFAULTS, BJT_OPTIONS, bjt_model
 from circuitsim.devices.constants import CONST_E, EXP_LIMIT
-from circuitsim.devices.diode import DIODE_DEFAULTS, diode_model
+from circuitsim.devices.diode import DIODE_DEFAULTS, DIODE_OPTIONS, diode_model
 
 DTYPE = torch.float64
 
@@ -102,8 +102,6 @@ def _raw(p: Mapping[str, torch.Tensor | float], key: str, defaults: Mapping[str,
 
 def diode_params_torch(p: Mapping[str, torch.Tensor | float]) -> torch.Tensor:
     """The diode parameter vector (``DIODE_LAYOUT``, 31 entries), differentiable in ``p``."""
-    from circuitsim.devices.diode import DIODE_OPTIONS
-
     raw = [_raw(p, k, DIODE_DEFAULTS, DIODE_OPTIONS) for k in DIODE_PARAM_ORDER]
     d = diode_model(dict(zip(DIODE_PARAM_ORDER, raw)))
     return torch.stack(raw + [d[k].reshape(()) for k in _DIODE_DERIVED_KEYS])
@@ -111,8 +109,6 @@ def diode_params_torch(p: Mapping[str, torch.Tensor | float]) -> torch.Tensor:
 
 def bjt_params_torch(p: Mapping[str, torch.Tensor | float], polarity: float) -> torch.Tensor:
     """The BJT parameter vector (``BJT_LAYOUT``, 60 entries), differentiable in ``p``."""
-    from circuitsim.devices.bjt import BJT_OPTIONS
-
     if float(polarity) not in (1.0, -1.0):
         raise ValueError(f"polarity must be +1 (NPN) or -1 (PNP), got {polarity}")
     raw = [_raw(p, k, BJT_DEFAULTS, BJT_OPTIONS) for k in BJT_PARAM_ORDER[1:]]

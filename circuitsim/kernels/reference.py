@@ -20,8 +20,17 @@ import torch
 from circuitsim.kernels.nonlinearity import Nonlinearity
 
 
-def _newton(nl: Nonlinearity, p: torch.Tensor, v: torch.Tensor, K: torch.Tensor, theta: torch.Tensor,
-            max_step: float, reltol: float, abstol: float, max_iter: int) -> torch.Tensor:
+def _newton(
+    nl: Nonlinearity,
+    p: torch.Tensor,
+    v: torch.Tensor,
+    K: torch.Tensor,
+    theta: torch.Tensor,
+    max_step: float,
+    reltol: float,
+    abstol: float,
+    max_iter: int,
+) -> torch.Tensor:
     eye = torch.eye(v.shape[-1], dtype=v.dtype)
     best = float("inf")
     for _ in range(max_iter):
@@ -72,8 +81,9 @@ def reference_state_space(
         un = u[:, n]
         p = x @ G.T + un @ H.T
         with torch.no_grad():
-            v_star = _newton(nl, p.detach(), v.detach(), K.detach(), theta.detach(), max_step, reltol, abstol,
-                             max_iter)
+            v_star = _newton(
+                nl, p.detach(), v.detach(), K.detach(), theta.detach(), max_step, reltol, abstol, max_iter
+            )
         f, jac = nl.torch_eval(v_star, theta, jacobian=True)
         g = p + f @ K.T - v_star
         m = (eye - K @ jac).detach()

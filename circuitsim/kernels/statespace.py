@@ -104,6 +104,7 @@ N_STATS = 6
 PREDICTORS = {"previous": 0, "linear": 1, "tangent": 2}
 
 
+# fmt: off
 # ----------------------------------------------------------------------------- kernels (templates)
 
 
@@ -212,8 +213,9 @@ def accept_step(v, f, J, dv, nv, nf):
         v[i] += dv[i]
 
 
-def newton_damped(p, v, f, J, LU, piv, g, dv, vt, f2, J2, g2, K, theta, work, lc, reltol, abstol, max_iter,
-                  use_limit):
+def newton_damped(
+        p, v, f, J, LU, piv, g, dv, vt, f2, J2, g2, K, theta, work, lc, reltol, abstol, max_iter, use_limit
+):
     # Newton with junction limiting and backtracking on |g|^2 (Armijo; Dennis & Schnabel 6.3)
     nv = v.shape[0]
     nf = f.shape[0]
@@ -269,7 +271,7 @@ def newton_damped(p, v, f, J, LU, piv, g, dv, vt, f2, J2, g2, K, theta, work, lc
 
 
 def homotopy(p, pprev, v1, v, f, J, LU, piv, g, dv, vt, f2, J2, g2, ptmp, vs, K, theta, work, lc, reltol,
-             abstol, max_iter, use_limit):
+        abstol, max_iter, use_limit):
     # continuation in p from p[n-1] (where v[n-1] is the solution) to p[n], adaptive steps
     nv = v.shape[0]
     total = 0
@@ -283,7 +285,7 @@ def homotopy(p, pprev, v1, v, f, J, LU, piv, g, dv, vt, f2, J2, g2, ptmp, vs, K,
             ptmp[i] = pprev[i] + lt * (p[i] - pprev[i])
             v[i] = vs[i]
         it = newton_damped(ptmp, v, f, J, LU, piv, g, dv, vt, f2, J2, g2, K, theta, work, lc, reltol, abstol,
-                           max_iter, use_limit)
+            max_iter, use_limit)
         total += abs(it)
         if it > 0:
             lam = lt
@@ -298,19 +300,44 @@ def homotopy(p, pprev, v1, v, f, J, LU, piv, g, dv, vt, f2, J2, g2, ptmp, vs, K,
 
 
 def forward_segment(n0, solved, b, A, B, C, D, E, F, G, H, K, theta, u, y, vtraj, ckpt, x, xn, p, v, v1, v2,
-                    pprev, g, dv, vt, f, J, LU, piv, work, lc, counters, reltol, abstol, max_iter, predictor, cp,
-                    save, use_limit):
+        pprev, g, dv, vt, f, J, LU, piv, work, lc, counters, reltol, abstol, max_iter, predictor, cp, save,
+        use_limit):
     # The hot loop: samples n0.. until plain Newton fails (returns that sample) or T.  Everything
     # is written out in this one function: numba increfs/decrefs array arguments at every call
     # of a function with loops (about 100 ns per sample), so only straight-line nl_eval/nl_limit
     # are called, and every array is borrowed (no reference counting in the loop).  With
     # solved=True, sample n0 was solved by a fallback (v, f, LU are set).
-    A, B, C, D, E, F, G, H, K = borrow(A), borrow(B), borrow(C), borrow(D), borrow(E), borrow(F), borrow(G), \
-        borrow(H), borrow(K)
-    theta, u, y, vtraj, ckpt = borrow(theta), borrow(u), borrow(y), borrow(vtraj), borrow(ckpt)
-    x, xn, p, v, v1, v2, pprev = borrow(x), borrow(xn), borrow(p), borrow(v), borrow(v1), borrow(v2), borrow(pprev)
-    g, dv, vt, f, J, LU, piv = borrow(g), borrow(dv), borrow(vt), borrow(f), borrow(J), borrow(LU), borrow(piv)
-    work, lc, counters = borrow(work), borrow(lc), borrow(counters)
+    A = borrow(A)
+    B = borrow(B)
+    C = borrow(C)
+    D = borrow(D)
+    E = borrow(E)
+    F = borrow(F)
+    G = borrow(G)
+    H = borrow(H)
+    K = borrow(K)
+    theta = borrow(theta)
+    u = borrow(u)
+    y = borrow(y)
+    vtraj = borrow(vtraj)
+    ckpt = borrow(ckpt)
+    x = borrow(x)
+    xn = borrow(xn)
+    p = borrow(p)
+    v = borrow(v)
+    v1 = borrow(v1)
+    v2 = borrow(v2)
+    pprev = borrow(pprev)
+    g = borrow(g)
+    dv = borrow(dv)
+    vt = borrow(vt)
+    f = borrow(f)
+    J = borrow(J)
+    LU = borrow(LU)
+    piv = borrow(piv)
+    work = borrow(work)
+    lc = borrow(lc)
+    counters = borrow(counters)
     nx = A.shape[0]
     nu = B.shape[1]
     nf = NF
@@ -502,8 +529,8 @@ def forward_segment(n0, solved, b, A, B, C, D, E, F, G, H, K, theta, u, y, vtraj
     return T
 
 
-def forward_item(b, A, B, C, D, E, F, G, H, K, theta, u, x0, warm_in, warm_given, y, vtraj, ckpt, xfin, warm_out,
-                 stats, fopt, iopt):
+def forward_item(b, A, B, C, D, E, F, G, H, K, theta, u, x0, warm_in, warm_given, y, vtraj, ckpt, xfin,
+        warm_out, stats, fopt, iopt):
     nx = A.shape[0]
     nf = C.shape[1]
     nv = G.shape[0]
@@ -569,22 +596,23 @@ def forward_item(b, A, B, C, D, E, F, G, H, K, theta, u, x0, warm_in, warm_given
     n = 0
     solved = False
     while True:
-        n = forward_segment(n, solved, b, A, B, C, D, E, F, G, H, K, theta, u, y, vtraj, ckpt, x, xn, p, v, v1, v2,
-                            pprev, g, dv, vt, f, J, LU, piv, work, lc, counters, reltol, abstol, max_iter, iopt[2],
-                            iopt[3], iopt[4], iopt[5])
+        n = forward_segment(n, solved, b, A, B, C, D, E, F, G, H, K, theta, u, y, vtraj, ckpt, x, xn, p, v,
+            v1, v2, pprev, g, dv, vt, f, J, LU, piv, work, lc, counters, reltol, abstol, max_iter, iopt[2],
+            iopt[3], iopt[4], iopt[5])
         if n >= T:
             break
         # fallbacks for sample n (p[n] is in p): damped Newton from v[n-1], then homotopy
         n_damped += 1
         for i in range(nv):
             v[i] = v1[i]
-        it = newton_damped(p, v, f, J, LU, piv, g, dv, vt, f2, J2, g2, K, theta, work, lc, reltol, abstol, fb_iter,
-                           iopt[5])
+        it = newton_damped(
+            p, v, f, J, LU, piv, g, dv, vt, f2, J2, g2, K, theta, work, lc, reltol, abstol, fb_iter, iopt[5]
+        )
         if it < 0:
             counters[0] -= it
             n_homotopy += 1
             it = homotopy(p, pprev, v1, v, f, J, LU, piv, g, dv, vt, f2, J2, g2, ptmp, vs, K, theta, work, lc,
-                          reltol, abstol, fb_iter, iopt[5])
+                reltol, abstol, fb_iter, iopt[5])
         if it < 0:
             counters[0] -= it
             fail = n
@@ -611,29 +639,62 @@ def forward_item(b, A, B, C, D, E, F, G, H, K, theta, u, x0, warm_in, warm_given
     stats[b, 5] = T if fail < 0 else fail
 
 
-def backward_item(b, A, B, C, D, E, F, G, H, K, theta, u, vtraj, ckpt, gy, gx, dA, dB, dC, dD, dE, dF, dG, dH, dK,
-                  du, dx0, mu, iopt):
+def backward_item(b, A, B, C, D, E, F, G, H, K, theta, u, vtraj, ckpt, gy, gx, dA, dB, dC, dD, dE, dF, dG, dH,
+        dK, du, dx0, mu, iopt):
     nx = A.shape[0]
     cp = iopt[3]
-    backward_core(b, A, B, C, D, E, F, G, H, K, theta, u, vtraj, ckpt, gy, gx, dA, dB, dC, dD, dE, dF, dG, dH, dK,
-                  du, dx0, mu, cp, np.empty((cp, nx)), np.zeros((cp, NF)), np.zeros((cp, NF, NV)), np.zeros(N_WORK),
-                  np.empty(nx), np.empty(nx), np.empty(nx), np.empty(nx), np.empty(NF), np.empty(NV),
-                  np.empty((NV, NV)), np.zeros(NV, np.int64), np.zeros(NV), np.zeros(NF), np.zeros((NF, NV)))
+    backward_core(b, A, B, C, D, E, F, G, H, K, theta, u, vtraj, ckpt, gy, gx, dA, dB, dC, dD, dE, dF, dG, dH,
+        dK, du, dx0, mu, cp, np.empty((cp, nx)), np.zeros((cp, NF)), np.zeros((cp, NF, NV)), np.zeros(N_WORK),
+        np.empty(nx), np.empty(nx), np.empty(nx), np.empty(nx), np.empty(NF), np.empty(NV),
+        np.empty((NV, NV)), np.zeros(NV, np.int64), np.zeros(NV), np.zeros(NF), np.zeros((NF, NV)))
 
 
-def backward_core(b, A, B, C, D, E, F, G, H, K, theta, u, vtraj, ckpt, gy, gx, dA, dB, dC, dD, dE, dF, dG, dH, dK,
-                  du, dx0, mu, cp, xs, fs, Js, work, x, xn, xbar, xbn, gf, w, Mt, piv, vc, fc, Jc):
+def backward_core(b, A, B, C, D, E, F, G, H, K, theta, u, vtraj, ckpt, gy, gx, dA, dB, dC, dD, dE, dF, dG, dH,
+        dK, du, dx0, mu, cp, xs, fs, Js, work, x, xn, xbar, xbn, gf, w, Mt, piv, vc, fc, Jc):
     # one batch item of the adjoint loop (see the module docstring); all arrays borrowed, as in
     # forward_segment, and no calls but the straight-line nl_eval
-    A, B, C, D, E, F, G, H, K = borrow(A), borrow(B), borrow(C), borrow(D), borrow(E), borrow(F), borrow(G), \
-        borrow(H), borrow(K)
-    theta, u, vtraj, ckpt, gy, gx = borrow(theta), borrow(u), borrow(vtraj), borrow(ckpt), borrow(gy), borrow(gx)
-    dA, dB, dC, dD, dE, dF = borrow(dA), borrow(dB), borrow(dC), borrow(dD), borrow(dE), borrow(dF)
-    dG, dH, dK, du, dx0, mu = borrow(dG), borrow(dH), borrow(dK), borrow(du), borrow(dx0), borrow(mu)
-    xs, fs, Js, work, x, xn, xbar = borrow(xs), borrow(fs), borrow(Js), borrow(work), borrow(x), borrow(xn), \
-        borrow(xbar)
-    xbn, gf, w, Mt, piv, vc, fc, Jc = borrow(xbn), borrow(gf), borrow(w), borrow(Mt), borrow(piv), borrow(vc), \
-        borrow(fc), borrow(Jc)
+    A = borrow(A)
+    B = borrow(B)
+    C = borrow(C)
+    D = borrow(D)
+    E = borrow(E)
+    F = borrow(F)
+    G = borrow(G)
+    H = borrow(H)
+    K = borrow(K)
+    theta = borrow(theta)
+    u = borrow(u)
+    vtraj = borrow(vtraj)
+    ckpt = borrow(ckpt)
+    gy = borrow(gy)
+    gx = borrow(gx)
+    dA = borrow(dA)
+    dB = borrow(dB)
+    dC = borrow(dC)
+    dD = borrow(dD)
+    dE = borrow(dE)
+    dF = borrow(dF)
+    dG = borrow(dG)
+    dH = borrow(dH)
+    dK = borrow(dK)
+    du = borrow(du)
+    dx0 = borrow(dx0)
+    mu = borrow(mu)
+    xs = borrow(xs)
+    fs = borrow(fs)
+    Js = borrow(Js)
+    work = borrow(work)
+    x = borrow(x)
+    xn = borrow(xn)
+    xbar = borrow(xbar)
+    xbn = borrow(xbn)
+    gf = borrow(gf)
+    w = borrow(w)
+    Mt = borrow(Mt)
+    piv = borrow(piv)
+    vc = borrow(vc)
+    fc = borrow(fc)
+    Jc = borrow(Jc)
     nx = A.shape[0]
     nu = B.shape[1]
     nf = NF
@@ -789,6 +850,7 @@ def backward_core(b, A, B, C, D, E, F, G, H, K, theta, u, vtraj, ckpt, gy, gx, d
         dx0[b, i] = xbar[i]
 
 
+# fmt: on
 _KERNELS: tuple[tuple[str, str], ...] = (
     ("lu_factor", ""),
     ("lu_solve", ""),
@@ -844,8 +906,17 @@ class KernelOptions:
         if self.checkpoint < 1:
             raise ValueError("checkpoint must be >= 1")
         fopt = np.array([self.reltol, self.abstol], dtype=np.float64)
-        iopt = np.array([self.max_iter, self.fallback_iter, PREDICTORS[self.predictor], self.checkpoint,
-                         int(save), int(self.limit)], dtype=np.int64)
+        iopt = np.array(
+            [
+                self.max_iter,
+                self.fallback_iter,
+                PREDICTORS[self.predictor],
+                self.checkpoint,
+                int(save),
+                int(self.limit),
+            ],
+            dtype=np.int64,
+        )
         return fopt, iopt
 
 
@@ -902,7 +973,9 @@ def _run_items(fn: Callable[..., None], batch: int, threads: int | None, *args: 
         return
     with _POOL_LOCK:
         if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="circuitsim-kernel")
+            _POOL = ThreadPoolExecutor(
+                max_workers=os.cpu_count() or 1, thread_name_prefix="circuitsim-kernel"
+            )
         pool = _POOL
     # n workers take items round-robin
     list(pool.map(lambda k: [fn(b, *args) for b in range(k, batch, n)], range(n)))
@@ -915,8 +988,17 @@ def _c(a: np.ndarray) -> np.ndarray:
 def _check_shapes(mats: tuple[np.ndarray, ...], u: np.ndarray, x0: np.ndarray) -> tuple[int, ...]:
     A, B, C, D, E, F, G, H, K = mats
     nx, nu, nf, ny, nv = A.shape[0], B.shape[1], C.shape[1], D.shape[0], G.shape[0]
-    want = {"A": (nx, nx), "B": (nx, nu), "C": (nx, nf), "D": (ny, nx), "E": (ny, nu), "F": (ny, nf),
-            "G": (nv, nx), "H": (nv, nu), "K": (nv, nf)}
+    want = {
+        "A": (nx, nx),
+        "B": (nx, nu),
+        "C": (nx, nf),
+        "D": (ny, nx),
+        "E": (ny, nu),
+        "F": (ny, nf),
+        "G": (nv, nx),
+        "H": (nv, nu),
+        "K": (nv, nf),
+    }
     for (name, shape), m in zip(want.items(), mats):
         if m.shape != shape:
             raise ValueError(f"matrix {name} has shape {m.shape}, expected {shape}")
@@ -943,9 +1025,16 @@ def warm_state(v_init: np.ndarray | None, batch: int, nv: int) -> tuple[np.ndarr
     return warm, 0
 
 
-def forward(nl: Nonlinearity, mats: tuple[np.ndarray, ...], theta: np.ndarray, u: np.ndarray, x0: np.ndarray,
-            v_init: np.ndarray | None = None, options: KernelOptions | None = None, save: bool = True
-            ) -> ForwardResult:
+def forward(
+    nl: Nonlinearity,
+    mats: tuple[np.ndarray, ...],
+    theta: np.ndarray,
+    u: np.ndarray,
+    x0: np.ndarray,
+    v_init: np.ndarray | None = None,
+    options: KernelOptions | None = None,
+    save: bool = True,
+) -> ForwardResult:
     """Run the recursion over ``u`` (batch, T, Nu) from states ``x0`` (batch, Nx).
 
     ``save=True`` also returns the port-voltage trajectory and state checkpoints for
@@ -959,7 +1048,9 @@ def forward(nl: Nonlinearity, mats: tuple[np.ndarray, ...], theta: np.ndarray, u
     x0 = _c(x0)
     nx, nu, nf, ny, nv = _check_shapes(mats, u, x0)
     if nv != nl.n_ports or nf != nl.n_outputs:
-        raise ValueError(f"K is {mats[8].shape} but the nonlinearity maps {nl.n_ports} ports to {nl.n_outputs}")
+        raise ValueError(
+            f"K is {mats[8].shape} but the nonlinearity maps {nl.n_ports} ports to {nl.n_outputs}"
+        )
     theta = _c(theta).reshape(-1)
     if theta.size < nl.n_theta:
         raise ValueError(f"theta has {theta.size} entries, the nonlinearity reads {nl.n_theta}")
@@ -975,14 +1066,39 @@ def forward(nl: Nonlinearity, mats: tuple[np.ndarray, ...], theta: np.ndarray, u
     stats = np.zeros((batch, N_STATS), dtype=np.int64)
     if T == 0:
         return ForwardResult(y, x0.copy(), warm, stats, vtraj if save else None, ckpt if save else None)
-    _run_items(nl.module.forward_item, batch, options.threads, *mats, theta, u, x0, warm, given, y, vtraj, ckpt, xfin,
-               warm_out, stats, fopt, iopt)
+    _run_items(
+        nl.module.forward_item,
+        batch,
+        options.threads,
+        *mats,
+        theta,
+        u,
+        x0,
+        warm,
+        given,
+        y,
+        vtraj,
+        ckpt,
+        xfin,
+        warm_out,
+        stats,
+        fopt,
+        iopt,
+    )
     return ForwardResult(y, xfin, warm_out, stats, vtraj if save else None, ckpt if save else None)
 
 
-def backward(nl: Nonlinearity, mats: tuple[np.ndarray, ...], theta: np.ndarray, u: np.ndarray, v: np.ndarray,
-             checkpoints: np.ndarray, gy: np.ndarray, gx_final: np.ndarray | None = None,
-             options: KernelOptions | None = None) -> BackwardResult:
+def backward(
+    nl: Nonlinearity,
+    mats: tuple[np.ndarray, ...],
+    theta: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    checkpoints: np.ndarray,
+    gy: np.ndarray,
+    gx_final: np.ndarray | None = None,
+    options: KernelOptions | None = None,
+) -> BackwardResult:
     """Adjoint of :func:`forward` (see the module docstring) given ``gy = dL/dy`` (batch, T, Ny)
     and optionally ``gx_final = dL/dx[T]`` (batch, Nx)."""
     options = options or KernelOptions()
@@ -990,7 +1106,7 @@ def backward(nl: Nonlinearity, mats: tuple[np.ndarray, ...], theta: np.ndarray, 
     u = _c(u)
     batch, T = u.shape[:2]
     A, B, C, D, E, F, G, H, K = mats
-    nx, nu, nf, ny, nv = A.shape[0], B.shape[1], C.shape[1], D.shape[0], G.shape[0]
+    nx, nu, nf = A.shape[0], B.shape[1], C.shape[1]
     gy = _c(gy)
     gx = np.zeros((batch, nx)) if gx_final is None else _c(gx_final)
     _, iopt = options.arrays(True)
@@ -1000,9 +1116,32 @@ def backward(nl: Nonlinearity, mats: tuple[np.ndarray, ...], theta: np.ndarray, 
     mu = np.zeros((batch, T, nf))
     if T == 0:
         return BackwardResult(tuple(d.sum(0) for d in dmats), du, gx.copy(), mu)
-    _run_items(nl.module.backward_item, batch, options.threads, *mats, _c(theta).reshape(-1), u, _c(v),
-               _c(checkpoints), gy, gx, *dmats, du, dx0, mu, iopt)
+    _run_items(
+        nl.module.backward_item,
+        batch,
+        options.threads,
+        *mats,
+        _c(theta).reshape(-1),
+        u,
+        _c(v),
+        _c(checkpoints),
+        gy,
+        gx,
+        *dmats,
+        du,
+        dx0,
+        mu,
+        iopt,
+    )
     return BackwardResult(tuple(d.sum(0) for d in dmats), du, dx0, mu)
 
 
-__all__ = ["BackwardResult", "ForwardResult", "KernelOptions", "backward", "forward", "kernel_source", "warm_state"]
+__all__ = [
+    "BackwardResult",
+    "ForwardResult",
+    "KernelOptions",
+    "backward",
+    "forward",
+    "kernel_source",
+    "warm_state",
+]
