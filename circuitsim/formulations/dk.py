@@ -98,6 +98,7 @@ class DKState:
 
     q: torch.Tensor
     v: torch.Tensor | None = None
+    samples: int = 0  # samples already processed (so errors name the sample of the whole stream)
 
 
 class DKModule(AbstractCircuitModule):
@@ -130,19 +131,20 @@ class DKModule(AbstractCircuitModule):
             y0 = (x_op @ m.out).unsqueeze(1)
             y, final, stats = run_state_space(
                 d.as_tuple(), m.theta, s[:, 1:], q0, self.topology.nonlinearity,
-                sample_rate=self.sample_rate, v_init=(x_op @ m.Nv.T).detach(),
+                sample_rate=self.sample_rate, v_init=(x_op @ m.Nv.T).detach(), sample_offset=1,
             )
             y = torch.cat([y0, y[..., 0]], dim=1)
         else:
             y, final, stats = run_state_space(
                 d.as_tuple(), m.theta, s, state.q, self.topology.nonlinearity,
-                sample_rate=self.sample_rate, v_init=state.v,
+                sample_rate=self.sample_rate, v_init=state.v, sample_offset=state.samples,
             )
             y = y[..., 0]
         diag.newton_iterations = int(stats.get("iterations", 0))
         diag.max_iterations = int(stats.get("max_iterations", 0))
         self.diagnostics = diag
-        return y, DKState(final["x"], final.get("v"))
+        done = (0 if state is None else state.samples) + u.shape[1]
+        return y, DKState(final["x"], final.get("v"), done)
 
 
 def _attach_dc(topology, m: MNAMatrices, x_star: torch.Tensor, s0: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ class MNAState:
     h: torch.Tensor
     x: torch.Tensor
     x_prev: torch.Tensor
+    samples: int = 0  # samples already processed (so errors name the sample of the whole stream)
 
 
 class MNAModule(AbstractCircuitModule):
@@ -55,7 +56,7 @@ class MNAModule(AbstractCircuitModule):
             return x @ m.Cm.T + f @ m.Wq.T
 
         ys = []
-        first = 0
+        first, offset = 0, 0
         if state is None:
             # DC operating point with the first input sample, then one implicit step for its gradient
             with torch.no_grad():
@@ -67,6 +68,7 @@ class MNAModule(AbstractCircuitModule):
             first = 1
         else:
             h, x_prev, x_prev2 = state.h, state.x, state.x_prev
+        offset = 0 if state is None else state.samples
         for n in range(first, u.shape[1]):
             rhs = b[:, n] + h
             rhs_d = rhs.detach()
@@ -76,12 +78,14 @@ class MNAModule(AbstractCircuitModule):
                 return xx @ a_d.T + f @ w_d.T - rhs_d, a_d + w_d @ jf @ nv_d
 
             with torch.no_grad():
-                r = newton(fn, 2 * x_prev - x_prev2, limit=limit, max_iter=50)
+                # plain Newton from a linear extrapolation; then junction-limited Newton from the last solution
+                r = newton(fn, 2 * x_prev - x_prev2, max_iter=50)
                 if not r.converged:
-                    diag.fallbacks.append(f"sample {n}: restarted Newton from the previous solution")
+                    diag.fallbacks.append(f"sample {n}: restarted limited Newton from the previous solution")
                     r = newton(fn, x_prev, limit=limit, max_iter=500)
                 if not r.converged:
-                    raise NewtonError(f"residual {r.residual:.3g} after {r.iterations} iterations", n, n * T)
+                    k = offset + n
+                    raise NewtonError(f"residual {r.residual:.3g} after {r.iterations} iterations", k, k * T)
             diag.newton_iterations += r.iterations
             diag.max_iterations = max(diag.max_iterations, r.iterations)
             x = self._attach(r.x, a_mat, w_mat, rhs, m)
@@ -89,7 +93,7 @@ class MNAModule(AbstractCircuitModule):
             ys.append(x @ m.out)
             x_prev2, x_prev = x_prev, r.x
         self.diagnostics = diag
-        return torch.stack(ys, dim=1), MNAState(h, x_prev, x_prev2)
+        return torch.stack(ys, dim=1), MNAState(h, x_prev, x_prev2, offset + u.shape[1])
 
     def _attach(self, x_star, a_mat, w_mat, rhs, m) -> torch.Tensor:
         """One Newton step at the converged ``x_star`` with autograd on: exact implicit-function gradient."""

@@ -167,13 +167,18 @@ class MNATopology:
     def _device_block(self, dev: _Device) -> None:
         t = dev.internal
         if dev.family == "D":
-            p = self.port(_pair(t["a"], t["k"]))
+            row = _pair(t["a"], t["k"])
+            flipped = tuple((i, -c) for i, c in row)
+            sign = 1.0
+            if row not in self._port_index and flipped in self._port_index:
+                row, sign = flipped, -1.0  # anti-parallel diodes share one port (one Newton unknown)
+            p = self.port(row)
             self._junctions.add(p)
             has_q = any(k in dev.element.model.params for k in ("CJO", "TT"))
             oi = self._add_output(_pair(t["a"], t["k"]), False)
             oq = self._add_output(_pair(t["a"], t["k"]), True) if has_q else -1
             size = diode_theta_torch(self._device_params(dev, None)).numel()
-            self.blocks.append(DiodeBlock(port=p, out_i=oi, out_q=oq, theta=self.theta_size))
+            self.blocks.append(DiodeBlock(port=p, out_i=oi, out_q=oq, theta=self.theta_size, sign=sign))
         else:
             pbe = self.port(_pair(t["b"], t["e"]))
             pbc = self.port(_pair(t["b"], t["c"]))

@@ -132,7 +132,7 @@ class StateSpaceFunction(torch.autograd.Function):
         ctx.nl = nonlinearity
         ctx.options = options
         ctx.arrays = (mats, th, un, res.v, res.checkpoints)
-        ctx.theta_like = theta
+        ctx.save_for_backward(theta)
         ctx.dtypes = (u.dtype, x0.dtype)
         y = torch.from_numpy(res.y)
         xT = torch.from_numpy(res.x_final)
@@ -152,7 +152,7 @@ class StateSpaceFunction(torch.autograd.Function):
         grads: list[Any] = [
             torch.from_numpy(d) if need else None for d, need in zip(res.dmats, ctx.needs_input_grad[:9])
         ]
-        theta = ctx.theta_like
+        (theta,) = ctx.saved_tensors
         grads.append(theta_gradient(ctx.nl, theta, v, res.mu) if ctx.needs_input_grad[9] else None)
         grads.append(torch.from_numpy(res.du).to(ctx.dtypes[0]) if ctx.needs_input_grad[10] else None)
         grads.append(torch.from_numpy(res.dx0).to(ctx.dtypes[1]) if ctx.needs_input_grad[11] else None)

@@ -28,9 +28,16 @@ so with the cotangent ``gf = F' ybar[n] + C' xbar[n+1]`` of the total ``f[n]``::
 
 The loop bodies below are plain Python: :func:`kernel_source` pastes them, decorated with
 ``numba.njit(cache=True)``, into the module generated for each nonlinearity (which defines
-``nl_eval``, ``nl_prepare``, ``nl_limit``, ``N_WORK`` and ``N_LC``), because numba cannot
-cache a function that receives another compiled function as an argument.  Use the Python
-wrappers :func:`forward` and :func:`backward`.
+``nl_eval``, ``nl_prepare``, ``nl_limit`` and the constants ``NV``, ``NF``, ``N_WORK``,
+``N_LC``), because numba cannot cache a function that receives another compiled function as
+an argument.  Use the Python wrappers :func:`forward` and :func:`backward`; batch items run
+in parallel on a thread pool (the item kernels release the GIL).
+
+Performance notes (measured, see benchmarks/bench_kernel.py): the hot loops
+(:func:`forward_segment`, :func:`backward_core`) are single functions with every array
+``borrow``-ed, because numba's atomic reference counting of array arguments at each call of
+a function with branches costs ~100 ns per sample; the fallbacks live in separate functions
+that the hot loop returns to its caller to run.
 """
 
 from __future__ import annotations
