@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -48,27 +48,56 @@ def load(
     return METHODS[method](load_circuit(path, params), sample_rate, input_source, output_node)
 
 
+def process_stream(
+    model: AbstractCircuitModule, blocks: Iterable[np.ndarray], oversample: int = 1
+) -> Iterator[np.ndarray]:
+    """Run blocks of a long mono signal (volts) through ``model``, oversampling inside, without gradients.
+
+    Yields output blocks (volts, at the input rate) whose concatenation is the output of the
+    whole signal; memory stays bounded by the block size.  The model must run at
+    ``oversample`` times the input rate.
+    """
+    from circuitsim.audio import StreamResampler
+
+    up = StreamResampler(oversample, 1) if oversample > 1 else None
+    down = StreamResampler(1, oversample) if oversample > 1 else None
+    state = None
+
+    def run(xs: np.ndarray) -> np.ndarray:
+        nonlocal state
+        if len(xs) == 0:
+            return xs
+        y, state = model.stream(torch.as_tensor(np.ascontiguousarray(xs, dtype=np.float64)), state)
+        y = y.numpy()
+        return down.process(y) if down is not None else y
+
+    with torch.no_grad():
+        for block in blocks:
+            yield run(up.process(block) if up is not None else np.asarray(block, dtype=np.float64))
+        if up is not None:
+            yield run(up.flush())
+        if down is not None:
+            yield down.flush()
+
+
+def _chunks(x: np.ndarray, block: int, progress: Callable[[int], None] | None) -> Iterator[np.ndarray]:
+    for start in range(0, len(x), block):
+        chunk = np.asarray(x[start : start + block], dtype=np.float64)
+        yield chunk
+        if progress is not None:
+            progress(len(chunk))
+
+
 def render(
     model: AbstractCircuitModule,
     x: np.ndarray,
     *,
     block: int = 16384,
+    oversample: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Run a long mono signal (volts) through ``model`` block by block, without gradients.
-
-    Memory stays bounded by the block size; ``progress(n)`` is called with each block's length.
-    """
-    out = np.empty(len(x), dtype=np.float64)
-    state = None
-    with torch.no_grad():
-        for start in range(0, len(x), block):
-            chunk = torch.as_tensor(np.asarray(x[start : start + block], dtype=np.float64))
-            y, state = model.stream(chunk, state)
-            out[start : start + len(chunk)] = y.numpy()
-            if progress is not None:
-                progress(len(chunk))
-    return out
+    """Output volts of ``model`` for a mono input ``x`` (volts), block by block, without gradients."""
+    return np.concatenate(list(process_stream(model, _chunks(np.asarray(x), block, progress), oversample)))
 
 
 def simulate(
@@ -84,11 +113,6 @@ def simulate(
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Output volts of a netlist for input volts ``x`` at ``sample_rate`` hertz, oversampling inside."""
-    from circuitsim.audio import decimate
-    from circuitsim.audio import oversample as upsample
-
     model = load(path, method, sample_rate * oversample, params=params, input_source=input_source,
                  output_node=output_node)
-    xs = upsample(np.asarray(x, dtype=np.float64), oversample) if oversample > 1 else np.asarray(x, np.float64)
-    y = render(model, xs, progress=progress)
-    return decimate(y, oversample) if oversample > 1 else y
+    return render(model, x, oversample=oversample, progress=progress)

@@ -8,6 +8,7 @@ Written files are IEEE float (32-bit by default), never normalised or clipped.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -165,3 +166,110 @@ def oversample(x: np.ndarray, n: int, axis: int = 0) -> np.ndarray:
 def decimate(x: np.ndarray, n: int, axis: int = 0) -> np.ndarray:
     """Lower the sample rate by the integer factor ``n`` (anti-aliasing filter, then keep every n-th)."""
     return resample(x, 1, n, axis=axis)
+
+
+class StreamResampler:
+    """Block-by-block version of :func:`resample` for long files: same filter, same output, bounded memory.
+
+    Feed blocks with :meth:`process` and end with :meth:`flush`; the concatenated outputs equal
+    ``resample(x, up, down)`` of the whole signal.  Output sample ``n`` is the filter output at
+    zero-stuffed position ``n*down + D`` with ``D = (len(h)-1)/2`` (linear phase, no delay).
+    """
+
+    def __init__(self, up: int, down: int):
+        g = np.gcd(int(up), int(down))
+        self.up, self.down = int(up) // g, int(down) // g
+        self.h = _lowpass(self.up, self.down) * self.up
+        self.delay = (len(self.h) - 1) // 2
+        self.keep = -(-len(self.h) // self.up) + 1  # input samples of history the filter reaches back
+        self.buf = np.zeros(0)
+        self.b0 = 0  # absolute index of buf[0]
+        self.n_in = 0
+        self.n_out = 0
+
+    def _emit(self, final: bool) -> np.ndarray:
+        L, M = self.up, self.down
+        total = -(-self.n_in * L // M) if final else None
+        if self.up == self.down == 1:
+            out, self.buf = self.buf, np.zeros(0)
+            self.b0 = self.n_in
+            self.n_out += len(out)
+            return out
+        conv = scipy.signal.upfirdn(self.h, self.buf, up=L, down=1)  # positions b0*L + k
+        last_known = (self.b0 + len(self.buf)) * L - 1  # last zero-stuffed position of real input
+        outs = []
+        n = self.n_out
+        while True:
+            p = n * M + self.delay
+            if total is not None and n >= total:
+                break
+            if total is None and p > last_known:
+                break
+            k = p - self.b0 * L
+            outs.append(conv[k] if 0 <= k < len(conv) else 0.0)
+            n += 1
+        self.n_out = n
+        drop = max(0, len(self.buf) - self.keep)
+        self.buf = self.buf[drop:]
+        self.b0 += drop
+        return np.asarray(outs, dtype=np.float64)
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        """Resample the next block; returns the output samples that are complete so far."""
+        block = np.asarray(block, dtype=np.float64)
+        self.buf = np.concatenate([self.buf, block])
+        self.n_in += len(block)
+        return self._emit(final=False)
+
+    def flush(self) -> np.ndarray:
+        """The remaining output samples once the input has ended."""
+        return self._emit(final=True)
+
+
+def wav_blocks(path: str | os.PathLike[str], block: int = 65536) -> tuple[int, int, Iterator[np.ndarray]]:
+    """Open a mono WAV for streaming: ``(frames, sample_rate, iterator of float64 blocks)``.
+
+    The same checks as :func:`read_wav`, but the samples are read ``block`` frames at a time.
+    """
+    p = Path(path)
+    info = _open_info(p)
+    if info.channels != 1:
+        raise AudioError(f"{p}: has {info.channels} channels but a mono signal is needed")
+
+    def gen() -> Iterator[np.ndarray]:
+        for b in sf.blocks(str(p), blocksize=block, dtype="float64", always_2d=True):
+            if not np.all(np.isfinite(b)):
+                raise AudioError(f"{p}: contains NaN or infinite samples")
+            yield np.ascontiguousarray(b[:, 0])
+
+    return int(info.frames), int(info.samplerate), gen()
+
+
+class WavWriter:
+    """Write a float WAV block by block (``with WavWriter(path, fs) as w: w.write(block)``); refuses to overwrite."""
+
+    def __init__(self, path: str | os.PathLike[str], sample_rate: int, *, overwrite: bool = False):
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise AudioExistsError(f"{self.path}: already exists (use --overwrite to replace it)")
+        self.sample_rate = int(sample_rate)
+        self._file: sf.SoundFile | None = None
+
+    def __enter__(self) -> WavWriter:
+        try:
+            self._file = sf.SoundFile(str(self.path), "w", self.sample_rate, 1, subtype="FLOAT", format="WAV")
+        except Exception as e:  # noqa: BLE001
+            raise AudioError(f"{self.path}: cannot write WAV ({str(e).strip()})") from None
+        return self
+
+    def write(self, block: np.ndarray) -> None:
+        if len(block):
+            if not np.all(np.isfinite(block)):
+                raise AudioError(f"{self.path}: output contains NaN or infinite values")
+            self._file.write(np.asarray(block, dtype=np.float64))
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+            if exc_type is not None:  # never leave a truncated output behind
+                self.path.unlink(missing_ok=True)

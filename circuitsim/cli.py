@@ -38,28 +38,31 @@ def _add_circuit_options(p: argparse.ArgumentParser) -> None:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from circuitsim.api import load, render
-    from circuitsim.audio import AudioError, decimate, oversample, read_wav, write_wav
+    from circuitsim.api import load, process_stream
+    from circuitsim.audio import WavWriter, wav_blocks
 
-    x, fs = read_wav(args.input)
-    out = args.output or args.input.with_name(f"{args.input.stem}.{args.netlist.stem}.wav")
-    if out.exists() and not args.overwrite:
-        raise AudioError(f"{out}: already exists (use --overwrite to replace it)")
     if args.oversample < 1:
         raise ValueError("--oversample must be a positive integer")
+    frames, fs, blocks = wav_blocks(args.input)
+    out = args.output or args.input.with_name(f"{args.input.stem}.{args.netlist.stem}.wav")
     model = load(args.netlist, args.method, fs * args.oversample, params=_parse_set(args.set),
                  input_source=args.input_source, output_node=args.output_node)
-    xs = x * args.input_volts
-    if args.oversample > 1:
-        xs = oversample(xs, args.oversample)
-    with tqdm(total=len(xs), unit="sample", unit_scale=True, disable=args.quiet, desc="simulate") as bar:
-        y = render(model, xs, progress=bar.update)
-    if args.oversample > 1:
-        y = decimate(y, args.oversample)
-    write_wav(out, y, fs, overwrite=args.overwrite)
+    peak, written = 0.0, 0
+    with WavWriter(out, fs, overwrite=args.overwrite) as writer, tqdm(
+        total=frames, unit="sample", unit_scale=True, disable=args.quiet, desc=f"simulate ({args.method})"
+    ) as bar:
+
+        def scaled():
+            for block in blocks:
+                yield block * args.input_volts
+                bar.update(len(block))
+
+        for y in process_stream(model, scaled(), args.oversample):
+            writer.write(y)
+            written += len(y)
+            peak = max(peak, float(np.max(np.abs(y)))) if len(y) else peak
     if not args.quiet:
-        peak = float(np.max(np.abs(y))) if len(y) else 0.0
-        print(f"wrote {out}: {len(y)} samples at {fs} Hz, peak {peak:.4g} V ({args.method})")
+        print(f"wrote {out}: {written} samples at {fs} Hz, peak {peak:.4g} V ({args.method})")
     return 0
 
 

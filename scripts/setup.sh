@@ -14,5 +14,5 @@ fi
 
 PY=${PYTHON:-python3}
 # torch first and pinned: 2.13.0 is the CPU build (a bare `torch` would pull a multi-GB CUDA build)
-$PY -m pip install -q --disable-pip-version-check torch==2.13.0
-$PY -m pip install -q --disable-pip-version-check -e ".[test]"
+$PY -m pip install -q --disable-pip-version-check --root-user-action=ignore torch==2.13.0
+$PY -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test]"

@@ -209,7 +209,9 @@ class MNATopology:
         if dev.family == "D":
             return diode_instance_params(p, inst.get("AREA", 1.0), inst.get("M", 1.0))
         pol = 1.0 if el.model.type == "NPN" else -1.0
-        return bjt_instance_params(p, inst.get("AREA", 1.0), inst.get("M", 1.0), inst.get("AREAB"), inst.get("AREAC"), pol)
+        return bjt_instance_params(
+            p, inst.get("AREA", 1.0), inst.get("M", 1.0), inst.get("AREAB"), inst.get("AREAC"), pol
+        )
 
     def _expr_block(self, el: FlatElement) -> None:
         key = "V" if "V" in el.params else "I" if "I" in el.params else "VALUE"
