@@ -124,7 +124,7 @@ class DKModule(AbstractCircuitModule):
             with torch.no_grad():
                 x_op, diag.operating_point = operating_point(self.topology, m, s[:, 0])
             # implicit-function step so the operating point carries its gradient
-            x_op = _attach_dc(self.topology, m, x_op, s[:, 0])
+            x_op = self.topology.implicit_step(m, x_op, m.G, m.Wi, s[:, 0] @ m.Bu.T)
             f_op = self.topology.nonlinearity.torch_eval(x_op @ m.Nv.T, m.theta)
             h0 = k2 * (x_op @ m.Cm.T + f_op @ m.Wq.T)
             q0 = h0 @ d.Q
@@ -145,13 +145,3 @@ class DKModule(AbstractCircuitModule):
         self.diagnostics = diag
         done = (0 if state is None else state.samples) + u.shape[1]
         return y, DKState(final["x"], final.get("v"), done)
-
-
-def _attach_dc(topology, m: MNAMatrices, x_star: torch.Tensor, s0: torch.Tensor) -> torch.Tensor:
-    """One Newton step on the DC equations at the solution, with autograd (implicit-function gradient)."""
-    if not torch.is_grad_enabled():
-        return x_star
-    f, jf = topology.nonlinearity.torch_eval(x_star @ m.Nv.T, m.theta, jacobian=True)
-    res = x_star @ m.G.T + f @ m.Wi.T - s0 @ m.Bu.T
-    jac = (m.G + m.Wi @ jf @ m.Nv).detach()
-    return x_star - torch.linalg.solve(jac, res.unsqueeze(-1)).squeeze(-1)

@@ -61,7 +61,7 @@ class MNAModule(AbstractCircuitModule):
             # DC operating point with the first input sample, then one implicit step for its gradient
             with torch.no_grad():
                 x_op, diag.operating_point = operating_point(topo, m, s[:, 0])
-            x = self._attach(x_op, m.G, m.Wi, b[:, 0], m)
+            x = topo.implicit_step(m, x_op, m.G, m.Wi, b[:, 0])
             h = (2.0 / T) * charges(x)
             ys.append(x @ m.out)
             x_prev = x_prev2 = x.detach()
@@ -88,20 +88,9 @@ class MNAModule(AbstractCircuitModule):
                     raise NewtonError(f"residual {r.residual:.3g} after {r.iterations} iterations", k, k * T)
             diag.newton_iterations += r.iterations
             diag.max_iterations = max(diag.max_iterations, r.iterations)
-            x = self._attach(r.x, a_mat, w_mat, rhs, m)
+            x = topo.implicit_step(m, r.x, a_mat, w_mat, rhs)
             h = (4.0 / T) * charges(x) - h
             ys.append(x @ m.out)
             x_prev2, x_prev = x_prev, r.x
         self.diagnostics = diag
         return torch.stack(ys, dim=1), MNAState(h, x_prev, x_prev2, offset + u.shape[1])
-
-    def _attach(self, x_star, a_mat, w_mat, rhs, m) -> torch.Tensor:
-        """One Newton step at the converged ``x_star`` with autograd on: exact implicit-function gradient."""
-        if not torch.is_grad_enabled() or not (
-            a_mat.requires_grad or rhs.requires_grad or m.theta.requires_grad or m.Nv.requires_grad
-        ):
-            return x_star
-        f, jf = self.topology.nonlinearity.torch_eval(x_star @ m.Nv.T, m.theta, jacobian=True)
-        res = x_star @ a_mat.T + f @ w_mat.T - rhs
-        jac = (a_mat + w_mat @ jf @ m.Nv).detach()
-        return x_star - torch.linalg.solve(jac, res.unsqueeze(-1)).squeeze(-1)

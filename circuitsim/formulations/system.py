@@ -344,6 +344,23 @@ class MNATopology:
         out[self.output] = 1.0
         return MNAMatrices(dense(g_idx, g_val), dense(c_idx, c_val), bu, nv, wi, wq, theta, out, torch.stack(src_vals))
 
+    def implicit_step(
+        self, m: MNAMatrices, x_star: torch.Tensor, a_mat: torch.Tensor, w_mat: torch.Tensor, rhs: torch.Tensor
+    ) -> torch.Tensor:
+        """One Newton step on ``a_mat x + w_mat f(Nv x) = rhs`` at its solution ``x_star``, with autograd.
+
+        The value is ``x_star`` (to rounding) and its gradient is exactly the implicit-function
+        gradient ``dx/dθ = -J⁻¹ ∂F/∂θ``, without differentiating through the iterations.
+        """
+        if not torch.is_grad_enabled() or not (
+            a_mat.requires_grad or w_mat.requires_grad or rhs.requires_grad or m.theta.requires_grad
+        ):
+            return x_star
+        f, jf = self.nonlinearity.torch_eval(x_star @ m.Nv.T, m.theta, jacobian=True)
+        res = x_star @ a_mat.T + f @ w_mat.T - rhs
+        jac = (a_mat + w_mat @ jf @ m.Nv).detach()
+        return x_star - torch.linalg.solve(jac, res.unsqueeze(-1)).squeeze(-1)
+
     def _source_value(self, el: FlatElement, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """DC value (volts or amperes) of an independent source: its DC spec, else its waveform at t = 0."""
         src = el.source
