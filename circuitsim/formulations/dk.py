@@ -142,6 +142,9 @@ class DKModule(AbstractCircuitModule):
             y = y[..., 0]
         diag.newton_iterations = int(stats.get("iterations", 0))
         diag.max_iterations = int(stats.get("max_iterations", 0))
+        for key in ("damped_fallbacks", "homotopy_fallbacks"):
+            if stats.get(key):
+                diag.fallbacks.append(f"{stats[key]} samples needed {key.replace('_', ' ')[:-1]}")
         self.diagnostics = diag
         done = (0 if state is None else state.samples) + u.shape[1]
         return y, DKState(final["x"], final.get("v"), done)
