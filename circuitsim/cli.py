@@ -83,6 +83,79 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Sequence(argparse.Action):
+    """``--data PATH``: remember the path with how many ``--set`` items came before it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
+        items = list(getattr(namespace, self.dest, None) or [])
+        items.append((Path(values), len(getattr(namespace, "set", None) or [])))
+        setattr(namespace, self.dest, items)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from circuitsim.api import load
+    from circuitsim.fit import fit, load_input_target, load_pair, write_report
+    from circuitsim.netlist.writer import rewrite_values
+
+    if args.oversample < 1:
+        raise ValueError("--oversample must be a positive integer")
+    out = args.output or args.netlist.with_name(f"{args.netlist.stem}.fitted.cir")
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{out} exists; use --overwrite to replace it")
+    # a --set after a --data gives that recording's knobs; one before every --data applies to all
+    sets = args.set or []
+    marks = args.sequence or []
+    first = marks[0][1] if marks else len(sets)
+    common = _parse_set(sets[:first])
+    groups = []
+    for i, (path, start) in enumerate(marks):
+        stop = marks[i + 1][1] if i + 1 < len(marks) else len(sets)
+        groups.append((path, {**common, **_parse_set(sets[start:stop])}))
+    opts = dict(input_volts=args.input_volts, target_volts=args.target_volts, holdout=args.holdout)
+    if args.input or args.target:
+        if not (args.input and args.target):
+            raise ValueError("--input and --target go together")
+        data = [load_input_target(args.input, args.target, common, **opts)]
+    else:
+        data = []
+    data += [load_pair(path, params, **opts) for path, params in groups]
+    if not data:
+        raise ValueError("no recordings: give --data PAIR.wav or --input IN.wav --target OUT.wav")
+    fs = data[0].sample_rate
+    if any(d.sample_rate != fs for d in data):
+        raise ValueError("all recordings must have the same sample rate")
+    model = load(args.netlist, args.method, fs * args.oversample, params=data[0].params,
+                 input_source=args.input_source, output_node=args.output_node)
+    learn = None if args.learn in (None, "all") else [n for n in args.learn.split(",") if n.strip()]
+    freeze = [n for n in (args.freeze or "").split(",") if n.strip()]
+    for name in [*(learn or []), *freeze]:
+        model.parameter(name.strip())  # one-line error naming the bad value
+    seg = int(round(args.segment_ms * 1e-3 * fs)) if args.segment_ms else None
+    burn = int(round(args.burn_in_ms * 1e-3 * fs))
+    result = fit(model, data, [n.strip() for n in learn] if learn else None, freeze=[n.strip() for n in freeze],
+                 optimizer=args.optimizer, steps=args.steps, lr=args.lr, oversample=args.oversample, segment=seg,
+                 burn_in=burn, emphasis=args.pre_emphasis, progress=not args.quiet)
+    spans = {}
+    main_file = model.circuit.netlist.path
+    for name in result.names:
+        span = model.circuit.params[name].span
+        if span is None:
+            raise ValueError(f"'{name}' has no literal in the netlist text to rewrite; freeze it")
+        spans[span] = result.fitted[name]
+    texts = rewrite_values(model.circuit.netlist, spans)
+    for span in spans:
+        if span.file != main_file:
+            raise ValueError(f"a learned value is defined in the include file {span.file}; freeze it "
+                             "(writing include files is not supported)")
+    out.write_text(texts[main_file])
+    report_dir = args.report_dir or out.with_name(f"{out.stem}.report")
+    text = write_report(result, report_dir)
+    if not args.quiet:
+        print(text, end="")
+        print(f"wrote {out} and {report_dir}/report.txt, comparison.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="circuitsim", description="Differentiable white-box audio circuit simulator")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +176,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oversample", type=int, default=8, help="simulation rate = sample rate x N")
     p.add_argument("--duration", type=float, default=0.02, help="seconds of each standard signal")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("fit", help="learn component values from input/output recordings")
+    _add_circuit_options(p)
+    p.add_argument("--data", dest="sequence", action=_Sequence, metavar="PAIR.wav",
+                   help="stereo WAV: channel 0 input, channel 1 recorded output (repeatable; a --set after it "
+                        "gives that recording's knob settings)")
+    p.add_argument("--input", type=Path, help="input WAV (two-file form, with --target)")
+    p.add_argument("--target", type=Path, help="recorded output WAV (two-file form)")
+    p.add_argument("--learn", help="comma-separated values to learn, or 'all' (default: R, L, C, IS, N, BF)")
+    p.add_argument("--freeze", help="comma-separated values to keep as written")
+    p.add_argument("--input-volts", type=float, default=1.0, help="volts per full-scale input sample")
+    p.add_argument("--target-volts", type=float, default=1.0, help="volts per full-scale recorded sample")
+    p.add_argument("--oversample", type=int, default=1, help="simulate at N times the recording rate")
+    p.add_argument("--optimizer", choices=["lm", "adam"], default="lm", help="Levenberg-Marquardt or Adam")
+    p.add_argument("--steps", type=int, default=200, help="LM evaluations / Adam steps")
+    p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate (log-value space)")
+    p.add_argument("--segment-ms", type=float, default=0.0, help="train on segments of this length (0: whole)")
+    p.add_argument("--burn-in-ms", type=float, default=0.0, help="unscored start of every segment")
+    p.add_argument("--pre-emphasis", type=float, default=0.0, help="pre-emphasis coefficient (0.85 typical)")
+    p.add_argument("--holdout", type=float, default=0.2, help="held-out fraction at the end of every recording")
+    p.add_argument("-o", "--output", type=Path, help="fitted netlist (default NETLIST.fitted.cir)")
+    p.add_argument("--report-dir", type=Path, help="report folder (default OUTPUT.report)")
+    p.add_argument("--overwrite", action="store_true", help="replace the fitted netlist if it exists")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or report on stdout")
+    p.set_defaults(func=cmd_fit)
     return parser
 
 

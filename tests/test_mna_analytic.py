@@ -73,7 +73,7 @@ def test_gradient_wrt_r_and_c_matches_finite_difference():
     loss.backward()
     for name, rel in (("R1", 1e-6), ("C1", 1e-6)):
         p = m.parameter(name)
-        h = float(p) * 1e-6
+        h = float(p.detach()) * 1e-6
         with torch.no_grad():
             p += h
             up = float((m(x) ** 2).sum())

@@ -96,6 +96,14 @@ class MNATopology:
                 self.resistors.append((f"{el.name}.{pname}", ohms, _pair(dict(zip(terms, el.nodes))[term], n)))
                 n += 1
             if el.kind == "Q":
+                xcjc, cjc = el.model.params.get("XCJC"), el.model.params.get("CJC")
+                split = xcjc is not None and cjc is not None and self._float(xcjc) < 1.0 and self._float(cjc) > 0
+                if internal["b"] != el.nodes[1] and split:
+                    raise NetlistError(
+                        f"{el.name}: XCJC < 1 with RB > 0 (part of CJC outside the base resistance) is not "
+                        "modelled; set XCJC=1 or RB=0",
+                        el.model.loc,
+                    )
                 # bjtload.c: a GMIN conductance from the substrate (ground for 3 terminals) to c' (NPN) or b' (PNP)
                 sub = el.nodes[3] if len(el.nodes) > 3 else GROUND
                 inner = internal["c"] if el.model.type == "NPN" else internal["b"]

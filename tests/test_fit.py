@@ -1,0 +1,192 @@
+"""`circuitsim fit`: recover perturbed component values from ngspice-made recordings.
+
+The recordings are made by ngspice (the independent reference) from a copy of a bundled
+netlist whose values were changed by 20-50 %; the fit starts from the bundled values.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import circuitsim
+from circuitsim.cli import main
+from circuitsim.fit import FitData, fit
+from circuitsim.fit.report import identifiability, report_text
+from circuitsim.netlist.writer import rewrite_values
+from circuitsim.spice import ngspice_available, simulate_ngspice
+from circuitsim.validate import esr
+
+pytestmark = pytest.mark.skipif(not ngspice_available(), reason="ngspice is required")
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIPPER = ROOT / "netlists" / "diode_clipper.cir"
+FS = 48000 * 8  # 48 kHz x 8: the simulation rate of the fits below
+TRUE = {"C1": 1.3e-8, "D1N914.IS": 1.5e-9, "D1N914.N": 2.2}  # +30 %, -40 %, +26 % from the netlist
+
+
+def _ramped_sine(duration: float, fs: float) -> np.ndarray:
+    """300 Hz sine whose amplitude grows as t^2 to 4 V: sweeps the diodes from off to hard clipping."""
+    t = np.arange(int(duration * fs)) / fs
+    return 4.0 * (t / duration) ** 2 * np.sin(2 * np.pi * 300 * t)
+
+
+def _perturbed(path: Path, values: dict[str, float], out: Path) -> Path:
+    model = circuitsim.load(path, method="dk", sample_rate=FS)
+    spans = {model.circuit.params[n].span: v for n, v in values.items()}
+    out.write_text(rewrite_values(model.circuit.netlist, spans)[model.circuit.netlist.path])
+    return out
+
+
+@pytest.fixture(scope="module")
+def clipper_data(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
+    tmp = tmp_path_factory.mktemp("fit")
+    net = _perturbed(CLIPPER, TRUE, tmp / "clipper_true.cir")
+    x = _ramped_sine(0.1, FS)
+    y = simulate_ngspice(net, x, FS, tmax=1 / (4 * FS))
+    return tmp, x, y
+
+
+def test_lm_recovers_perturbed_clipper_values_from_ngspice(clipper_data):
+    _, x, y = clipper_data
+    model = circuitsim.load(CLIPPER, method="dk", sample_rate=FS)
+    t0 = time.perf_counter()
+    res = fit(model, FitData(x, y, FS, holdout=0.2), learn=["C1", "D1N914.IS", "D1N914.N"], progress=False)
+    seconds = time.perf_counter() - t0
+    for name, true in TRUE.items():
+        assert abs(res.fitted[name] / true - 1) < 1e-3, (name, res.fitted[name], true)
+        assert float(model.parameter(name).detach()) == pytest.approx(res.fitted[name], rel=1e-15)
+    g = res.groups[0]
+    assert g.esr_holdout_before > 1e-3  # the perturbation is visible ...
+    assert g.esr_holdout_after <= 1e-6  # ... and gone on audio the fit never saw
+    assert seconds <= 60
+    assert float(model.parameter("R1").detach()) == 2200.0  # not learned, not touched
+    assert identifiability(res) == []  # C, IS and N are all determined by this signal
+
+
+def test_adam_reduces_loss_through_the_compiled_adjoint(clipper_data):
+    tmp, _, _ = clipper_data
+    x = _ramped_sine(0.025, FS)
+    y = simulate_ngspice(tmp / "clipper_true.cir", x, FS, tmax=1 / (4 * FS))
+    model = circuitsim.load(CLIPPER, method="dk", sample_rate=FS)
+    res = fit(model, FitData(x, y, FS, holdout=0.0), learn=list(TRUE), optimizer="adam", steps=40, lr=0.05,
+              progress=False)
+    g = res.groups[0]
+    assert g.esr_train_after < 1e-3 * g.esr_train_before
+    assert abs(res.fitted["C1"] / TRUE["C1"] - 1) < 0.05  # C1 started 23 % low
+
+
+def test_impedance_scaling_is_named_when_r_c_and_is_are_free(clipper_data):
+    tmp, _, _ = clipper_data
+    x = _ramped_sine(0.04, FS)
+    y = simulate_ngspice(CLIPPER, x, FS, tmax=1 / (4 * FS))  # nominal values; start C1 off by 20 %
+    model = circuitsim.load(CLIPPER, method="dk", sample_rate=FS)
+    model.set_value("C1", 1.2e-8)
+    res = fit(model, FitData(x, y, FS), learn=["R1", "C1", "D1N914.IS"], progress=False)
+    dirs = identifiability(res)
+    assert len(dirs) == 1
+    w = dirs[0].weights
+    assert set(w) == {"R1", "C1", "D1N914.IS"}
+    # R*k, C/k, IS/k: R's log moves against C's and IS's, all by the same amount
+    assert np.sign(w["R1"]) == -np.sign(w["C1"]) == -np.sign(w["D1N914.IS"])
+    assert all(abs(abs(c) - 1) < 0.05 for c in w.values())
+    assert "impedance scaling" in report_text(res)
+    # whatever the drift along that direction, the products R*C and R*IS are what the data fix
+    assert res.fitted["R1"] * res.fitted["C1"] == pytest.approx(2200 * 1e-8, rel=1e-3)
+    assert res.fitted["R1"] * res.fitted["D1N914.IS"] == pytest.approx(2200 * 2.52e-9, rel=1e-3)
+
+
+def test_cli_fit_writes_netlist_and_report_and_simulate_reproduces_esr(clipper_data, capsys):
+    tmp, x, y = clipper_data
+    pair = tmp / "pair.wav"
+    sf.write(pair, np.stack([x, y], axis=1), FS, subtype="DOUBLE")
+    sf.write(tmp / "in.wav", x, FS, subtype="DOUBLE")
+    out = tmp / "fitted.cir"
+    rc = main(["fit", str(CLIPPER), "--data", str(pair), "--freeze", "R1", "--learn", "C1,D1N914.IS,D1N914.N",
+               "-o", str(out), "--report-dir", str(tmp / "rep"), "-q"])
+    assert rc == 0
+    assert (tmp / "rep" / "comparison.png").stat().st_size > 1000
+    fitted = circuitsim.load(out, method="dk", sample_rate=FS)
+    for name, true in TRUE.items():
+        assert abs(float(fitted.parameter(name).detach()) / true - 1) < 1e-3
+    # only the three numbers changed: every other line of the netlist is as it was
+    old, new = CLIPPER.read_text().splitlines(), out.read_text().splitlines()
+    assert len(old) == len(new) and sum(a != b for a, b in zip(old, new)) == 2  # C1 line and .model line
+    report = (tmp / "rep" / "report.txt").read_text()
+    held = float(re.search(r"pair\.wav\s+-\s+\S+\s+\S+\s+\S+\s+(\S+)", report).group(1))
+    # round trip: the fitted netlist through `circuitsim simulate` gives the reported held-out ESR
+    assert main(["simulate", str(out), str(tmp / "in.wav"), "-o", str(tmp / "out.wav"), "-q"]) == 0
+    z, _ = sf.read(tmp / "out.wav", dtype="float64")
+    split = len(x) - int(round(0.2 * len(x)))
+    assert esr(z[split:], y[split:]) == pytest.approx(held, rel=0.01)
+    assert held <= 1e-6
+    # refuses to overwrite, and names a bad value in one line
+    assert main(["fit", str(CLIPPER), "--data", str(pair), "-o", str(out), "-q"]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["fit", str(CLIPPER), "--data", str(pair), "--learn", "R9", "-o", str(tmp / "x.cir"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "R9" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_fits_fmv_tone_stack_from_three_treble_settings(tmp_path):
+    """R4, C2, C3 shared by three recordings at different treble settings; C1 frozen (design.md §7)."""
+    fmv = ROOT / "netlists" / "fmv_tonestack.cir"
+    true = {"R4": 56e3 * 1.3, "C2": 20e-9 * 0.7, "C3": 20e-9 * 1.45}
+    net = _perturbed(fmv, true, tmp_path / "fmv_true.cir")
+    x = np.random.default_rng(1).uniform(-1, 1, int(0.03 * FS))
+    x[0] = 0.0
+    args = ["fit", str(fmv), "--freeze", "C1", "-o", str(tmp_path / "fmv.fitted.cir"), "-q"]
+    for treble in (0.2, 0.5, 0.8):
+        y = simulate_ngspice(net, x, FS, tmax=1 / (4 * FS), params={"treble": treble})
+        sf.write(tmp_path / f"t{treble}.wav", np.stack([x, y], axis=1), FS, subtype="DOUBLE")
+        args += ["--data", str(tmp_path / f"t{treble}.wav"), "--set", f"treble={treble}"]
+    t0 = time.perf_counter()
+    assert main(args) == 0
+    assert time.perf_counter() - t0 < 60
+    fitted = circuitsim.load(tmp_path / "fmv.fitted.cir", method="dk", sample_rate=FS)
+    for name, value in true.items():
+        assert abs(float(fitted.parameter(name).detach()) / value - 1) < 1e-3, name
+    assert float(fitted.parameter("C1").detach()) == 250e-12
+    report = (tmp_path / "fmv.fitted.report" / "report.txt").read_text()
+    assert "treble=0.2" in report and "treble=0.8" in report
+
+
+def test_finite_difference_jacobian_agrees_with_compiled_adjoint_and_segments_fit(clipper_data):
+    """LM's Jacobian (central differences) against the adjoint gradient: d(r.r)/dtheta = 2 J^T r."""
+    from circuitsim.fit.trainer import _Problem
+
+    _, x, y = clipper_data
+    n = len(x) // 5
+    model = circuitsim.load(CLIPPER, method="dk", sample_rate=FS)
+    data = [FitData(x[-n:], y[-n:], FS, holdout=0.0)]
+    prob = _Problem([model], data, list(TRUE), 1, None, 0, 0.85, 0.0, 0.0)
+    theta = prob.to_theta(prob.initial)
+    r = prob.residuals(theta)
+    _, grad = prob.loss_and_grad(theta)
+    np.testing.assert_allclose(2 * prob.jacobian(theta).T @ r, grad, rtol=1e-5)
+    # segments of 10 ms with 5 ms burn-in (a batch through the compiled core) still identify the values
+    model = circuitsim.load(CLIPPER, method="dk", sample_rate=FS)
+    res = fit(model, FitData(x, y, FS), learn=list(TRUE), segment=int(0.01 * FS), burn_in=int(0.005 * FS),
+              progress=False)
+    for name, true in TRUE.items():
+        assert abs(res.fitted[name] / true - 1) < 1e-3, name
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, clipper_data, capsys):
+    _, x, _ = clipper_data
+    sf.write(tmp_path / "mono.wav", x[:1000], FS, subtype="DOUBLE")
+    assert main(["fit", str(CLIPPER), "--data", str(tmp_path / "mono.wav"), "-o", str(tmp_path / "f.cir")]) == 2
+    assert "2 channels" in capsys.readouterr().err
+    assert main(["fit", str(CLIPPER), "-o", str(tmp_path / "f.cir")]) == 2
+    assert "no recordings" in capsys.readouterr().err
+    model = circuitsim.load(CLIPPER, method="dk", sample_rate=FS)
+    with pytest.raises(ValueError, match="expected 48000 Hz x 1"):
+        fit(model, FitData(x[:100], x[:100], 48000), learn=["C1"], progress=False)
+    with pytest.raises(KeyError, match="no value named 'C9'"):
+        fit(model, FitData(x[:100], x[:100], FS), learn=["C9"], progress=False)
+    assert not (tmp_path / "f.cir").exists()
