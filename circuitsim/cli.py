@@ -92,13 +92,33 @@ class _Sequence(argparse.Action):
         setattr(namespace, self.dest, items)
 
 
+def _check_writable(model, learn: Sequence[str] | None, freeze: Sequence[str]) -> None:  # noqa: ANN001
+    """Raise a one-line ValueError for a value to learn that cannot be written back into the main netlist."""
+    from circuitsim.fit.trainer import _canonical, default_learnable
+
+    frozen = {_canonical(model, n.strip()) for n in freeze}
+    names = [_canonical(model, n.strip()) for n in (default_learnable(model) if learn is None else learn)]
+    main_file = model.circuit.netlist.path
+    for name in names:
+        if name in frozen:
+            continue
+        span = model.circuit.params[name].span
+        if span is None:
+            raise ValueError(f"'{name}' has no literal in the netlist text to rewrite; freeze it (--freeze {name})")
+        if span.file != main_file:
+            raise ValueError(f"'{name}' is defined in the include file {span.file}, which fit cannot rewrite; "
+                             f"freeze it (--freeze {name}) or copy its definition into {main_file}")
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from circuitsim.api import load
     from circuitsim.fit import fit, load_input_target, load_pair, write_report
+    from circuitsim.fit.losses import check_emphasis
     from circuitsim.netlist.writer import rewrite_values
 
     if args.oversample < 1:
         raise ValueError("--oversample must be a positive integer")
+    check_emphasis(args.pre_emphasis)  # a bad --pre-emphasis fails before any file is read
     out = args.output or args.netlist.with_name(f"{args.netlist.stem}.fitted.cir")
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} exists; use --overwrite to replace it")
@@ -130,24 +150,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     freeze = [n for n in (args.freeze or "").split(",") if n.strip()]
     for name in [*(learn or []), *freeze]:
         model.parameter(name.strip())  # one-line error naming the bad value
+    _check_writable(model, learn, freeze)  # refuse before fitting, not after
     seg = int(round(args.segment_ms * 1e-3 * fs)) if args.segment_ms else None
     burn = int(round(args.burn_in_ms * 1e-3 * fs))
     result = fit(model, data, [n.strip() for n in learn] if learn else None, freeze=[n.strip() for n in freeze],
                  optimizer=args.optimizer, steps=args.steps, lr=args.lr, oversample=args.oversample, segment=seg,
-                 burn_in=burn, emphasis=args.pre_emphasis, progress=not args.quiet)
-    spans = {}
-    main_file = model.circuit.netlist.path
-    for name in result.names:
-        span = model.circuit.params[name].span
-        if span is None:
-            raise ValueError(f"'{name}' has no literal in the netlist text to rewrite; freeze it")
-        spans[span] = result.fitted[name]
-    texts = rewrite_values(model.circuit.netlist, spans)
-    for span in spans:
-        if span.file != main_file:
-            raise ValueError(f"a learned value is defined in the include file {span.file}; freeze it "
-                             "(writing include files is not supported)")
-    out.write_text(texts[main_file])
+                 burn_in=burn, emphasis=check_emphasis(args.pre_emphasis), progress=not args.quiet)
+    spans = {model.circuit.params[name].span: result.fitted[name] for name in result.names}
+    out.write_text(rewrite_values(model.circuit.netlist, spans)[model.circuit.netlist.path])
     report_dir = args.report_dir or out.with_name(f"{out.stem}.report")
     text = write_report(result, report_dir)
     if not args.quiet:
@@ -194,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate (log-value space)")
     p.add_argument("--segment-ms", type=float, default=0.0, help="train on segments of this length (0: whole)")
     p.add_argument("--burn-in-ms", type=float, default=0.0, help="unscored start of every segment")
-    p.add_argument("--pre-emphasis", type=float, default=0.0, help="pre-emphasis coefficient (0.85 typical)")
+    p.add_argument("--pre-emphasis", default="0", metavar="COEFF|aw",
+                   help="pre-emphasis of the loss: first-order coefficient (0.85 typical) or 'aw' (A-weighting)")
     p.add_argument("--holdout", type=float, default=0.2, help="held-out fraction at the end of every recording")
     p.add_argument("-o", "--output", type=Path, help="fitted netlist (default NETLIST.fitted.cir)")
     p.add_argument("--report-dir", type=Path, help="report folder (default OUTPUT.report)")

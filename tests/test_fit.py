@@ -190,3 +190,102 @@ def test_bad_inputs_give_clear_errors(tmp_path, clipper_data, capsys):
     with pytest.raises(KeyError, match="no value named 'C9'"):
         fit(model, FitData(x[:100], x[:100], FS), learn=["C9"], progress=False)
     assert not (tmp_path / "f.cir").exists()
+
+
+def test_cli_refuses_values_in_include_files_before_fitting(tmp_path, clipper_data, capsys, monkeypatch):
+    """A learned value defined in an .include file cannot be written back: one line, before any simulation."""
+    _, x, y = clipper_data
+    (tmp_path / "models.lib").write_text(".model D1N914 D(Is=2.52n N=1.752)\n")
+    main_net = tmp_path / "main.cir"
+    main_net.write_text(
+        "* clipper with its diode model in an include file\nVIN in 0 DC 0\nR1 in out 2.2k\nC1 out 0 10n\n"
+        "D1 out 0 D1N914\nD2 0 out D1N914\n.include models.lib\n.end\n")
+    pair = tmp_path / "pair.wav"
+    sf.write(pair, np.stack([x[:4000], y[:4000]], axis=1), FS, subtype="DOUBLE")
+
+    def no_fit(*args, **kwargs):  # the refusal must come before fitting starts
+        raise AssertionError("fit() was called")
+
+    monkeypatch.setattr("circuitsim.fit.fit", no_fit)
+    out = tmp_path / "f.cir"
+    for learn in (["--learn", "C1,D1N914.IS"], []):  # explicit, and the default (every R, C, IS, N)
+        assert main(["fit", str(main_net), "--data", str(pair), *learn, "-o", str(out), "-q"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1
+        assert "D1N914.IS" in err or "D1N914.N" in err
+        assert "models.lib" in err
+        assert not out.exists()
+    # freezing the include's values lets the fit run (and write the main file only)
+    monkeypatch.undo()
+    assert main(["fit", str(main_net), "--data", str(pair), "--learn", "C1", "--freeze", "D1N914.IS,D1N914.N",
+                 "-o", str(out), "-q"]) == 0
+    assert out.exists() and (tmp_path / "models.lib").read_text() == ".model D1N914 D(Is=2.52n N=1.752)\n"
+
+
+def _iec_a_weighting_db(f: np.ndarray) -> np.ndarray:
+    """A(f) of IEC 61672-1:2013 eq. (E.6)/(E.7), written out independently of circuitsim.fit.losses."""
+    f1, f2, f3, f4 = 20.598997, 107.65265, 737.86223, 12194.217
+    ra = f4**2 * f**4 / ((f**2 + f1**2) * np.sqrt((f**2 + f2**2) * (f**2 + f3**2)) * (f**2 + f4**2))
+    return 20 * np.log10(ra) + 2.00  # A1000 = -2.00 dB normalises the curve to 0 dB at 1 kHz
+
+
+def test_a_weighting_pre_emphasis_matches_the_iec_curve():
+    """Measured response of the filter (a swept sinusoid through it) against IEC 61672-1's curve and table."""
+    import torch
+
+    from circuitsim.fit.losses import a_weighting, check_emphasis
+
+    # IEC 61672-1 Table 3, nominal A-weighting (dB), rounded to 0.1 dB there
+    table = {31.5: -39.4, 50: -30.2, 100: -19.1, 250: -8.6, 1000: 0.0, 2000: 1.2, 4000: 1.0, 10000: -2.5}
+    for fs, f_max, tol in ((48000, 4000, 0.1), (384000, 10000, 0.05)):  # bilinear warping grows near fs/2
+        for f, nominal in table.items():
+            n = int(fs * 1.0)  # 1 s of a steady sine: measure the gain of the last 0.25 s
+            t = np.arange(n) / fs
+            y = a_weighting(torch.tensor(np.sin(2 * np.pi * f * t)), fs).numpy()
+            basis = np.stack([np.sin(2 * np.pi * f * t), np.cos(2 * np.pi * f * t)], axis=1)[-n // 4:]
+            coef = np.linalg.lstsq(basis, y[-n // 4:], rcond=None)[0]  # steady-state amplitude
+            gain_db = 20 * np.log10(np.hypot(*coef))
+            if f <= f_max:
+                assert gain_db == pytest.approx(_iec_a_weighting_db(np.array(f)), abs=tol), (fs, f)
+                # the table is at nominal frequencies (31.5 for 10**1.5 Hz) and rounded to 0.1 dB
+                assert gain_db == pytest.approx(nominal, abs=0.2), (fs, f)
+    assert check_emphasis("aw") == "aw" and check_emphasis("0.85") == 0.85
+    with pytest.raises(ValueError, match="'xyz'"):
+        check_emphasis("xyz")
+
+
+def test_a_weighting_adjoint_and_fit_with_it(clipper_data):
+    """The filter's backward pass against autograd's numerical gradient; LM and Adam fits with emphasis="aw"."""
+    import torch
+
+    from circuitsim.fit.losses import a_weighting
+
+    x = torch.tensor(np.random.default_rng(3).normal(size=(2, 64)), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: a_weighting(v, 8000.0), (x,))
+    _, x, y = clipper_data
+    model = circuitsim.load(CLIPPER, method="dk", sample_rate=FS)
+    res = fit(model, FitData(x, y, FS), learn=list(TRUE), emphasis="aw", progress=False)
+    for name, true in TRUE.items():
+        assert abs(res.fitted[name] / true - 1) < 1e-3, name
+    assert res.groups[0].esr_holdout_after <= 1e-6
+    n = int(0.025 * FS)
+    model = circuitsim.load(CLIPPER, method="dk", sample_rate=FS)
+    res = fit(model, FitData(x[:n], y[:n], FS, holdout=0.0), learn=list(TRUE), optimizer="adam", steps=30, lr=0.05,
+              emphasis="aw", progress=False)
+    assert res.groups[0].esr_train_after < 1e-2 * res.groups[0].esr_train_before
+
+
+def test_cli_pre_emphasis_aw_and_bad_value(clipper_data, tmp_path, capsys):
+    _, x, y = clipper_data
+    pair = tmp_path / "pair.wav"
+    sf.write(pair, np.stack([x, y], axis=1), FS, subtype="DOUBLE")
+    out = tmp_path / "aw.cir"
+    assert main(["fit", str(CLIPPER), "--data", str(pair), "--learn", "C1,D1N914.IS,D1N914.N",
+                 "--pre-emphasis", "aw", "-o", str(out), "-q"]) == 0
+    fitted = circuitsim.load(out, method="dk", sample_rate=FS)
+    for name, true in TRUE.items():
+        assert abs(float(fitted.parameter(name).detach()) / true - 1) < 1e-3, name
+    assert main(["fit", str(CLIPPER), "--data", str(pair), "--pre-emphasis", "loud", "-o", str(tmp_path / "b.cir"),
+                 "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "loud" in err and len(err.strip().splitlines()) == 1

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from circuitsim.fit.data import Decimator, FitData, segments, upsample
-from circuitsim.fit.losses import dc_loss, pre_emphasis, residual, stft_loss
+from circuitsim.fit.losses import Emphasis, check_emphasis, dc_loss, emphasize, residual, stft_loss
 from circuitsim.formulations.base import AbstractCircuitModule
 from circuitsim.validate import esr
 
@@ -70,6 +70,8 @@ def _uses_log(model: AbstractCircuitModule, name: str, value: float) -> bool:
     if value <= 0:
         return False
     leaf = model.circuit.params[name]
+    if leaf.kind.value == "control":  # a learned .param (a pot track, a knob): positive values stay positive
+        return True
     return bool(leaf.positive) or ("." in name and name.split(".")[-1].upper() in POSITIVE_MODEL_PARAMS)
 
 
@@ -117,7 +119,7 @@ class _Problem:
         self.models, self.data, self.names = models, data, names
         self.oversample = int(oversample)
         self.decimate = Decimator(self.oversample)
-        self.emphasis, self.dc_weight, self.stft_weight = emphasis, dc_weight, stft_weight
+        self.emphasis, self.dc_weight, self.stft_weight = check_emphasis(emphasis), dc_weight, stft_weight
         m0 = models[0]
         self.initial = np.array([float(m0.parameter(n).detach()) for n in names])
         self.log = np.array([_uses_log(m0, n, v) for n, v in zip(names, self.initial)])
@@ -167,7 +169,7 @@ class _Problem:
                 y = self.outputs(k)
                 _, ref, skip = self.batches[k]
                 y, ref = y[..., skip:], ref[..., skip:]
-                parts.append(residual(y, ref, self.emphasis))
+                parts.append(residual(y, ref, self.emphasis, self.data[k].sample_rate))
                 if self.dc_weight:
                     parts.append(torch.sqrt(self.dc_weight * dc_loss(y, ref)).reshape(1))
         r = torch.cat(parts).numpy()
@@ -191,12 +193,13 @@ class _Problem:
             y = self.outputs(k)
             _, ref, skip = self.batches[k]
             y, ref = y[..., skip:], ref[..., skip:]
-            r = residual(y, ref, self.emphasis)
+            r = residual(y, ref, self.emphasis, self.data[k].sample_rate)
             loss = r @ r
             if self.dc_weight:
                 loss = loss + self.dc_weight * dc_loss(y, ref)
             if self.stft_weight:
-                ye, re_ = pre_emphasis(y, self.emphasis), pre_emphasis(ref, self.emphasis)
+                fs = self.data[k].sample_rate
+                ye, re_ = emphasize(y, self.emphasis, fs), emphasize(ref, self.emphasis, fs)
                 loss = loss + self.stft_weight * stft_loss(ye, re_)
             loss.backward()
             g = np.array([float(p.grad) if p.grad is not None else 0.0 for p in params])
@@ -245,7 +248,7 @@ def fit(
     oversample: int = 1,
     segment: int | None = None,
     burn_in: int = 0,
-    emphasis: float = 0.0,
+    emphasis: Emphasis = 0.0,
     dc_weight: float = 0.0,
     stft_weight: float = 0.0,
     bounds: Mapping[str, tuple[float, float]] | None = None,
@@ -261,9 +264,11 @@ def fit(
     ``steps`` bounds the residual evaluations per parameter) or ``"adam"`` (``steps``
     iterations at learning rate ``lr`` in log-value space).  ``segment``/``burn_in`` (samples
     at the recording rate) cut the training part into a batch of segments whose first
-    ``burn_in`` samples are not scored.  ``emphasis`` is the pre-emphasis coefficient (0 = none,
-    0.85 typical), ``dc_weight`` and ``stft_weight`` weight the DC and multi-resolution STFT
-    terms (the STFT term is used by Adam only).  ``bounds`` maps names to (low, high) values.
+    ``burn_in`` samples are not scored.  ``emphasis`` is the pre-emphasis: a first-order
+    coefficient (0 = none, 0.85 typical) or ``"aw"`` (A-weighting, Wright & Valimaki, ICASSP
+    2020, at the recordings' rate); ``dc_weight`` and ``stft_weight`` weight the DC and
+    multi-resolution STFT terms (the STFT term is used by Adam only).  ``bounds`` maps names
+    to (low, high) values.
     Ctrl-C stops the optimisation and keeps the best values seen so far.
     """
     from scipy.optimize import least_squares
@@ -288,9 +293,10 @@ def fit(
     names = [n for n in dict.fromkeys(names) if n not in frozen]
     if not names:
         raise ValueError("nothing to learn (every value is frozen)")
+    per_recording = {_canonical(models[0], k) for d in data for k in d.params}
     for n in names:
-        if models[0].circuit.params[n].kind.value == "control":
-            raise ValueError(f"'{n}' is a .param knob, set it per recording (--set) instead of learning it")
+        if n in per_recording:
+            raise ValueError(f"'{n}' is set per recording (--set), so it cannot also be learned")
     if optimizer not in ("lm", "adam"):
         raise ValueError(f"optimizer must be 'lm' or 'adam', got '{optimizer}'")
 
