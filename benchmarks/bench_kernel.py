@@ -16,7 +16,9 @@ forward pass (inference and with the trajectory saved), the backward pass and fo
 backward through ``torch.autograd``, all on one thread; the bytes saved per sample for
 backward; and the compile time cold (fresh cache directory) and cached (a new process).
 Forward + backward is timed twice: with only the matrices learnable, and with the diodes' IS
-and N learnable too (the parameter gradient ``sum mu . df/dtheta`` is then evaluated in torch).
+and N learnable too (the parameter gradient ``sum mu . df/dtheta`` is then accumulated in the
+compiled backward loop by the generated ``nl_vjp_theta``; autograd takes it from the theta slots
+to IS and N).  The ratios are to the forward inference pass; the acceptance target is <= 3.
 """
 
 from __future__ import annotations

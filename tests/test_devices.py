@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+import circuitsim.devices.diode as diode_module
 from circuitsim.devices.bjt import (
     BJT_ALIASES,
     BJT_DEFAULTS,
@@ -29,6 +30,7 @@ from circuitsim.devices.bjt import (
     bjt_junctions,
     bjt_qbx,
 )
+from circuitsim.devices.bjt import _npn as bjt_npn_torch
 from circuitsim.devices.constants import VT
 from circuitsim.devices.diode import (
     DIODE_ALIASES,
@@ -47,9 +49,11 @@ from circuitsim.kernels.devices import (
     bjt_nb,
     bjt_params_torch,
     bjt_params_vector,
+    bjt_vjp_nb,
     diode_nb,
     diode_params_torch,
     diode_params_vector,
+    diode_vjp_nb,
 )
 from circuitsim.netlist.units import parse_number
 
@@ -287,6 +291,87 @@ def test_pnp_is_mirrored_npn() -> None:
         assert torch.equal(m[j], -n[j])
     for j in range(4, 12):
         assert torch.equal(m[j], n[j])
+
+
+# ----------------------------------------------------------------------------- parameter VJPs
+# The compiled kernels' hand-written parameter derivatives against torch autograd through the
+# torch equations evaluated on the slots of the vector (derived slots as independent inputs), point
+# by point: diode_junction with diode_model replaced by a read of the slots, and the NPN core of
+# bjt_junctions on the slots.
+
+_DIODE_SLOT_KEYS = {**{k: DIODE_LAYOUT.index(k) for k in ("CJO", "TT", "ISR", "GMIN")},
+                    **{k: len(DIODE_PARAM_ORDER) + i for i, k in enumerate(
+                        ("IS", "VTE", "VJ", "M", "DEPCAP", "F1", "F2", "F3", "IKF", "IKR", "BV", "VTEBRK",
+                         "VTR", "VCRIT"))}}
+_BJT_SLOT_KEYS = {**{k: BJT_LAYOUT.index(k) for k in ("BF", "BR", "ITF", "XTF", "TF", "TR", "CJE", "VJE", "VJC",
+                                                      "GMIN")},
+                  **{k: len(BJT_PARAM_ORDER) + i for i, k in enumerate(
+                      ("ISBE", "ISBC", "ISE", "ISC", "VTF", "VTR", "VTE", "VTC", "IVAF", "IVAR", "IIKF", "IIKR",
+                       "NKF", "OVTF", "FCPE", "F1", "F2", "F3", "FCPC", "F5", "F6", "F7", "CZBC", "MJE", "MJC",
+                       "VCRIT"))}}
+
+
+def _check_slot_gradients(nb: np.ndarray, ref: np.ndarray, what: str) -> None:
+    # per point and slot, relative to the largest term of that slot over the points (a slot's
+    # gradient is a short sum of products; its value can pass through zero)
+    assert np.isfinite(ref).all() and np.isfinite(nb).all(), what
+    scale = np.abs(ref).max(axis=0, keepdims=True)
+    bad = np.abs(nb - ref) > 1e-10 * np.abs(ref) + 1e-12 * scale
+    if bad.any():
+        k, j = np.argwhere(bad)[0]
+        raise AssertionError(f"{what}: {int(bad.sum())} entries differ, first point {k} slot {j}: "
+                             f"{nb[k, j]!r} vs {ref[k, j]!r}")
+    assert np.count_nonzero(ref) > 0, what
+
+
+@pytest.mark.parametrize("name", list(DIODE_CARDS) + ["1N914_q0"])
+def test_diode_parameter_vjp_matches_autograd(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """diode_vjp_nb == autograd of diode_junction w.r.t. every slot, current and charge adjoints."""
+    p = card_params(DIODE_CARDS[name.removesuffix("_q0")], DIODE_ALIASES)
+    vec = diode_params_vector(p)
+    vd = diode_grid(p)
+    vd = vd[vd >= -p.get("BV", np.inf) - 1.0]  # deep breakdown overflows float64 (torch and numba alike)
+    n = vd.size
+    rng = np.random.default_rng(11)
+    a_i = rng.standard_normal(n)
+    # "_q0": the charge output unused (a_q = 0), as a DiodeBlock without out_q
+    a_q = np.zeros(n) if name.endswith("_q0") else 1e9 * rng.standard_normal(n)
+    nb = np.zeros((n, vec.size))
+    for k in range(n):
+        diode_vjp_nb(float(vd[k]), vec, float(a_i[k]), float(a_q[k]), nb[k])
+    th = torch.tensor(vec, dtype=F64).expand(n, vec.size).clone().requires_grad_(True)
+    monkeypatch.setattr(diode_module, "diode_model", lambda _p: {k: th[:, j] for k, j in _DIODE_SLOT_KEYS.items()})
+    i, _, q, _ = diode_junction(torch.tensor(vd, dtype=F64), {})
+    (ref,) = torch.autograd.grad((torch.tensor(a_i) * i + torch.tensor(a_q) * q).sum(), th)
+    _check_slot_gradients(nb, ref.numpy(), name)
+    # the slots the kernel does not read get nothing
+    unread = [j for j, k in enumerate(DIODE_LAYOUT) if j not in _DIODE_SLOT_KEYS.values() or k == "VCRIT"]
+    assert not nb[:, unread].any()
+
+
+@pytest.mark.parametrize("name", list(BJT_CARDS) + ["2N3904_as_PNP"])
+def test_bjt_parameter_vjp_matches_autograd(name: str) -> None:
+    """bjt_vjp_nb == autograd of the Gummel-Poon equations w.r.t. every slot, all four outputs."""
+    kind, card = BJT_CARDS[name.removesuffix("_as_PNP")]
+    pol = -1.0 if name.endswith("_as_PNP") or kind == "PNP" else 1.0
+    p = without_resistances(card) if name == "gp_full" else card  # RB = 0 puts all of CJC on b'-c'
+    vec = bjt_params_vector(card_params(p, BJT_ALIASES), pol)
+    a, b = bjt_grid()
+    vbe, vbc = pol * a, pol * b
+    n = vbe.size
+    rng = np.random.default_rng(12)
+    adj = rng.standard_normal((n, 4)) * np.array([1.0, 1.0, 1e9, 1e9])
+    nb = np.zeros((n, vec.size))
+    for k in range(n):
+        bjt_vjp_nb(float(vbe[k]), float(vbc[k]), vec, *map(float, adj[k]), nb[k])
+    th = torch.tensor(vec, dtype=F64).expand(n, vec.size).clone().requires_grad_(True)
+    r = bjt_npn_torch(torch.tensor(pol * vbe), torch.tensor(pol * vbc),
+                      {k: th[:, j] for k, j in _BJT_SLOT_KEYS.items()})
+    out = pol * (torch.tensor(adj[:, 0]) * r.ib + torch.tensor(adj[:, 1]) * r.ic
+                 + torch.tensor(adj[:, 2]) * r.qbe + torch.tensor(adj[:, 3]) * r.qbc)
+    (ref,) = torch.autograd.grad(out.sum(), th)
+    _check_slot_gradients(nb, ref.numpy(), name)
+    assert not nb[:, BJT_LAYOUT.index("POLARITY")].any()
 
 
 # ----------------------------------------------------------------------------- ngspice

@@ -3,9 +3,12 @@
 Forward: :func:`circuitsim.kernels.statespace.forward` (numba, Newton per sample), saving the
 port-voltage trajectory (Nv doubles per sample) and state checkpoints.  Backward: the
 compiled adjoint loop :func:`circuitsim.kernels.statespace.backward` gives the gradients of
-the nine matrices, the input and the initial state, plus ``mu[n] = dL/df[n]``; the device
-parameter gradient is then ``dL/dtheta = sum_n mu[n] . df/dtheta(v[n])``, computed in torch
-(vectorised over samples) with :meth:`Nonlinearity.torch_eval` and autograd.
+the nine matrices, the input and the initial state, and -- in the same loop, with the generated
+``nl_vjp_theta`` -- the device parameter gradient ``dL/dtheta = sum_n mu[n] . df/dtheta(v[n])``
+(``mu[n] = dL/df[n]``).  That gradient is w.r.t. every theta entry, the derived slots of the
+device vectors included; autograd carries it to the raw parameters through
+``diode_params_torch`` / ``bjt_params_torch``, which build those slots.  :func:`theta_gradient`
+computes the same sum in torch (:meth:`Nonlinearity.torch_eval` and autograd): the test oracle.
 """
 
 from __future__ import annotations
@@ -76,7 +79,13 @@ def stats_dict(stats: np.ndarray) -> dict[str, int]:
 def theta_gradient(
     nl: Nonlinearity, theta: torch.Tensor, v: np.ndarray, mu: np.ndarray, chunk: int = THETA_CHUNK
 ) -> torch.Tensor:
-    """``sum_{b,n} mu[b,n] . df/dtheta(v[b,n])`` with torch autograd, ``chunk`` samples at a time."""
+    """``sum_{b,n} mu[b,n] . df/dtheta(v[b,n])`` with torch autograd, ``chunk`` samples at a time.
+
+    The oracle for the compiled gradient (slow: hundreds of tensor operations per sample).  The
+    torch device equations recompute the derived slots of device vectors from the raw entries,
+    so this gradient sits on the raw entries only (the derived slots get 0); after the chain rule
+    through ``diode_params_torch`` / ``bjt_params_torch`` it equals the compiled one.
+    """
     th = theta.detach().to(DTYPE).requires_grad_(True)
     total = torch.zeros_like(th)
     T = v.shape[1]
@@ -148,12 +157,13 @@ class StateSpaceFunction(torch.autograd.Function):
         ny, nx = mats[3].shape
         gy_np = np.zeros((batch, T, ny)) if gy is None else _np(gy)
         gx_np = None if gx is None else _np(gx)
-        res = statespace.backward(ctx.nl, mats, th, un, v, ckpt, gy_np, gx_np, ctx.options)
+        want_theta = bool(ctx.needs_input_grad[9])
+        res = statespace.backward(ctx.nl, mats, th, un, v, ckpt, gy_np, gx_np, ctx.options, theta_grad=want_theta)
         grads: list[Any] = [
             torch.from_numpy(d) if need else None for d, need in zip(res.dmats, ctx.needs_input_grad[:9])
         ]
         (theta,) = ctx.saved_tensors
-        grads.append(theta_gradient(ctx.nl, theta, v, res.mu) if ctx.needs_input_grad[9] else None)
+        grads.append(torch.from_numpy(res.dtheta).to(theta.dtype).reshape(theta.shape) if want_theta else None)
         grads.append(torch.from_numpy(res.du).to(ctx.dtypes[0]) if ctx.needs_input_grad[10] else None)
         grads.append(torch.from_numpy(res.dx0).to(ctx.dtypes[1]) if ctx.needs_input_grad[11] else None)
         return (*grads, None, None, None, None, None)

@@ -342,6 +342,271 @@ def bjt_nb(vbe, vbc, p, out):
     out[11] = cqbc
 
 
+# ----------------------------------------------------------------------------- parameter VJPs
+# Reverse-mode derivatives of the kernels above w.r.t. the parameter-vector slots they read (the
+# derived slots included), written out by hand.  They accumulate ``g += (df/dp)^T a`` for the
+# adjoints ``a`` of the outputs; autograd then carries ``g`` to the raw parameters through
+# diode_params_torch / bjt_params_torch.  Where the torch equations (devices.diode, devices.bjt)
+# evaluate a term whatever its parameter (recombination, leakage, depletion, XTF, the knees), so
+# do these: a zero ISR, ISE, CJO or XTF still has a derivative.  Branch conditions carry none.
+
+
+@njit(cache=True, fastmath=False)
+def _pn_vjp(v, isat, vte):
+    # d/d(isat), d/d(vte) of the junction current of _pn
+    if v >= -3.0 * vte:
+        e, de = _limexp(v / vte)
+        return e - 1.0, -isat * de * v / (vte * vte)
+    arg = 3.0 * vte / (v * CONST_E)
+    arg = arg * arg * arg
+    return -(1.0 + arg), -isat * 3.0 * arg / vte
+
+
+@njit(cache=True, fastmath=False)
+def _depletion_vjp(v, cj0, vj, mg, fcv, f1, f2, f3):
+    # d q / d(cj0, vj, mg, fcv, f1, f2, f3) of _depletion's charge
+    if v < fcv:
+        arg = 1.0 - v / vj
+        lg = math.log(arg)
+        sarg = math.exp(-mg * lg)
+        a1 = arg * sarg  # arg**(1 - mg)
+        om = 1.0 - mg
+        d_cj0 = vj * (1.0 - a1) / om
+        d_vj = cj0 * (1.0 - a1) / om - cj0 * sarg * v / vj
+        d_mg = vj * cj0 * (lg * a1 / om + (1.0 - a1) / (om * om))
+        return d_cj0, d_vj, d_mg, 0.0, 0.0, 0.0, 0.0
+    dv2 = v * v - fcv * fcv
+    bq = f3 * (v - fcv) + (mg / (vj + vj)) * dv2
+    czof2 = cj0 / f2
+    return (f1 + bq / f2, -czof2 * mg * dv2 / (2.0 * vj * vj), czof2 * dv2 / (vj + vj),
+            czof2 * (-f3 - mg * fcv / vj), cj0, -czof2 * bq / f2, czof2 * (v - fcv))
+
+
+@njit(cache=True, fastmath=False)
+def diode_vjp_nb(vd, p, a_i, a_q, g):
+    """Accumulate ``g += a_i * di/dp + a_q * dq/dp`` for the diode at ``vd`` volts.
+
+    ``p`` is the diode parameter vector (``DIODE_LAYOUT``), ``g`` a vector of the same length;
+    ``a_i`` (per ampere) and ``a_q`` (per coulomb) are the adjoints of the current and charge.
+    """
+    isat = p[_D_ISEFF]
+    vte = p[_D_VTE]
+    # pre-knee current cd and its partials
+    d_is = 0.0
+    d_vte = 0.0
+    d_isr = 0.0
+    d_vtr = 0.0
+    d_m = 0.0
+    d_vj = 0.0
+    d_bv = 0.0
+    d_vtb = 0.0
+    kc = 1.0  # d(knee current)/d(cd)
+    kk = 0.0  # d(knee current)/d(IKF or IKR)
+    ik = -1
+    if vd >= -3.0 * vte:
+        e, de = _limexp(vd / vte)
+        cd = isat * (e - 1.0)
+        d_is = e - 1.0
+        d_vte = -isat * de * vd / (vte * vte)
+        # recombination (computed even for ISR = 0: its ISR derivative is not zero)
+        isr = p[_D_ISR]
+        vtr = p[_D_VTR]
+        er, der = _limexp(vd / vtr)
+        mg = p[_D_M]
+        vj = p[_D_VJ]
+        x = 1.0 - vd / vj
+        t1 = x * x + 0.005
+        gen = math.pow(t1, mg / 2.0)
+        d_isr = (er - 1.0) * gen
+        if isr != 0.0:
+            c_rec = isr * (er - 1.0)
+            d_vtr = -isr * der * vd / (vtr * vtr) * gen
+            d_m = c_rec * gen * math.log(t1) / 2.0
+            d_vj = c_rec * mg * x * vd / (vj * vj) * (gen / t1)
+            cd += c_rec * gen
+        ikf = p[_D_IKF]
+        if ikf > 0.0 and cd > 1.0e-18:  # high injection: cd / (1 + sqrt(cd / ikf))
+            s = math.sqrt(cd / ikf)
+            r = 1.0 / (1.0 + s)
+            kc = r - cd * r * r / (2.0 * s * ikf)
+            kk = cd * s * r * r / (2.0 * ikf)
+            ik = 11
+            cd = cd * r
+    else:
+        if vd >= -p[_D_BV]:
+            arg = 3.0 * vte / (vd * CONST_E)
+            arg = arg * arg * arg
+            cd = -isat * (1.0 + arg)
+            d_is = -(1.0 + arg)
+            d_vte = -isat * 3.0 * arg / vte
+        else:  # breakdown
+            vtb = p[_D_VTEBRK]
+            bvv = p[_D_BV] + vd
+            evrev, devrev = _limexp(-bvv / vtb)
+            cd = -isat * evrev
+            d_is = -evrev
+            d_bv = isat * devrev / vtb
+            d_vtb = -isat * devrev * bvv / (vtb * vtb)
+        ikr = p[_D_IKR]
+        if ikr > 0.0 and cd < -1.0e-18:  # cd / (1 + sqrt(-cd / ikr))
+            s = math.sqrt(cd / (-ikr))
+            r = 1.0 / (1.0 + s)
+            kc = r + cd * r * r / (2.0 * s * ikr)
+            kk = cd * s * r * r / (2.0 * ikr)
+            ik = 12
+            cd = cd * r
+    cd = cd + p[_D_GMIN] * vd
+    tt = p[_D_TT]
+    g[_D_TT] += a_q * cd
+    a_c = a_i + a_q * tt  # adjoint of the current after the knee and GMIN
+    g[_D_GMIN] += a_c * vd
+    if ik == 11:
+        g[_D_IKF] += a_c * kk
+    elif ik == 12:
+        g[_D_IKR] += a_c * kk
+    a = a_c * kc
+    g[_D_ISEFF] += a * d_is
+    g[_D_VTE] += a * d_vte
+    g[_D_ISR] += a * d_isr
+    g[_D_VTR] += a * d_vtr
+    g[_D_M] += a * d_m
+    g[_D_VJ] += a * d_vj
+    g[_D_BV] += a * d_bv
+    g[_D_VTEBRK] += a * d_vtb
+    if a_q != 0.0:  # depletion charge, computed even for CJO = 0
+        q_cj, q_vj, q_m, q_fc, q_f1, q_f2, q_f3 = _depletion_vjp(
+            vd, p[_D_CJO], p[_D_VJ], p[_D_M], p[_D_DEPCAP], p[_D_F1], p[_D_F2], p[_D_F3])
+        g[_D_CJO] += a_q * q_cj
+        g[_D_VJ] += a_q * q_vj
+        g[_D_M] += a_q * q_m
+        g[_D_DEPCAP] += a_q * q_fc
+        g[_D_F1] += a_q * q_f1
+        g[_D_F2] += a_q * q_f2
+        g[_D_F3] += a_q * q_f3
+
+
+@njit(cache=True, fastmath=False)
+def bjt_vjp_nb(vbe, vbc, p, a_ib, a_ic, a_qbe, a_qbc, g):
+    """Accumulate ``g += (d(ib, ic, qbe, qbc)/dp)^T (a_ib, a_ic, a_qbe, a_qbc)`` for the BJT.
+
+    ``vbe``, ``vbc`` as for :func:`bjt_nb` (volts); ``p`` the BJT parameter vector
+    (``BJT_LAYOUT``), ``g`` a vector of the same length (nothing is added to POLARITY).
+    """
+    s = p[_B_POL]
+    ve = s * vbe
+    vc = s * vbc
+    # adjoints of the NPN-frame outputs (PNP outputs are -f(-v))
+    a_cb = s * a_ib
+    a_cc = s * a_ic
+    a_qe = s * a_qbe
+    a_qc = s * a_qbc
+    cbe, _ = _pn(ve, p[_B_ISBE], p[_B_VTF])
+    cbc, _ = _pn(vc, p[_B_ISBC], p[_B_VTR])
+    ivaf = p[_B_IVAF]
+    ivar = p[_B_IVAR]
+    iikf = p[_B_IIKF]
+    iikr = p[_B_IIKR]
+    nkf = p[_B_NKF]
+    q1 = 1.0 / (1.0 - ivaf * vc - ivar * ve)
+    arg = 1.0 + 4.0 * (iikf * cbe + iikr * cbc)
+    if arg > 0.0:
+        sqarg = math.sqrt(arg) if nkf == 0.5 else math.pow(arg, nkf)
+    else:
+        sqarg = 1.0
+    qb = q1 * (1.0 + sqarg) / 2.0
+    bf = p[_B_BF]
+    br = p[_B_BR]
+    tf = p[_B_TF]
+    a_cbe = 0.0
+    a_cbc = 0.0
+    a_qb = 0.0
+    # qbe = tf * cbe_m + qde
+    if ve > 0.0:
+        ovtf = p[_B_OVTF]
+        xtf = p[_B_XTF]
+        itf = p[_B_ITF]
+        e, de = _limexp(vc * ovtf)
+        t2 = 1.0
+        temp = 0.0
+        if itf != 0.0:
+            temp = cbe / (cbe + itf)
+            t2 = temp * temp
+        argtf = xtf * e * t2
+        cbe_m = cbe * (1.0 + argtf) / qb
+        a_m = a_qe * tf
+        a_cbe += a_m * (1.0 + argtf) / qb
+        a_qb -= a_m * cbe_m / qb
+        a_arg = a_m * cbe / qb
+        g[_B_XTF] += a_arg * e * t2
+        g[_B_OVTF] += a_arg * xtf * t2 * de * vc
+        if itf != 0.0:
+            a_temp = a_arg * xtf * e * 2.0 * temp
+            den = (cbe + itf) * (cbe + itf)
+            a_cbe += a_temp * itf / den
+            g[_B_ITF] -= a_temp * cbe / den
+    else:
+        cbe_m = cbe
+        a_cbe += a_qe * tf
+    g[_B_TF] += a_qe * cbe_m
+    # qbc = tr * cbc + qdc
+    g[_B_TR] += a_qc * cbc
+    a_cbc += a_qc * p[_B_TR]
+    if a_qe != 0.0:
+        q_cj, q_vj, q_m, q_fc, q_f1, q_f2, q_f3 = _depletion_vjp(
+            ve, p[_B_CJE], p[_B_VJE], p[_B_MJE], p[_B_FCPE], p[_B_F1], p[_B_F2], p[_B_F3])
+        g[_B_CJE] += a_qe * q_cj
+        g[_B_VJE] += a_qe * q_vj
+        g[_B_MJE] += a_qe * q_m
+        g[_B_FCPE] += a_qe * q_fc
+        g[_B_F1] += a_qe * q_f1
+        g[_B_F2] += a_qe * q_f2
+        g[_B_F3] += a_qe * q_f3
+    if a_qc != 0.0:
+        q_cj, q_vj, q_m, q_fc, q_f1, q_f2, q_f3 = _depletion_vjp(
+            vc, p[_B_CZBC], p[_B_VJC], p[_B_MJC], p[_B_FCPC], p[_B_F5], p[_B_F6], p[_B_F7])
+        g[_B_CZBC] += a_qc * q_cj
+        g[_B_VJC] += a_qc * q_vj
+        g[_B_MJC] += a_qc * q_m
+        g[_B_FCPC] += a_qc * q_fc
+        g[_B_F5] += a_qc * q_f1
+        g[_B_F6] += a_qc * q_f2
+        g[_B_F7] += a_qc * q_f3
+    # cb = cbe/bf + cben + cbc/br + cbcn;  cc = (cbe - cbc)/qb - cbc/br - cbcn
+    a_cbe += a_cb / bf + a_cc / qb
+    a_cbc += a_cb / br - a_cc / qb - a_cc / br
+    g[_B_BF] -= a_cb * cbe / (bf * bf)
+    g[_B_BR] += (a_cc - a_cb) * cbc / (br * br)
+    a_qb -= a_cc * (cbe - cbc) / (qb * qb)
+    a_ln = a_cb  # adjoint of cben
+    a_lc = a_cb - a_cc  # adjoint of cbcn
+    # qb = q1 (1 + sqarg) / 2, sqarg = arg**nkf, arg = 1 + 4 (iikf cbe + iikr cbc), q1 = 1/(1 - ivaf vc - ivar ve)
+    a_q1 = a_qb * (1.0 + sqarg) / 2.0
+    if arg > 0.0:
+        a_sq = a_qb * q1 / 2.0
+        g[_B_NKF] += a_sq * sqarg * math.log(arg)
+        a_q2 = 4.0 * a_sq * nkf * sqarg / arg
+        g[_B_IIKF] += a_q2 * cbe
+        g[_B_IIKR] += a_q2 * cbc
+        a_cbe += a_q2 * iikf
+        a_cbc += a_q2 * iikr
+    g[_B_IVAF] += a_q1 * q1 * q1 * vc
+    g[_B_IVAR] += a_q1 * q1 * q1 * ve
+    # the junction currents (leakages computed even for ISE = ISC = 0), GMIN on the leakages
+    di, dv = _pn_vjp(ve, p[_B_ISBE], p[_B_VTF])
+    g[_B_ISBE] += a_cbe * di
+    g[_B_VTF] += a_cbe * dv
+    di, dv = _pn_vjp(vc, p[_B_ISBC], p[_B_VTR])
+    g[_B_ISBC] += a_cbc * di
+    g[_B_VTR] += a_cbc * dv
+    di, dv = _pn_vjp(ve, p[_B_ISE], p[_B_VTE])
+    g[_B_ISE] += a_ln * di
+    g[_B_VTE] += a_ln * dv
+    di, dv = _pn_vjp(vc, p[_B_ISC], p[_B_VTC])
+    g[_B_ISC] += a_lc * di
+    g[_B_VTC] += a_lc * dv
+    g[_B_GMIN] += a_ln * ve + a_lc * vc
+
+
 __all__ = [
     "BJT_DERIVED_ORDER",
     "BJT_LAYOUT",
@@ -353,7 +618,9 @@ __all__ = [
     "bjt_nb",
     "bjt_params_torch",
     "bjt_params_vector",
+    "bjt_vjp_nb",
     "diode_nb",
     "diode_params_torch",
     "diode_params_vector",
+    "diode_vjp_nb",
 ]

@@ -17,8 +17,12 @@ an expression reads single entries.  Two implementations are produced from the s
   source into a cache directory (``$CIRCUITSIM_CACHE`` or ``~/.cache/circuitsim/kernels``)
   together with the state-space loops of :mod:`circuitsim.kernels.statespace`, so that
   ``numba``'s ``cache=True`` works across processes;
+* ``nl_vjp_theta(v, theta, mu, gtheta, work)`` -- compiled, in the same module:
+  ``gtheta += (df/dtheta)' mu`` for one sample, w.r.t. every theta entry including the derived
+  slots of device vectors (hand-written derivatives ``diode_vjp_nb`` / ``bjt_vjp_nb``; sympy
+  derivatives w.r.t. the parameter symbols of expressions); the backward loop calls it;
 * :meth:`Nonlinearity.torch_eval` -- differentiable in ``v`` and ``theta``, batched over
-  leading dimensions (the gradient oracle and the source of ``df/dtheta``).
+  leading dimensions (the gradient oracle).
 
 The kernels know nothing about circuits: the lead derives ports and outputs from a netlist.
 """
@@ -108,6 +112,9 @@ class softplus(sympy.Function):  # noqa: N801 (sympy function naming)
     def fdiff(self, argindex: int = 1) -> sympy.Expr:
         return sigmoid(self.args[0])
 
+    def _eval_is_extended_real(self) -> bool | None:
+        return self.args[0].is_extended_real
+
 
 class sigmoid(sympy.Function):  # noqa: N801
     """``1 / (1 + exp(-x))``, evaluated stably."""
@@ -115,6 +122,9 @@ class sigmoid(sympy.Function):  # noqa: N801
     def fdiff(self, argindex: int = 1) -> sympy.Expr:
         s = sigmoid(self.args[0])
         return s * (1 - s)
+
+    def _eval_is_extended_real(self) -> bool | None:
+        return self.args[0].is_extended_real
 
 
 def _prepare_expr(expr: sympy.Expr) -> sympy.Expr:
@@ -124,9 +134,44 @@ def _prepare_expr(expr: sympy.Expr) -> sympy.Expr:
     return expr
 
 
+class xpow(sympy.Function):  # noqa: N801
+    """``b**e`` with a symbolic exponent, for parameter derivatives: ``d/de = xpowlog(b, e)``."""
+
+    nargs = 2
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        b, e = self.args
+        if argindex == 1:
+            return e * xpow(b, e - 1)
+        return xpowlog(b, e)
+
+
+class xpowlog(sympy.Function):  # noqa: N801
+    """``b**e * log(b)``, taken as 0 at ``b = 0`` (the limit for ``e > 0``, as torch's pow backward)."""
+
+    nargs = 2
+
+
+def _zero_steps(d: sympy.Expr) -> sympy.Expr:
+    # sign and Heaviside are piecewise constant: their derivatives (DiracDelta, or an unevaluated
+    # Derivative when sympy cannot tell the argument is real) are 0 almost everywhere
+    def step_derivative(x: sympy.Basic) -> bool:
+        return isinstance(x, sympy.DiracDelta) or (
+            isinstance(x, sympy.Derivative) and isinstance(x.expr, (sympy.sign, sympy.Heaviside))
+        )
+
+    return d.replace(step_derivative, lambda x: sympy.S.Zero)
+
+
+def _param_derivative(expr: sympy.Expr, sym: sympy.Symbol) -> sympy.Expr:
+    # powers with a symbolic exponent become xpow, so that d/d(exponent) is finite at a zero base
+    # (the Koren triode's Max(E1, 0)**EX in cut-off)
+    e = expr.replace(lambda x: isinstance(x, sympy.Pow) and not x.exp.is_number, lambda x: xpow(x.base, x.exp))
+    return _zero_steps(sympy.diff(e, sym))
+
+
 def _derivative(expr: sympy.Expr, sym: sympy.Symbol) -> sympy.Expr:
-    d = sympy.diff(expr, sym)
-    d = d.replace(lambda e: isinstance(e, sympy.DiracDelta), lambda e: sympy.S.Zero)
+    d = _zero_steps(sympy.diff(expr, sym))
     # x**a / x -> x**(a-1): keeps d/dx Max(x,0)**1.4 finite at x = 0 (Koren triode cut-off)
     return sympy.powsimp(d, force=True)
 
@@ -150,6 +195,8 @@ _NB_FUNCS = {
     sympy.ceiling: "math.ceil",
     softplus: "_softplus",
     sigmoid: "_sigmoid",
+    xpow: "_xpow",
+    xpowlog: "_xpowlog",
 }
 _TORCH_FUNCS = {
     sympy.exp: "torch.exp",
@@ -342,6 +389,19 @@ def _sigmoid(x):
 
 
 @njit(cache=True, inline="always")
+def _xpow(b, e):
+    return b ** e
+
+
+@njit(cache=True, inline="always")
+def _xpowlog(b, e):
+    # b**e log(b), 0 at b = 0 (the limit for e > 0; torch's pow backward does the same)
+    if b == 0.0:
+        return 0.0
+    return b ** e * math.log(b)
+
+
+@njit(cache=True, inline="always")
 def _pnjlim(vnew, vold, vt, vcrit):
     # SPICE junction voltage limiting, ngspice src/spicelib/devices/devsup.c DEVpnjlim
     if vnew > vcrit and abs(vnew - vold) > vt + vt:
@@ -484,7 +544,8 @@ class Nonlinearity:
     # ---- compiled side
     @property
     def module(self) -> ModuleType:
-        """The generated module: ``nl_eval``, ``nl_prepare``, ``nl_limit`` and the state-space loops."""
+        """The generated module: ``nl_eval``, ``nl_prepare``, ``nl_limit``, ``nl_vjp_theta`` and the
+        state-space loops."""
         if self._module is None:
             from circuitsim.kernels import statespace
 
@@ -651,6 +712,8 @@ def build_nonlinearity(blocks: Sequence[Block], n_ports: int, n_outputs: int) ->
     lines = ["", "", inline, "def nl_eval(v, theta, f, J, work):"]
     prep = ["", "", "@njit(cache=True)", "def nl_prepare(theta, lc):"]
     lim = ["", "", inline, "def nl_limit(vold, vnew, lc):"]
+    # gtheta += (df/dtheta)' mu for one sample, w.r.t. every theta entry (derived slots included)
+    vjp = ["", "", inline, "def nl_vjp_theta(v, theta, mu, gtheta, work):"]
     fterms: dict[int, str] = {}
     jterms: dict[tuple[int, int], list[str]] = {}
     n_theta = 0
@@ -672,6 +735,11 @@ def build_nonlinearity(blocks: Sequence[Block], n_ports: int, n_outputs: int) ->
             lines.append(
                 f"    d{bi}_i, d{bi}_g, d{bi}_q, d{bi}_c = diode_nb({s!r} * v[{blk.port}], "
                 f"theta[{off}:{off + size}])"
+            )
+            mu_q = f"mu[{blk.out_q}]" if blk.out_q >= 0 else "0.0"
+            vjp.append(
+                f"    diode_vjp_nb({s!r} * v[{blk.port}], theta[{off}:{off + size}], mu[{blk.out_i}], {mu_q}, "
+                f"gtheta[{off}:{off + size}])"
             )
             fterms[blk.out_i] = f"d{bi}_i"
             jterms.setdefault((blk.out_i, blk.port), []).append(f"{s!r} * d{bi}_g")
@@ -697,6 +765,10 @@ def build_nonlinearity(blocks: Sequence[Block], n_ports: int, n_outputs: int) ->
             n_work = max(n_work, 12)
             pbe, pbc = blk.ports
             lines.append(f"    bjt_nb(v[{pbe}], v[{pbc}], theta[{off}:{off + size}], work)")
+            mus = ", ".join(f"mu[{o}]" if o >= 0 else "0.0" for o in blk.outs)
+            vjp.append(
+                f"    bjt_vjp_nb(v[{pbe}], v[{pbc}], theta[{off}:{off + size}], {mus}, gtheta[{off}:{off + size}])"
+            )
             # copy out of the scratch before another BJT overwrites it
             for k, o in enumerate(blk.outs):
                 if o < 0:
@@ -741,6 +813,12 @@ def build_nonlinearity(blocks: Sequence[Block], n_ports: int, n_outputs: int) ->
             for j, ((_, k), o) in enumerate(zip(blk.ports, outs[1:])):
                 lines.append(f"    e{bi}_d{j} = {o}")
                 jterms.setdefault((blk.out, k), []).append(f"e{bi}_d{j}")
+            if blk.params:
+                pderivs = [_param_derivative(expr, s) for s, _ in blk.params]
+                body, pouts = _cse_code(pderivs, nb_names, "numba", f"g{bi}", "    ")
+                vjp.extend(body)
+                for (_, k), o in zip(blk.params, pouts):
+                    vjp.append(f"    gtheta[{k}] += mu[{blk.out}] * {o}")
             torch_exprs.append(_torch_expr(expr, derivs, blk, bi))
         else:
             raise TypeError(f"unknown block type {type(blk).__name__}")
@@ -750,7 +828,7 @@ def build_nonlinearity(blocks: Sequence[Block], n_ports: int, n_outputs: int) ->
         for k in range(n_ports):
             terms = jterms.get((o, k))
             lines.append(f"    J[{o}, {k}] = {' + '.join(terms) if terms else '0.0'}")
-    for part in (lines, prep, lim):
+    for part in (lines, prep, lim, vjp):
         part.append("    return")
     header = [
         "# generated by circuitsim.kernels.nonlinearity -- do not edit",
@@ -765,9 +843,11 @@ def build_nonlinearity(blocks: Sequence[Block], n_ports: int, n_outputs: int) ->
         # 4 s more compilation); the larger BJT stays a call
         header.append('diode_nb = njit(inline="always")(_devices.diode_nb.py_func)')
         header.append("bjt_nb = _devices.bjt_nb")
+        header.append('diode_vjp_nb = njit(inline="always")(_devices.diode_vjp_nb.py_func)')
+        header.append("bjt_vjp_nb = _devices.bjt_vjp_nb")
     header.append("from circuitsim.kernels.statespace import borrow")
     header.append(f"\nNV = {n_ports}\nNF = {n_outputs}\nN_WORK = {n_work}\nN_LC = {max(n_lc, 1)}\n")
-    source = "\n".join(header) + _NB_HELPERS + "\n".join(lines + prep + lim) + "\n"
+    source = "\n".join(header) + _NB_HELPERS + "\n".join(lines + prep + lim + vjp) + "\n"
     return Nonlinearity(
         blocks=blocks,
         n_ports=n_ports,

@@ -19,7 +19,8 @@ through Newton iterations.  With ``J = df/dv`` at ``v[n]`` and ``M = I - K J``::
 so with the cotangent ``gf = F' ybar[n] + C' xbar[n+1]`` of the total ``f[n]``::
 
     w       = M^-T J' gf            (= dL/dp[n])
-    mu[n]   = gf + K' w             (= dL/d(direct perturbation of f[n]); dL/dtheta = sum mu . df/dtheta)
+    mu[n]   = gf + K' w             (= dL/d(direct perturbation of f[n]))
+    dtheta += (df/dtheta at v[n])' mu[n]       (nl_vjp_theta, when theta_grad is asked for)
     xbar[n] = A' xbar[n+1] + D' ybar[n] + G' w
     ubar[n] = B' xbar[n+1] + E' ybar[n] + H' w
     dA += xbar[n+1] x[n]'   dB += xbar[n+1] u[n]'   dC += xbar[n+1] f[n]'
@@ -28,7 +29,7 @@ so with the cotangent ``gf = F' ybar[n] + C' xbar[n+1]`` of the total ``f[n]``::
 
 The loop bodies below are plain Python: :func:`kernel_source` pastes them, decorated with
 ``numba.njit(cache=True)``, into the module generated for each nonlinearity (which defines
-``nl_eval``, ``nl_prepare``, ``nl_limit`` and the constants ``NV``, ``NF``, ``N_WORK``,
+``nl_eval``, ``nl_prepare``, ``nl_limit``, ``nl_vjp_theta`` and the constants ``NV``, ``NF``, ``N_WORK``,
 ``N_LC``), because numba cannot cache a function that receives another compiled function as
 an argument.  Use the Python wrappers :func:`forward` and :func:`backward`; batch items run
 in parallel on a thread pool (the item kernels release the GIL).
@@ -102,6 +103,10 @@ def nl_prepare(theta, lc):  # pragma: no cover
 
 
 def nl_limit(vold, vnew, lc):  # pragma: no cover
+    raise NotImplementedError
+
+
+def nl_vjp_theta(v, theta, mu, gtheta, work):  # pragma: no cover
     raise NotImplementedError
 
 
@@ -647,17 +652,31 @@ def forward_item(b, A, B, C, D, E, F, G, H, K, theta, u, x0, warm_in, warm_given
 
 
 def backward_item(b, A, B, C, D, E, F, G, H, K, theta, u, vtraj, ckpt, gy, gx, dA, dB, dC, dD, dE, dF, dG, dH,
-        dK, du, dx0, mu, iopt):
+        dK, du, dx0, mu, dtheta, want_theta, iopt):
     nx = A.shape[0]
     cp = iopt[3]
     backward_core(b, A, B, C, D, E, F, G, H, K, theta, u, vtraj, ckpt, gy, gx, dA, dB, dC, dD, dE, dF, dG, dH,
-        dK, du, dx0, mu, cp, np.empty((cp, nx)), np.zeros((cp, NF)), np.zeros((cp, NF, NV)), np.zeros(N_WORK),
-        np.empty(nx), np.empty(nx), np.empty(nx), np.empty(nx), np.empty(NF), np.empty(NV),
-        np.empty((NV, NV)), np.zeros(NV, np.int64), np.zeros(NV), np.zeros(NF), np.zeros((NF, NV)))
+        dK, du, dx0, mu, dtheta, want_theta, cp, np.empty((cp, nx)), np.zeros((cp, NF)), np.zeros((cp, NF, NV)),
+        np.zeros(N_WORK), np.empty(nx), np.empty(nx), np.empty(nx), np.empty(nx), np.empty(NF), np.empty(NV),
+        np.empty((NV, NV)), np.zeros(NV, np.int64), np.zeros(NV), np.zeros(NF), np.zeros((NF, NV)), np.zeros(NF))
+
+
+def theta_vjp_item(b, theta, vtraj, mu, dtheta):
+    # dtheta[b] += sum_n (df/dtheta at vtraj[b, n])' mu[b, n]
+    work = np.zeros(N_WORK)
+    vc = np.zeros(NV)
+    mq = np.zeros(NF)
+    for n in range(vtraj.shape[1]):
+        for i in range(NV):
+            vc[i] = vtraj[b, n, i]
+        for q in range(NF):
+            mq[q] = mu[b, n, q]
+        nl_vjp_theta(vc, theta, mq, dtheta[b], work)
 
 
 def backward_core(b, A, B, C, D, E, F, G, H, K, theta, u, vtraj, ckpt, gy, gx, dA, dB, dC, dD, dE, dF, dG, dH,
-        dK, du, dx0, mu, cp, xs, fs, Js, work, x, xn, xbar, xbn, gf, w, Mt, piv, vc, fc, Jc):
+        dK, du, dx0, mu, dtheta, want_theta, cp, xs, fs, Js, work, x, xn, xbar, xbn, gf, w, Mt, piv, vc, fc, Jc,
+        mq):
     # one batch item of the adjoint loop (see the module docstring); all arrays borrowed, as in
     # forward_segment, and no calls but the straight-line nl_eval
     A = borrow(A)
@@ -687,6 +706,8 @@ def backward_core(b, A, B, C, D, E, F, G, H, K, theta, u, vtraj, ckpt, gy, gx, d
     du = borrow(du)
     dx0 = borrow(dx0)
     mu = borrow(mu)
+    dtheta = borrow(dtheta)
+    mq = borrow(mq)
     xs = borrow(xs)
     fs = borrow(fs)
     Js = borrow(Js)
@@ -806,6 +827,12 @@ def backward_core(b, A, B, C, D, E, F, G, H, K, theta, u, vtraj, ckpt, gy, gx, d
                 for i in range(nv):
                     s += K[i, q] * w[i]
                 mu[b, n, q] = s
+                mq[q] = s
+            # device parameters: dtheta += (df/dtheta)' mu at v[n]
+            if want_theta:
+                for i in range(nv):
+                    vc[i] = vtraj[b, n, i]
+                nl_vjp_theta(vc, theta, mq, dtheta[b], work)
             # parameter gradients (outer products with the sample's x, u, f)
             for i in range(nx):
                 xb = xbar[i]
@@ -871,6 +898,7 @@ _KERNELS: tuple[tuple[str, str], ...] = (
     ("forward_item", ", nogil=True"),
     ("backward_core", ""),
     ("backward_item", ", nogil=True"),
+    ("theta_vjp_item", ", nogil=True"),
 )
 
 
@@ -951,13 +979,15 @@ class ForwardResult:
 
 @dataclass
 class BackwardResult:
-    """Gradients from :func:`backward`: the nine matrices (summed over batch), ``du``, ``dx0``
-    and ``mu = dL/df`` (batch, T, Nf) for the parameter gradient ``sum mu . df/dtheta``."""
+    """Gradients from :func:`backward`: the nine matrices (summed over batch), ``du``, ``dx0``,
+    ``mu = dL/df`` (batch, T, Nf) and, when asked for, ``dtheta = sum_n mu[n] . df/dtheta(v[n])``
+    (summed over batch; w.r.t. every theta entry, the derived slots of device vectors included)."""
 
     dmats: tuple[np.ndarray, ...]
     du: np.ndarray
     dx0: np.ndarray
     mu: np.ndarray
+    dtheta: np.ndarray | None = None
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -1105,9 +1135,11 @@ def backward(
     gy: np.ndarray,
     gx_final: np.ndarray | None = None,
     options: KernelOptions | None = None,
+    theta_grad: bool = False,
 ) -> BackwardResult:
     """Adjoint of :func:`forward` (see the module docstring) given ``gy = dL/dy`` (batch, T, Ny)
-    and optionally ``gx_final = dL/dx[T]`` (batch, Nx)."""
+    and optionally ``gx_final = dL/dx[T]`` (batch, Nx).  With ``theta_grad`` the compiled loop
+    also accumulates ``dtheta = dL/dtheta`` (``nl_vjp_theta`` at every sample)."""
     options = options or KernelOptions()
     mats = tuple(_c(m) for m in mats)
     u = _c(u)
@@ -1121,14 +1153,18 @@ def backward(
     du = np.zeros((batch, T, nu))
     dx0 = np.zeros((batch, nx))
     mu = np.zeros((batch, T, nf))
+    theta = _c(theta).reshape(-1)
+    dtheta = np.zeros((batch, theta.size if theta_grad else 0))
     if T == 0:
-        return BackwardResult(tuple(d.sum(0) for d in dmats), du, gx.copy(), mu)
+        return BackwardResult(
+            tuple(d.sum(0) for d in dmats), du, gx.copy(), mu, dtheta.sum(0) if theta_grad else None
+        )
     _run_items(
         nl.module.backward_item,
         batch,
         options.threads,
         *mats,
-        _c(theta).reshape(-1),
+        theta,
         u,
         _c(v),
         _c(checkpoints),
@@ -1138,9 +1174,29 @@ def backward(
         du,
         dx0,
         mu,
+        dtheta,
+        bool(theta_grad),
         iopt,
     )
-    return BackwardResult(tuple(d.sum(0) for d in dmats), du, dx0, mu)
+    return BackwardResult(tuple(d.sum(0) for d in dmats), du, dx0, mu, dtheta.sum(0) if theta_grad else None)
+
+
+def theta_vjp(
+    nl: Nonlinearity, theta: np.ndarray, v: np.ndarray, mu: np.ndarray, threads: int | None = None
+) -> np.ndarray:
+    """``sum_{b,n} (df/dtheta at v[b, n])' mu[b, n]`` with the compiled ``nl_vjp_theta``.
+
+    ``v`` (batch, T, Nv) port voltages (volts), ``mu`` (batch, T, Nf) adjoints of ``f``.  The
+    gradient is w.r.t. every entry of ``theta``, the derived slots of device vectors included.
+    """
+    theta = _c(theta).reshape(-1)
+    v = _c(v)
+    mu = _c(mu)
+    if v.shape[:2] != mu.shape[:2] or v.shape[2] != nl.n_ports or mu.shape[2] != nl.n_outputs:
+        raise ValueError(f"v {v.shape} and mu {mu.shape} do not fit the nonlinearity")
+    out = np.zeros((v.shape[0], theta.size))
+    _run_items(nl.module.theta_vjp_item, v.shape[0], threads, theta, v, mu, out)
+    return out.sum(0)
 
 
 __all__ = [
@@ -1150,5 +1206,6 @@ __all__ = [
     "backward",
     "forward",
     "kernel_source",
+    "theta_vjp",
     "warm_state",
 ]
