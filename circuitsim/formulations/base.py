@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +76,7 @@ class AbstractCircuitModule(nn.Module):
             owner.register_parameter(last, nn.Parameter(torch.tensor(leaf.value, dtype=DTYPE), requires_grad=req))
             self._leaf_names.append(name)
         self.diagnostics = Diagnostics()
+        self._cache: dict[str, tuple[Any, Any]] = {}
 
     # ------------------------------------------------------------ parameters
     def parameter(self, name: str) -> nn.Parameter:
@@ -103,16 +104,35 @@ class AbstractCircuitModule(nn.Module):
     def leaves(self) -> dict[str, torch.Tensor]:
         return {n: self.get_parameter(n) for n in self._leaf_names}
 
+    def cached(self, what: str, build: Callable[[], Any]) -> Any:
+        """``build()``, reused while no value has changed and no gradient is being recorded.
+
+        Inference calls (streaming blocks, repeated renders) then skip re-deriving the matrices;
+        any in-place change of a value (``set_value``, an optimiser step) bumps its version and
+        invalidates the cache.  With autograd recording, results are always rebuilt.
+        """
+        leaves = [self.get_parameter(n) for n in self._leaf_names]
+        if torch.is_grad_enabled() and any(p.requires_grad for p in leaves):
+            return build()
+        key = (what, self.sample_rate, tuple(p._version for p in leaves), tuple(id(p) for p in leaves))
+        hit = self._cache.get(what)
+        if hit is None or hit[0] != key:
+            with torch.no_grad():
+                hit = (key, build())
+            self._cache[what] = hit
+        return hit[1]
+
     def matrices(self) -> MNAMatrices:
         """The MNA matrices at the current parameter values (differentiable)."""
-        return self.topology.assemble(self.leaves())
+        return self.cached("mna", lambda: self.topology.assemble(self.leaves()))
 
     # ------------------------------------------------------------ signals
     def source_values(self, m: MNAMatrices, u: torch.Tensor) -> torch.Tensor:
         """Independent source values per sample (batch, time, n_sources): channel 0 is ``u`` (volts)."""
-        s = m.sources.to(u.dtype).expand(*u.shape, -1).clone()
-        s[..., 0] = u
-        return s
+        if m.sources.numel() == 1:  # only the input: a view, no copy
+            return u.unsqueeze(-1)
+        rest = m.sources[1:].to(u.dtype).expand(*u.shape, -1)
+        return torch.cat([u.unsqueeze(-1), rest], dim=-1)
 
     def operating_point(self, u0: torch.Tensor | None = None) -> tuple[torch.Tensor, OperatingPointInfo]:
         """DC operating point for input value(s) ``u0`` (volts, shape (batch,)): unknowns (batch, n)."""

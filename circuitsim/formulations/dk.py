@@ -113,7 +113,7 @@ class DKModule(AbstractCircuitModule):
     def dk(self) -> tuple[MNAMatrices, DKMatrices]:
         """MNA and DK matrices at the current parameter values (differentiable)."""
         m = self.matrices()
-        return m, dk_matrices(m, self.sample_rate, self._q)
+        return m, self.cached("dk", lambda: dk_matrices(m, self.sample_rate, self._q))
 
     def _simulate(self, u: torch.Tensor, state: DKState | None) -> tuple[torch.Tensor, DKState]:
         m, d = self.dk()
