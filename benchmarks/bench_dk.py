@@ -87,7 +87,8 @@ def bench(name: str, x: np.ndarray) -> dict:
         "rt": (n / FS) / t_fwd,
         "ratio": t_spice / t_fwd,
         "fb_ratio": t_bwd / t_fwd,
-        "bytes": 8 * n_ports + 8 * model._q.shape[1] / 256,
+        # saved for backward: the port voltages and the input channels per sample, a state checkpoint per 256
+        "bytes": 8 * (n_ports + len(model.topology.sources)) + 8 * model._q.shape[1] / 256,
         "esr": esr(y, ref),
         "iters": model.diagnostics.mean_iterations,
     }
