@@ -134,7 +134,10 @@ def main() -> None:
             "ngspice: TMAX = 1/fs_sim, reltol 1e-6, abstol 1e-15, vntol 1e-9, through the harness "
             "(input file written, raw file read). Backward: every component value learnable, loss = mean(y^2).\n\n"
             + out
-            + "\n"
+            + "\n\nThe DK issue's targets on this machine: diode clipper ≤ 80 ns/sample, TS-808 clipping ≤ 150,\n"
+            "triode ≤ 300; forward + backward ≤ 3× forward; ≤ 64 bytes saved per sample; ≥ 20× faster than\n"
+            "ngspice at matched accuracy. The DS-1 booster has no speed target; it is the slowest (a two-port\n"
+            "BJT with four charge outputs).\n"
         )
         bench_md = ROOT / "BENCHMARKS.md"
         old = bench_md.read_text() if bench_md.exists() else ""
