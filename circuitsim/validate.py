@@ -30,6 +30,8 @@ class SignalResult:
     esr: float
     max_error: float  # volts
     peak: float  # volts, peak deviation of the reference from its start
+    ours: np.ndarray | None = field(default=None, repr=False)  # output volts
+    reference: np.ndarray | None = field(default=None, repr=False)  # ngspice's output volts
 
 
 @dataclass
@@ -50,6 +52,30 @@ class ValidationReport:
     sim_rate: float
     signals: list[SignalResult] = field(default_factory=list)
     dc: list[DCResult] = field(default_factory=list)
+
+    def plot(self, path: str | Path) -> None:
+        """Save a PNG: each signal's output against ngspice's (top) and their difference (bottom)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        sigs = [r for r in self.signals if r.ours is not None]
+        fig, axes = plt.subplots(2, len(sigs), figsize=(3.2 * len(sigs), 5), squeeze=False, sharex="col")
+        for k, r in enumerate(sigs):
+            t = np.arange(len(r.ours)) / self.sim_rate * 1e3
+            axes[0, k].plot(t, r.reference, lw=1.6, label="ngspice")
+            axes[0, k].plot(t, r.ours, lw=0.8, ls="--", label=f"circuitsim {self.method}")
+            axes[0, k].set_title(f"{r.name}\nESR {r.esr:.2e}", fontsize=9)
+            axes[1, k].plot(t, r.ours - r.reference, lw=0.8, color="C3")
+            axes[1, k].set_xlabel("time (ms)")
+        axes[0, 0].set_ylabel("output (V)")
+        axes[1, 0].set_ylabel("difference (V)")
+        axes[0, 0].legend(fontsize=8)
+        fig.suptitle(f"{Path(self.netlist).name} at {self.sim_rate:g} Hz against ngspice", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
 
     def table(self) -> str:
         lines = [f"{self.netlist} ({self.method}, {self.sim_rate:g} Hz) against ngspice", ""]
@@ -108,7 +134,7 @@ def validate(
         with torch.no_grad():
             y = model(torch.as_tensor(x)).numpy()
         report.signals.append(
-            SignalResult(name, esr(y, ref), float(np.max(np.abs(y - ref))), float(np.max(np.abs(ref - ref[0]))))
+            SignalResult(name, esr(y, ref), float(np.max(np.abs(y - ref))), float(np.max(np.abs(ref - ref[0]))), y, ref)
         )
     report.dc = compare_dc(model, netlist, params)
     return report

@@ -127,3 +127,12 @@ def test_console_script_runs_without_traceback(tmp_path):
     net.write_text("title\nR1 in out\n.end\n")
     r = subprocess.run([sys.executable, "-m", "circuitsim.cli", "validate", str(net)], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "bad.cir:2:" in r.stderr
+
+
+def test_validate_prints_esr_table_and_saves_plot(tmp_path, rc_netlist, capsys):
+    png = tmp_path / "v.png"
+    assert main(["validate", str(rc_netlist), "--duration", "0.002", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    esrs = [float(line.split()[1]) for line in out.splitlines() if line.startswith(("sine", "sweep", "pluck"))]
+    assert len(esrs) == 5 and max(esrs) < 1e-8  # a linear RC: ngspice and the trapezoidal rule agree
+    assert png.stat().st_size > 10_000
