@@ -80,6 +80,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         output_node=args.output_node,
     )
     print(report.table())
+    if args.plot is not None:
+        report.plot(args.plot)
+        print(f"\nwrote {args.plot}")
     return 0
 
 
@@ -185,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-rate", type=float, default=48000.0, help="audio rate in hertz")
     p.add_argument("--oversample", type=int, default=8, help="simulation rate = sample rate x N")
     p.add_argument("--duration", type=float, default=0.02, help="seconds of each standard signal")
+    p.add_argument("--plot", type=Path, help="also save the waveforms and differences as a PNG")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("fit", help="learn component values from input/output recordings")
