@@ -122,6 +122,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.oversample < 1:
         raise ValueError("--oversample must be a positive integer")
     check_emphasis(args.pre_emphasis)  # a bad --pre-emphasis fails before any file is read
+    if args.dc_weight < 0 or args.stft_weight < 0:
+        raise ValueError("--dc-weight and --stft-weight must be >= 0")
+    if args.stft_weight and args.optimizer == "lm":
+        raise ValueError("--stft-weight needs --optimizer adam (the STFT loss is not a sum of squares for LM)")
     out = args.output or args.netlist.with_name(f"{args.netlist.stem}.fitted.cir")
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} exists; use --overwrite to replace it")
@@ -158,7 +162,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     burn = int(round(args.burn_in_ms * 1e-3 * fs))
     result = fit(model, data, [n.strip() for n in learn] if learn else None, freeze=[n.strip() for n in freeze],
                  optimizer=args.optimizer, steps=args.steps, lr=args.lr, oversample=args.oversample, segment=seg,
-                 burn_in=burn, emphasis=check_emphasis(args.pre_emphasis), progress=not args.quiet)
+                 burn_in=burn, emphasis=check_emphasis(args.pre_emphasis), dc_weight=args.dc_weight,
+                 stft_weight=args.stft_weight, learn_gain=args.learn_gain, progress=not args.quiet)
     spans = {model.circuit.params[name].span: result.fitted[name] for name in result.names}
     out.write_text(rewrite_values(model.circuit.netlist, spans)[model.circuit.netlist.path])
     report_dir = args.report_dir or out.with_name(f"{out.stem}.report")
@@ -210,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--burn-in-ms", type=float, default=0.0, help="unscored start of every segment")
     p.add_argument("--pre-emphasis", default="0", metavar="COEFF|aw",
                    help="pre-emphasis of the loss: first-order coefficient (0.85 typical) or 'aw' (A-weighting)")
+    p.add_argument("--dc-weight", type=float, default=0.0, metavar="W",
+                   help="weight of the DC (mean) error term of the loss (0: none)")
+    p.add_argument("--stft-weight", type=float, default=0.0, metavar="W",
+                   help="weight of the multi-resolution STFT loss term (needs --optimizer adam)")
+    p.add_argument("--learn-gain", action="store_true",
+                   help="also learn one output gain for recordings of unknown level (reported, not written)")
     p.add_argument("--holdout", type=float, default=0.2, help="held-out fraction at the end of every recording")
     p.add_argument("-o", "--output", type=Path, help="fitted netlist (default NETLIST.fitted.cir)")
     p.add_argument("--report-dir", type=Path, help="report folder (default OUTPUT.report)")

@@ -289,3 +289,107 @@ def test_cli_pre_emphasis_aw_and_bad_value(clipper_data, tmp_path, capsys):
                  "-q"]) == 2
     err = capsys.readouterr().err
     assert "loud" in err and len(err.strip().splitlines()) == 1
+
+
+LEVEL = 0.37  # the unknown level of the "recording": ngspice's output times this
+
+
+def test_learned_output_gain_recovers_an_unknown_recording_level(clipper_data):
+    """ngspice's clipper output scaled by 0.37: with learn_gain the level and the values are recovered."""
+    from circuitsim.fit.trainer import _Problem
+
+    _, x, y = clipper_data
+    model = circuitsim.load(CLIPPER, method="dk", sample_rate=FS)
+    res = fit(model, FitData(x, LEVEL * y, FS, holdout=0.2), learn=list(TRUE), learn_gain=True, progress=False)
+    assert res.gain == pytest.approx(LEVEL, rel=1e-3)
+    for name, true in TRUE.items():
+        assert abs(res.fitted[name] / true - 1) < 1e-3, (name, res.fitted[name], true)
+    held = res.groups[0].esr_holdout_after
+    assert held <= 1e-6
+    assert identifiability(res) == []  # the gain is determined too (Jacobian has a 4th column)
+    assert res.jacobian.shape[1] == 4 and res.columns[-1] == "output gain"
+    text = report_text(res)
+    assert float(re.search(r"output gain\s+\S+\s+(\S+)", text).group(1)) == pytest.approx(LEVEL, rel=1e-3)
+    # the gain is not written into the model: it simulates the unscaled circuit
+    import torch
+
+    with torch.no_grad():
+        z = model(torch.tensor(x[None, :]))[0].numpy()
+    assert esr(z, y) <= 1e-6
+    # without the gain no set of values reaches the held-out ESR (a clipper's small-signal gain is 1)
+    model = circuitsim.load(CLIPPER, method="dk", sample_rate=FS)
+    res0 = fit(model, FitData(x, LEVEL * y, FS, holdout=0.2), learn=list(TRUE), progress=False)
+    assert res0.gain is None and "output gain" not in report_text(res0)
+    assert res0.groups[0].esr_holdout_after > 1e3 * held
+    # the adjoint gradient of the gain's log (Adam) against LM's finite-difference Jacobian column
+    n = len(x) // 5
+    model = circuitsim.load(CLIPPER, method="dk", sample_rate=FS)
+    prob = _Problem([model], [FitData(x[-n:], LEVEL * y[-n:], FS, holdout=0.0)], list(TRUE), 1, None, 0, 0.85,
+                    0.5, 0.0, learn_gain=True)
+    theta = prob.initial_theta()
+    theta[-1] += 0.1  # away from the least-squares gain, where d/dlog g of the ESR part is zero
+    r = prob.residuals(theta)
+    _, grad = prob.loss_and_grad(theta)
+    np.testing.assert_allclose(2 * prob.jacobian(theta).T @ r, grad, rtol=1e-5)
+
+
+def test_adam_learns_the_output_gain(clipper_data):
+    tmp, _, _ = clipper_data
+    x = _ramped_sine(0.025, FS)
+    y = LEVEL * simulate_ngspice(tmp / "clipper_true.cir", x, FS, tmax=1 / (4 * FS))
+    model = circuitsim.load(CLIPPER, method="dk", sample_rate=FS)
+    res = fit(model, FitData(x, y, FS, holdout=0.0), learn=list(TRUE), optimizer="adam", steps=40, lr=0.05,
+              learn_gain=True, progress=False)
+    g = res.groups[0]
+    assert g.esr_train_after < 1e-2 * g.esr_train_before
+    assert res.gain == pytest.approx(LEVEL, rel=5e-3)
+
+
+def test_cli_learn_gain_and_loss_weights_reach_the_trainer(clipper_data, tmp_path, capsys, monkeypatch):
+    import circuitsim.fit as fit_pkg
+    from circuitsim.fit.losses import dc_loss, stft_loss
+
+    tmp, x, y = clipper_data
+    seen = []
+
+    def spy(*args, **kwargs):
+        res = fit(*args, **kwargs)
+        seen.append((kwargs, res))
+        return res
+
+    monkeypatch.setattr(fit_pkg, "fit", spy)
+    pair = tmp_path / "pair.wav"
+    sf.write(pair, np.stack([x, LEVEL * y], axis=1), FS, subtype="DOUBLE")
+    out = tmp_path / "gain.cir"
+    assert main(["fit", str(CLIPPER), "--data", str(pair), "--learn", "C1,D1N914.IS,D1N914.N", "--learn-gain",
+                 "--dc-weight", "1", "-o", str(out), "-q"]) == 0
+    kwargs, res = seen[-1]
+    assert kwargs["learn_gain"] is True and kwargs["dc_weight"] == 1.0 and kwargs["stft_weight"] == 0.0
+    fitted = circuitsim.load(out, method="dk", sample_rate=FS)
+    for name, true in TRUE.items():
+        assert abs(float(fitted.parameter(name).detach()) / true - 1) < 1e-3, name
+    report = (tmp_path / "gain.report" / "report.txt").read_text()
+    assert float(re.search(r"output gain\s+\S+\s+(\S+)", report).group(1)) == pytest.approx(LEVEL, rel=1e-3)
+    old, new = CLIPPER.read_text().splitlines(), out.read_text().splitlines()
+    assert sum(a != b for a, b in zip(old, new)) == 2  # C1 and the .model line: no gain in the netlist
+    # Adam with the STFT and DC terms: the first loss is ESR + w_stft * STFT + w_dc * DC at the start
+    n = int(0.02 * FS)
+    sf.write(pair, np.stack([x[:n], y[:n]], axis=1), FS, subtype="DOUBLE")
+    assert main(["fit", str(CLIPPER), "--data", str(pair), "--learn", "C1,D1N914.IS,D1N914.N", "--optimizer",
+                 "adam", "--steps", "25", "--lr", "0.05", "--stft-weight", "0.1", "--dc-weight", "0.5",
+                 "--holdout", "0", "-o", str(tmp_path / "stft.cir"), "-q"]) == 0
+    kwargs, res = seen[-1]
+    g = res.groups[0]
+    import torch
+
+    yb, ref = torch.tensor(g.output_before[None, :]), torch.tensor(y[None, :n])
+    expected = g.esr_train_before + 0.1 * float(stft_loss(yb, ref)) + 0.5 * float(dc_loss(yb, ref))
+    assert float(stft_loss(yb, ref)) > 0.1 * g.esr_train_before  # the STFT term is a visible part of the loss
+    assert res.history[0] == pytest.approx(expected, rel=1e-6)
+    assert min(res.history) < 0.1 * res.history[0]
+    # STFT with LM: one line telling the user to pick Adam, before any file is read
+    assert main(["fit", str(CLIPPER), "--data", str(pair), "--stft-weight", "0.1", "-o",
+                 str(tmp_path / "lm.cir"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "--optimizer adam" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "lm.cir").exists()

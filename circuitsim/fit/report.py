@@ -7,6 +7,8 @@ changes the data cannot see (Nocedal & Wright, "Numerical Optimization", 2nd ed.
 Transtrum, Machta & Sethna, "Geometry of nonlinear least squares", PRE 83, 2011).  For an
 electrical circuit driven and read as voltages, scaling every impedance by k (R*k, L*k, C/k,
 saturation currents IS/k) leaves every transfer function unchanged, so it is named as such.
+A learned output gain (``fit(..., learn_gain=True)``) is one more column of J (log g), listed
+as "output gain"; it is a scale, not a netlist value, so it is never part of impedance scaling.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from circuitsim.fit.trainer import FitResult
+from circuitsim.fit.trainer import GAIN_NAME, FitResult
 
 
 @dataclass
@@ -49,6 +51,7 @@ def identifiability(result: FitResult, rel_tol: float = 1e-6, show: float = 0.15
     """
     if result.jacobian is None or len(result.names) == 0:
         return []
+    columns = result.columns
     h = result.jacobian.T @ result.jacobian
     w, v = np.linalg.eigh(h)
     top = max(float(w[-1]), 1e-300)
@@ -58,12 +61,12 @@ def identifiability(result: FitResult, rel_tol: float = 1e-6, show: float = 0.15
         if rel >= rel_tol:
             continue
         vec = vec / np.max(np.abs(vec)) * (1 if vec[np.argmax(np.abs(vec))] > 0 else -1)
-        weights = {n: float(c) for n, c in zip(result.names, vec) if abs(c) >= show}
+        weights = {n: float(c) for n, c in zip(columns, vec) if abs(c) >= show}
         if next(iter(weights.values())) < 0:  # write the first term with a plus sign
             weights = {n: -c for n, c in weights.items()}
         label = ""
         signs = {n: _impedance_sign(n) for n in weights}
-        if all(signs.values()) and len(weights) > 1 and all(result.log_space[n] for n in weights):
+        if all(signs.values()) and len(weights) > 1 and all(result.log_space.get(n, True) for n in weights):
             ref = next(iter(weights))
             if all(np.sign(weights[n]) * signs[n] == np.sign(weights[ref]) * signs[ref] for n in weights) and all(
                 abs(abs(c) - 1.0) < 0.2 for c in weights.values()
@@ -87,8 +90,14 @@ def report_text(result: FitResult, rel_tol: float = 1e-6) -> str:
     for n in result.names:
         a, b = result.initial[n], result.fitted[n]
         rows.append([n, f"{a:.6g}", f"{b:.9g}", f"{(b - a) / a * 100:+.3f} %" if a else "n/a"])
+    if result.gain is not None:  # learned scale of the simulated output: reported, never written to the netlist
+        a, b = result.gain_initial or 1.0, result.gain
+        rows.append([GAIN_NAME, f"{a:.6g}", f"{b:.9g}", f"{(b - a) / a * 100:+.3f} %"])
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines += [_fmt_row(r, widths) for r in rows]
+    if result.gain is not None:
+        lines.append("(output gain: multiplies the simulated output in the loss and the ESRs below; its initial "
+                     "value is the least-squares gain of the initial simulation; not written to the netlist)")
     lines.append("")
     rows = [["recording", "knobs", "ESR train before", "after", "ESR held-out before", "after"]]
     for g in result.groups:

@@ -7,6 +7,12 @@ vector computed on the compiled forward pass (2P forward runs per Jacobian, P = 
 learned values): for the 3-20 unknowns of a white-box circuit this is cheaper than the
 N reverse-mode passes an exact autograd Jacobian would need (design.md §7).  Adam uses the
 compiled adjoint's gradient.
+
+With ``learn_gain`` one more unknown, log g, scales the simulated output in the loss (a
+recording made at an unknown level): it is shared by all recordings, starts at the
+least-squares optimum ``g0 = <a, b> / <a, a>`` of the initial simulation (a the emphasised,
+normalised simulation, b the same for the reference; the residual is affine in g), and is
+reported but never written into the netlist.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ POSITIVE_MODEL_PARAMS = {
     "VAF", "VAR", "VA", "VB", "IKF", "IKR", "RB", "RE", "RC", "CJE", "CJC", "TF", "TR", "RBM", "IRB",
 }
 DEFAULT_MODEL_PARAMS = ("IS", "N", "BF")
+GAIN_NAME = "output gain"  # the learned output gain's name in reports and Jacobian columns
 
 
 def _canonical(model: AbstractCircuitModule, name: str) -> str:
@@ -99,12 +106,19 @@ class FitResult:
     log_space: dict[str, bool]
     groups: list[GroupResult]
     history: list[float]
-    jacobian: np.ndarray | None  # d residual / d theta at the solution (theta = log value or value)
+    jacobian: np.ndarray | None  # d residual / d theta at the solution (theta = log value or value; see columns)
     seconds: float
     evaluations: int
     interrupted: bool = False
     message: str = ""
     data: list[FitData] = field(default_factory=list, repr=False)
+    gain: float | None = None  # learned output gain (dimensionless), None without learn_gain
+    gain_initial: float | None = None  # its starting value: least-squares optimum for the initial values
+
+    @property
+    def columns(self) -> list[str]:
+        """Names of the Jacobian's columns: the learned values, then ``"output gain"`` when it was learned."""
+        return [*self.names, GAIN_NAME] if self.gain is not None else list(self.names)
 
     @property
     def relative_change(self) -> dict[str, float]:
@@ -115,8 +129,10 @@ class FitResult:
 class _Problem:
     """The learned values as a vector theta and the residual of every recording as a function of it."""
 
-    def __init__(self, models, data, names, oversample, segment, burn_in, emphasis, dc_weight, stft_weight):
+    def __init__(self, models, data, names, oversample, segment, burn_in, emphasis, dc_weight, stft_weight,
+                 learn_gain=False):
         self.models, self.data, self.names = models, data, names
+        self.learn_gain, self.n_values = bool(learn_gain), len(names)
         self.oversample = int(oversample)
         self.decimate = Decimator(self.oversample)
         self.emphasis, self.dc_weight, self.stft_weight = check_emphasis(emphasis), dc_weight, stft_weight
@@ -135,9 +151,20 @@ class _Problem:
             else:
                 bx, by, skip = xs[None, :], ys[None, :], 0
             self.batches.append((torch.tensor(upsample(bx, self.oversample)), torch.tensor(by), skip))
-        self.best_cost, self.best_theta = math.inf, self.to_theta(self.initial)
+        self._cache: tuple[bytes, list[torch.Tensor]] | None = None  # outputs of the last simulated values
         self.evaluations = 0
         self.history: list[float] = []
+        self.gain_initial = self.least_squares_gain(self.to_theta(self.initial)) if self.learn_gain else 1.0
+        self.best_cost, self.best_theta = math.inf, self.initial_theta()
+
+    def initial_theta(self) -> np.ndarray:
+        """theta at the start: the log/linear values, then log g when the gain is learned."""
+        theta = self.to_theta(self.initial)
+        return np.append(theta, math.log(self.gain_initial)) if self.learn_gain else theta
+
+    def gain(self, theta: np.ndarray) -> float:
+        """Output gain g (dimensionless) encoded in theta: exp of its last entry, or 1."""
+        return math.exp(theta[self.n_values]) if self.learn_gain else 1.0
 
     def to_theta(self, values: np.ndarray) -> np.ndarray:
         return np.where(self.log, np.log(np.abs(values)), values)
@@ -150,7 +177,7 @@ class _Problem:
 
     def apply(self, theta: np.ndarray, k: int) -> AbstractCircuitModule:
         m = self.model_for(k)
-        for n, v in zip(self.names, self.to_values(theta)):
+        for n, v in zip(self.names, self.to_values(theta[: self.n_values])):
             m.set_value(n, float(v))
         for n, v in {**self.knobs, **{_canonical(m, a): b for a, b in self.data[k].params.items()}}.items():
             m.set_value(n, v)
@@ -160,20 +187,53 @@ class _Problem:
         x, _, _ = self.batches[k]
         return self.decimate(self.model_for(k)(x))
 
-    def residuals(self, theta: np.ndarray) -> np.ndarray:
-        """Stacked residual: per recording ESR residual (sum of squares = sum of ESRs), plus a DC term."""
-        parts = []
+    def simulate(self, theta: np.ndarray) -> list[torch.Tensor]:
+        """Scored outputs (volts, gain not applied) of every recording for the values in theta.
+
+        The last result is cached, so residuals that differ only in the gain cost no simulation.
+        """
+        key = np.asarray(theta[: self.n_values], dtype=np.float64).tobytes()
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        ys = []
         with torch.no_grad():
             for k in range(len(self.data)):
                 self.apply(theta, k)
-                y = self.outputs(k)
+                ys.append(self.outputs(k)[..., self.batches[k][2]:])
+        self.evaluations += 1
+        self._cache = (key, ys)
+        return ys
+
+    def least_squares_gain(self, theta_values: np.ndarray) -> float:
+        """Gain minimising the (emphasised) ESR residual for these values: ``<a, b> / <a, a>``.
+
+        The residual is affine in g, ``r(g) = g a - b``, so ``a = r(1) - r(0)`` and ``b = -r(0)``.
+        Falls back to 1 when the optimum is not a positive number.
+        """
+        num = den = 0.0
+        with torch.no_grad():
+            for k, y in enumerate(self.simulate(theta_values)):
+                ref = self.batches[k][1][..., self.batches[k][2]:]
+                fs = self.data[k].sample_rate
+                r0 = residual(torch.zeros_like(y), ref, self.emphasis, fs)
+                a = residual(y, ref, self.emphasis, fs) - r0
+                num += float(-(a @ r0))
+                den += float(a @ a)
+        g = num / den if den > 0 else math.nan
+        return g if math.isfinite(g) and g > 0 else 1.0
+
+    def residuals(self, theta: np.ndarray) -> np.ndarray:
+        """Stacked residual: per recording ESR residual (sum of squares = sum of ESRs), plus a DC term."""
+        parts = []
+        g = self.gain(theta)
+        with torch.no_grad():
+            for k, y in enumerate(self.simulate(theta)):
                 _, ref, skip = self.batches[k]
-                y, ref = y[..., skip:], ref[..., skip:]
+                y, ref = g * y, ref[..., skip:]
                 parts.append(residual(y, ref, self.emphasis, self.data[k].sample_rate))
                 if self.dc_weight:
                     parts.append(torch.sqrt(self.dc_weight * dc_loss(y, ref)).reshape(1))
         r = torch.cat(parts).numpy()
-        self.evaluations += 1
         cost = float(r @ r)
         if math.isfinite(cost) and cost < self.best_cost:
             self.best_cost, self.best_theta = cost, theta.copy()
@@ -183,16 +243,18 @@ class _Problem:
         """Scalar loss (sum over recordings) and its gradient with respect to theta (compiled adjoint)."""
         grad = np.zeros(len(theta))
         total = 0.0
-        values = self.to_values(theta)
+        values = self.to_values(theta[: self.n_values])
+        g = self.gain(theta)
         for k in range(len(self.data)):
             m = self.apply(theta, k)
             params = [m.parameter(n) for n in self.names]
             for p in params:
                 p.requires_grad_(True)
                 p.grad = None
+            g_t = torch.tensor(g, dtype=torch.float64, requires_grad=self.learn_gain)
             y = self.outputs(k)
             _, ref, skip = self.batches[k]
-            y, ref = y[..., skip:], ref[..., skip:]
+            y, ref = g_t * y[..., skip:], ref[..., skip:]
             r = residual(y, ref, self.emphasis, self.data[k].sample_rate)
             loss = r @ r
             if self.dc_weight:
@@ -202,8 +264,10 @@ class _Problem:
                 ye, re_ = emphasize(y, self.emphasis, fs), emphasize(ref, self.emphasis, fs)
                 loss = loss + self.stft_weight * stft_loss(ye, re_)
             loss.backward()
-            g = np.array([float(p.grad) if p.grad is not None else 0.0 for p in params])
-            grad += np.where(self.log, g * values, g)  # chain rule through value = exp(theta)
+            dv = np.array([float(p.grad) if p.grad is not None else 0.0 for p in params])
+            grad[: self.n_values] += np.where(self.log, dv * values, dv)  # chain rule through value = exp(theta)
+            if self.learn_gain:
+                grad[self.n_values] += float(g_t.grad) * g  # d/d(log g) = g d/dg
             total += float(loss.detach())
         self.evaluations += 1
         if math.isfinite(total) and total < self.best_cost:
@@ -211,24 +275,29 @@ class _Problem:
         return total, grad
 
     def jacobian(self, theta: np.ndarray, step: float = 1e-6) -> np.ndarray:
-        """Central differences of the residual vector in theta (relative step for linear values)."""
-        cols = []
-        for i in range(len(theta)):
-            h = step if self.log[i] else step * max(abs(theta[i]), 1e-12)
+        """Central differences of the residual vector in theta (relative step for linear values).
+
+        The gain's column comes first: its two residuals reuse the cached simulation at theta.
+        """
+        cols = {}
+        log = np.append(self.log, True) if self.learn_gain else self.log
+        for i in sorted(range(len(theta)), key=lambda j: j != self.n_values):
+            h = step if log[i] else step * max(abs(theta[i]), 1e-12)
             tp, tm = theta.copy(), theta.copy()
             tp[i] += h
             tm[i] -= h
-            cols.append((self.residuals(tp) - self.residuals(tm)) / (2 * h))
-        return np.stack(cols, axis=1)
+            cols[i] = (self.residuals(tp) - self.residuals(tm)) / (2 * h)
+        return np.stack([cols[i] for i in range(len(theta))], axis=1)
 
     def evaluate(self, theta: np.ndarray, keep_outputs: bool) -> list[tuple[float, float, np.ndarray]]:
         """(train ESR, held-out ESR, output) for every recording, simulating each whole file from its start."""
         out = []
+        g = self.gain(theta)
         with torch.no_grad():
             for k, d in enumerate(self.data):
                 m = self.apply(theta, k)
                 x = torch.tensor(upsample(d.input[None, :], self.oversample))
-                y = self.decimate(m(x))[0].numpy()[: len(d.target)]
+                y = g * self.decimate(m(x))[0].numpy()[: len(d.target)]
                 s = d.split
                 e_train = esr(y[:s], d.target[:s])
                 e_hold = esr(y[s:], d.target[s:]) if len(d.target) - s > 1 else math.nan
@@ -251,6 +320,7 @@ def fit(
     emphasis: Emphasis = 0.0,
     dc_weight: float = 0.0,
     stft_weight: float = 0.0,
+    learn_gain: bool = False,
     bounds: Mapping[str, tuple[float, float]] | None = None,
     progress: bool = True,
     keep_outputs: bool = True,
@@ -267,8 +337,12 @@ def fit(
     ``burn_in`` samples are not scored.  ``emphasis`` is the pre-emphasis: a first-order
     coefficient (0 = none, 0.85 typical) or ``"aw"`` (A-weighting, Wright & Valimaki, ICASSP
     2020, at the recordings' rate); ``dc_weight`` and ``stft_weight`` weight the DC and
-    multi-resolution STFT terms (the STFT term is used by Adam only).  ``bounds`` maps names
-    to (low, high) values.
+    multi-resolution STFT terms (the STFT term is not a sum of squares: Adam only, LM raises
+    a ValueError).  ``learn_gain`` also learns one output gain g (dimensionless, optimised as
+    log g from the least-squares optimum of the initial simulation) that multiplies the
+    simulated output of every recording in the loss and in the reported ESRs, for recordings
+    made at an unknown level; it is returned as ``FitResult.gain`` and never written into the
+    model.  ``bounds`` maps names to (low, high) values.
     Ctrl-C stops the optimisation and keeps the best values seen so far.
     """
     from scipy.optimize import least_squares
@@ -299,11 +373,17 @@ def fit(
             raise ValueError(f"'{n}' is set per recording (--set), so it cannot also be learned")
     if optimizer not in ("lm", "adam"):
         raise ValueError(f"optimizer must be 'lm' or 'adam', got '{optimizer}'")
+    if dc_weight < 0 or stft_weight < 0:
+        raise ValueError(f"loss weights must be >= 0 (dc_weight={dc_weight:g}, stft_weight={stft_weight:g})")
+    if stft_weight and optimizer == "lm":
+        raise ValueError("the STFT loss is not a sum of squares, so LM cannot use it: pick the Adam optimizer "
+                         "(--optimizer adam)")
 
-    prob = _Problem(models, data, names, oversample, segment, burn_in, emphasis, dc_weight, stft_weight)
-    theta0 = prob.to_theta(prob.initial)
-    lo = np.full(len(names), -np.inf)
-    hi = np.full(len(names), np.inf)
+    prob = _Problem(models, data, names, oversample, segment, burn_in, emphasis, dc_weight, stft_weight,
+                    learn_gain)
+    theta0 = prob.initial_theta()
+    lo = np.full(len(theta0), -np.inf)
+    hi = np.full(len(theta0), np.inf)
     for n, (a, b) in (bounds or {}).items():
         i = names.index(_canonical(models[0], n))
         lo[i], hi[i] = prob.to_theta(np.array([a]))[0] if prob.log[i] else a, (
@@ -350,7 +430,7 @@ def fit(
     finally:
         bar.close()
     theta_best = prob.best_theta
-    fitted = prob.to_values(theta_best)
+    fitted = prob.to_values(theta_best[: len(names)])
     jacobian = None
     if not interrupted:
         jacobian = prob.jacobian(theta_best)
@@ -367,5 +447,6 @@ def fit(
         names=names, initial=dict(zip(names, prob.initial.tolist())), fitted=dict(zip(names, fitted.tolist())),
         log_space=dict(zip(names, prob.log.tolist())), groups=groups, history=prob.history, jacobian=jacobian,
         seconds=time.perf_counter() - t0, evaluations=prob.evaluations, interrupted=interrupted,
-        message=message, data=data,
+        message=message, data=data, gain=prob.gain(theta_best) if learn_gain else None,
+        gain_initial=prob.gain_initial if learn_gain else None,
     )
