@@ -22,7 +22,6 @@ import torch
 
 from circuitsim.circuit.circuit import GROUND, Circuit, FlatElement
 from circuitsim.devices.bjt import BJT_DEFAULTS, bjt_instance_params
-from circuitsim.devices.catalog import canonical_name
 from circuitsim.devices.constants import GMIN
 from circuitsim.devices.diode import DIODE_DEFAULTS, diode_instance_params
 from circuitsim.kernels.nonlinearity import (
@@ -36,7 +35,7 @@ from circuitsim.kernels.nonlinearity import (
 )
 from circuitsim.netlist import NetlistError
 from circuitsim.netlist.ast import Binary, BranchI, Expr, Name, NodeV, Num
-from circuitsim.netlist.expr import TORCH_OPS, evaluate, free_names, to_sympy
+from circuitsim.netlist.expr import TORCH_OPS, children, evaluate, free_names, to_sympy
 
 DTYPE = torch.float64
 Row = tuple[tuple[int, float], ...]  # sparse row/column: (unknown index, coefficient)
@@ -247,7 +246,7 @@ class MNATopology:
                 if e.name in ("time", "temper", "hertz"):
                     raise NetlistError(f"{el.name}: '{e.name}' in a behavioural expression is not supported", el.loc)
             else:
-                for child in _children(e):
+                for child in children(e):
                     visit(child)
 
         visit(expr)
@@ -370,21 +369,18 @@ class MNATopology:
         return x_star - torch.linalg.solve(jac, res.unsqueeze(-1)).squeeze(-1)
 
     def _source_value(self, el: FlatElement, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """DC value (volts or amperes) of an independent source: its DC spec, else its waveform at t = 0."""
-        src = el.source
-        if src is not None and src.dc is not None:
-            return torch.as_tensor(evaluate(src.dc, leaves, TORCH_OPS), dtype=DTYPE)
-        if src is not None and src.waveform and src.args:
-            if src.waveform in ("SIN", "PULSE", "EXP"):
-                return torch.as_tensor(evaluate(src.args[0], leaves, TORCH_OPS), dtype=DTYPE)
-            if src.waveform == "PWL" and len(src.args) >= 2:
-                return torch.as_tensor(evaluate(src.args[1], leaves, TORCH_OPS), dtype=DTYPE)
+        """DC value (volts or amperes) of an independent source other than the input (0 if it has none).
+
+        :meth:`check_waveforms` has already refused time-varying waveforms on these sources.
+        """
+        if el.source is not None and el.source.dc is not None:
+            return torch.as_tensor(evaluate(el.source.dc, leaves, TORCH_OPS), dtype=DTYPE)
         return torch.tensor(0.0, dtype=DTYPE)
 
     def check_waveforms(self) -> None:
         """Refuse time-varying waveforms on sources other than the input (not simulated yet)."""
         for el in self.sources[1:]:
-            if el is not None and el.source is not None and el.source.waveform not in (None,):
+            if el is not None and el.source is not None and el.source.waveform is not None:
                 raise NetlistError(
                     f"{el.name}: {el.source.waveform} waveform on a source other than the input is not "
                     "supported; drive the circuit through the input source",
@@ -392,15 +388,4 @@ class MNATopology:
                 )
 
 
-def _children(e: Expr):
-    from dataclasses import fields
-
-    for f in fields(e):  # type: ignore[arg-type]
-        v = getattr(e, f.name)
-        if isinstance(v, Expr):
-            yield v
-        elif isinstance(v, tuple):
-            yield from (x for x in v if isinstance(x, Expr))
-
-
-__all__ = ["MNAMatrices", "MNATopology", "canonical_name"]
+__all__ = ["MNAMatrices", "MNATopology"]
