@@ -25,7 +25,6 @@ class Diagnostics:
     max_iterations: int = 0
     fallbacks: list[str] = field(default_factory=list)
     operating_point: OperatingPointInfo | None = None
-    max_residual: float = 0.0
 
     @property
     def mean_iterations(self) -> float:

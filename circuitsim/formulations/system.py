@@ -136,7 +136,6 @@ class MNATopology:
             raise NetlistError(f"output node '{output_node}': {exc.args[0]}", None) from None
         if self.output == GROUND:
             raise NetlistError("the output node is ground", None)
-        self.output_name = output_node.lower()
 
         self.ports: list[Row] = []
         self._port_index: dict[Row, int] = {}
