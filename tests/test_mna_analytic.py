@@ -8,6 +8,7 @@ import scipy.signal
 import torch
 
 from circuitsim.circuit.build import build_circuit
+from circuitsim.formulations.dk import DKModule
 from circuitsim.formulations.mna import MNAModule
 from circuitsim.netlist import parse_string
 
@@ -93,3 +94,19 @@ def test_streaming_blocks_equal_one_run():
         a, st = m.stream(x[:100])
         b, st = m.stream(x[100:], st)
     assert torch.allclose(torch.cat([a, b]), whole, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("method", [MNAModule, DKModule], ids=["mna", "dk"])
+def test_capacitor_ladder_sharing_a_node_is_bilinear_transform(method):
+    # C1 between a and out, C2 from out to ground: the two capacitors share a node, so the
+    # reactive rows have rank 2 although the sign pattern of Cm has rank 1
+    r1, r2, c1, c2 = 1e3, 10e3, 100e-9, 47e-9
+    text = f"ladder\nVIN in 0 DC 0\nR1 in a {r1}\nC1 a out {c1}\nC2 out 0 {c2}\nR2 out 0 {r2}\n.end\n"
+    m = method(build_circuit(parse_string(text)), FS)
+    x = noise(400, 4)
+    with torch.no_grad():
+        y = m(torch.tensor(x)).numpy()
+    g1, g2 = 1 / r1, 1 / r2
+    # V(out)/V(in) = G1 C1 s / (C1 C2 s^2 + ((C1 + C2) G1 + G2 C1) s + G1 G2)
+    ref = bilinear_response([g1 * c1, 0.0], [c1 * c2, (c1 + c2) * g1 + g2 * c1, g1 * g2], x)
+    assert np.max(np.abs(y - ref)) < 1e-10 * np.max(np.abs(ref))

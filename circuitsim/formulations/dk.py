@@ -53,17 +53,20 @@ class DKMatrices:
 
 
 def state_basis(m: MNAMatrices) -> torch.Tensor:
-    """Orthonormal basis of the rows reached by reactive elements (structure only, not values)."""
-    cols = []
-    cm = m.Cm.detach().numpy()
-    wq = m.Wq.detach().numpy()
-    pattern = np.concatenate([(cm != 0).astype(float) * np.sign(cm), wq], axis=1)
-    if pattern.size:
-        cols.append(pattern)
-    if not cols or not np.any(pattern):
+    """Orthonormal basis of the span of the reactive columns: ``range([Cm, Wq])`` (volts, amperes rows).
+
+    ``Cm = sum_k c_k a_k a_kᵀ`` spans exactly the incidence vectors ``a_k`` of its capacitors and
+    inductors while every value is non-zero, so the basis computed at the netlist's values stays
+    valid when values change.  Columns are normalised first so picofarads are not lost next to
+    the unit entries of ``Wq``.
+    """
+    cols = torch.cat([m.Cm.detach(), m.Wq.detach()], dim=1).numpy()
+    scale = np.abs(cols).max(axis=0)
+    cols = cols[:, scale > 0] / scale[scale > 0]
+    if cols.size == 0:
         return torch.zeros(m.G.shape[0], 0, dtype=DTYPE)
-    u, sv, _ = np.linalg.svd(pattern, full_matrices=False)
-    rank = int(np.sum(sv > sv.max() * 1e-12))
+    u, sv, _ = np.linalg.svd(cols, full_matrices=False)
+    rank = int(np.sum(sv > sv.max() * 1e-10))
     return torch.tensor(u[:, :rank], dtype=DTYPE)
 
 
