@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.bench_kernel import _best as timed  # noqa: E402  (best of N wall-clock runs)
 from circuitsim.api import load  # noqa: E402
 from circuitsim.signals import karplus_strong  # noqa: E402
 from circuitsim.spice import simulate_ngspice  # noqa: E402
@@ -43,15 +44,6 @@ def guitar(seconds: float, fs: float) -> np.ndarray:
     n_each = int(seconds * fs / len(notes)) + 1
     x = np.concatenate([karplus_strong(f, n_each / fs, fs, seed=i) for i, f in enumerate(notes)])[: int(seconds * fs)]
     return 0.3 * x / np.max(np.abs(x))
-
-
-def timed(fn, repeat: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def bench(name: str, x: np.ndarray) -> dict:
@@ -71,7 +63,7 @@ def bench(name: str, x: np.ndarray) -> dict:
         y = model(xt)
         (y**2).mean().backward()
 
-    t_fwd = timed(forward)
+    t_fwd = timed(forward, 3)
     forward_backward()
     t_bwd = timed(forward_backward, 2)
     y = forward()[0].numpy()

@@ -21,7 +21,6 @@ from circuitsim.netlist.ast import (
     Element,
     Expr,
     Loc,
-    Model,
     Name,
     Netlist,
     NodeV,
@@ -80,14 +79,6 @@ class _Frame:
         while frame is not None:
             if name in frame.scope.subckts:
                 return frame.scope.subckts[name]
-            frame = frame.parent
-        return None
-
-    def find_model(self, name: str) -> Model | None:
-        frame: _Frame | None = self
-        while frame is not None:
-            if name in frame.scope.models:
-                return frame.scope.models[name]
             frame = frame.parent
         return None
 
