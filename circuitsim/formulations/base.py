@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from circuitsim.circuit.circuit import Circuit, ParamKind
-from circuitsim.formulations.system import DTYPE, MNAMatrices, MNATopology
+from circuitsim.system.mna_system import DTYPE, MNAMatrices, MNATopology
 from circuitsim.solvers.dc import OperatingPointInfo, operating_point
 
 

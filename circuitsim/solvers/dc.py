@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from circuitsim.formulations.system import MNAMatrices, MNATopology
+from circuitsim.system.mna_system import MNAMatrices, MNATopology
 from circuitsim.solvers.newton import NewtonError, newton
 
 JUNCTION_STEP = 0.5  # volts: largest change of a junction voltage in one Newton step
