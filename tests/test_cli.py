@@ -129,6 +129,7 @@ def test_console_script_runs_without_traceback(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "bad.cir:2:" in r.stderr
 
 
+@pytest.mark.requires_ngspice
 def test_validate_prints_esr_table_and_saves_plot(tmp_path, rc_netlist, capsys):
     png = tmp_path / "v.png"
     assert main(["validate", str(rc_netlist), "--duration", "0.002", "--plot", str(png)]) == 0

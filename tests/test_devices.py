@@ -59,7 +59,7 @@ from circuitsim.netlist.units import parse_number
 
 F64 = torch.float64
 NGSPICE = shutil.which("ngspice")
-needs_ngspice = pytest.mark.skipif(NGSPICE is None, reason="ngspice is not installed")
+needs_ngspice = pytest.mark.requires_ngspice
 
 DIODE_CARDS = {
     "1N914": "Is=2.52n N=1.752",

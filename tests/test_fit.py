@@ -19,10 +19,10 @@ from circuitsim.cli import main
 from circuitsim.fit import FitData, fit
 from circuitsim.fit.report import identifiability, report_text
 from circuitsim.netlist.writer import rewrite_values
-from circuitsim.spice import ngspice_available, simulate_ngspice
+from circuitsim.spice import simulate_ngspice
 from circuitsim.validate import esr
 
-pytestmark = pytest.mark.skipif(not ngspice_available(), reason="ngspice is required")
+pytestmark = pytest.mark.requires_ngspice
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIPPER = ROOT / "netlists" / "diode_clipper.cir"

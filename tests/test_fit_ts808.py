@@ -21,10 +21,10 @@ import circuitsim
 from circuitsim.fit import FitData, fit
 from circuitsim.fit.report import identifiability, report_text
 from circuitsim.netlist.writer import rewrite_values
-from circuitsim.spice import ngspice_available, simulate_ngspice
+from circuitsim.spice import simulate_ngspice
 from circuitsim.validate import esr
 
-pytestmark = pytest.mark.skipif(not ngspice_available(), reason="ngspice is required")
+pytestmark = pytest.mark.requires_ngspice
 
 TS808 = Path(__file__).resolve().parents[1] / "netlists" / "ts808_clipping.cir"
 FS = 48000 * 8  # simulate directly at the oversampled rate, 384 kHz

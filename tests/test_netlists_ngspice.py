@@ -16,9 +16,9 @@ import pytest
 import scipy.signal
 
 from circuitsim.signals import sine, standard_signals
-from circuitsim.spice import ngspice_available, operating_point_ngspice, simulate_ngspice
+from circuitsim.spice import operating_point_ngspice, simulate_ngspice
 
-pytestmark = pytest.mark.skipif(not ngspice_available(), reason="ngspice is not installed")
+pytestmark = pytest.mark.requires_ngspice
 
 NETLISTS = Path(__file__).resolve().parent.parent / "netlists"
 FS = 48000.0 * 8

@@ -25,11 +25,21 @@ from circuitsim.signals import standard_signals
 from circuitsim.spice import simulate_ngspice
 from circuitsim.validate import compare_dc, esr
 
+pytestmark = pytest.mark.requires_ngspice
+
 ROOT = Path(__file__).resolve().parents[1]
 NETLISTS = sorted((ROOT / "netlists").glob("*.cir"))
 LINEAR = {"fmv_tonestack", "ts808_tone"}
 FS = 48000 * 8
 DURATION = 0.01  # seconds per signal (3840 samples at 384 kHz)
+# the four (circuit, signal) cases documented in docs/validation.md whose 384 kHz error is the
+# trapezoidal rule's own: only these may exceed the threshold, and only as a second-order method does
+DISCRETISATION_LIMITED = {
+    ("ts808_clipping", "sweep"),
+    ("ts808_clipping", "pluck_1V"),
+    ("bjt_common_emitter", "sweep"),
+    ("bjt_common_emitter", "pluck_1V"),
+}
 
 
 def reference(path: Path, x: np.ndarray, fs: float) -> np.ndarray:
@@ -67,6 +77,7 @@ def test_mna_and_dk_against_ngspice(path: Path):
         print(f"{path.stem:<24}{name:<14} ESR mna {e_mna:.3e}  dk {e_dk:.3e}")
         assert np.ptp(ref) > 1e-3, "the signal must actually exercise the circuit"
         if max(e_mna, e_dk) > limit:
+            assert (path.stem, name) in DISCRETISATION_LIMITED, f"{name}: ESR mna {e_mna:.3e} dk {e_dk:.3e} > {limit}"
             fine = finer_dk_esr(path, name)
             print(f"{'':<38} dk at 4x the rate: {fine:.3e}")
             assert fine <= limit and fine <= e_dk / 20, f"{name}: ESR {e_dk:.3e} at 384 kHz, {fine:.3e} at 4x"

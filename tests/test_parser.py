@@ -783,7 +783,7 @@ NGSPICE_EXPRESSIONS = [
 ]  # fmt: skip
 
 
-@pytest.mark.skipif(shutil.which("ngspice") is None, reason="ngspice binary not installed")
+@pytest.mark.requires_ngspice
 @pytest.mark.parametrize("a", [-2.0, -0.5, 0.7, 3.0])
 def test_expressions_match_ngspice(a: float, tmp_path: Path) -> None:
     lines = ["expression check", f"V1 a 0 {a!r}"]
@@ -805,10 +805,9 @@ def test_expressions_match_ngspice(a: float, tmp_path: Path) -> None:
         assert ours == pytest.approx(got[i], rel=1e-12, abs=1e-12), text
 
 
+@pytest.mark.requires_ngspice
 def test_si_numbers_match_ngspice(tmp_path: Path) -> None:
     """1 A through resistors written with suffixes and units: ngspice's node voltage is the value."""
-    if shutil.which("ngspice") is None:
-        pytest.skip("ngspice binary not installed")
     values = ["10k", "2.2kOhm", "1meg", "1MEG", "1.5E3k", ".5", "0.25e+2", "3.3m", "47u", "100n", "1mil",
               "4.7µ",
               "10uF", "1F", "1Mohm", "100pF", "5V", "+2", "1e-9"]  # fmt: skip

@@ -10,13 +10,12 @@ from scipy.optimize import brentq
 from circuitsim.spice import (
     SpiceError,
     _to_samples,
-    ngspice_available,
     operating_point_ngspice,
     simulate_ngspice,
     transient_ngspice,
 )
 
-pytestmark = pytest.mark.skipif(not ngspice_available(), reason="ngspice is not installed")
+pytestmark = pytest.mark.requires_ngspice
 
 FS = 384000.0
 H = 1.0 / FS
@@ -184,7 +183,6 @@ def test_repeated_calls_are_identical_and_backends_agree(rc):
     y1 = simulate_ngspice(rc, x, FS)
     y2 = simulate_ngspice(rc, x, FS)
     assert np.array_equal(y1, y2)
-    pytest.importorskip("PySpice")
     y3 = simulate_ngspice(rc, x, FS, backend="pyspice")
     y4 = simulate_ngspice(rc, x, FS, backend="pyspice")
     assert np.max(np.abs(y3 - y1)) < 1e-12

@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from circuitsim.api import load
 from circuitsim.signals import karplus_strong
 from circuitsim.spice import operating_point_ngspice, simulate_ngspice
 from circuitsim.validate import esr
+
+pytestmark = pytest.mark.requires_ngspice
 
 NETLIST = Path(__file__).parent / "data" / "third_party" / "fuzz_face_si.cir"
 FS = 384000.0
