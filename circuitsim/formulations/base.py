@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from circuitsim.circuit.circuit import Circuit, ParamKind
-from circuitsim.system.mna_system import DTYPE, MNAMatrices, MNATopology
 from circuitsim.solvers.dc import OperatingPointInfo, operating_point
+from circuitsim.system.mna_system import DTYPE, MNAMatrices, MNATopology
 
 
 @dataclass

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from circuitsim.formulations.base import AbstractCircuitModule, Diagnostics
-from circuitsim.system.mna_system import DTYPE, MNAMatrices
 from circuitsim.kernels.autograd import run_state_space
 from circuitsim.solvers.dc import operating_point
+from circuitsim.system.mna_system import DTYPE, MNAMatrices
 
 
 @dataclass

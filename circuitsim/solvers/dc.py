@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from circuitsim.system.mna_system import MNAMatrices, MNATopology
 from circuitsim.solvers.newton import NewtonError, newton
+from circuitsim.system.mna_system import MNAMatrices, MNATopology
 
 JUNCTION_STEP = 0.5  # volts: largest change of a junction voltage in one Newton step
 
