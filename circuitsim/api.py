@@ -10,6 +10,7 @@ import torch
 
 from circuitsim.circuit.build import build_circuit
 from circuitsim.circuit.circuit import Circuit
+from circuitsim.errors import UsageError
 from circuitsim.formulations.base import AbstractCircuitModule
 from circuitsim.formulations.dk import DKModule
 from circuitsim.formulations.mna import MNAModule
@@ -44,7 +45,7 @@ def load(
     independent voltage source ``input_source``) to the voltage at ``output_node``.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown method '{method}' (available: {', '.join(sorted(METHODS))})")
+        raise UsageError(f"unknown method '{method}' (available: {', '.join(sorted(METHODS))})")
     return METHODS[method](load_circuit(path, params), sample_rate, input_source, output_node)
 
 

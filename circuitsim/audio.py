@@ -16,6 +16,8 @@ import numpy as np
 import scipy.signal
 import soundfile as sf
 
+from circuitsim.errors import CircuitsimError, UsageError
+
 __all__ = [
     "AudioError",
     "AudioExistsError",
@@ -31,7 +33,7 @@ __all__ = [
 _WAV_FORMATS = ("WAV", "WAVEX", "RF64")
 
 
-class AudioError(ValueError):
+class AudioError(CircuitsimError, ValueError):
     """A WAV file that cannot be used; the message names the file and what is wrong (one line)."""
 
 
@@ -143,7 +145,7 @@ def resample(x: np.ndarray, up: int, down: int, axis: int = 0) -> np.ndarray:
     """
     up, down = int(up), int(down)
     if up < 1 or down < 1:
-        raise ValueError(f"resampling factors must be positive integers, got up={up}, down={down}")
+        raise UsageError(f"resampling factors must be positive integers, got up={up}, down={down}")
     x = np.asarray(x, dtype=np.float64)
     g = np.gcd(up, down)
     up, down = up // g, down // g

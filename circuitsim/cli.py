@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from circuitsim.errors import UsageError
+
 
 def _parse_set(items: Sequence[str] | None) -> dict[str, float]:
     from circuitsim.netlist.units import parse_number
@@ -16,11 +18,11 @@ def _parse_set(items: Sequence[str] | None) -> dict[str, float]:
     out: dict[str, float] = {}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"--set expects NAME=VALUE, got '{item}'")
+            raise UsageError(f"--set expects NAME=VALUE, got '{item}'")
         name, text = item.split("=", 1)
         value = parse_number(text.strip())
         if value is None:
-            raise ValueError(f"--set {name}: '{text}' is not a number")
+            raise UsageError(f"--set {name}: '{text}' is not a number")
         out[name.strip()] = value
     return out
 
@@ -42,7 +44,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from circuitsim.audio import WavWriter, wav_blocks
 
     if args.oversample < 1:
-        raise ValueError("--oversample must be a positive integer")
+        raise UsageError("--oversample must be a positive integer")
     frames, fs, blocks = wav_blocks(args.input)
     out = args.output or args.input.with_name(f"{args.input.stem}.{args.netlist.stem}.wav")
     model = load(args.netlist, args.method, fs * args.oversample, params=_parse_set(args.set),
@@ -107,9 +109,9 @@ def _check_writable(model, learn: Sequence[str] | None, freeze: Sequence[str]) -
             continue
         span = model.circuit.params[name].span
         if span is None:
-            raise ValueError(f"'{name}' has no literal in the netlist text to rewrite; freeze it (--freeze {name})")
+            raise UsageError(f"'{name}' has no literal in the netlist text to rewrite; freeze it (--freeze {name})")
         if span.file != main_file:
-            raise ValueError(f"'{name}' is defined in the include file {span.file}, which fit cannot rewrite; "
+            raise UsageError(f"'{name}' is defined in the include file {span.file}, which fit cannot rewrite; "
                              f"freeze it (--freeze {name}) or copy its definition into {main_file}")
 
 
@@ -120,15 +122,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from circuitsim.netlist.writer import rewrite_values
 
     if args.oversample < 1:
-        raise ValueError("--oversample must be a positive integer")
+        raise UsageError("--oversample must be a positive integer")
     check_emphasis(args.pre_emphasis)  # a bad --pre-emphasis fails before any file is read
     if args.dc_weight < 0 or args.stft_weight < 0:
-        raise ValueError("--dc-weight and --stft-weight must be >= 0")
+        raise UsageError("--dc-weight and --stft-weight must be >= 0")
     if args.stft_weight and args.optimizer == "lm":
-        raise ValueError("--stft-weight needs --optimizer adam (the STFT loss is not a sum of squares for LM)")
+        raise UsageError("--stft-weight needs --optimizer adam (the STFT loss is not a sum of squares for LM)")
     out = args.output or args.netlist.with_name(f"{args.netlist.stem}.fitted.cir")
     if out.exists() and not args.overwrite:
-        raise ValueError(f"{out} exists; use --overwrite to replace it")
+        raise UsageError(f"{out} exists; use --overwrite to replace it")
     # a --set after a --data gives that recording's knobs; one before every --data applies to all
     sets = args.set or []
     marks = args.sequence or []
@@ -141,16 +143,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
     opts = dict(input_volts=args.input_volts, target_volts=args.target_volts, holdout=args.holdout)
     if args.input or args.target:
         if not (args.input and args.target):
-            raise ValueError("--input and --target go together")
+            raise UsageError("--input and --target go together")
         data = [load_input_target(args.input, args.target, common, **opts)]
     else:
         data = []
     data += [load_pair(path, params, **opts) for path, params in groups]
     if not data:
-        raise ValueError("no recordings: give --data PAIR.wav or --input IN.wav --target OUT.wav")
+        raise UsageError("no recordings: give --data PAIR.wav or --input IN.wav --target OUT.wav")
     fs = data[0].sample_rate
     if any(d.sample_rate != fs for d in data):
-        raise ValueError("all recordings must have the same sample rate")
+        raise UsageError("all recordings must have the same sample rate")
     model = load(args.netlist, args.method, fs * args.oversample, params=data[0].params,
                  input_source=args.input_source, output_node=args.output_node)
     learn = None if args.learn in (None, "all") else [n for n in args.learn.split(",") if n.strip()]
@@ -231,28 +233,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``circuitsim`` command; returns the exit status (0 ok, 2 bad input, 3 internal error, 130 Ctrl-C).
+
+    Problems with the user's input are :class:`circuitsim.errors.CircuitsimError` (netlist, WAV,
+    option values, unknown names, Newton failures, ngspice) or operating-system errors on a named
+    file; they are printed as one line.  Anything else is a bug in circuitsim: its traceback is
+    shown with a request to report it, so an internal error never looks like bad input.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    from circuitsim.audio import AudioError
-    from circuitsim.netlist import NetlistError
-    from circuitsim.solvers.newton import NewtonError
+    from circuitsim.errors import CircuitsimError
 
-    expected: tuple[type[BaseException], ...] = (NetlistError, AudioError, NewtonError, ValueError, KeyError, OSError)
-    try:
-        from circuitsim.spice import SpiceError
-
-        expected += (SpiceError,)
-    except ImportError:  # pragma: no cover - PySpice missing
-        pass
     try:
         return args.func(args)
-    except expected as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"circuitsim: error: {msg}", file=sys.stderr)
+    except CircuitsimError as exc:
+        print(f"circuitsim: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:
+            return _internal_error()
+        print(f"circuitsim: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("circuitsim: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # noqa: BLE001 - everything else is a bug: show it as one
+        return _internal_error()
+
+
+def _internal_error() -> int:
+    import traceback
+
+    traceback.print_exc()
+    print("circuitsim: internal error (a bug in circuitsim, not in your input): please report it with the "
+          "command line and the traceback above", file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":

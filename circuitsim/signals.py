@@ -13,15 +13,16 @@ import numpy as np
 import scipy.signal
 
 from circuitsim.audio import resample_to
+from circuitsim.errors import UsageError
 
 __all__ = ["fade_in", "karplus_strong", "log_sweep", "sine", "standard_signals"]
 
 
 def _length(duration: float, sample_rate: float) -> int:
     if not (sample_rate > 0 and np.isfinite(sample_rate)):
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        raise UsageError(f"sample_rate must be positive, got {sample_rate}")
     if not (duration > 0 and np.isfinite(duration)):
-        raise ValueError(f"duration must be positive, got {duration}")
+        raise UsageError(f"duration must be positive, got {duration}")
     return max(int(round(duration * sample_rate)), 2)
 
 
@@ -60,7 +61,7 @@ def log_sweep(
     n = _length(duration, sample_rate)
     f1 = min(float(f_stop), 0.45 * sample_rate)
     if not (0 < f_start < f1):
-        raise ValueError(f"need 0 < f_start < f_stop (<= 0.45*sample_rate), got {f_start}, {f1}")
+        raise UsageError(f"need 0 < f_start < f_stop (<= 0.45*sample_rate), got {f_start}, {f1}")
     t = np.arange(n) / sample_rate
     k = np.log(f1 / f_start)
     phase = 2 * np.pi * f_start * duration / k * np.expm1(t / duration * k)
@@ -89,9 +90,9 @@ def karplus_strong(
     ``sample_rate`` with a polyphase filter.  Deterministic for a given ``seed``.
     """
     if not (0 < brightness <= 1):
-        raise ValueError(f"brightness must be in (0, 1], got {brightness}")
+        raise UsageError(f"brightness must be in (0, 1], got {brightness}")
     if not (0 < decay <= 1):
-        raise ValueError(f"decay must be in (0, 1], got {decay}")
+        raise UsageError(f"decay must be in (0, 1], got {decay}")
     n_out = _length(duration, sample_rate)
     n = int(np.ceil(n_out * internal_rate / sample_rate)) + 64
     period = max(int(round(internal_rate / freq - 0.5)), 2)  # the average adds half a sample of delay

@@ -52,6 +52,8 @@ from pathlib import Path
 
 import numpy as np
 
+from circuitsim.errors import CircuitsimError, UsageError
+
 __all__ = [
     "SpiceError",
     "ngspice_available",
@@ -73,7 +75,7 @@ _MODEL = "csim_vin_src"
 _PAD_SAMPLES = 2  # filesource sticks at its last value once it reads past the end of the file
 
 
-class SpiceError(RuntimeError):
+class SpiceError(CircuitsimError, RuntimeError):
     """ngspice could not be run, failed on the netlist, or its results were unusable (one-line message)."""
 
 
@@ -491,7 +493,7 @@ def _resolve_backend(backend: str) -> str:
     if backend == "auto":
         return "subprocess" if _ngspice_executable() is not None else "pyspice"
     if backend not in ("subprocess", "pyspice"):
-        raise ValueError(f"unknown ngspice backend '{backend}' (use 'auto', 'subprocess' or 'pyspice')")
+        raise UsageError(f"unknown ngspice backend '{backend}' (use 'auto', 'subprocess' or 'pyspice')")
     return backend
 
 
@@ -549,20 +551,20 @@ def transient_ngspice(
     """
     x = np.asarray(input_volts, dtype=np.float64)
     if x.ndim != 1:
-        raise ValueError(f"input_volts must be one-dimensional, got shape {x.shape}")
+        raise UsageError(f"input_volts must be one-dimensional, got shape {x.shape}")
     if len(x) == 0:
-        raise ValueError("input_volts is empty")
+        raise UsageError("input_volts is empty")
     if not np.all(np.isfinite(x)):
-        raise ValueError("input_volts contains NaN or infinite values")
+        raise UsageError("input_volts contains NaN or infinite values")
     fs = float(sample_rate)
     if not (np.isfinite(fs) and fs > 0):
-        raise ValueError(f"sample_rate must be a positive number of hertz, got {sample_rate}")
+        raise UsageError(f"sample_rate must be a positive number of hertz, got {sample_rate}")
     if len(x) == 1:
         x = np.concatenate([x, x])  # ngspice needs tstop > 0
     h = 1.0 / fs
     tmax = h / 4 if tmax is None else float(tmax)
     if not tmax > 0:
-        raise ValueError(f"tmax must be positive, got {tmax}")
+        raise UsageError(f"tmax must be positive, got {tmax}")
     nl = _Netlist.read(netlist_path)
     be = _resolve_backend(backend)
     with tempfile.TemporaryDirectory(prefix="circuitsim_ngspice_") as tmp:
@@ -632,7 +634,7 @@ def simulate_ngspice(
     ``timeout`` (seconds) bounds a subprocess run.
     """
     if interpolation not in ("cubic", "linear", "piecewise"):
-        raise ValueError(f"interpolation must be 'cubic', 'linear' or 'piecewise', got '{interpolation}'")
+        raise UsageError(f"interpolation must be 'cubic', 'linear' or 'piecewise', got '{interpolation}'")
     x = np.asarray(input_volts, dtype=np.float64)
     if x.ndim == 1 and len(x) == 0:
         return np.zeros(0)

@@ -13,6 +13,8 @@ import soundfile as sf
 
 from circuitsim.cli import main
 
+ROOT_NETLISTS = Path(__file__).resolve().parents[1] / "netlists"
+
 RC = "rc low-pass\nVIN in 0 DC 0\nR1 in out {r}\nC1 out 0 {c}\n.param r=1k c=100n\n.end\n"
 
 
@@ -137,3 +139,44 @@ def test_validate_prints_esr_table_and_saves_plot(tmp_path, rc_netlist, capsys):
     esrs = [float(line.split()[1]) for line in out.splitlines() if line.startswith(("sine", "sweep", "pluck"))]
     assert len(esrs) == 5 and max(esrs) < 1e-8  # a linear RC: ngspice and the trapezoidal rule agree
     assert png.stat().st_size > 10_000
+
+
+def test_internal_errors_are_not_reported_as_bad_input(tmp_path, rc_netlist, capsys, monkeypatch):
+    """A bug (here a ValueError from deep inside) gets its traceback and exit status 3, not a one-line 'error'."""
+    import circuitsim.api
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal invariant broke")
+
+    monkeypatch.setattr(circuitsim.api, "load", broken)
+    write_input(tmp_path / "in.wav", 8000, 50)
+    rc = main(["simulate", str(rc_netlist), str(tmp_path / "in.wav"), "-o", str(tmp_path / "o.wav"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 3 and "Traceback" in err and "internal error" in err and "circuitsim: error:" not in err
+
+
+def test_missing_files_are_one_line_errors(tmp_path, rc_netlist, capsys):
+    rc = main(["simulate", str(rc_netlist), str(tmp_path / "nope.wav"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "nope.wav" in err and "Traceback" not in err
+    write_input(tmp_path / "in.wav", 8000, 50)
+    rc = main(["simulate", str(tmp_path / "nope.cir"), str(tmp_path / "in.wav"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "nope.cir" in err and "Traceback" not in err
+
+
+def test_method_choices_come_from_the_registry(monkeypatch):
+    """register_method makes a formulation available to load() and to the CLI's --method."""
+    import circuitsim
+    from circuitsim.cli import build_parser
+    from circuitsim.formulations.mna import MNAModule
+
+    class Renamed(MNAModule):
+        method = "mna-copy"
+
+    monkeypatch.setitem(circuitsim.METHODS, "mna-copy", Renamed)  # undone after the test
+    circuitsim.register_method("mna-copy", Renamed)
+    model = circuitsim.load(ROOT_NETLISTS / "diode_clipper.cir", method="mna-copy", sample_rate=48000)
+    assert isinstance(model, Renamed)
+    args = build_parser().parse_args(["validate", str(ROOT_NETLISTS / "diode_clipper.cir"), "--method", "mna-copy"])
+    assert args.method == "mna-copy"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from circuitsim.errors import UnknownNameError
 from circuitsim.netlist.ast import Expr, Loc, Netlist, SourceSpec, Span
 
 GROUND = -1
@@ -91,7 +92,7 @@ class Circuit:
         try:
             return self.nodes.index(key)
         except ValueError:
-            raise KeyError(f"no node named '{name}' (nodes: {', '.join(self.nodes)})") from None
+            raise UnknownNameError(f"no node named '{name}' (nodes: {', '.join(self.nodes)})") from None
 
     def element(self, name: str) -> FlatElement:
         """An element by (case-insensitive) flattened name, e.g. ``VIN`` or ``XV1.RK``."""
@@ -99,4 +100,4 @@ class Circuit:
         for el in self.elements:
             if el.name == key:
                 return el
-        raise KeyError(f"no element named '{name}'")
+        raise UnknownNameError(f"no element named '{name}'")

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from circuitsim.audio import AudioError, _lowpass, oversample, read_wav, read_wav_channels
+from circuitsim.errors import UsageError
 
 
 @dataclass
@@ -32,11 +33,11 @@ class FitData:
         self.input = np.asarray(self.input, dtype=np.float64).reshape(-1)
         self.target = np.asarray(self.target, dtype=np.float64).reshape(-1)
         if len(self.input) != len(self.target):
-            raise ValueError(f"{self.name}: input has {len(self.input)} samples, target {len(self.target)}")
+            raise UsageError(f"{self.name}: input has {len(self.input)} samples, target {len(self.target)}")
         if len(self.input) < 16:
-            raise ValueError(f"{self.name}: needs at least 16 samples, got {len(self.input)}")
+            raise UsageError(f"{self.name}: needs at least 16 samples, got {len(self.input)}")
         if not (0.0 <= self.holdout < 1.0):
-            raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
+            raise UsageError(f"holdout must be in [0, 1), got {self.holdout}")
 
     @property
     def split(self) -> int:
@@ -108,7 +109,7 @@ def segments(x: np.ndarray, y: np.ndarray, length: int, burn_in: int) -> tuple[n
         rows_x.append(xs)
         rows_y.append(ys)
     if not rows_x:
-        raise ValueError(f"segments of {length} samples do not fit in {n} training samples")
+        raise UsageError(f"segments of {length} samples do not fit in {n} training samples")
     return np.stack(rows_x), np.stack(rows_y)
 
 

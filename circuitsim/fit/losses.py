@@ -22,6 +22,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from circuitsim.errors import UsageError
+
 # IEC 61672-1:2013, Annex E.2/E.3: A-weighting pole frequencies (Hz)
 A_WEIGHTING_POLES_HZ = (20.598997, 107.65265, 737.86223, 12194.217)
 
@@ -91,7 +93,7 @@ def check_emphasis(emphasis: Emphasis) -> Emphasis:
         try:
             emphasis = float(text)
         except ValueError:
-            raise ValueError(f"pre-emphasis must be a coefficient such as 0.85 or 'aw' (A-weighting), got "
+            raise UsageError(f"pre-emphasis must be a coefficient such as 0.85 or 'aw' (A-weighting), got "
                              f"'{emphasis}'") from None
     return float(emphasis)
 
@@ -100,7 +102,7 @@ def emphasize(x: torch.Tensor, emphasis: Emphasis, sample_rate: float | None = N
     """Apply the pre-emphasis ``emphasis`` (coefficient, or ``"aw"`` at ``sample_rate`` hertz) to ``x``."""
     if emphasis == "aw":
         if not sample_rate:
-            raise ValueError("A-weighting pre-emphasis needs the sample rate")
+            raise UsageError("A-weighting pre-emphasis needs the sample rate")
         return a_weighting(x, sample_rate)
     return pre_emphasis(x, float(emphasis))
 

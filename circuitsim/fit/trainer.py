@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from circuitsim.errors import UnknownNameError, UsageError
 from circuitsim.fit.data import Decimator, FitData, segments, upsample
 from circuitsim.fit.losses import Emphasis, check_emphasis, dc_loss, emphasize, residual, stft_loss
 from circuitsim.formulations.base import AbstractCircuitModule
@@ -43,7 +44,7 @@ def _canonical(model: AbstractCircuitModule, name: str) -> str:
     for n in model._leaf_names:
         if n.lower() == name.lower():
             return n
-    raise KeyError(f"no value named '{name}' in the netlist (values: {', '.join(model._leaf_names)})")
+    raise UnknownNameError(f"no value named '{name}' in the netlist (values: {', '.join(model._leaf_names)})")
 
 
 def default_learnable(model: AbstractCircuitModule) -> list[str]:
@@ -352,13 +353,13 @@ def fit(
     models = [models] if isinstance(models, AbstractCircuitModule) else list(models)
     data = [data] if isinstance(data, FitData) else list(data)
     if not data:
-        raise ValueError("no recordings to fit")
+        raise UsageError("no recordings to fit")
     if len(models) not in (1, len(data)):
-        raise ValueError(f"give one model or one per recording: {len(models)} models, {len(data)} recordings")
+        raise UsageError(f"give one model or one per recording: {len(models)} models, {len(data)} recordings")
     for d in data:
         for m in models:
             if abs(m.sample_rate - d.sample_rate * oversample) > 1e-6 * m.sample_rate:
-                raise ValueError(f"{d.name}: model runs at {m.sample_rate:g} Hz, expected {d.sample_rate:g} Hz x "
+                raise UsageError(f"{d.name}: model runs at {m.sample_rate:g} Hz, expected {d.sample_rate:g} Hz x "
                                  f"{oversample} = {d.sample_rate * oversample:g} Hz")
         for n in d.params:
             _canonical(models[0], n)
@@ -366,17 +367,17 @@ def fit(
     frozen = {_canonical(models[0], n) for n in freeze}
     names = [n for n in dict.fromkeys(names) if n not in frozen]
     if not names:
-        raise ValueError("nothing to learn (every value is frozen)")
+        raise UsageError("nothing to learn (every value is frozen)")
     per_recording = {_canonical(models[0], k) for d in data for k in d.params}
     for n in names:
         if n in per_recording:
-            raise ValueError(f"'{n}' is set per recording (--set), so it cannot also be learned")
+            raise UsageError(f"'{n}' is set per recording (--set), so it cannot also be learned")
     if optimizer not in ("lm", "adam"):
-        raise ValueError(f"optimizer must be 'lm' or 'adam', got '{optimizer}'")
+        raise UsageError(f"optimizer must be 'lm' or 'adam', got '{optimizer}'")
     if dc_weight < 0 or stft_weight < 0:
-        raise ValueError(f"loss weights must be >= 0 (dc_weight={dc_weight:g}, stft_weight={stft_weight:g})")
+        raise UsageError(f"loss weights must be >= 0 (dc_weight={dc_weight:g}, stft_weight={stft_weight:g})")
     if stft_weight and optimizer == "lm":
-        raise ValueError("the STFT loss is not a sum of squares, so LM cannot use it: pick the Adam optimizer "
+        raise UsageError("the STFT loss is not a sum of squares, so LM cannot use it: pick the Adam optimizer "
                          "(--optimizer adam)")
 
     prob = _Problem(models, data, names, oversample, segment, burn_in, emphasis, dc_weight, stft_weight,

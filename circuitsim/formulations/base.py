@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from circuitsim.circuit.circuit import Circuit, ParamKind
+from circuitsim.errors import UnknownNameError, UsageError
 from circuitsim.solvers.dc import OperatingPointInfo, operating_point
 from circuitsim.system.mna_system import DTYPE, MNAMatrices, MNATopology
 
@@ -52,7 +53,7 @@ class AbstractCircuitModule(nn.Module):
     ):
         super().__init__()
         if not (sample_rate > 0 and math.isfinite(sample_rate)):
-            raise ValueError(f"sample rate must be a positive number of hertz, got {sample_rate}")
+            raise UsageError(f"sample rate must be a positive number of hertz, got {sample_rate}")
         self.circuit = circuit
         self.sample_rate = float(sample_rate)
         self.topology = MNATopology(circuit, input_source, output_node)
@@ -65,12 +66,12 @@ class AbstractCircuitModule(nn.Module):
                 child = owner._modules.get(part)
                 if child is None:
                     if hasattr(owner, part):
-                        raise ValueError(f"netlist name '{name}' collides with a module attribute '{part}'")
+                        raise UsageError(f"netlist name '{name}' collides with a module attribute '{part}'")
                     child = nn.Module()
                     owner.add_module(part, child)
                 owner = child
             if hasattr(owner, last) and last not in owner._parameters:
-                raise ValueError(f"netlist name '{name}' collides with an attribute of the module; rename it")
+                raise UsageError(f"netlist name '{name}' collides with an attribute of the module; rename it")
             req = leaf.kind == ParamKind.LEARNABLE
             owner.register_parameter(last, nn.Parameter(torch.tensor(leaf.value, dtype=DTYPE), requires_grad=req))
             self._leaf_names.append(name)
@@ -83,7 +84,7 @@ class AbstractCircuitModule(nn.Module):
         for n in self._leaf_names:
             if n.lower() == name.lower():
                 return self.get_parameter(n)
-        raise KeyError(f"no value named '{name}' (values: {', '.join(self._leaf_names)})")
+        raise UnknownNameError(f"no value named '{name}' (values: {', '.join(self._leaf_names)})")
 
     def values(self) -> Iterator[tuple[str, nn.Parameter]]:
         """(netlist name, parameter) for every value of the circuit."""
@@ -151,7 +152,7 @@ class AbstractCircuitModule(nn.Module):
         if x.ndim == 1:
             return x.unsqueeze(0), True
         if x.ndim != 2:
-            raise ValueError(f"input must be (batch, time) volts, got shape {tuple(x.shape)}")
+            raise UsageError(f"input must be (batch, time) volts, got shape {tuple(x.shape)}")
         return x, False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,10 +6,11 @@ line, ``file:line: message``, so the CLI can print it as is.
 
 from __future__ import annotations
 
+from circuitsim.errors import CircuitsimError
 from circuitsim.netlist.ast import Loc
 
 
-class NetlistError(Exception):
+class NetlistError(CircuitsimError):
     """A netlist that cannot be read.  ``str(err)`` is ``"file:line: message"`` on one line."""
 
     def __init__(self, message: str, loc: Loc | None = None):

@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from decimal import Decimal
 
+from circuitsim.errors import UsageError
 from circuitsim.netlist.ast import Netlist, Span
 from circuitsim.netlist.units import NUMBER_RE, SUFFIXES, parse_number, suffix_of
 
@@ -39,7 +40,7 @@ def format_value(value: float, original: str = "") -> str:
     ('2.213456789k', '15nF', '0.6')
     """
     if not math.isfinite(value):
-        raise ValueError(f"cannot write {value} into a netlist")
+        raise UsageError(f"cannot write {value} into a netlist")
     sign = "-" if value < 0 else ""
     m = NUMBER_RE.fullmatch(original.strip())
     letters = m.group(4) if m else ""
@@ -66,7 +67,7 @@ def format_value(value: float, original: str = "") -> str:
     for candidate in (text + unit, text, repr(value)):
         if _roundtrips(candidate, value):
             return candidate
-    raise ValueError(f"cannot format {value!r}")  # pragma: no cover - repr always round-trips
+    raise UsageError(f"cannot format {value!r}")  # pragma: no cover - repr always round-trips
 
 
 def rewrite_values(netlist: Netlist, new_values: Mapping[Span, float]) -> dict[str, str]:
@@ -79,9 +80,9 @@ def rewrite_values(netlist: Netlist, new_values: Mapping[Span, float]) -> dict[s
     by_line: dict[tuple[str, int], list[tuple[Span, float]]] = defaultdict(list)
     for span, value in new_values.items():
         if span.file not in texts:
-            raise ValueError(f"{span.file}: not a source file of this netlist")
+            raise UsageError(f"{span.file}: not a source file of this netlist")
         if not 1 <= span.line <= len(texts[span.file]):
-            raise ValueError(f"{span.file}:{span.line}: no such line")
+            raise UsageError(f"{span.file}:{span.line}: no such line")
         by_line[(span.file, span.line)].append((span, float(value)))
     for (file, line), items in by_line.items():
         raw = texts[file][line - 1]
@@ -90,11 +91,11 @@ def rewrite_values(netlist: Netlist, new_values: Mapping[Span, float]) -> dict[s
         items.sort(key=lambda item: item[0].start)
         for (a, _), (b, _) in zip(items, items[1:]):
             if b.start < a.end:
-                raise ValueError(f"{file}:{line}: overlapping spans")
+                raise UsageError(f"{file}:{line}: overlapping spans")
         for span, value in reversed(items):
             old = content[span.start : span.end]
             if parse_number(old) is None:
-                raise ValueError(f"{file}:{line}: '{old}' at columns {span.start}-{span.end} is not a number")
+                raise UsageError(f"{file}:{line}: '{old}' at columns {span.start}-{span.end} is not a number")
             new = format_value(value, old)
             before = content[: span.start].rstrip()
             if new.startswith("-") and before[-1:] in ("+", "-", "*", "/", "^"):

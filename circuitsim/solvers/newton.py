@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
+from circuitsim.errors import CircuitsimError
 
-class NewtonError(RuntimeError):
+
+class NewtonError(CircuitsimError, RuntimeError):
     """A Newton solve failed after its fallbacks.  Names the sample and time when known."""
 
     def __init__(self, message: str, sample: int | None = None, time: float | None = None):
