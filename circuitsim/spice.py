@@ -1,6 +1,6 @@
 """ngspice as the reference simulator: transient runs driven by sampled audio, and DC operating points.
 
-The netlist is run unchanged except for what the harness needs (design.md §4):
+The netlist is run unchanged except for what the harness needs (docs/validation.md):
 
 * the input source (``VIN``, an independent voltage source) is replaced by the XSPICE
   ``filesource`` code model used as a *differential* source, ``ACSIM_VIN %vd([n+ n-]) ...``,
@@ -622,7 +622,7 @@ def simulate_ngspice(
     sample.  ngspice first computes the DC operating point with the input at
     ``input_volts[0]``, then integrates with steps <= ``tmax`` seconds (default a quarter
     sample period) under ``.options reltol abstol vntol`` (defaults tighter than ngspice's: its own
-    defaults are not a reference, see design.md §4).  ``params`` overrides top-level
+    defaults are not a reference, see docs/validation.md).  ``params`` overrides top-level
     ``.param`` values (names case-insensitive).
 
     ``interpolation`` maps ngspice's time points to the sample instants: "piecewise" (one

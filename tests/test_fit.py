@@ -134,7 +134,7 @@ def test_cli_fit_writes_netlist_and_report_and_simulate_reproduces_esr(clipper_d
 
 
 def test_cli_fits_fmv_tone_stack_from_three_treble_settings(tmp_path):
-    """R4, C2, C3 shared by three recordings at different treble settings; C1 frozen (design.md §7)."""
+    """R4, C2, C3 shared by three recordings at different treble settings; C1 frozen (docs/fitting.md)."""
     fmv = ROOT / "netlists" / "fmv_tonestack.cir"
     true = {"R4": 56e3 * 1.3, "C2": 20e-9 * 0.7, "C3": 20e-9 * 1.45}
     net = _perturbed(fmv, true, tmp_path / "fmv_true.cir")

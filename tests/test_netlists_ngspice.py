@@ -3,7 +3,7 @@
 Signals are the standard ones at 48 kHz x 8, 20 ms.  Beyond "finite and plausible", two
 netlists are checked against independent results: the FMV tone stack against Yeh & Smith's
 published transfer function (DAFx-06) and the diode clipper against an RK4 integration of its
-ODE; the triode's DC point against design.md §5.
+ODE; the triode's DC point against a direct solution of the Koren equations (netlists/README.md).
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ NETLIST = Path(__file__).parent / "data" / "third_party" / "fuzz_face_si.cir"
 FS = 384000.0
 
 
-def test_fuzz_face_dc_point_matches_ngspice():
-    model = load(NETLIST, "mna", FS)
+@pytest.mark.parametrize("method", ["mna", "dk"])
+def test_fuzz_face_dc_point_matches_ngspice(method):
+    model = load(NETLIST, method, FS)
     ours = model.dc_voltages()
     ref = operating_point_ngspice(NETLIST)
     compared = 0
@@ -33,7 +34,8 @@ def test_fuzz_face_dc_point_matches_ngspice():
     assert 0.5 < ours["v(b1)"] < 0.75  # a biased silicon junction, not a stuck solver
 
 
-def test_fuzz_face_transient_converges_to_ngspice():
+@pytest.mark.parametrize("method", ["mna", "dk"])
+def test_fuzz_face_transient_converges_to_ngspice(method):
     """The high-gain fuzz shows the trapezoidal error itself: ESR 2.5e-5 at 384 kHz, ~10x less at 768 kHz.
 
     Halving the step must shrink the difference from ngspice as a second-order method does
@@ -42,7 +44,7 @@ def test_fuzz_face_transient_converges_to_ngspice():
     errors = []
     for fs in (FS, 2 * FS):
         x = 0.05 * karplus_strong(110.0, 0.003, fs, seed=3)
-        model = load(NETLIST, "mna", fs, params={"fuzz": 0.2})
+        model = load(NETLIST, method, fs, params={"fuzz": 0.2})
         with torch.no_grad():
             y = model(torch.as_tensor(x)).numpy()
         ref = simulate_ngspice(NETLIST, x, fs, params={"fuzz": 0.2}, tmax=1 / (4 * fs))
@@ -50,3 +52,14 @@ def test_fuzz_face_transient_converges_to_ngspice():
         errors.append(esr(y, ref))
     assert errors[0] <= 1e-4, errors
     assert errors[1] <= errors[0] / 6, errors
+
+
+def test_fuzz_face_dk_equals_mna():
+    """DK and MNA are the same discrete system on the third-party netlist too (Newton tolerance)."""
+    x = 0.05 * karplus_strong(110.0, 0.003, FS, seed=3)
+    ys = []
+    for method in ("mna", "dk"):
+        with torch.no_grad():
+            ys.append(load(NETLIST, method, FS, params={"fuzz": 0.2})(torch.as_tensor(x)).numpy())
+    swing = max(np.max(np.abs(ys[0] - ys[0][0])), abs(ys[0][0]))
+    assert np.max(np.abs(ys[1] - ys[0])) <= 1e-9 * swing

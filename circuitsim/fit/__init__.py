@@ -1,4 +1,4 @@
-"""Learn component values from input/output recordings (``circuitsim fit``, design.md §7)."""
+"""Learn component values from input/output recordings (``circuitsim fit``, docs/fitting.md)."""
 
 from circuitsim.fit.data import FitData, load_input_target, load_pair
 from circuitsim.fit.report import identifiability, write_report

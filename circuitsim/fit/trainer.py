@@ -5,7 +5,7 @@ a step can never flip a sign and relative changes are what the optimiser sees.  
 uses ``scipy.optimize.least_squares`` with a central-difference Jacobian of the residual
 vector computed on the compiled forward pass (2P forward runs per Jacobian, P = number of
 learned values): for the 3-20 unknowns of a white-box circuit this is cheaper than the
-N reverse-mode passes an exact autograd Jacobian would need (design.md §7).  Adam uses the
+N reverse-mode passes an exact autograd Jacobian would need (docs/fitting.md).  Adam uses the
 compiled adjoint's gradient.
 
 With ``learn_gain`` one more unknown, log g, scales the simulated output in the loss (a
