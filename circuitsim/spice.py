@@ -265,6 +265,11 @@ def _common_edits(nl: _Netlist, params: Mapping[str, float] | None) -> tuple[dic
     return replace, [f".param {m}={_fmt(overrides[m])}" for m in missing]
 
 
+def _ground(node: str) -> str:
+    """``0`` for every spelling of ground (``gnd``, ``GND``), else the node as written."""
+    return "0" if node.lower() in ("0", "gnd") else node
+
+
 def _options_line(reltol: float, abstol: float, vntol: float) -> str:
     return f".options reltol={_fmt(reltol)} abstol={_fmt(abstol)} vntol={_fmt(vntol)}"
 
@@ -301,7 +306,7 @@ def _build_transient(
     toks = st.tokens
     if len(toks) < 3:
         raise SpiceError(f"{nl.path}:{st.lines[0] + 1}: voltage source '{input_source}' needs two nodes")
-    npos, nneg = toks[1], toks[2]
+    npos, nneg = _ground(toks[1]), _ground(toks[2])  # XSPICE port lists do not read 'gnd' as node 0
     word = re.compile(rf"(?<![\w.#]){re.escape(src)}(?![\w.#])", re.IGNORECASE)
     referenced = any(
         j != k and not o.control and o.keyword not in _STRIP_KEYWORDS and word.search(o.text)

@@ -365,3 +365,15 @@ def test_lines_after_end_are_ignored(tmp_path):
     x = np.linspace(0.0, 1.0, 20)
     assert np.max(np.abs(simulate_ngspice(net, x, FS) - x / 2)) < 1e-12
     assert operating_point_ngspice(net)["out"] == 0.0
+
+
+def test_validate_with_ground_called_gnd(tmp_path):
+    """KiCad names ground GND; the harness must drive the XSPICE input with node 0 (a floating GND gave ESR 1e17)."""
+    from circuitsim.validate import validate
+
+    path = write(tmp_path, "gnd.cir", "rc with GND\nVIN in GND DC 0\nR1 in out 1k\nC1 out GND 1u\n.end\n")
+    report = validate(path, method="mna", duration=0.002)
+    assert len(report.signals) == 5
+    # the trapezoidal rule at 384 kHz on a 160 Hz RC corner: well inside the acceptance bound 1e-5
+    assert max(r.esr for r in report.signals) < 1e-6, report.table()
+    assert all(r.peak > 1e-3 for r in report.signals)
