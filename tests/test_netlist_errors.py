@@ -19,7 +19,18 @@ BAD = [
     ("t\nR1 a b\n", "missing resistance value", 2),
     ("t\nC1 a b 1.2.3k\n", "bad number '1.2.3k'", 2),
     ("t\nR1 a b\n+ 4k7\n", "'4k7' is ambiguous", 3),
-    ("t\nF1 a b V1 2\n", "element type 'F' (current-controlled current source) is not supported", 2),
+    ("t\nF1 a b 2\n", "F1: expected 'F1 out+ out- Vcontrol gain'", 2),
+    ("t\nH1 a b V1\n", "H1: expected 'H1 out+ out- Vcontrol transresistance'", 2),
+    ("t\nH1 a b V1 {2k\n", "unterminated '{'", 2),
+    ("t\nF1 a b POLY(1) V1 0 1\n", "F1: POLY(...) controlled sources are not supported", 2),
+    ("t\nF1 a b V1 2 foo=1\n", "F1: unknown parameter 'foo'", 2),
+    ("t\nA1 %vd([a b]) src\n", "A1: XSPICE port lists ('%vd') are not supported", 2),
+    ("t\nR1 a 0 1\nARV1 a w __RV1\n", "ARV1: expected 'ARV1 r0 wiper r1 POTENTIOMETER_MODEL'", 3),
+    ("t\nARV1 a w 0 NOSUCH\n", "ARV1: model 'NOSUCH' is not defined", 2),
+    ("t\n.model __RV1 potentiometer( r=100k position= )\n", "the value of position", 2),
+    ("t\n.backanno\nV1 a 0 wavefile=\n", "V1: expected 'wavefile=FILE'", 3),
+    ("t\nV1 a 0 1 wavefile=x.wav\n", "V1: 'wavefile=' together with another value", 2),
+    ("t\n.model D1 D(IS=1n mfg=\"OnSemi)\n", "unterminated \"-quoted text", 2),
     ("t\nR1 a 0 1\nM1 d g s b nmos\n", "element type 'M' (MOSFET) is not supported", 3),
     ("t\n%1 a b\n", "unknown element or statement '%1'", 2),
     ("t\nR1 a b {1+2\n", "unterminated '{'", 2),
@@ -89,6 +100,51 @@ def test_bad_netlist(text: str, message: str, line: int) -> None:
     assert message in err.message, text_of_error
     assert err.loc is not None and (err.loc.file, err.loc.line) == ("bad.cir", line)
     assert text_of_error == f"{err.loc}: {err.message}"
+
+
+# (netlist text, dialect, expected substring, line): what one dialect refuses that another reads
+BAD_IN_DIALECT = [
+    ("t\nV1 a 0 wavefile=di.wav\nR1 a 0 1k\n", "ngspice", "'wavefile=' is LTspice syntax", 2),
+    ("t\n.subckt S a\n.ends\nX1 a S mu=2\n", "ngspice", "--dialect ltspice", 4),
+    ("t\nR1 a 0 1k\n", "spectre", "unknown dialect 'spectre'", None),
+]
+
+
+@pytest.mark.parametrize("text, dialect, message, line", BAD_IN_DIALECT, ids=[m for *_, m, _ in BAD_IN_DIALECT])
+def test_bad_in_dialect(text: str, dialect: str, message: str, line: int | None) -> None:
+    with pytest.raises(NetlistError) as info:
+        parse_string(text, "bad.cir", dialect=dialect)
+    assert "\n" not in str(info.value) and message in info.value.message, str(info.value)
+    if line is not None:
+        assert str(info.value).startswith(f"bad.cir:{line}: "), str(info.value)
+
+
+# (netlist text, expected substring, line): parsed fine, refused while building the circuit
+BAD_CIRCUIT = [
+    (
+        "t\nV1 a 0 1\nD1 a 0 D1N4148\n.model D1N4148 D(Is=2.52n mfg=OnSemi)\n",
+        "mfg=onsemi is a word, not a number or a .param; ngspice 39 stops here",
+        4,
+    ),
+    ("t\nV1 a 0 1\nARV1 a w 0 P\nR1 w 0 1k\n.model P potentiometer(log=maybe)\n", "log must be true or false", 5),
+    ("t\nV1 a 0 1\nARV1 a w 0 D1\nR1 w 0 1k\n.model D1 D(IS=1n)\n", "the only XSPICE code model supported", 3),
+    ("t\nV1 a 0 1\nD1 a 0 P\n.model P potentiometer(r=1k)\n", "is an XSPICE potentiometer", 3),
+    ("t\nV1 a 0 1\nR1 a b 1k\nF1 b 0 VX 2\n", "F1: controlling source VX is not", 4),
+    ("t\nV1 a 0 1\nR1 a b 1k\nH1 c 0 R1 2\nR2 c 0 1k\n", "H1: controlling source R1 is not", 4),
+    ("t\nV1 a 0 1\nR1 a 0 1k\n", "--set nope: no such .param or potentiometer", None),
+]
+
+
+@pytest.mark.parametrize("text, message, line", BAD_CIRCUIT, ids=[m for _, m, _ in BAD_CIRCUIT])
+def test_bad_circuit(text: str, message: str, line: int | None) -> None:
+    from circuitsim.circuit.build import build_circuit
+
+    with pytest.raises(NetlistError) as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NetlistWarning)
+        build_circuit(parse_string(text, "bad.cir"), {"nope": 1.0} if "--set" in message else None)
+    assert "\n" not in str(info.value) and message in info.value.message, str(info.value)
+    if line is not None:
+        assert str(info.value).startswith(f"bad.cir:{line}: "), str(info.value)
 
 
 def test_missing_include_names_the_file() -> None:

@@ -12,15 +12,18 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 
-from circuitsim.circuit.checks import check_topology
+from circuitsim.circuit.checks import check_controls, check_topology, warn_negative_reactances
 from circuitsim.circuit.circuit import GROUND, Circuit, DeviceModel, FlatElement, ParamKind, ParamLeaf
 from circuitsim.devices.catalog import canonical_name, model_parameter_status
 from circuitsim.netlist import NetlistError, NetlistWarning
 from circuitsim.netlist.ast import (
+    Binary,
     BranchI,
+    Cond,
     Element,
     Expr,
     Loc,
+    Model,
     Name,
     Netlist,
     NodeV,
@@ -33,6 +36,10 @@ from circuitsim.netlist.ast import (
 
 _BUILTIN_NAMES = {"pi", "e", "time", "temper", "hertz"}
 _POSITIVE_KINDS = {"R", "C", "L"}
+#: XSPICE potentiometer parameters and their defaults (ngspice src/xspice/icm/xtradev/potentiometer/ifspec.ifs)
+POT_DEFAULTS = {"R": 1.0e5, "POSITION": 0.5, "LOG": 0.0, "LOG_MULTIPLIER": 1.0}
+#: cfunc.mod clamps the wiper away from the ends: position <= 0 -> 1e-9, position >= 1 -> 0.999999999
+POT_LIMITS = (1e-9, 0.999999999)
 _MAX_DEPTH = 50
 
 
@@ -155,12 +162,23 @@ class _Builder:
             if key in f.scope.models:
                 if key not in f.models:
                     m = f.scope.models[key]
+                    if m.type == "POTENTIOMETER":
+                        raise NetlistError(f"model {m.name} is an XSPICE potentiometer, used by A elements", loc)
                     params: dict[str, Expr] = {}
+                    self.ignored_strings(m)
                     for raw_name, pexpr in m.params.items():
                         pname = canonical_name(m.type, raw_name)
                         status = model_parameter_status(m.type, pname)
-                        if status == "unknown":
-                            raise NetlistError(f"unknown parameter {pname} for {m.type} model {m.name}", m.loc)
+                        if self.word_value(m, raw_name, pexpr, f):
+                            continue
+                        if status == "unknown":  # ngspice 39: "unrecognized parameter (iave) - ignored"
+                            warnings.warn(
+                                f"{m.loc}: {m.type} model {m.name}: unrecognized parameter ({raw_name.lower()}) - "
+                                "ignored, as ngspice 39 does",
+                                NetlistWarning,
+                                stacklevel=2,
+                            )
+                            continue
                         if status == "unmodelled":
                             warnings.warn(
                                 f"{m.loc}: {m.type} model {m.name}: parameter {pname} is accepted but not modelled",
@@ -177,6 +195,46 @@ class _Builder:
                 return f.models[key]
             f = f.parent
         raise NetlistError(f"model '{name}' is not defined", loc)
+
+    def ignored_strings(self, m: Model) -> None:
+        """``mfg="OnSemi"``: a quoted string is never a number; ngspice warns and ignores it."""
+        for key, text in m.strings.items():
+            warnings.warn(
+                f'{m.loc}: {m.type} model {m.name}: {key.lower()}="{text}" is not a number - ignored, as in ngspice 39',
+                NetlistWarning,
+                stacklevel=3,
+            )
+
+    def word_value(self, m: Model, key: str, expr: Expr, frame: _Frame) -> bool:
+        """Whether ``key=expr`` is a word to ignore (``mfg=OnSemi``).
+
+        ngspice 39 stops on a bare word that is no .param (an error here); LTspice and PSpice
+        read it as text (a warning, and the parameter is ignored).
+        """
+        if not isinstance(expr, Name) or self.defined(expr.name, frame):
+            return False
+        if self.netlist.dialect == "ngspice":
+            raise NetlistError(
+                f"model {m.name}: {key.lower()}={expr.name} is a word, not a number or a .param; ngspice 39 stops "
+                f'here (undefined parameter [{expr.name}]); quote it ({key.lower()}="...") or use --dialect ltspice',
+                m.loc,
+            )
+        warnings.warn(
+            f"{m.loc}: {m.type} model {m.name}: {key.lower()}={expr.name} is not a number - ignored "
+            f"({self.netlist.dialect} reads it as text)",
+            NetlistWarning,
+            stacklevel=3,
+        )
+        return True
+
+    @staticmethod
+    def defined(name: str, frame: _Frame) -> bool:
+        f: _Frame | None = frame
+        while f is not None:
+            if name in f.env:
+                return True
+            f = f.parent
+        return name in _BUILTIN_NAMES
 
     def scope(self, frame: _Frame, depth: int = 0) -> None:
         if depth > _MAX_DEPTH:
@@ -201,15 +259,82 @@ class _Builder:
         nodes = {port.lower(): self.node_name(n, frame) for port, n in zip(sub.ports, el.nodes)}
         child = _Frame(prefix, sub, frame, {}, nodes, {})
         for key in el.params:
-            if key not in sub.defaults:
+            if key not in sub.defaults and self.netlist.dialect == "ngspice":
                 raise NetlistError(f"{el.name}: subcircuit {sub.name} has no parameter '{key}'", el.loc)
         for key, default in sub.defaults.items():
             if key in el.params:  # instance override, written in the parent's scope
                 child.env[key] = self.value(el.params[key], prefix + key, frame, el.loc, ParamKind.LEARNABLE)
             else:
                 child.env[key] = self.value(default, prefix + key, child, sub.loc or el.loc, ParamKind.LEARNABLE)
+        for key, expr in el.params.items():  # LTspice/PSpice: parameters the .subckt line does not declare
+            if key not in sub.defaults:
+                child.env[key] = self.value(expr, prefix + key, frame, el.loc, ParamKind.LEARNABLE)
         self.define_params(sub.params, child, ParamKind.LEARNABLE)
         self.scope(child, depth + 1)
+
+    def potentiometer(self, el: Element, frame: _Frame, name: str, nodes: tuple[int, ...]) -> None:
+        """XSPICE ``potentiometer`` as two resistors, exactly as ngspice 39's cfunc.mod computes them.
+
+        r0-wiper is ``position*r`` (log: ``r / 10^(position*log_multiplier)``), wiper-r1 the rest of
+        ``r``; the position is clamped to [1e-9, 0.999999999].  The position is the control
+        ``NAME.position`` (``--set ARV1.position=0.3`` or ``--set RV1=0.3``), ``r`` the learnable ``NAME.r``.
+        """
+        card = None
+        f: _Frame | None = frame
+        while f is not None and card is None:
+            card = f.scope.models.get((el.model or "").upper())
+            f = f.parent
+        if card is None:
+            raise NetlistError(f"{name}: model '{el.model}' is not defined", el.loc)
+        if card.type != "POTENTIOMETER":
+            raise NetlistError(
+                f"{name}: model {card.name} is a {card.type} model; the only XSPICE code model supported is "
+                "the potentiometer",
+                el.loc,
+            )
+        self.ignored_strings(card)
+        given: dict[str, Expr] = {}
+        for key, expr in card.params.items():
+            if key not in POT_DEFAULTS:
+                warnings.warn(
+                    f"{card.loc}: potentiometer model {card.name}: unrecognized parameter ({key.lower()}) - "
+                    "ignored, as ngspice 39 does",
+                    NetlistWarning,
+                    stacklevel=2,
+                )
+            else:
+                given[key] = expr
+        log = given.get("LOG", Num(0.0))
+        if isinstance(log, Name) and log.name in ("true", "false"):
+            is_log = log.name == "true"
+        elif isinstance(log, Num) and log.value in (0.0, 1.0):
+            is_log = log.value == 1.0
+        else:
+            raise NetlistError(f"potentiometer model {card.name}: log must be true or false", card.loc)
+
+        def param(key: str, leaf: str, kind: ParamKind, positive: bool) -> Expr:
+            for alias in (f"{name}.{key}".lower(), (frame.prefix + el.name[1:]).lower()) if key == "POSITION" else ():
+                if alias in self.overrides:  # --set ARV1.position=V or --set RV1=V
+                    self.used_overrides.add(alias)
+                    return self.leaf(leaf, Num(self.overrides[alias]), kind, el.loc)
+            expr = given.get(key, Num(POT_DEFAULTS[key]))
+            if key not in given:
+                return self.leaf(leaf, Num(POT_DEFAULTS[key]), kind, card.loc, positive)
+            return self.value(expr, leaf, frame, card.loc, kind, positive)
+
+        ohms = param("R", f"{name}.r", ParamKind.LEARNABLE, True)
+        raw = param("POSITION", f"{name}.position", ParamKind.CONTROL, False)
+        lo, hi = POT_LIMITS
+        pos = Cond(Binary("<=", raw, Num(0.0)), Num(lo), Cond(Binary(">=", raw, Num(1.0)), Num(hi), raw))
+        if is_log:
+            mult = param("LOG_MULTIPLIER", f"{name}.log_multiplier", ParamKind.FIXED, False)
+            lower: Expr = Binary("/", ohms, Binary("^", Num(10.0), Binary("*", pos, mult)))
+        else:
+            lower = Binary("*", pos, ohms)
+        upper = Binary("-", ohms, lower)
+        r0, wiper, r1 = nodes
+        for part, a, b, value in ((".R0", r0, wiper, lower), (".R1", wiper, r1, upper)):
+            self.elements.append(FlatElement(name + part, "R", (a, b), el.loc, value=value))
 
     def element(self, el: Element, frame: _Frame) -> None:
         name = frame.prefix + el.name
@@ -217,8 +342,11 @@ class _Builder:
             raise NetlistError(f"element {name} is defined twice", el.loc)
         nodes = tuple(self.node(n, frame) for n in el.nodes)
         kind = el.kind
+        if kind == "A":
+            self.potentiometer(el, frame, name, nodes)
+            return
         flat = FlatElement(name, kind, nodes, el.loc)
-        if kind in ("R", "C", "L", "E", "G") and el.value is not None:
+        if kind in ("R", "C", "L", "E", "G", "F", "H") and el.value is not None:
             flat.value = self.value(
                 el.value, name, frame, el.loc, ParamKind.LEARNABLE, positive=kind in _POSITIVE_KINDS
             )
@@ -247,14 +375,21 @@ class _Builder:
     def run(self) -> Circuit:
         top = _Frame("", self.netlist, None, {}, {}, {})
         self.define_params(self.netlist.params, top, ParamKind.CONTROL)
+        self.scope(top)
         unused = set(self.overrides) - self.used_overrides
         if unused:
-            known = ", ".join(p.name for p in self.netlist.params) or "none"
-            raise NetlistError(f"--set {sorted(unused)[0]}: no such .param (the netlist has: {known})", None)
-        self.scope(top)
+            known = [p.name for p in self.netlist.params]
+            known += [k for k, p in self.leaves.items() if k.endswith(".position") and p.kind == ParamKind.CONTROL]
+            raise NetlistError(
+                f"--set {sorted(unused)[0]}: no such .param or potentiometer (the netlist has: "
+                f"{', '.join(known) or 'none'})",
+                None,
+            )
         nodes = sorted(self.nodes, key=self.nodes.__getitem__)
         circuit = Circuit(self.netlist.title, nodes, self.elements, self.leaves, self.netlist)
+        check_controls(circuit)
         check_topology(circuit)
+        warn_negative_reactances(circuit)
         return circuit
 
 

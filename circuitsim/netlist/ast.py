@@ -101,8 +101,9 @@ class SourceSpec:
 
     dc: Expr | None = None
     ac: tuple[Expr, Expr] | None = None
-    waveform: str | None = None  # 'SIN', 'PWL', 'PULSE', 'EXP'
+    waveform: str | None = None  # 'SIN', 'PWL', 'PULSE', 'EXP', or 'WAVEFILE' (LTspice: ``file`` is set)
     args: tuple[Expr, ...] = ()
+    file: str | None = None  # LTspice ``wavefile=FILE``: the audio file, as written
 
 
 @dataclass
@@ -117,6 +118,9 @@ class Element:
     - D/Q: ``model`` is the model name; instance parameters (AREA, M, ...) in ``params``;
       a bare area number is stored as ``params['AREA']``.  Q may have 3 or 4 nodes.
     - X: ``model`` is the subcircuit name; ``params`` holds ``name=value`` overrides (lower case keys).
+    - F/H: nodes = [out+, out-], ``params['CONTROL']`` is ``BranchI(Vname)``, ``value`` the gain
+      (F, unitless) or transresistance (H, ohms).
+    - A (XSPICE): nodes = [r0, wiper, r1], ``model`` is a ``potentiometer`` model name.
     """
 
     name: str
@@ -131,12 +135,17 @@ class Element:
 
 @dataclass
 class Model:
-    """``.model NAME TYPE (P=V ...)``; ``type`` upper case: 'D', 'NPN', 'PNP'."""
+    """``.model NAME TYPE (P=V ...)``; ``type`` upper case: 'D', 'NPN', 'PNP', 'POTENTIOMETER'.
+
+    ``strings`` holds the parameters whose value is a double-quoted string (``mfg="OnSemi"``):
+    never a number, so ngspice ignores them with a warning.
+    """
 
     name: str
     type: str
     params: dict[str, Expr]
     loc: Loc
+    strings: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -187,3 +196,7 @@ class Netlist(Scope):
     # added by the parser: nodes named in ``.global`` (lower case; ground is never listed).
     # ``sources`` lines keep their line endings, so ``''.join(lines)`` is the file's exact text.
     globals: list[str] = field(default_factory=list)
+    # the dialect the text was read in ('ngspice', 'ltspice', 'pspice') and, when it was
+    # auto-detected, the one-line note saying from what (None when given or ngspice by default)
+    dialect: str = "ngspice"
+    dialect_note: str | None = None

@@ -24,3 +24,7 @@ class NetlistError(CircuitsimError):
 
 class NetlistWarning(UserWarning):
     """Something in the netlist is accepted but not modelled (or modelled differently from ngspice)."""
+
+
+class DialectNote(UserWarning):
+    """A note, not a problem: the dialect was detected from the text (``.backanno``, ``wavefile=``, ``pwrs()``)."""

@@ -23,6 +23,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from circuitsim.netlist.ast import (
+    BranchI,
     Call,
     Control,
     Element,
@@ -37,7 +38,7 @@ from circuitsim.netlist.ast import (
     SourceSpec,
     Subckt,
 )
-from circuitsim.netlist.errors import NetlistError, NetlistWarning
+from circuitsim.netlist.errors import DialectNote, NetlistError, NetlistWarning
 from circuitsim.netlist.expr import (
     CONDITIONAL_FUNCTIONS,
     CONSTANTS,
@@ -51,11 +52,8 @@ from circuitsim.netlist.expr import (
 from circuitsim.netlist.lexer import Cursor, Statement, Token, first_word, lex, split_lines
 from circuitsim.netlist.units import looks_numeric, number_problem, parse_number
 
-SUPPORTED_ELEMENTS = "RCLVIEGBDQX"
+SUPPORTED_ELEMENTS = "RCLVIEGBDQXFHA"
 UNSUPPORTED_ELEMENTS = {
-    "A": "XSPICE code model",
-    "F": "current-controlled current source",
-    "H": "current-controlled voltage source",
     "J": "JFET",
     "K": "coupled (mutual) inductor",
     "M": "MOSFET",
@@ -69,7 +67,15 @@ UNSUPPORTED_ELEMENTS = {
     "Y": "single lossy transmission line",
     "Z": "MESFET",
 }
-MODEL_TYPES = ("D", "NPN", "PNP")
+MODEL_TYPES = ("D", "NPN", "PNP", "POTENTIOMETER")
+#: netlist dialects: what ``pwr()`` means, whether a subcircuit takes undeclared parameters, ``wavefile=``
+DIALECTS = ("ngspice", "ltspice", "pspice")
+#: text that only LTspice writes (first match decides; ngspice has no pwrs() and rejects the other two)
+_LTSPICE_MARKERS = (
+    (re.compile(r"^\.backanno\b", re.IGNORECASE), "'.backanno'"),
+    (re.compile(r"\bwavefile\s*=", re.IGNORECASE), "'wavefile='"),
+    (re.compile(r"\bpwrs\s*\(", re.IGNORECASE), "the function pwrs()"),
+)
 #: analysis and output commands, kept verbatim in Netlist.controls
 CONTROL_COMMANDS = {
     ".tran", ".ac", ".dc", ".op", ".noise", ".tf", ".sens", ".pz", ".disto", ".four", ".fourier",
@@ -85,6 +91,9 @@ INSTANCE_PARAMS = {
     "I": {"RSER", "CPAR"},
     "E": set(),
     "G": {"M"},
+    "F": {"M"},
+    "H": set(),
+    "A": set(),
     "B": {"TC1", "TC2", "TEMP", "DTEMP"},
     "D": {"AREA", "M", "PJ", "IC", "TEMP", "DTEMP"},
     "Q": {"AREA", "AREAB", "AREAC", "M", "IC", "TEMP", "DTEMP"},
@@ -105,12 +114,42 @@ _MAX_FUNC_DEPTH = 50
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def _warn(message: str, loc: Loc | None) -> None:
+def _warn(message: str, loc: Loc | None, category: type[Warning] = NetlistWarning) -> None:
     """Warn with the caller of the netlist package as the reported location."""
     level, frame = 2, sys._getframe(1)
     while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _PACKAGE_DIR:
         level, frame = level + 1, frame.f_back
-    warnings.warn(f"{loc}: {message}" if loc else message, NetlistWarning, stacklevel=level)
+    warnings.warn(f"{loc}: {message}" if loc else message, category, stacklevel=level)
+
+
+def library_path(including: str, name: str) -> str | None:
+    """The file an ``.include``/``.lib`` names, or None when it does not exist.
+
+    Relative paths are relative to the including file.  A path that does not exist here (LTspice
+    writes its own library folders, ``C:\\Users\\...\\lib\\sub\\koren.lib``) falls back to the
+    same file name next to the including file, which is where a published netlist keeps it.
+    """
+    path = _Parser.resolve(including, name)
+    if os.path.isfile(path):
+        return path
+    base = re.split(r"[\\/]", name)[-1]
+    if base and base != name:
+        near = _Parser.resolve(including, base)
+        if os.path.isfile(near):
+            return near
+    return None
+
+
+def detect_dialect(statements: list[Statement]) -> tuple[str, Loc, str] | None:
+    """(dialect, where, what) for the first LTspice-only marker in ``statements``, or None."""
+    for st in statements:
+        if st.control:
+            continue
+        for pattern, what in _LTSPICE_MARKERS:
+            m = pattern.search(st.text)
+            if m is not None:
+                return "ltspice", st.loc_at(m.start()), what
+    return None
 
 
 def read_text(path: str) -> str:
@@ -125,9 +164,13 @@ def read_text(path: str) -> str:
 
 
 class _Parser:
-    def __init__(self, path: str):
+    def __init__(self, path: str, dialect: str | None = None):
+        if dialect is not None and dialect not in DIALECTS:
+            raise NetlistError(f"unknown dialect '{dialect}' (use {', '.join(DIALECTS)})", None)
         self.path = path
-        self.netlist = Netlist(path=path)
+        self.dialect = dialect or "ngspice"
+        self.auto_dialect = dialect is None
+        self.netlist = Netlist(path=path, dialect=self.dialect)
         self.scopes: list[Scope] = [self.netlist]
         self.element_locs: dict[int, dict[str, Loc]] = {id(self.netlist): {}}
         self.param_locs: dict[int, dict[str, Loc]] = {id(self.netlist): {}}
@@ -176,7 +219,7 @@ class _Parser:
                 args = self._file_args(st, 1, 2, "'.lib FILE SECTION'")
                 if len(args) == 2:
                     out.extend(self.include(st, path, args[0], args[1], stack))
-                elif os.path.isfile(self.resolve(path, args[0])):  # LTspice: '.lib FILE' is an include
+                elif library_path(path, args[0]) is not None:  # LTspice: '.lib FILE' is an include
                     out.extend(self.include(st, path, args[0], None, stack))
                 else:  # a section header of a library read whole: skip the section
                     j = self._section_end(statements, i)
@@ -226,7 +269,10 @@ class _Parser:
     def include(
         self, st: Statement, including: str, name: str, section: str | None, stack: tuple
     ) -> list[Statement]:
-        path = self.resolve(including, name)
+        found = library_path(including, name)
+        path = found if found is not None else self.resolve(including, name)
+        if found is not None and os.path.normpath(found) != self.resolve(including, name):
+            _warn(f"'{name}' is not here; reading {found} (the same file name next to the netlist)", st.loc)
         key = (os.path.realpath(path), section.lower() if section else None)
         if key in stack:
             chain = " -> ".join(p + (f" [{s}]" if s else "") for p, s in (*stack, key))
@@ -255,6 +301,18 @@ class _Parser:
                     raise NetlistError(f"library section '{parts[1]}' has no '.endl'", s.loc)
                 return self.expand(statements[j + 1 : end], path, (*stack, key))
         raise NetlistError(f"library section '{section}' not found in '{name}'", st.loc)
+
+    def choose_dialect(self, statements: list[Statement]) -> None:
+        """Without an explicit dialect, LTspice's own markers switch to 'ltspice' (with a one-line note)."""
+        if not self.auto_dialect:
+            return
+        found = detect_dialect(statements)
+        if found is None:
+            return
+        self.dialect, loc, what = found
+        self.netlist.dialect = self.dialect
+        self.netlist.dialect_note = f"{loc}: reading as {self.dialect} (detected from {what}; --dialect to override)"
+        _warn(f"reading as {self.dialect} (detected from {what}; --dialect to override)", loc, DialectNote)
 
     # ============================================================ pass 2: .func
     def collect_funcs(self, statements: list[Statement]) -> None:
@@ -350,6 +408,8 @@ class _Parser:
                 "limit(x, lo, hi) is evaluated as PSpice's clamp; ngspice 39 has no such B-source function",
                 st.loc,
             )
+        if self.dialect != "ngspice":  # LTspice/PSpice pwr(x, y) is |x|^y: ngspice's pow(); their pwrs is pwr
+            expr = _ltspice_powers(expr)
         if expand:
             expr = self.expand_funcs(expr, st.loc)
         return expr, stop
@@ -485,6 +545,9 @@ class _Parser:
             "D": self.diode,
             "Q": self.bjt,
             "X": self.instance,
+            "F": self.current_controlled,
+            "H": self.current_controlled,
+            "A": self.code_model,
         }[letter]
         el = handler(name, cur, st)
         seen[name] = st.loc
@@ -547,8 +610,11 @@ class _Parser:
                         raise NetlistError(f"{name}: more than one waveform", st.loc_at(tok.start))
                     spec.waveform = _WAVEFORMS[word]
                     spec.args = tuple(self.waveform_args(cur, st, name, spec.waveform))
+            elif cur.at_key() and word == "wavefile" and kind == "V":
+                self.wavefile(cur, st, name, spec)
             elif cur.at_key():
                 allowed = INSTANCE_PARAMS[kind] | ({"TD", "R"} if spec.waveform == "PWL" else set())
+                allowed |= {"CHAN"} if spec.waveform == "WAVEFILE" else set()
                 params.update(self.key_params_one(cur, st, name, allowed, params))
             elif (
                 spec.dc is None
@@ -562,6 +628,24 @@ class _Parser:
                     f"{name}: unexpected '{st.text[tok.start : tok.end]}'", st.loc_at(tok.start)
                 )
         return Element(name, kind, nodes, st.loc, params=params, source=spec)
+
+    def wavefile(self, cur: Cursor, st: Statement, name: str, spec: SourceSpec) -> None:
+        """LTspice ``V1 n+ n- wavefile=FILE [chan=N]``: this source plays an audio file (the input)."""
+        key = cur.next()
+        assert key is not None
+        if self.dialect == "ngspice":
+            raise NetlistError(
+                f"{name}: 'wavefile=' is LTspice syntax, which ngspice rejects; use --dialect ltspice",
+                st.loc_at(key.start),
+            )
+        cur.next()
+        tok = cur.next()
+        if tok is None or tok.kind not in ("word", "string"):
+            raise NetlistError(f"{name}: expected 'wavefile=FILE'", st.loc_at(key.start))
+        if spec.waveform is not None or spec.dc is not None:
+            raise NetlistError(f"{name}: 'wavefile=' together with another value", st.loc_at(key.start))
+        spec.waveform = "WAVEFILE"
+        spec.file = tok.text
 
     def key_params_one(
         self, cur: Cursor, st: Statement, name: str, allowed: set[str], have: dict
@@ -625,6 +709,42 @@ class _Parser:
         gain = self.value(pos[2], st, f"the gain of {name}")
         params = self.key_params(cur, st, name, INSTANCE_PARAMS[kind])
         return Element(name, kind, nodes, st.loc, value=gain, params=params)
+
+    def current_controlled(self, name: str, cur: Cursor, st: Statement) -> Element:
+        """``F1 out+ out- Vctrl gain`` / ``H1 out+ out- Vctrl ohms``: driven by the current through Vctrl."""
+        kind = name[0]
+        what = "gain" if kind == "F" else "transresistance"
+        usage = f"{name} out+ out- Vcontrol {what}"
+        nodes = self.nodes(cur, st, name, 2, usage)
+        word = cur.peek_word()
+        if word is not None and word.startswith("poly"):
+            raise NetlistError(f"{name}: POLY(...) controlled sources are not supported", st.loc)
+        pos = self.positionals(cur, st, name)
+        if len(pos) != 2 or pos[0].kind != "word" or not _IDENT.fullmatch(pos[0].text):
+            raise NetlistError(f"{name}: expected '{usage}'", st.loc)
+        gain = self.value(pos[1], st, f"the {what} of {name}")
+        params = self.key_params(cur, st, name, INSTANCE_PARAMS[kind])
+        params["CONTROL"] = BranchI(pos[0].text.upper())
+        return Element(name, kind, nodes, st.loc, value=gain, params=params)
+
+    def code_model(self, name: str, cur: Cursor, st: Statement) -> Element:
+        """``ARV1 r0 wiper r1 MODEL``: an XSPICE instance; only the ``potentiometer`` code model is supported."""
+        usage = f"{name} r0 wiper r1 POTENTIOMETER_MODEL"
+        pos: list[Token] = []
+        while not cur.at_end():
+            tok = cur.next()
+            assert tok is not None
+            if tok.kind != "word" or tok.text.startswith("%") or "[" in tok.text or "]" in tok.text:
+                raise NetlistError(
+                    f"{name}: XSPICE port lists ('{st.text[tok.start : tok.end]}') are not supported; the only "
+                    f"code model supported is the potentiometer, '{usage}'",
+                    st.loc_at(tok.start),
+                )
+            pos.append(tok)
+        if len(pos) != 4:
+            raise NetlistError(f"{name}: expected '{usage}'", st.loc)
+        nodes = [self.node(t, st, name) for t in pos[:3]]
+        return Element(name, "A", nodes, st.loc, model=pos[3].text.upper())
 
     def behavioural(self, name: str, cur: Cursor, st: Statement) -> Element:
         nodes = self.nodes(cur, st, name, 2, f"{name} n+ n- V={{expr}}")
@@ -768,6 +888,7 @@ class _Parser:
         if paren:
             cur.next()
         params: dict[str, Expr] = {}
+        strings: dict[str, str] = {}
         while True:
             if paren and cur.peek_is(")"):
                 cur.next()
@@ -788,16 +909,22 @@ class _Parser:
             cur.next()
             assert key_tok is not None
             key = key_tok.text.upper()
-            if key in params:
+            if key in params or key in strings:
                 _warn(
                     f"model {name}: parameter {key} is given twice; the last value is used (as ngspice does)",
                     st.loc,
                 )
-            params[key] = self.value(cur.next(), st, f"the value of {key_tok.text}")
+            tok = cur.next()
+            if tok is not None and tok.kind == "string":  # mfg="OnSemi": not a number, ngspice ignores it
+                strings[key] = tok.text
+                params.pop(key, None)
+                continue
+            strings.pop(key, None)
+            params[key] = self.value(tok, st, f"the value of {key_tok.text}")
         scope = self.scope
         if name in scope.models:
             raise NetlistError(f"model {name} is defined twice (first at {scope.models[name].loc})", st.loc)
-        scope.models[name] = Model(name, mtype, params, st.loc)
+        scope.models[name] = Model(name, mtype, params, st.loc, strings)
 
     def subckt(self, cur: Cursor, st: Statement) -> None:
         name_tok = cur.next()
@@ -902,13 +1029,14 @@ class _Parser:
                         el.loc,
                     )
                 for key in el.params:
-                    if key not in sub.defaults:
+                    if key not in sub.defaults and self.dialect == "ngspice":
                         known = ", ".join(sub.defaults) or "none"
                         raise NetlistError(
-                            f"{el.name}: subcircuit {sub.name} has no parameter '{key}' (it has: {known})",
+                            f"{el.name}: subcircuit {sub.name} has no parameter '{key}' (it has: {known}; "
+                            "LTspice and PSpice pass undeclared ones: --dialect ltspice)",
                             el.loc,
                         )
-            elif el.kind in ("D", "Q") and el.model not in all_models:
+            elif el.kind in ("D", "Q", "A") and el.model not in all_models:
                 raise NetlistError(f"{el.name}: model '{el.model}' is not defined", el.loc)
         scope.params[:] = self.sorted_params(scope.params)
         if isinstance(scope, Subckt) and scope.defaults:  # 'params: r={2*g} g=2' works too
@@ -971,6 +1099,18 @@ class _Parser:
                     check(expr, m.loc)
 
 
+def _ltspice_powers(expr: Expr) -> Expr:
+    """LTspice/PSpice ``pwr(x, y)`` = ``|x|^y``, which is ngspice's (and this package's) ``pow(x, y)``."""
+    if not any(isinstance(e, Call) and e.func == "pwr" for e in walk(expr)):
+        return expr
+
+    def fix(e: Expr) -> Expr:
+        e = substitute_children(e, fix)
+        return Call("pow", e.args) if isinstance(e, Call) and e.func == "pwr" else e
+
+    return fix(expr)
+
+
 def substitute_children(expr: Expr, fn: Callable[[Expr], Expr]) -> Expr:
     """Apply ``fn`` to the direct children of a node (rebuilding it)."""
     if isinstance(expr, Num) or not hasattr(expr, "__dataclass_fields__"):
@@ -991,6 +1131,7 @@ def _run(parser: _Parser, text: str) -> Netlist:
     try:
         root = os.path.realpath(parser.path) if not parser.path.startswith("<") else parser.path
         statements = parser.read(parser.path, text, main=True, stack=((root, None),))
+        parser.choose_dialect(statements)
         parser.collect_funcs(statements)
         for st in statements:
             parser.statement(st)
@@ -1006,13 +1147,17 @@ def _run(parser: _Parser, text: str) -> Netlist:
     return parser.netlist
 
 
-def parse_string(text: str, path: str = "<string>") -> Netlist:
-    """Parse netlist text.  ``path`` names it in errors and is the base of relative includes."""
-    return _run(_Parser(str(path)), text)
+def parse_string(text: str, path: str = "<string>", dialect: str | None = None) -> Netlist:
+    """Parse netlist text.  ``path`` names it in errors and is the base of relative includes.
+
+    ``dialect`` is 'ngspice', 'ltspice' or 'pspice'; None detects LTspice from its markers
+    (``.backanno``, ``wavefile=``, ``pwrs()``) and is ngspice otherwise (docs/netlists.md).
+    """
+    return _run(_Parser(str(path), dialect), text)
 
 
-def parse_file(path: str | Path) -> Netlist:
-    """Parse a netlist file (and the files it includes)."""
+def parse_file(path: str | Path, dialect: str | None = None) -> Netlist:
+    """Parse a netlist file (and the files it includes); ``dialect`` as for :func:`parse_string`."""
     name = str(path)
     try:
         text = read_text(name)
@@ -1020,4 +1165,4 @@ def parse_file(path: str | Path) -> Netlist:
         raise NetlistError(f"netlist file '{name}' not found") from None
     except OSError as exc:
         raise NetlistError(f"cannot read netlist file '{name}': {exc.strerror or exc}") from None
-    return _run(_Parser(name), text)
+    return _run(_Parser(name, dialect), text)

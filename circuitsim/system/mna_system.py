@@ -112,11 +112,14 @@ class MNATopology:
         self.n_nodes = n
         self.branch: dict[str, int] = {}
         for el in els:
-            if el.kind in ("V", "L", "E") or (el.kind == "B" and "V" in el.params):
+            if el.kind in ("V", "L", "E", "H") or (el.kind == "B" and "V" in el.params):
                 self.branch[el.name] = n
                 self.names.append(f"i({el.name.lower()})")
                 n += 1
         self.size = n
+        for el in els:
+            if el.kind in ("F", "H"):
+                self._control_branch(el)  # a missing controlling source fails here, naming the element
 
         # independent sources: channel 0 is the audio input
         sources = [el for el in els if el.kind in ("V", "I")]
@@ -296,7 +299,7 @@ class MNATopology:
                 stamp(g_idx, g_val, _pair(nd[0], nd[1]), _pair(nd[0], nd[1]), 1.0 / ev(el.value))
             elif k == "C":
                 stamp(c_idx, c_val, _pair(nd[0], nd[1]), _pair(nd[0], nd[1]), ev(el.value))
-            elif k in ("L", "V") or (k == "E") or (k == "B" and "V" in el.params):
+            elif k in ("L", "V", "E", "H") or (k == "B" and "V" in el.params):
                 br = ((self.branch[el.name], 1.0),)
                 stamp(g_idx, g_val, _pair(nd[0], nd[1]), br, one)
                 stamp(g_idx, g_val, br, _pair(nd[0], nd[1]), one)
@@ -304,6 +307,10 @@ class MNATopology:
                     stamp(c_idx, c_val, br, br, -ev(el.value))
                 elif k == "E" and "VALUE" not in el.params:
                     stamp(g_idx, g_val, br, _pair(nd[2], nd[3]), -ev(el.value))
+                elif k == "H":  # v(out+) - v(out-) = r * i(Vcontrol)
+                    stamp(g_idx, g_val, br, self._control_branch(el), -ev(el.value))
+            elif k == "F":  # gain * i(Vcontrol) flows from out+ through the source to out-
+                stamp(g_idx, g_val, _pair(nd[0], nd[1]), self._control_branch(el), ev(el.value))
             elif k == "G" and "VALUE" not in el.params:
                 stamp(g_idx, g_val, _pair(nd[0], nd[1]), _pair(nd[2], nd[3]), ev(el.value))
         for ch, el in enumerate(self.sources):
@@ -366,6 +373,18 @@ class MNATopology:
         res = x_star @ a_mat.T + f @ w_mat.T - rhs
         jac = (a_mat + w_mat @ jf @ m.Nv).detach()
         return x_star - torch.linalg.solve(jac, res.unsqueeze(-1)).squeeze(-1)
+
+    def _control_branch(self, el: FlatElement) -> Row:
+        """The branch-current unknown an F or H source reads (its controlling voltage source)."""
+        ctrl = el.params["CONTROL"]
+        assert isinstance(ctrl, BranchI)
+        if ctrl.source not in self.branch:
+            raise NetlistError(
+                f"{el.name}: controlling source {ctrl.source} is not a voltage source, inductor or E/H source "
+                "of the circuit",
+                el.loc,
+            )
+        return ((self.branch[ctrl.source], 1.0),)
 
     def _source_value(self, el: FlatElement, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """DC value (volts or amperes) of an independent source other than the input (0 if it has none).
