@@ -25,9 +25,14 @@ def register_method(name: str, cls: type[AbstractCircuitModule]) -> None:
     METHODS[name] = cls
 
 
-def load_circuit(path: str | Path, params: Mapping[str, float] | None = None) -> Circuit:
-    """Parse and flatten a netlist file; ``params`` overrides top-level ``.param`` values."""
-    return build_circuit(parse_file(path), params)
+def load_circuit(
+    path: str | Path, params: Mapping[str, float] | None = None, dialect: str | None = None
+) -> Circuit:
+    """Parse and flatten a netlist file; ``params`` overrides top-level ``.param`` values.
+
+    ``dialect`` is 'ngspice', 'ltspice' or 'pspice' (None: detected, docs/netlists.md).
+    """
+    return build_circuit(parse_file(path, dialect), params)
 
 
 def load(
@@ -38,15 +43,18 @@ def load(
     params: Mapping[str, float] | None = None,
     input_source: str = "VIN",
     output_node: str = "out",
+    dialect: str | None = None,
 ) -> AbstractCircuitModule:
     """Load a netlist as a ``torch.nn.Module`` running at ``sample_rate`` hertz.
 
     ``model(x)`` maps a (batch, time) float64 tensor of input volts (driving the
-    independent voltage source ``input_source``) to the voltage at ``output_node``.
+    independent voltage source ``input_source``; without a VIN, the netlist's one LTspice
+    ``wavefile=`` source) to the voltage at ``output_node``.
     """
     if method not in METHODS:
         raise UsageError(f"unknown method '{method}' (available: {', '.join(sorted(METHODS))})")
-    return METHODS[method](load_circuit(path, params), sample_rate, input_source, output_node)
+    circuit = load_circuit(path, params, dialect)
+    return METHODS[method](circuit, sample_rate, circuit.input_source_name(input_source), output_node)
 
 
 def process_stream(

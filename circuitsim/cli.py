@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,10 +31,14 @@ def _parse_set(items: Sequence[str] | None) -> dict[str, float]:
 def _add_circuit_options(p: argparse.ArgumentParser) -> None:
     from circuitsim.api import DEFAULT_METHOD, METHODS
 
-    p.add_argument("netlist", type=Path, help="SPICE netlist (ngspice dialect)")
+    p.add_argument("netlist", type=Path, help="SPICE netlist (ngspice, LTspice or PSpice dialect)")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=sorted(METHODS), help="formulation")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="set a .param value (repeatable)")
-    p.add_argument("--input-source", default="VIN", help="independent voltage source driven by the input")
+    p.add_argument("--input-source", default="VIN",
+                   help="independent voltage source driven by the input (default VIN, else the wavefile= source)")
+    p.add_argument("--dialect", choices=["ngspice", "ltspice", "pspice"], default=None,
+                   help="netlist dialect (default: ngspice, or ltspice when the text has .backanno, wavefile= or "
+                        "pwrs(); docs/netlists.md)")
     p.add_argument("--output-node", default="out", help="node whose voltage is the output")
 
 
@@ -47,7 +52,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise UsageError("--oversample must be a positive integer")
     frames, fs, blocks = wav_blocks(args.input)
     out = args.output or args.input.with_name(f"{args.input.stem}.{args.netlist.stem}.wav")
-    model = load(args.netlist, args.method, fs * args.oversample, params=_parse_set(args.set),
+    model = load(args.netlist, args.method, fs * args.oversample, params=_parse_set(args.set), dialect=args.dialect,
                  input_source=args.input_source, output_node=args.output_node)
     peak, written = 0.0, 0
     with WavWriter(out, fs, overwrite=args.overwrite) as writer, tqdm(
@@ -80,6 +85,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         params=_parse_set(args.set),
         input_source=args.input_source,
         output_node=args.output_node,
+        dialect=args.dialect,
     )
     print(report.table())
     if args.plot is not None:
@@ -153,7 +159,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     fs = data[0].sample_rate
     if any(d.sample_rate != fs for d in data):
         raise UsageError("all recordings must have the same sample rate")
-    model = load(args.netlist, args.method, fs * args.oversample, params=data[0].params,
+    model = load(args.netlist, args.method, fs * args.oversample, params=data[0].params, dialect=args.dialect,
                  input_source=args.input_source, output_node=args.output_node)
     learn = None if args.learn in (None, "all") else [n for n in args.learn.split(",") if n.strip()]
     freeze = [n for n in (args.freeze or "").split(",") if n.strip()]
@@ -245,7 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from circuitsim.errors import CircuitsimError
 
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return args.func(args)
     except CircuitsimError as exc:
         print(f"circuitsim: error: {exc}", file=sys.stderr)
         return 2
@@ -259,6 +267,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception:  # noqa: BLE001 - everything else is a bug: show it as one
         return _internal_error()
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Netlist warnings and notes as one line each (``circuitsim: note: t.cir:2: reading as ltspice ...``)."""
+    from circuitsim.netlist import NetlistWarning
+    from circuitsim.netlist.errors import DialectNote
+
+    if issubclass(category, DialectNote):
+        print(f"circuitsim: note: {message}", file=sys.stderr)
+    elif issubclass(category, NetlistWarning):
+        print(f"circuitsim: warning: {message}", file=sys.stderr)
+    else:
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
+_SHOW_WARNING = warnings.showwarning
 
 
 def _internal_error() -> int:

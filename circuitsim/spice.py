@@ -67,9 +67,9 @@ _STRIP_KEYWORDS = frozenset(
     {
         ".tran", ".ac", ".dc", ".op", ".noise", ".tf", ".disto", ".pz", ".sens", ".four",
         ".fourier", ".meas", ".measure", ".print", ".plot", ".probe", ".save", ".width",
-        ".end", ".sp", ".pss",
+        ".end", ".sp", ".pss", ".backanno", ".step", ".wave",
     }
-)
+)  # the last three are LTspice's: ngspice 39 stops on them ("unimplemented control card")
 _INSTANCE = "acsim_vin"  # XSPICE instances must start with 'a'
 _MODEL = "csim_vin_src"
 _PAD_SAMPLES = 2  # filesource sticks at its last value once it reads past the end of the file
@@ -139,16 +139,28 @@ class _Netlist:
     stmts: list[_Stmt] = field(default_factory=list)
     end_line: int | None = None  # physical line of the top-level .end: ngspice ignores what follows
 
+    dialect: str = "ngspice"
+    words: frozenset[str] = frozenset()  # .param names anywhere (a model value that is one stays a word)
+    undeclared: dict[str, list[str]] = field(default_factory=dict)  # SUBCKT -> names instances pass it
+
     @classmethod
-    def read(cls, path: str | Path) -> _Netlist:
+    def read(cls, path: str | Path, dialect: str | None = None) -> _Netlist:
+        """Read a netlist; outside the ngspice dialect its includes are inlined so they can be rewritten too."""
+        from circuitsim.netlist.parser import read_text
+
         p = Path(path)
         try:
-            text = p.read_text()
+            text = read_text(str(p))  # UTF-16 (LTspice), UTF-8 or Latin-1, as the parser reads it
         except FileNotFoundError:
             raise SpiceError(f"{p}: netlist file not found") from None
-        except (OSError, UnicodeDecodeError) as e:
+        except OSError as e:
             raise SpiceError(f"{p}: cannot read netlist ({e})") from None
-        return cls.parse(text, p)
+        facts = _dialect_facts(p, dialect)
+        if facts[0] != "ngspice":
+            text = "\n".join(_inline_includes(text.splitlines(), p, 0))
+        nl = cls.parse(text, p)
+        nl.dialect, nl.words, nl.undeclared = facts
+        return nl
 
     @classmethod
     def parse(cls, text: str, path: Path) -> _Netlist:
@@ -237,8 +249,11 @@ def _common_edits(nl: _Netlist, params: Mapping[str, float] | None) -> tuple[dic
         elif kw in (".include", ".inc", ".lib"):
             toks = st.text.split(None, 2)
             if len(toks) >= 2:
+                from circuitsim.netlist.parser import library_path
+
                 raw = toks[1].strip("'\"")
-                cand = Path(raw) if os.path.isabs(raw) else base / raw
+                near = library_path(str(nl.path), raw)  # LTspice's own library folders: the file next to it
+                cand = Path(near) if near is not None else Path(raw) if os.path.isabs(raw) else base / raw
                 if kw != ".lib" or len(toks) == 3 or cand.is_file():
                     has_include = True
                     rest = (" " + toks[2]) if len(toks) == 3 else ""
@@ -256,6 +271,8 @@ def _common_edits(nl: _Netlist, params: Mapping[str, float] | None) -> tuple[dic
             new_text = _PARAM_ASSIGN.sub(_override, st.text)  # only the overridden values change
             if new_text != st.text:
                 replace[k] = new_text
+        elif (new := _dialect_rewrite(nl, st)) is not None:
+            replace[k] = new
     missing = sorted(set(overrides) - found)
     if missing and not has_include:
         known = ", ".join(top_params) or "none"
@@ -263,6 +280,101 @@ def _common_edits(nl: _Netlist, params: Mapping[str, float] | None) -> tuple[dic
             f"{nl.path}: no top-level .param named {', '.join(missing)} (top-level .params: {known})"
         )
     return replace, [f".param {m}={_fmt(overrides[m])}" for m in missing]
+
+
+def _dialect_facts(path: Path, dialect: str | None) -> tuple[str, frozenset[str], dict[str, list[str]]]:
+    """What the harness needs to rewrite ngspice's copy: the dialect (given, or detected by the
+    parser), the .param names, and per subcircuit the parameters instances pass without a declaration."""
+    import warnings
+
+    from circuitsim.netlist import NetlistError, parse_file
+    from circuitsim.netlist.ast import Scope, Subckt
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = parse_file(path, dialect)
+    except NetlistError:  # ngspice reports its own error on the unchanged text
+        return dialect or "ngspice", frozenset(), {}
+    words: set[str] = set()
+    undeclared: dict[str, list[str]] = {}
+
+    def walk(scope: Scope, chain: list[Scope]) -> None:
+        words.update(p.name for p in scope.params)
+        if isinstance(scope, Subckt):
+            words.update(scope.defaults)
+        for el in scope.elements:
+            sub = next((s.subckts[el.model] for s in [scope, *chain] if el.kind == "X" and el.model in s.subckts), None)
+            if sub is not None:
+                for key in el.params:
+                    if key not in sub.defaults and key not in undeclared.setdefault(sub.name, []):
+                        undeclared[sub.name].append(key)
+        for sub in scope.subckts.values():
+            walk(sub, [scope, *chain])
+
+    walk(net, [])
+    return net.dialect, frozenset(words), {k: v for k, v in undeclared.items() if v}
+
+
+def _inline_includes(lines: list[str], path: Path, depth: int) -> list[str]:
+    """``.include``/``.lib`` lines replaced by the text they name (sections of ``.lib FILE SECTION`` only)."""
+    from circuitsim.netlist.parser import library_path, read_text
+
+    def words(line: str, n: int) -> list[str]:
+        return [w.lower() for w in line.split()[:n]]
+
+    out: list[str] = []
+    for line in lines:
+        toks = line.split()
+        kw = toks[0].lower() if toks else ""
+        found = None
+        if kw in (".include", ".inc", ".lib") and 1 < len(toks) <= (3 if kw == ".lib" else 2) and depth < 20:
+            found = library_path(str(path), toks[1].strip("'\""))
+        if found is None:
+            out.append(line)
+            continue
+        body = read_text(found).splitlines()
+        if len(toks) == 3:  # .lib FILE SECTION: only the section
+            heads = [i for i, b in enumerate(body) if words(b, 2) == [".lib", toks[2].lower()]]
+            if not heads:
+                out.append(line)
+                continue
+            ends = [i for i, b in enumerate(body) if i > heads[0] and words(b, 1) == [".endl"]]
+            body = body[heads[0] + 1 : ends[0] if ends else len(body)]
+        out.append(f"* {line.strip()}")
+        out.extend(_inline_includes([b for b in body if words(b, 1) != [".end"]], Path(found), depth + 1))
+    return out
+
+
+_POWER_CALL = re.compile(r"\b(pwrs|pwr)(\s*\()", re.IGNORECASE)
+_MODEL_WORD = re.compile(r"(\b[A-Za-z_]\w*\s*=\s*)([A-Za-z_][\w.-]*)(?=[\s,)]|$)")
+
+
+def _dialect_rewrite(nl: _Netlist, st: _Stmt) -> str | None:
+    """ngspice's copy of an LTspice/PSpice statement (None: unchanged).
+
+    - ``pwr(x, y)`` is |x|^y there, ngspice's ``pow``; their ``pwrs`` is ngspice's signed ``pwr``;
+    - a ``.subckt`` gets a ``params:`` declaration of what its instances pass (default 1);
+    - a word value in a ``.model`` card (``mfg=OnSemi``) is quoted: ngspice 39 then ignores it;
+    - a ``wavefile=`` source is 0 V (as the input, the transient replaces it by the audio).
+    """
+    if nl.dialect == "ngspice":
+        return None
+    text, kw = st.text, st.keyword
+    if kw[:1] in ("b", "e", "g") or kw == ".func":
+        new = _POWER_CALL.sub(lambda m: ("pwr" if m.group(1).lower() == "pwrs" else "pow") + m.group(2), text)
+    elif kw == ".subckt" and len(st.tokens) > 1 and st.tokens[1].upper() in nl.undeclared:
+        extra = " ".join(f"{k}=1" for k in nl.undeclared[st.tokens[1].upper()])
+        new = text + (" " if re.search(r"\bparams:", text, re.IGNORECASE) else " params: ") + extra
+    elif kw[:1] == "v" and re.search(r"\bwavefile\s*=", text, re.IGNORECASE) and len(st.tokens) >= 3:
+        new = f"{st.tokens[0]} {st.tokens[1]} {st.tokens[2]} DC 0"  # the input: replaced for a transient
+    elif kw == ".model":
+        new = _MODEL_WORD.sub(
+            lambda m: m.group(0) if m.group(2).lower() in nl.words else f'{m.group(1)}"{m.group(2)}"', text
+        )
+    else:
+        return None
+    return new if new != text else None
 
 
 def _ground(node: str) -> str:
@@ -547,6 +659,7 @@ def transient_ngspice(
     params: Mapping[str, float] | None = None,
     backend: str = "auto",
     timeout: float | None = None,
+    dialect: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """ngspice's own transient time points (seconds) and the output node's voltage (volts) there.
 
@@ -570,7 +683,7 @@ def transient_ngspice(
     tmax = h / 4 if tmax is None else float(tmax)
     if not tmax > 0:
         raise UsageError(f"tmax must be positive, got {tmax}")
-    nl = _Netlist.read(netlist_path)
+    nl = _Netlist.read(netlist_path, dialect)
     be = _resolve_backend(backend)
     with tempfile.TemporaryDirectory(prefix="circuitsim_ngspice_") as tmp:
         work = Path(tmp)
@@ -620,6 +733,7 @@ def simulate_ngspice(
     interpolation: str = "piecewise",
     backend: str = "auto",
     timeout: float | None = None,
+    dialect: str | None = None,
 ) -> np.ndarray:
     """Drive ``input_source`` with ``input_volts`` (volts at ``t = k/sample_rate``) and return the output.
 
@@ -636,7 +750,9 @@ def simulate_ngspice(
     (spline through all points) or "linear" (see the module docstring for their accuracy).
     ``backend`` is "subprocess" (the ngspice executable), "pyspice" (libngspice through
     PySpice) or "auto" (the executable if found).
-    ``timeout`` (seconds) bounds a subprocess run.
+    ``timeout`` (seconds) bounds a subprocess run.  ``dialect`` ('ngspice', 'ltspice', 'pspice'; None
+    detects it as the parser does) decides how ngspice's copy is rewritten (pwr/pwrs, undeclared
+    subcircuit parameters, word values in model cards); docs/netlists.md.
     """
     if interpolation not in ("cubic", "linear", "piecewise"):
         raise UsageError(f"interpolation must be 'cubic', 'linear' or 'piecewise', got '{interpolation}'")
@@ -645,7 +761,7 @@ def simulate_ngspice(
         return np.zeros(0)
     t, y = transient_ngspice(
         netlist_path, x, sample_rate, input_source, output_node, tmax=tmax, reltol=reltol,
-        abstol=abstol, vntol=vntol, params=params, backend=backend, timeout=timeout,
+        abstol=abstol, vntol=vntol, params=params, backend=backend, timeout=timeout, dialect=dialect,
     )
     return _to_samples(t, y, float(sample_rate), len(x), interpolation)
 
@@ -726,6 +842,7 @@ def operating_point_ngspice(
     vntol: float = 1e-9,
     backend: str = "auto",
     timeout: float | None = None,
+    dialect: str | None = None,
 ) -> dict[str, float]:
     """ngspice's DC operating point (``.op``) with the netlist's own source values.
 
@@ -733,7 +850,7 @@ def operating_point_ngspice(
     (``"out"``, ``"xv1.e1"``), and currents (amperes) of voltage sources and other branch
     elements keyed ``"i(name)"`` (``"i(vcc)"``; ngspice's sign: current into the + node).
     """
-    nl = _Netlist.read(netlist_path)
+    nl = _Netlist.read(netlist_path, dialect)
     be = _resolve_backend(backend)
     text = _build_op(nl, params, (reltol, abstol, vntol))
     with tempfile.TemporaryDirectory(prefix="circuitsim_ngspice_") as tmp:

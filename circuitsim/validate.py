@@ -89,12 +89,14 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def compare_dc(model, netlist: str | Path, params: Mapping[str, float] | None = None) -> list[DCResult]:
+def compare_dc(
+    model, netlist: str | Path, params: Mapping[str, float] | None = None, dialect: str | None = None
+) -> list[DCResult]:
     """Our DC operating point against ngspice's ``.op``, on every node and source current both report."""
     from circuitsim.spice import operating_point_ngspice
 
     ours = model.dc_voltages(0.0)
-    theirs = operating_point_ngspice(netlist, params=params)
+    theirs = operating_point_ngspice(netlist, params=params, dialect=dialect)
     out = []
     for key, val in ours.items():
         name = key[2:-1] if key.startswith("v(") else key
@@ -114,6 +116,7 @@ def validate(
     input_source: str = "VIN",
     output_node: str = "out",
     reference_tmax: float | None = None,
+    dialect: str | None = None,
 ) -> ValidationReport:
     """Run ``netlist`` through circuitsim and ngspice on the standard signals at ``sample_rate*oversample``.
 
@@ -121,20 +124,25 @@ def validate(
     ngspice's own error (its steps do not fall on our sample instants, and the input has a
     kink at every sample) is ESR ~2e-7 on the FMV tone stack; at 1/(16 fs) it has converged,
     so what remains is the error of our trapezoidal discretisation (see docs/validation.md).
+    ``dialect`` as for :func:`circuitsim.load` (None: detected); ngspice runs on a copy rewritten
+    for that dialect, never on changed source files (docs/netlists.md).
     """
     from circuitsim.signals import standard_signals
     from circuitsim.spice import simulate_ngspice
 
     fs = sample_rate * oversample
-    model = load(netlist, method, fs, params=params, input_source=input_source, output_node=output_node)
+    model = load(netlist, method, fs, params=params, input_source=input_source, output_node=output_node,
+                 dialect=dialect)
+    dialect = model.circuit.netlist.dialect
+    input_source = model.topology.input_source.name if model.topology.input_source is not None else input_source
     report = ValidationReport(str(netlist), method, fs)
     tmax = reference_tmax if reference_tmax is not None else 1.0 / (16 * fs)
     for name, x in standard_signals(fs, duration).items():
-        ref = simulate_ngspice(netlist, x, fs, input_source, output_node, params=params, tmax=tmax)
+        ref = simulate_ngspice(netlist, x, fs, input_source, output_node, params=params, tmax=tmax, dialect=dialect)
         with torch.no_grad():
             y = model(torch.as_tensor(x)).numpy()
         report.signals.append(
             SignalResult(name, esr(y, ref), float(np.max(np.abs(y - ref))), float(np.max(np.abs(ref - ref[0]))), y, ref)
         )
-    report.dc = compare_dc(model, netlist, params)
+    report.dc = compare_dc(model, netlist, params, dialect)
     return report

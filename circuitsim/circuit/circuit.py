@@ -94,6 +94,16 @@ class Circuit:
         except ValueError:
             raise UnknownNameError(f"no node named '{name}' (nodes: {', '.join(self.nodes)})") from None
 
+    def input_source_name(self, requested: str = "VIN") -> str:
+        """The source the audio drives: ``requested`` when the circuit has it; otherwise, for the
+        default ``VIN``, the one LTspice ``V ... wavefile=FILE`` source (the input as the netlist
+        itself declares it)."""
+        names = {el.name for el in self.elements}
+        if requested.upper() in names or requested.upper() != "VIN":
+            return requested
+        wave = [el.name for el in self.elements if el.source is not None and el.source.waveform == "WAVEFILE"]
+        return wave[0] if len(wave) == 1 else requested
+
     def element(self, name: str) -> FlatElement:
         """An element by (case-insensitive) flattened name, e.g. ``VIN`` or ``XV1.RK``."""
         key = name.upper()
