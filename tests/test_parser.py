@@ -472,6 +472,64 @@ CASES = [
         ],
     ),
     Case(
+        "kicad_potentiometer",
+        "KiCad export\n.title booster\nARV1 Net-_C1-Pad2_ /wiper GND __RV1\n"
+        ".model __RV1 potentiometer( r=100k position=1 )\n"
+        ".model __RV2 potentiometer( r=10k position=.25 log=true log_multiplier=2 )\n"
+        "ARV2 a b c __RV2\nR1 /wiper GND 10k\n",
+        [
+            (lambda n: (find(n, "ARV1").kind, find(n, "ARV1").nodes), ("A", ["net-_c1-pad2_", "/wiper", "0"])),
+            (lambda n: find(n, "ARV1").model, "__RV1"),
+            (lambda n: (n.models["__RV1"].type, {k: num(v) for k, v in n.models["__RV1"].params.items()}),
+             ("POTENTIOMETER", {"R": 1e5, "POSITION": 1.0})),
+            (lambda n: n.models["__RV2"].params["LOG"], Name("true")),
+            (lambda n: num(n.models["__RV2"].params["LOG_MULTIPLIER"]), 2.0),
+            (lambda n: find(n, "R1").nodes, ["/wiper", "0"]),
+        ],
+    ),
+    Case(
+        "current_controlled_sources",
+        "t\nV1 a 0 1\nF1 b 0 V1 2.5\nH1 c GND V1 {2*1k}\nFm d 0 V1 3 m=2\n",
+        [
+            (lambda n: [(e.kind, e.nodes) for e in n.elements[1:]], [("F", ["b", "0"]), ("H", ["c", "0"]),
+                                                                     ("F", ["d", "0"])]),
+            (lambda n: (val(n, "F1"), find(n, "F1").params["CONTROL"]), (2.5, BranchI("V1"))),
+            (lambda n: ev(find(n, "H1").value), 2000.0),
+            (lambda n: num(find(n, "FM").params["M"]), 2.0),
+        ],
+    ),
+    Case(
+        "ltspice_export",
+        "* C:\\Users\\me\\preamp.asc\nV1 N019 0 wavefile=di-cut.wav chan=0\nR1 N019 g 68k\n"
+        "X1 p g k TriodeK MU=96.2 EX=1.4\n.SUBCKT TriodeK A G K\n"
+        "G1 A K VALUE={0.5*(PWR(V(A,K),EX)+PWRS(V(A,K),EX))/MU}\n.ENDS\nC1 k 0 22µ\n.backanno\n",
+        [
+            (lambda n: (n.dialect, n.dialect_note), ("ltspice", "t.cir:2: reading as ltspice (detected from "
+                                                     "'wavefile='; --dialect to override)")),
+            (lambda n: (find(n, "V1").source.waveform, find(n, "V1").source.file), ("WAVEFILE", "di-cut.wav")),
+            (lambda n: num(find(n, "V1").params["CHAN"]), 0.0),
+            (lambda n: {k: num(v) for k, v in find(n, "X1").params.items()}, {"mu": 96.2, "ex": 1.4}),
+            (lambda n: n.subckts["TRIODEK"].defaults, {}),
+            # LTspice pwr(x, y) = |x|^y, pwrs the signed power: 0.5*(pwr+pwrs) is max(x, 0)^ex
+            (lambda n: ev(find(n.subckts["TRIODEK"], "G1").params["VALUE"],
+                          {"ex": 1.5, "mu": 1.0, NodeV("a", "k"): -4.0}), 0.0),
+            (lambda n: ev(find(n.subckts["TRIODEK"], "G1").params["VALUE"],
+                          {"ex": 1.5, "mu": 1.0, NodeV("a", "k"): 4.0}), 8.0),
+            (lambda n: val(n, "C1"), 22e-6),
+        ],
+    ),
+    Case(
+        "vendor_model_card",
+        "t\n.model 1N4148 D(Is=2.52n Rs=.568 N=1.752 Cjo=4p M=.4 tt=20n Iave=200m Vpk=75 mfg=\"OnSemi\" "
+        "type=\"silicon\")\n.model 2N3904 NPN(IS=1E-14 VAF=100 Vceo=40 Icrating=200m mfg=\"NXP\")\n",
+        [
+            (lambda n: {k: num(v) for k, v in n.models["1N4148"].params.items()},
+             {"IS": 2.52e-9, "RS": 0.568, "N": 1.752, "CJO": 4e-12, "M": 0.4, "TT": 20e-9, "IAVE": 0.2, "VPK": 75.0}),
+            (lambda n: n.models["1N4148"].strings, {"MFG": "OnSemi", "TYPE": "silicon"}),
+            (lambda n: (num(n.models["2N3904"].params["ICRATING"]), n.models["2N3904"].strings), (0.2, {"MFG": "NXP"})),
+        ],
+    ),
+    Case(
         "expression_across_continuation",
         "t\nB1 x 0 V={V(b)*\n+ 2.5}\nE1 o+ o- c+ c- 2\n"
         ".subckt A a b params: r={2*g} g=2\nR1 a b {r}\n.ends\n",
@@ -981,3 +1039,46 @@ def test_rewrite_rejects_a_span_that_is_not_a_number() -> None:
     net = parse("t\nR1 a b 1k\n")
     with pytest.raises(ValueError, match="not a number"):
         rewrite_values(net, {Span("t.cir", 2, 0, 2): 1.0})
+
+
+# ---------------------------------------------------------------- dialects
+
+
+@pytest.mark.parametrize("dialect, expected", [("ngspice", -2.0), ("ltspice", 2.0), ("pspice", 2.0)])
+def test_dialect_decides_what_pwr_means(dialect: str, expected: float) -> None:
+    """ngspice's pwr(x, y) is sgn(x)|x|^y; LTspice's and PSpice's is |x|^y (pwrs is signed in all)."""
+    net = parse_string("t\nB1 o 0 V={pwr(V(a), 0.5)}\nB2 p 0 V={pwrs(V(a), 0.5)}\n", "t.cir", dialect=dialect)
+    assert net.dialect == dialect and net.dialect_note is None
+    assert ev(find(net, "B1").params["V"], {NodeV("a"): -4.0}) == expected
+    assert ev(find(net, "B2").params["V"], {NodeV("a"): -4.0}) == -2.0
+
+
+@pytest.mark.parametrize(
+    "text, note",
+    [
+        ("t\nR1 a 0 1k\n.backanno\n", "t.cir:3: reading as ltspice (detected from '.backanno'"),
+        ("t\nB1 o 0 V={pwrs(V(a), 2)}\n", "t.cir:2: reading as ltspice (detected from the function pwrs()"),
+        ("t\nR1 a 0 1k\n* .backanno in a comment\nB1 o 0 V={pwr(V(a), 2)}\n", None),
+    ],
+)
+def test_dialect_detection_note(text: str, note: str | None) -> None:
+    from circuitsim.netlist.errors import DialectNote
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        net = parse_string(text, "t.cir")
+    notes = [str(w.message) for w in seen if issubclass(w.category, DialectNote)]
+    if note is None:
+        assert net.dialect == "ngspice" and net.dialect_note is None and notes == []
+    else:
+        assert net.dialect == "ltspice" and net.dialect_note.startswith(note) and len(notes) == 1
+        assert "\n" not in notes[0] and notes[0] == net.dialect_note
+
+
+def test_ltspice_library_path_falls_back_to_the_file_next_to_the_netlist(tmp_path: Path) -> None:
+    (tmp_path / "koren.lib").write_text(KOREN_NGSPICE)
+    main = tmp_path / "pre.net"
+    main.write_text("* C:\\x\\pre.asc\n.lib C:\\Users\\me\\LTspiceXVII\\lib\\sub\\koren.lib\nX1 p g k 12AX7\n")
+    with pytest.warns(NetlistWarning, match="reading .*koren.lib"):
+        net = parse_file(main)
+    assert "12AX7" in net.subckts and Path(net.subckts["12AX7"].loc.file) == tmp_path / "koren.lib"
