@@ -352,6 +352,16 @@ class _Builder:
             )
         for key, expr in el.params.items():
             flat.params[key] = self.resolve(expr, frame, el.loc)
+        if kind in ("R", "C", "L") and "M" in flat.params and flat.value is not None:
+            # m parallel copies, as ngspice's multiplier: R/m, C*m, L/m
+            flat.value = Binary("*" if kind == "C" else "/", flat.value, flat.params["M"])
+        unmodelled = sorted({"RSER", "LSER", "RPAR", "CPAR", "SCALE"} & set(flat.params))
+        if kind in ("R", "C", "L", "V", "I") and unmodelled:
+            raise NetlistError(
+                f"{name}: {unmodelled[0]}= (LTspice's parasitic of the element) is not supported; ngspice 39 rejects "
+                "it too: write the parasitic as its own element",
+                el.loc,
+            )
         if kind in ("D", "Q"):
             flat.model = self.model(el.model or "", frame, el.loc)
             wanted = {"D": ("D",), "Q": ("NPN", "PNP")}[kind]
