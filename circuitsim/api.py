@@ -14,9 +14,10 @@ from circuitsim.errors import UsageError
 from circuitsim.formulations.base import AbstractCircuitModule
 from circuitsim.formulations.dk import DKModule
 from circuitsim.formulations.mna import MNAModule
+from circuitsim.formulations.wdf import WDFModule
 from circuitsim.netlist import parse_file
 
-METHODS: dict[str, type[AbstractCircuitModule]] = {"mna": MNAModule, "dk": DKModule}
+METHODS: dict[str, type[AbstractCircuitModule]] = {"mna": MNAModule, "dk": DKModule, "wdf": WDFModule}
 DEFAULT_METHOD = "dk"  # DK handles every circuit MNA does (nonlinear charges included), compiled
 
 
