@@ -182,6 +182,26 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_describe(args: argparse.Namespace) -> int:
+    """Print how a formulation sees the circuit: the WDF adaptor tree, or the state, port and nonlinearity sizes."""
+    from circuitsim.api import load
+
+    model = load(args.netlist, args.method, args.sample_rate, params=_parse_set(args.set),
+                 input_source=args.input_source, output_node=args.output_node)
+    topo, nl = model.topology, model.topology.nonlinearity
+    n_charge = sum(1 for _, q in topo.outputs if q)
+    lines = [f"{args.netlist} ({args.method}, {args.sample_rate:g} Hz)"]
+    if hasattr(model, "describe"):
+        lines.append(model.describe())
+    if hasattr(model, "dk"):
+        lines.append(f"states: {model.dk()[1].A.shape[0]}")
+    lines.append(f"MNA unknowns: {topo.size}; sources: {len(topo.sources)}")
+    lines.append(f"nonlinearity: {nl.n_ports} ports, {nl.n_outputs} outputs ({nl.n_outputs - n_charge} currents, "
+                 f"{n_charge} charges), {topo.theta_size} device parameters")
+    print("\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="circuitsim", description="Differentiable white-box audio circuit simulator")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -235,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the fitted netlist if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or report on stdout")
     p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("describe", help="show the formulation's structure (WDF tree; DK sizes)")
+    _add_circuit_options(p)
+    p.add_argument("--sample-rate", type=float, default=48000.0, help="sample rate in hertz (port resistances)")
+    p.set_defaults(func=cmd_describe)
     return parser
 
 
