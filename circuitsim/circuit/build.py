@@ -352,9 +352,13 @@ class _Builder:
             )
         for key, expr in el.params.items():
             flat.params[key] = self.resolve(expr, frame, el.loc)
-        if kind in ("R", "C", "L") and "M" in flat.params and flat.value is not None:
-            # m parallel copies, as ngspice's multiplier: R/m, C*m, L/m
-            flat.value = Binary("*" if kind == "C" else "/", flat.value, flat.params["M"])
+        if kind in ("R", "C", "L", "F", "G") and "M" in flat.params:
+            # m parallel copies, as ngspice's multiplier: R/m, L/m; C, F and G gains times m
+            m = flat.params["M"]
+            if flat.value is not None:
+                flat.value = Binary("/" if kind in ("R", "L") else "*", flat.value, m)
+            if "VALUE" in flat.params:
+                flat.params["VALUE"] = Binary("*", flat.params["VALUE"], m)
         unmodelled = sorted({"RSER", "LSER", "RPAR", "CPAR", "SCALE"} & set(flat.params))
         if kind in ("R", "C", "L", "V", "I") and unmodelled:
             raise NetlistError(
