@@ -38,8 +38,9 @@ class DCBlocker:
     Bilinear transform of ``H(s) = s / (s + wc)`` with the cutoff prewarped,
     ``K = tan(pi fc / fs)``: ``H(z) = g (1 - z^-1) / (1 - a z^-1)`` with ``g = 1 / (1 + K)``,
     ``a = (1 - K) / (1 + K)``, i.e. ``y[n] = a y[n-1] + g (x[n] - x[n-1])``; unity gain at Nyquist.
-    The filter starts in the steady state of a constant input equal to the first sample (``x[-1] = x[0]``, ``y[-1] = 0``): the output starts at 0 V instead of
-    stepping from the bias, so there is no thump.
+    The filter starts in the steady state of a constant input equal to the first sample
+    (``x[-1] = x[0]``, ``y[-1] = 0``): the output starts at 0 V instead of stepping from the
+    bias, so there is no thump.
     """
 
     def __init__(self, cutoff_hz: float, sample_rate: float):
