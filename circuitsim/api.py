@@ -59,35 +59,51 @@ def load(
 
 
 def process_stream(
-    model: AbstractCircuitModule, blocks: Iterable[np.ndarray], oversample: int = 1
+    model: AbstractCircuitModule, blocks: Iterable[np.ndarray], oversample: int = 1, *, hold_edges: bool = False
 ) -> Iterator[np.ndarray]:
     """Run blocks of a long mono signal (volts) through ``model``, oversampling inside, without gradients.
 
     Yields output blocks (volts, at the input rate) whose concatenation is the output of the
     whole signal; memory stays bounded by the block size.  The model must run at
-    ``oversample`` times the input rate.
+    ``oversample`` times the input rate.  The resamplers take the signal as 0 before its start
+    and after its end; ``hold_edges=True`` takes it as its first value instead (input and output
+    alike), so a biased output (a pedal at 4.5 V) does not start with the filters' step response.
     """
     from circuitsim.audio import StreamResampler
 
     up = StreamResampler(oversample, 1) if oversample > 1 else None
     down = StreamResampler(1, oversample) if oversample > 1 else None
     state = None
+    x0 = y0 = None  # the edge values the resamplers see outside the signal (0 unless hold_edges)
 
     def run(xs: np.ndarray) -> np.ndarray:
-        nonlocal state
+        nonlocal state, y0
         if len(xs) == 0:
             return xs
         y, state = model.stream(torch.as_tensor(np.ascontiguousarray(xs, dtype=np.float64)), state)
         y = y.numpy()
-        return down.process(y) if down is not None else y
+        if down is None:
+            return y
+        if y0 is None:
+            y0 = float(y[0]) if hold_edges else 0.0
+        return down.process(y - y0) + y0
+
+    def upsample(block: np.ndarray) -> np.ndarray:
+        nonlocal x0
+        block = np.asarray(block, dtype=np.float64)
+        if up is None:
+            return block
+        if x0 is None and len(block):
+            x0 = float(block[0]) if hold_edges else 0.0
+        return up.process(block - (x0 or 0.0)) + (x0 or 0.0)
 
     with torch.no_grad():
         for block in blocks:
-            yield run(up.process(block) if up is not None else np.asarray(block, dtype=np.float64))
+            yield run(upsample(block))
         if up is not None:
-            yield run(up.flush())
+            yield run(up.flush() + (x0 or 0.0))
         if down is not None:
-            yield down.flush()
+            yield down.flush() + (y0 or 0.0)
 
 
 def _chunks(x: np.ndarray, block: int, progress: Callable[[int], None] | None) -> Iterator[np.ndarray]:

@@ -45,31 +45,66 @@ def _add_circuit_options(p: argparse.ArgumentParser) -> None:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from circuitsim.api import load, process_stream
-    from circuitsim.audio import WavWriter, wav_blocks
+    from circuitsim.analysis.output import (
+        default_oversample,
+        is_nonlinear,
+        latency_ms,
+        listenable,
+        normalise,
+        playback_note,
+    )
+    from circuitsim.api import load, load_circuit, process_stream
+    from circuitsim.audio import AudioExistsError, WavWriter, wav_blocks, write_wav
 
-    if args.oversample < 1:
-        raise UsageError("--oversample must be a positive integer")
+    params = _parse_set(args.set)
     frames, fs, blocks = wav_blocks(args.input)
     out = args.output or args.input.with_name(f"{args.input.stem}.{args.netlist.stem}.wav")
-    model = load(args.netlist, args.method, fs * args.oversample, params=_parse_set(args.set), dialect=args.dialect,
+    if out.exists() and not args.overwrite:
+        raise AudioExistsError(f"{out}: already exists (use --overwrite to replace it)")
+    oversample = args.oversample
+    if oversample is None:  # 1x for linear circuits, 8x against aliasing for nonlinear ones
+        circuit = load_circuit(args.netlist, params, args.dialect)
+        nonlinear, oversample = is_nonlinear(circuit), default_oversample(circuit)
+        if not args.quiet:
+            kind = "nonlinear" if nonlinear else "linear"
+            print(f"oversampling {oversample}x ({kind} circuit; --oversample N to change), "
+                  f"filter latency {latency_ms(oversample, fs):.2f} ms")
+    if oversample < 1:
+        raise UsageError("--oversample must be a positive integer")
+    model = load(args.netlist, args.method, fs * oversample, params=params, dialect=args.dialect,
                  input_source=args.input_source, output_node=args.output_node)
-    peak, written = 0.0, 0
-    with WavWriter(out, fs, overwrite=args.overwrite) as writer, tqdm(
-        total=frames, unit="sample", unit_scale=True, disable=args.quiet, desc=f"simulate ({args.method})"
-    ) as bar:
+    total = peak = 0.0
+    written = 0
+    buffered: list[np.ndarray] = []
+    with tqdm(total=frames, unit="sample", unit_scale=True, disable=args.quiet,
+              desc=f"simulate ({args.method})") as bar:
 
         def scaled():
             for block in blocks:
                 yield block * args.input_volts
                 bar.update(len(block))
 
-        for y in process_stream(model, scaled(), args.oversample):
-            writer.write(y)
-            written += len(y)
-            peak = max(peak, float(np.max(np.abs(y)))) if len(y) else peak
+        ys = listenable(process_stream(model, scaled(), oversample, hold_edges=True), fs, args.ac_couple, args.gain_db)
+        if args.normalize is None:
+            with WavWriter(out, fs, overwrite=args.overwrite) as writer:
+                for y in ys:
+                    writer.write(y)
+                    written, total = written + len(y), total + float(np.sum(y))
+                    peak = max(peak, float(np.max(np.abs(y)))) if len(y) else peak
+        else:  # the peak is known only at the end: the whole output is buffered in memory
+            buffered = [y for y in ys]
+    if args.normalize is not None:
+        y, gain = normalise(np.concatenate(buffered), args.normalize)
+        write_wav(out, y, fs, overwrite=args.overwrite)
+        written, total, peak = len(y), float(np.sum(y)), float(np.max(np.abs(y)))
+        if not args.quiet:
+            print(f"normalised the peak to {args.normalize:g} dBFS (gain {gain:+.2f} dB)")
     if not args.quiet:
-        print(f"wrote {out}: {written} samples at {fs} Hz, peak {peak:.4g} V ({args.method})")
+        mean = total / max(written, 1)
+        print(f"wrote {out}: {written} samples at {fs} Hz, peak {peak:.4g}, mean {mean:.3g} ({args.method})")
+        note = playback_note(mean, peak, args.ac_couple is not None)
+        if note:
+            print(note)
     return 0
 
 
@@ -182,6 +217,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _latency_text() -> str:
+    from circuitsim.analysis.output import latency_ms
+
+    return ", ".join(f"{latency_ms(n):.2f} ms at {n}x" for n in (2, 8, 16)) + " at 48 kHz (measured)"
+
+
 def cmd_describe(args: argparse.Namespace) -> int:
     """Print how a formulation sees the circuit: the WDF adaptor tree, or the state, port and nonlinearity sizes."""
     from circuitsim.api import load
@@ -203,15 +244,28 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from circuitsim import __version__
+    from circuitsim.analysis.output import DEFAULT_AC_COUPLE_HZ, DEFAULT_NORMALIZE_DBFS
+
     parser = argparse.ArgumentParser(prog="circuitsim", description="Differentiable white-box audio circuit simulator")
+    parser.add_argument("--version", action="version", version=f"circuitsim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("simulate", help="render a WAV file through a circuit")
     _add_circuit_options(p)
     p.add_argument("input", type=Path, help="mono WAV (any rate, any bit depth)")
     p.add_argument("-o", "--output", type=Path, help="output WAV (float, volts); default IN.NETLIST.wav")
-    p.add_argument("--oversample", type=int, default=1, help="simulate at N times the input rate")
+    p.add_argument("--oversample", type=int, default=None,
+                   help="simulate at N times the input rate (default: 1 for linear circuits, 8 for nonlinear "
+                        f"ones); the up/down-sampling filters' latency is {_latency_text()}")
     p.add_argument("--input-volts", type=float, default=1.0, help="volts per full-scale input sample")
+    p.add_argument("--ac-couple", type=float, nargs="?", const=DEFAULT_AC_COUPLE_HZ, default=None, metavar="HZ",
+                   help=f"remove DC with a first-order high-pass at HZ (default {DEFAULT_AC_COUPLE_HZ:g} Hz), "
+                        "starting from the output's initial value (no thump)")
+    p.add_argument("--gain-db", type=float, default=0.0, metavar="G", help="multiply the output by G dB")
+    p.add_argument("--normalize", type=float, nargs="?", const=DEFAULT_NORMALIZE_DBFS, default=None,
+                   metavar="DBFS", help=f"scale the peak to DBFS (default {DEFAULT_NORMALIZE_DBFS:g}), after "
+                   "--ac-couple and --gain-db; buffers the whole output in memory")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_simulate)
