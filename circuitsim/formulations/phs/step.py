@@ -1,0 +1,151 @@
+"""The discrete-gradient step of the port-Hamiltonian system, in MNA row space.
+
+Falaize & Hélie 2016 (Applied Sciences 6(10):273), §4: over the step ``[t_{n-1}, t_n]`` the
+storage flows are ``Δx/T`` and the storage efforts the discrete gradient
+``∇_d H(x_{n-1}, x_n)`` (eq. 25); for the quadratic energies of capacitors and inductors this is
+the midpoint ``(s_{n-1} + s_n)/2`` of the storage coordinate ``s`` (capacitor voltage, inductor
+current; eq. 27).  Dissipation ``z(w)`` and the structure J are evaluated at the step's own
+values ``w``, so Kirchhoff's laws hold for the step's efforts and flows and the power balance
+(eq. 30)
+
+    (H(x_n) - H(x_{n-1}))/T + z(w)·w - u·y = 0
+
+holds exactly (to rounding and the Newton tolerance).  In MNA terms (the Dirac structure is
+Kirchhoff's laws written by :class:`~circuitsim.system.mna_system.MNATopology`) the step's node
+voltages and branch currents ``x̄`` solve, with ``Cm = A_s diag(c) A_sᵀ`` (``c = C`` or ``-L``)::
+
+    (G + 2/T Cm) x̄ + Wi f(Nv x̄) = Bu s̄ + 2/T A_s diag(c) s_{n-1}          (Newton on v̄ = Nv x̄)
+    s_n = 2 A_sᵀ x̄ - s_{n-1}                                               (midpoint gradient)
+
+with ``s̄`` the mean of the source values over the step.  On linear circuits ``x̄`` is the mean
+of the trapezoidal rule's ``x_{n-1}`` and ``x_n`` and the two methods coincide (docs/phs.md).
+
+The output at the sample instant ``t_n`` is the circuit's instantaneous solution for the new
+storage state ``s_n`` and the sources ``s(t_n)`` (capacitors as voltage sources, inductors as
+current sources; a second Newton solve when the output depends on a nonlinearity)::
+
+    [[G, Q], [Qᵀ, 0]] [x_n; λ] + [Wi f(Nv x_n); 0] = [Bu s(t_n); R⁺ s_n]
+
+where ``A_s = Q R`` (``Q`` orthonormal) so that dependent states (capacitor loops) are allowed.
+Both solves are written as the nonlinear state-space recursion of the compiled core
+(:func:`circuitsim.kernels.autograd.run_state_space`, Newton on the port voltages and the
+implicit-function adjoint).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from circuitsim.netlist.expr import TORCH_OPS, evaluate
+from circuitsim.system.mna_system import DTYPE, MNAMatrices, MNATopology, _pair
+
+
+@dataclass
+class Storage:
+    """The linear storage of a circuit: incidence ``A_s`` (n, ns) and its structural basis."""
+
+    names: list[str]
+    incidence: torch.Tensor  # (n, ns): capacitor node pairs, inductor branch-current unit vectors
+    inductor: torch.Tensor  # (ns,) bool
+    basis: torch.Tensor  # (n, r) orthonormal basis of range(A_s)
+    recon: torch.Tensor  # (r, ns) with basisᵀ x = recon @ s when s = A_sᵀ x
+
+
+def storage_of(topo: MNATopology) -> Storage:
+    """Capacitors and inductors of the circuit as storage coordinates ``s = A_sᵀ x`` (volts, amperes)."""
+    n = topo.size
+    cols, names, ind = [], [], []
+    for el in topo.circuit.elements:
+        if el.kind not in ("C", "L"):
+            continue
+        col = torch.zeros(n, dtype=DTYPE)
+        if el.kind == "C":
+            for i, c in _pair(el.nodes[0], el.nodes[1]):
+                col[i] = c
+        else:
+            col[topo.branch[el.name]] = 1.0
+        cols.append(col)
+        names.append(el.name)
+        ind.append(el.kind == "L")
+    a = torch.stack(cols, dim=1) if cols else torch.zeros(n, 0, dtype=DTYPE)
+    if cols:
+        u, sv, _ = torch.linalg.svd(a, full_matrices=False)
+        r = int((sv > sv.max() * 1e-10).sum())
+        q = u[:, :r]
+        rr = q.T @ a  # (r, ns), full row rank
+        recon = torch.linalg.solve(rr @ rr.T, rr)
+    else:
+        q, recon = torch.zeros(n, 0, dtype=DTYPE), torch.zeros(0, 0, dtype=DTYPE)
+    return Storage(names, a, torch.tensor(ind, dtype=torch.bool), q, recon)
+
+
+def storage_values(topo: MNATopology, st: Storage, leaves) -> torch.Tensor:
+    """Signed storage coefficients ``c`` (ns,): farads for capacitors, minus henries for inductors."""
+    vals = []
+    for el in topo.circuit.elements:
+        if el.kind == "C":
+            vals.append(torch.as_tensor(evaluate(el.value, leaves, TORCH_OPS), dtype=DTYPE))
+        elif el.kind == "L":
+            vals.append(-torch.as_tensor(evaluate(el.value, leaves, TORCH_OPS), dtype=DTYPE))
+    return torch.stack(vals) if vals else torch.zeros(0, dtype=DTYPE)
+
+
+@dataclass
+class StepMatrices:
+    """The PH step and the instant output as state-space matrices (names as in the kernel)."""
+
+    step: tuple[torch.Tensor, ...]  # (A, B, C, D, E, F, G, H, K): state s, input s̄, y = [s_n; x̄; f]
+    instant: tuple[torch.Tensor, ...]  # state: one dummy, input [s_n; s(t_n)], y = out · x_n
+    instant_nonlinear: bool  # whether the output at the sample instants depends on f
+    x_bar: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x̄ = Xs s + Xu s̄ + Xf f
+    x_inst: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x_n = Xs s_n + Xu s(t_n) + Xf f(v_n)
+
+
+def step_matrices(
+    m: MNAMatrices, st: Storage, c: torch.Tensor, sample_rate: float, energy: bool
+) -> StepMatrices:
+    """Eliminate the MNA unknowns from the step and the instant solve (see the module docstring)."""
+    k = 2.0 * sample_rate
+    a_s = st.incidence
+    ns, nu, nf = a_s.shape[1], m.Bu.shape[1], m.Wi.shape[1]
+    n = m.G.shape[0]
+    cm = (a_s * c) @ a_s.T
+    z = k * (a_s * c)
+    sol = torch.linalg.solve(m.G + k * cm, torch.cat([z, m.Bu, m.Wi], dim=1))
+    pz, pb, pw = sol[:, :ns], sol[:, ns : ns + nu], -sol[:, ns + nu :]
+    eye = torch.eye(ns, dtype=DTYPE)
+    A = 2.0 * a_s.T @ pz - eye
+    B = 2.0 * a_s.T @ pb
+    C = 2.0 * a_s.T @ pw
+    D, E, F = [A], [B], [C]
+    if energy:
+        D += [pz, torch.zeros(nf, ns, dtype=DTYPE)]
+        E += [pb, torch.zeros(nf, nu, dtype=DTYPE)]
+        F += [pw, torch.eye(nf, dtype=DTYPE)]
+    step = (A, B, C, torch.cat(D), torch.cat(E), torch.cat(F), m.Nv @ pz, m.Nv @ pb, m.Nv @ pw)
+
+    q, r = st.basis, st.basis.shape[1]
+    mi = torch.zeros(n + r, n + r, dtype=DTYPE)
+    mi = mi + torch.nn.functional.pad(m.G, (0, r, 0, r))
+    mi[:n, n:] = q
+    mi[n:, :n] = q.T
+    rhs = torch.zeros(n + r, ns + nu + nf, dtype=DTYPE)
+    rhs[n:, :ns] = st.recon
+    rhs = rhs + torch.nn.functional.pad(torch.cat([torch.zeros(n, ns, dtype=DTYPE), m.Bu, m.Wi], dim=1),
+                                        (0, 0, 0, r))
+    xi = torch.linalg.solve(mi, rhs)[:n]
+    xs, xu, xf = xi[:, :ns], xi[:, ns : ns + nu], -xi[:, ns + nu :]
+    hin = m.Nv @ torch.cat([xs, xu], dim=1)
+    e_out = (m.out @ torch.cat([xs, xu], dim=1)).unsqueeze(0)
+    f_out = (m.out @ xf).unsqueeze(0)
+    zero = torch.zeros
+    instant = (zero(1, 1, dtype=DTYPE), zero(1, ns + nu, dtype=DTYPE), zero(1, nf, dtype=DTYPE),
+               zero(1, 1, dtype=DTYPE), e_out, f_out, zero(hin.shape[0], 1, dtype=DTYPE), hin, m.Nv @ xf)
+    # the output ignores f when its coefficients are rounding noise (below 1e-9 V per ampere of device current)
+    nonlinear = nf > 0 and float(f_out.detach().abs().max()) > 1e-9
+    return StepMatrices(step, instant, nonlinear, (pz, pb, pw), (xs, xu, xf))
+
+
+__all__ = ["StepMatrices", "Storage", "step_matrices", "storage_of", "storage_values"]
