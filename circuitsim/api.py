@@ -14,10 +14,12 @@ from circuitsim.errors import UsageError
 from circuitsim.formulations.base import AbstractCircuitModule
 from circuitsim.formulations.dk import DKModule
 from circuitsim.formulations.mna import MNAModule
+from circuitsim.formulations.phs import PHSModule
 from circuitsim.formulations.wdf import WDFModule
 from circuitsim.netlist import parse_file
 
-METHODS: dict[str, type[AbstractCircuitModule]] = {"mna": MNAModule, "dk": DKModule, "wdf": WDFModule}
+METHODS: dict[str, type[AbstractCircuitModule]] = {"mna": MNAModule, "dk": DKModule, "wdf": WDFModule,
+                                                 "phs": PHSModule}
 DEFAULT_METHOD = "dk"  # DK handles every circuit MNA does (nonlinear charges included), compiled
 
 
