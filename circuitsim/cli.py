@@ -73,6 +73,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise UsageError("--oversample must be a positive integer")
     model = load(args.netlist, args.method, fs * oversample, params=params, dialect=args.dialect,
                  input_source=args.input_source, output_node=args.output_node)
+    energy_parts = _energy_hook(args, model)
     total = peak = 0.0
     written = 0
     buffered: list[np.ndarray] = []
@@ -93,6 +94,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                     peak = max(peak, float(np.max(np.abs(y)))) if len(y) else peak
         else:  # the peak is known only at the end: the whole output is buffered in memory
             buffered = [y for y in ys]
+    if energy_parts is not None:
+        _write_energy(args, energy_parts)
     if args.normalize is not None:
         y, gain = normalise(np.concatenate(buffered), args.normalize)
         write_wav(out, y, fs, overwrite=args.overwrite)
@@ -106,6 +109,33 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         if note:
             print(note)
     return 0
+
+
+def _energy_hook(args: argparse.Namespace, model) -> list | None:  # noqa: ANN001
+    """With --energy-report / --energy-plot, collect the PH model's per-sample energy rows."""
+    if args.energy_report is None and args.energy_plot is None:
+        return None
+    if not hasattr(model, "energy_sink"):
+        raise UsageError("--energy-report and --energy-plot need --method phs")
+    for path in (args.energy_report, args.energy_plot):
+        if path is not None and path.exists() and not args.overwrite:
+            raise UsageError(f"{path}: already exists (use --overwrite to replace it)")
+    parts: list = []
+    model.energy_sink = parts.append
+    return parts
+
+
+def _write_energy(args: argparse.Namespace, parts: list) -> None:
+    from circuitsim.formulations.phs import EnergyReport
+
+    report = EnergyReport.concat(parts)
+    if args.energy_report is not None:
+        report.write_csv(args.energy_report)
+    if args.energy_plot is not None:
+        report.plot(args.energy_plot)
+    if not args.quiet:
+        print(f"energy: {len(report.time_s)} samples, largest power-balance residual "
+              f"{abs(report.residual_W).max():.3g} W")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -266,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalize", type=float, nargs="?", const=DEFAULT_NORMALIZE_DBFS, default=None,
                    metavar="DBFS", help=f"scale the peak to DBFS (default {DEFAULT_NORMALIZE_DBFS:g}), after "
                    "--ac-couple and --gain-db; buffers the whole output in memory")
+    p.add_argument("--energy-report", type=Path, metavar="FILE.csv",
+                   help="--method phs: one row per simulated sample, time_s,stored_J,dissipated_W,ports_W,residual_W")
+    p.add_argument("--energy-plot", type=Path, metavar="FILE.png", help="--method phs: plot the energy balance")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_simulate)
