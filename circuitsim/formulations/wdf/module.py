@@ -111,6 +111,12 @@ class WDFModule(AbstractCircuitModule):
                     lines.append(f"{pad}  port {pair(pp)}:")
                     visit(c, s, depth + 2)
                 return
+            kinds = sorted(c.kind for c, _ in item.children if isinstance(c, Leaf))
+            if item.kind == "series" and len(item.children) == 2 and kinds == ["R", "V"]:
+                (v, sv), (r, _) = sorted(item.children, key=lambda cs: cs[0].kind != "V")
+                lines.append(f"{pad}{v.name}+{r.name}: resistive voltage source (series {v.name}, {r.name}) "
+                             f"{ohms(item)}{flip}")
+                return
             names = ", ".join(_elements(item))
             lines.append(f"{pad}{item.kind} adaptor #{item.index} [{names}] {ohms(item)}{flip}".rstrip())
             for c, s in item.children:

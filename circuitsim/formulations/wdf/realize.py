@@ -91,7 +91,7 @@ def root_pass(tree: WDFTree, topo: MNATopology, ad: Adapted, pr: Propagation, sr
             def finish(f: torch.Tensor) -> torch.Tensor:
                 down_pass(tree, ad, pr, child, s * (2.0 * vs - a), src)
                 pr.known.append((p_, q_, vs))
-                for lf, sg in root.chain:
+                for lf, _ in root.chain:
                     pr.known.append((lf.nodes[0], lf.nodes[1], src[lf.channel]))
                 return p
 
@@ -181,7 +181,7 @@ def compose(tree: WDFTree, topo: MNATopology, ad: Adapted, fs: float) -> WDFMatr
     finish(fb)
     y = node_voltage(pr.known, topo.output, src[0])
     nxt = [pr.beta[id(lf)] for lf in tree.states]
-    for k, o in enumerate(lay.charges):
+    for o in lay.charges:
         nxt.append(4.0 * fs * fb[o] - sigma[o])
     nxt_m = torch.stack(nxt) if nxt else eye[:0]
     v = p + (K @ fb if lay.nf else 0.0)

@@ -102,7 +102,7 @@ class Adapter:
 
     def _reuse(self, key_index: int, inputs: list[torch.Tensor], build: Callable[[], object]) -> object:
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-        key = tuple(float(t) for t in inputs)
+        key = tuple(float(t.detach()) for t in inputs)
         hit = self._memo.get(key_index)
         if not grad and hit is not None and hit[0] == key:
             return hit[1]

@@ -1,0 +1,213 @@
+"""Wave digital filters built from the netlist: the same discrete system as DK, tree shape, R-type
+losslessness, knob re-adaptation, gradients against the plain-torch WDF, refusals.
+
+WDF with the bilinear transform and DK with the trapezoidal rule are the same discrete system
+(docs/wdf.md), so every netlist must agree with DK to 1e-9 of the output's peak; DK itself is
+held to ngspice by tests/test_ngspice_acceptance.py at the same rate and signals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from circuitsim.api import load, load_circuit
+from circuitsim.circuit.build import build_circuit
+from circuitsim.cli import main
+from circuitsim.formulations.dk import DKModule
+from circuitsim.formulations.wdf import WDFModule
+from circuitsim.formulations.wdf.oracle import simulate_oracle
+from circuitsim.formulations.wdf.tree import Leaf
+from circuitsim.netlist import NetlistError, parse_string
+from circuitsim.signals import standard_signals
+
+ROOT = Path(__file__).resolve().parents[1]
+NETLISTS = sorted((ROOT / "netlists").glob("*.cir"))
+FS = 48000 * 8
+
+
+def _rel(y: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.max(np.abs(y - ref)) / np.max(np.abs(ref)))
+
+
+@pytest.mark.parametrize("path", NETLISTS, ids=lambda p: p.stem)
+def test_wdf_is_the_dk_system(path: Path) -> None:
+    """Every bundled netlist, the standard signals at 48 kHz x 8: WDF == DK within 1e-9 of the peak."""
+    wdf, dk = load(path, "wdf", FS), load(path, "dk", FS)
+    for name, x in standard_signals(FS, 0.004).items():
+        with torch.no_grad():
+            y_w = wdf(torch.as_tensor(x)).numpy()
+            y_d = dk(torch.as_tensor(x)).numpy()
+        assert _rel(y_w, y_d) < 1e-9, (path.stem, name, _rel(y_w, y_d))
+
+
+def test_fmv_pot_settings_and_streaming() -> None:
+    """FMV at several pot settings (the R-type re-adapts), and block streaming equals one call."""
+    path = ROOT / "netlists" / "fmv_tonestack.cir"
+    wdf, dk = load(path, "wdf", 96000.0), load(path, "dk", 96000.0)
+    x = torch.as_tensor(standard_signals(96000.0, 0.01)["sweep"])
+    for t, b, m in [(0.1, 0.9, 0.3), (0.9, 0.05, 0.95), (0.5, 0.5, 0.5)]:
+        for model in (wdf, dk):
+            model.set_value("treble", t)
+            model.set_value("bass", b)
+            model.set_value("mid", m)
+        with torch.no_grad():
+            assert _rel(wdf(x).numpy(), dk(x).numpy()) < 1e-9
+    with torch.no_grad():
+        y1, st = wdf.stream(x[:400])
+        y2, _ = wdf.stream(x[400:], st)
+        assert _rel(torch.cat([y1, y2]).numpy(), wdf(x).numpy()) < 1e-12
+
+
+BRIDGE = """bridge with an inductor, a current source, a diode across the bridge and a charge
+VIN in 0 DC 0
+IB 0 n1 DC 1m
+R1 in n1 1k
+R2 in n2 2.2k
+R3 n1 0 3.3k
+R4 n2 0 1.5k
+L1 n1 x 10m
+RL x 0 470
+C1 n2 out 100n
+RO out 0 10k
+D1 n1 n2 DX
+.model DX D(Is=1n N=1.8 Rs=5 Cjo=4p Tt=2n)
+.end
+"""
+
+
+def _from_text(text: str, fs: float, cls):  # noqa: ANN001, ANN202
+    return cls(build_circuit(parse_string(text, "bridge.cir")), fs)
+
+
+def test_bridge_with_inductor_current_source_and_charges() -> None:
+    """A non-series-parallel circuit (diode across a bridge) with L, I, RS and junction charges == DK."""
+    wdf = _from_text(BRIDGE, 96000.0, WDFModule)
+    dk = _from_text(BRIDGE, 96000.0, DKModule)
+    assert wdf.layout.charges, "the junction charge must be a state of the root"
+    x = torch.as_tensor(standard_signals(96000.0, 0.01)["pluck_1V"]) * 3.0
+    with torch.no_grad():
+        assert _rel(wdf(x).numpy(), dk(x).numpy()) < 1e-9
+
+
+def test_diode_clipper_tree_is_the_textbook_one(capsys: pytest.CaptureFixture[str]) -> None:
+    """Resistive voltage source in parallel with the capacitor, the diode pair at the root."""
+    assert main(["describe", str(ROOT / "netlists" / "diode_clipper.cir"), "--method", "wdf"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("root: nonlinear one-port (out, 0): D1, D2")
+    assert lines[2].strip().startswith("parallel adaptor")
+    children = sorted(line.strip().split(":")[0] for line in lines[3:5])
+    assert children == ["C1", "VIN+R1"]
+    assert "resistive voltage source" in lines[3] + lines[4]
+    assert "capacitor" in lines[3] + lines[4]
+
+
+def test_describe_dk_sizes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["describe", str(ROOT / "netlists" / "bjt_common_emitter.cir"), "--method", "dk"]) == 0
+    out = capsys.readouterr().out
+    assert "states: 5" in out  # CIN, CF, COUT and the two junction-charge histories
+    assert "nonlinearity: 2 ports, 4 outputs (2 currents, 2 charges)" in out
+
+
+def _fmv_rtype(model: WDFModule):  # noqa: ANN202
+    (rt,) = [a for a in model.tree.adaptors if a.kind == "rtype"]
+    return rt
+
+
+@pytest.mark.parametrize("pots", [(0.5, 0.5, 0.5), (0.05, 0.95, 0.2), (0.99, 0.01, 0.7), (0.3, 0.6, 0.99)])
+def test_fmv_rtype_is_lossless_and_adapted(pots: tuple[float, float, float]) -> None:
+    """Sᵀ G S = G (G: port conductances) to 1e-12 and S_up,up = 0 (Werner et al., DAFx-15, §3)."""
+    model = load(ROOT / "netlists" / "fmv_tonestack.cir", "wdf", 48000.0)
+    for name, v in zip(("treble", "bass", "mid"), pots):
+        model.set_value(name, v)
+    rt = _fmv_rtype(model)
+    with torch.no_grad():
+        ad = model.adapted()
+        d = ad.rtype[id(rt)]
+        r = torch.stack([ad.R[id(c)] for c, _ in rt.children] + [d.R_up])
+    g = torch.diag(1.0 / r)
+    err = (d.S.T @ g @ d.S - g).abs().max() / g.abs().max()
+    assert float(err) < 1e-12
+    assert abs(float(d.S[-1, -1])) < 1e-12
+    assert float((d.S - torch.eye(len(r), dtype=torch.float64)).abs().max()) > 0.1  # not trivially I
+
+
+def test_knob_change_readapts_only_its_path() -> None:
+    model = load(ROOT / "netlists" / "fmv_tonestack.cir", "wdf", 48000.0)
+    x = torch.zeros(16, dtype=torch.float64)
+    by_leaf = {}
+    for a in model.tree.adaptors:
+        for c, _ in a.children:
+            if isinstance(c, Leaf):
+                by_leaf[c.name] = a.index
+    rt = _fmv_rtype(model).index
+    with torch.no_grad():
+        model(x)
+        before = dict(model.adapter.recomputed)
+        model.set_value("treble", 0.2)  # RT1, RT2 in one series adaptor under the R-type
+        model(x)
+        after = dict(model.adapter.recomputed)
+        delta = {k: after[k] - before[k] for k in after}
+        assert delta[by_leaf["RT1"]] == 1 and delta[rt] == 1
+        assert delta[by_leaf["RB"]] == 0  # the bass pot's series adaptor is untouched
+        model(x)  # nothing changed: nothing recomputed
+        assert model.adapter.recomputed == after
+        model.set_value("bass", 0.9)
+        model(x)
+        last = model.adapter.recomputed
+        assert last[by_leaf["RB"]] - after[by_leaf["RB"]] == 1 and last[by_leaf["RT1"]] == after[by_leaf["RT1"]]
+
+
+def _gradients(model: WDFModule, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    params = [p for _, p in model.values() if p.requires_grad]
+    weight = torch.linspace(0.5, 1.5, y.shape[-1], dtype=torch.float64)
+    return list(torch.autograd.grad((y * weight).sum(), [*params, x]))
+
+
+@pytest.mark.parametrize("stem,learn", [
+    ("diode_clipper", ()),
+    ("fmv_tonestack", ("treble", "bass", "mid")),
+    ("ts808_clipping", ("drive",)),
+    ("bjt_common_emitter", ()),
+])
+def test_gradients_match_the_plain_torch_wdf(stem: str, learn: tuple[str, ...]) -> None:
+    """Compiled path (kernel adjoint through the torch wave maps) vs autograd through the plain-torch
+    WDF: every R, C, L, pot, gain and device parameter and the input, within 1e-7 relative."""
+    model = load(ROOT / "netlists" / f"{stem}.cir", "wdf", 96000.0)
+    for name in learn:
+        model.set_kind(name, "learnable")
+    n = 150
+    t = torch.arange(n, dtype=torch.float64) / 96000.0
+    x = (0.8 * torch.sin(2 * torch.pi * 3000.0 * t)).requires_grad_(True)
+    g_fast = _gradients(model, x, model(x))
+    g_ref = _gradients(model, x, simulate_oracle(model, x))
+    names = [nm for nm, p in model.values() if p.requires_grad] + ["input"]
+    assert len(names) >= 4
+    for nm, a, b in zip(names, g_fast, g_ref):
+        scale = float(b.abs().max())
+        assert scale > 0, nm
+        assert float((a - b).abs().max()) <= 1e-7 * scale, (nm, float((a - b).abs().max()) / scale)
+
+
+def test_refuses_what_it_cannot_represent() -> None:
+    text = """inductor current read by a behavioural source
+VIN in 0 DC 0
+R1 in x 1k
+L1 x 0 1m
+B1 out 0 I={I(L1)*2}
+R2 out 0 1k
+.end
+"""
+    with pytest.raises(NetlistError, match="L1") as info:
+        _from_text(text, 48000.0, WDFModule)
+    assert "\n" not in str(info.value)
+
+
+def test_load_and_cli_accept_method_wdf(tmp_path: Path) -> None:
+    model = load(ROOT / "netlists" / "diode_clipper.cir", "wdf", 48000.0)
+    assert isinstance(model, WDFModule)
+    circuit = load_circuit(ROOT / "netlists" / "diode_clipper.cir")
+    assert WDFModule(circuit, 48000.0).tree.root.kind == "nonlinear"
