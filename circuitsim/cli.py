@@ -253,6 +253,19 @@ def _latency_text() -> str:
     return ", ".join(f"{latency_ms(n):.2f} ms at {n}x" for n in (2, 8, 16)) + " at 48 kHz (measured)"
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Frequency response vs ngspice, and for nonlinear circuits distortion and aliasing (docs/analysis.md)."""
+    from circuitsim.analysis.report import analyze
+
+    out = args.output or args.netlist.with_name(f"{args.netlist.stem}.analysis")
+    result = analyze(args.netlist, out, params=_parse_set(args.set), input_source=args.input_source,
+                     output_node=args.output_node, ac_csv=args.ac_csv, sweep=args.sweep, ess=args.ess,
+                     aliasing=not args.no_aliasing, ngspice=not args.no_ngspice)
+    if not args.quiet:
+        print(result.text(), end="")
+    return 0
+
+
 def cmd_describe(args: argparse.Namespace) -> int:
     """Print how a formulation sees the circuit: the WDF adaptor tree, or the state, port and nonlinearity sizes."""
     from circuitsim.api import load
@@ -347,6 +360,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_circuit_options(p)
     p.add_argument("--sample-rate", type=float, default=48000.0, help="sample rate in hertz (port resistances)")
     p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser("analyze", help="frequency response (vs ngspice .ac), distortion and aliasing")
+    p.add_argument("netlist", type=Path, help="SPICE netlist (ngspice dialect)")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="set a .param value (repeatable)")
+    p.add_argument("--input-source", default="VIN", help="independent voltage source driven by the input")
+    p.add_argument("--output-node", default="out", help="node whose voltage is the output")
+    p.add_argument("-o", "--output", type=Path, metavar="DIR", help="folder for the PNG and CSV files "
+                   "(default NETLIST.analysis)")
+    p.add_argument("--ac-csv", type=Path, metavar="FILE",
+                   help="write the response as frequency_hz,magnitude_db,phase_deg (211 log-spaced, 20 Hz-20 kHz)")
+    p.add_argument("--sweep", metavar="KNOB=a:b:n", help="also the response at n knob values from a to b")
+    p.add_argument("--ess", action="store_true", help="harmonic responses H1..H5 by exponential sine sweep")
+    p.add_argument("--no-aliasing", action="store_true", help="skip the aliasing report (1x..16x renders)")
+    p.add_argument("--no-ngspice", action="store_true", help="do not compare with ngspice .ac")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")
+    p.set_defaults(func=cmd_analyze)
     return parser
 
 
