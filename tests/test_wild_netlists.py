@@ -66,11 +66,6 @@ def test_potentiometer_dc_matches_ngspice(tmp_path: Path) -> None:
     assert _dc_matches(path) >= len(POTS) + 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="position 0 leaves 1e-5 ohm between r0 and wiper (cond(G) ~ 5e8): the DC Newton in solvers/newton.py "
-    "never meets its dx test (rounding noise of ~1e-7 V), reported to the solver's owner",
-)
 @pytest.mark.parametrize("position", ["0", "-0.2"])
 def test_potentiometer_at_the_zero_end_stop(tmp_path: Path, position: str) -> None:
     """At the end stop the answer itself is known only to cond(G)*eps; compare to that, after a converged DC."""

@@ -50,6 +50,7 @@ def newton(
     """
     x = x0
     res = float("inf")
+    prev_step = None
     for it in range(1, max_iter + 1):
         f, jac = fn(x)
         res = float(f.abs().max()) if f.numel() else 0.0
@@ -60,9 +61,28 @@ def newton(
         except torch.linalg.LinAlgError:  # singular (e.g. a junction driven far forward): caller falls back
             return NewtonResult(x, it, False, res)
         full = dx
+        step = full.abs().amax(-1)
+        if prev_step is not None and bool((step > 0.5 * prev_step).all()) and _at_rounding_level(f, jac, x, abstol):
+            # no longer contracting and the residual is rounding noise: an ill-conditioned system
+            # (e.g. a 1e-5 ohm pot end stop, cond ~ 5e8) is solved as well as float64 allows
+            return NewtonResult(x, it, True, res)
+        prev_step = step
         if limit is not None:
             dx = limit(x, dx)
         x = x + dx
-        if bool((full.abs().amax(-1) <= reltol * x.abs().amax(-1) + abstol).all()):
+        if bool((step <= reltol * x.abs().amax(-1) + abstol).all()):
             return NewtonResult(x, it, True, res)
     return NewtonResult(x, max_iter, False, res)
+
+
+def _at_rounding_level(f: torch.Tensor, jac: torch.Tensor, x: torch.Tensor, abstol: float) -> bool:
+    """True when every residual row is within rounding of its own terms (a backward error of a few ulps).
+
+    Row ``i`` passes when ``|F_i| <= 8 n eps (|J| |x|)_i + abstol max_j |J_ij|``: the residual is
+    what float64 products of that size leave behind, or what a change of ``abstol`` volts in the
+    unknowns would cause (Higham, "Accuracy and Stability of Numerical Algorithms", 2nd ed., §7.1).
+    """
+    n = x.shape[-1]
+    eps = torch.finfo(x.dtype).eps
+    terms = (jac.abs() @ x.abs().unsqueeze(-1)).squeeze(-1)
+    return bool((f.abs() <= 8 * n * eps * terms + abstol * jac.abs().amax(-1)).all())
