@@ -1,0 +1,77 @@
+"""Compiled STN inference: the recursion of :mod:`circuitsim.stn.model` as one numba loop over samples.
+
+The weights are plain float64 arrays; the knob part of the first layer (``b1 + W1_k k̃``) and
+``g`` at the DC point are folded into constants once per call, so a sample costs two small
+matrix-vector products, ``2 * hidden`` tanh and the readout.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["run_compiled"]
+
+
+@numba.njit(cache=True, fastmath=True)
+def _loop(W1xu, c1, W2, b2, W3, Lxu, sigma, g0, w, x0, u):  # pragma: no cover - compiled
+    B, T = u.shape[0], u.shape[1] - 2
+    ns = x0.shape[1]
+    H = c1.shape[0]
+    y = np.empty((B, T))
+    xf = np.empty((B, ns))
+    h1 = np.empty(H)
+    h2 = np.empty(H)
+    x = np.empty(ns)
+    for b in range(B):
+        for i in range(ns):
+            x[i] = x0[b, i]
+        for n in range(T):
+            up = u[b, n]
+            un = u[b, n + 1]
+            ul = u[b, n + 2]
+            for j in range(H):  # h1 = tanh(b1 + W1 [x̃, ũ[n-1], ũ[n], ũ[n+1], k̃])
+                a = c1[j] + W1xu[j, ns] * up + W1xu[j, ns + 1] * un + W1xu[j, ns + 2] * ul
+                for i in range(ns):
+                    a += W1xu[j, i] * x[i]
+                h1[j] = np.tanh(a)
+            for j in range(H):  # h2 = tanh(b2 + W2 h1)
+                a = b2[j]
+                for i in range(H):
+                    a += W2[j, i] * h1[i]
+                h2[j] = np.tanh(a)
+            acc = w[ns] * un
+            for s in range(ns):  # x̃ += σ (W3 h2 + L z − g(z_dc))
+                d = Lxu[s, ns] * up + Lxu[s, ns + 1] * un + Lxu[s, ns + 2] * ul - g0[s]
+                for i in range(ns):
+                    d += Lxu[s, i] * x[i]
+                for j in range(H):
+                    d += W3[s, j] * h2[j]
+                x[s] = x[s] + sigma[s] * d
+            for s in range(ns):  # y − y_dc = [x̃, ũ] · w
+                acc += w[s] * x[s]
+            y[b, n] = acc
+        for i in range(ns):
+            xf[b, i] = x[i]
+    return y, xf
+
+
+def run_compiled(
+    weights: dict[str, np.ndarray], x0: np.ndarray, u: np.ndarray, k: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised states ``x0`` (B, n_states), inputs ``u`` (B, T+2), knobs ``k`` (n_knobs,) -> (y − y_dc, x_final).
+
+    ``u[:, j]`` is ``ũ[j-1]``: the sample before the first and the look-ahead after the last included.
+
+    ``weights``: the arrays of :meth:`circuitsim.stn.model.STNNet.arrays`; ``y − y_dc`` in volts.
+    """
+    W1, b1, W2, b2, W3, L = (np.asarray(weights[n], dtype=np.float64) for n in ("W1", "b1", "W2", "b2", "W3", "L"))
+    ns = W3.shape[0]
+    k = np.asarray(k, dtype=np.float64).reshape(-1)
+    c1 = b1 + W1[:, ns + 3 :] @ k
+    g0 = W3 @ np.tanh(b2 + W2 @ np.tanh(c1))  # the linear skip's k-part cancels against g(z_dc)
+    rB = np.asarray(weights["rB"], dtype=np.float64).reshape(ns + 1, -1)
+    w = np.asarray(weights["ra"], dtype=np.float64) + rB @ k
+    return _loop(np.ascontiguousarray(W1[:, : ns + 3]), c1, np.ascontiguousarray(W2), b2, np.ascontiguousarray(W3),
+                 np.ascontiguousarray(L[:, : ns + 3]), np.asarray(weights["sigma"], dtype=np.float64), g0, w,
+                 np.ascontiguousarray(x0, dtype=np.float64), np.ascontiguousarray(u, dtype=np.float64))

@@ -1,0 +1,134 @@
+"""The state-trained network (Parker, Esqueda & Bergner, DAFx-19, eq. (6)): x[n] = x[n-1] + f_θ(x[n-1], u[n]).
+
+Coordinates (all normalised, see ``docs/stn.md``)::
+
+    x̃ = (x − x_dc(k)) / s_x      states: deviation from the DC operating point, per-state scale
+    ũ = u / u_scale               input volts over the largest training level (--input-volts)
+    k̃ = (k − k_mid) / k_half      knobs mapped to [-1, 1] over their training range
+    z = [x̃[n-1], ũ[n-1], ũ[n], ũ[n+1], k̃]  three input samples, one of look-ahead (see below)
+
+    g(z) = W3 tanh(W2 tanh(W1 z + b1) + b2) + L z          small tanh MLP plus a linear skip
+    x̃[n] = x̃[n-1] + σ ⊙ (g(z) − g([0, 0, 0, 0, k̃]))        σ = s_Δ / s_x (per-state step scale)
+    y[n] = y_dc(k) + [x̃[n], ũ[n]] · (a + B k̃)               learned linear readout
+
+The input window ``ũ[n-1..n+1]`` is there because the teacher's input between samples ``n-1`` and
+``n`` is the band-limited (sinc, non-causal) interpolation of the samples around them, and the
+recorded states are band-limited by a linear-phase filter: with ``u[n]`` alone the teacher-forcing
+residual of the diode clipper stayed at 3.6 % of the step variance, with ``u[n-1..n+1]`` it fell
+to about 0.2 % (``docs/stn.md``).  The look-ahead costs one sample of latency.
+
+Subtracting ``g`` at the DC point makes the DC operating point an exact fixed point for every
+knob setting; ``x_dc(k)``, ``y_dc(k)`` come from the white-box DC solve of the netlist.  The
+readout is learned (least squares, then trained with the rest), not DK's output equation,
+which would need DK's Newton solve: for the circuits here the output is exactly a linear
+combination of capacitor voltages and the input, which the readout represents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+NU = 3  # input samples seen per step: ũ[n-1], ũ[n], ũ[n+1]
+
+
+@dataclass
+class Normalisation:
+    """Scales of the normalised coordinates (SI units: volts, amperes, knob units)."""
+
+    s_x: np.ndarray  # (n_states,) state scale
+    s_dx: np.ndarray  # (n_states,) scale of one step's state change
+    s_y: float  # output scale (volts), for the loss
+    u_scale: float  # volts
+    k_mid: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    k_half: np.ndarray = field(default_factory=lambda: np.ones(0))
+
+    def to_dict(self) -> dict:
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else float(v)) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Normalisation:
+        return cls(**{k: (np.asarray(v, dtype=np.float64) if isinstance(v, list) else float(v)) for k, v in d.items()})
+
+
+class STNNet(nn.Module):
+    """The network of the module docstring, in torch (training and the differentiable forward)."""
+
+    WEIGHTS = ("W1", "b1", "W2", "b2", "W3", "L", "ra", "rB")
+
+    def __init__(self, n_states: int, n_knobs: int, hidden: int, norm: Normalisation, dtype=torch.float32):
+        super().__init__()
+        nz = n_states + NU + n_knobs
+        self.n_states, self.n_knobs, self.hidden = n_states, n_knobs, hidden
+        self.norm = norm
+        g = torch.Generator().manual_seed(0)
+
+        def init(*shape: int, scale: float) -> nn.Parameter:
+            return nn.Parameter((torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype))
+
+        self.W1 = init(hidden, nz, scale=1.0 / np.sqrt(nz))
+        self.b1 = init(hidden, scale=0.1)
+        self.W2 = init(hidden, hidden, scale=1.0 / np.sqrt(hidden))
+        self.b2 = init(hidden, scale=0.1)
+        self.W3 = init(n_states, hidden, scale=1e-3)
+        self.L = init(n_states, nz, scale=0.0)
+        self.ra = init(n_states + 1, scale=0.0)  # readout: y - y_dc = [x̃, ũ]·(ra + rB k̃)
+        self.rB = init(n_states + 1, n_knobs, scale=0.0)
+        self.register_buffer("sigma", torch.as_tensor(norm.s_dx / norm.s_x, dtype=dtype))
+
+    def g(self, z: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(z @ self.W1.T + self.b1)
+        h = torch.tanh(h @ self.W2.T + self.b2)
+        return h @ self.W3.T + z @ self.L.T
+
+    def g0(self, k: torch.Tensor) -> torch.Tensor:
+        """``g`` at the DC point [0, 0, 0, 0, k̃] for knob vector(s) ``k`` (..., n_knobs)."""
+        zeros = torch.zeros(*k.shape[:-1], self.n_states + NU, dtype=k.dtype, device=k.device)
+        return self.g(torch.cat([zeros, k], dim=-1))
+
+    def increment(self, x: torch.Tensor, u: torch.Tensor, k: torch.Tensor,
+                  g0: torch.Tensor | None = None) -> torch.Tensor:
+        """``g(z) − g(z_dc)`` in units of ``s_Δ``: ``x`` (..., n_states), ``u`` (..., 3) = ũ[n-1..n+1], ``k``."""
+        z = torch.cat([x, u, k], dim=-1)
+        return self.g(z) - (self.g0(k) if g0 is None else g0)
+
+    def readout(self, x: torch.Tensor, u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Output deviation from ``y_dc`` (volts): ``[x̃, ũ] · (a + B k̃)``."""
+        w = self.ra + k @ self.rB.T if self.n_knobs else self.ra
+        return (torch.cat([x, u.unsqueeze(-1)], dim=-1) * w).sum(-1)
+
+    def rollout(self, x0: torch.Tensor, u: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the recursion (differentiable): ``x0`` (B, n_states), ``u`` (B, T+2), ``k`` (B, n_knobs).
+
+        ``u[:, j]`` is ``ũ[j-1]``: one sample before the first (0 from the DC point) and one after the
+        last (the look-ahead, 0 at the end of a signal).  Returns
+        states (B, T, n_states), normalised, and output deviations ``y − y_dc`` (B, T) in volts.
+        """
+        g0 = self.g0(k)
+        x = x0
+        xs = []
+        T = u.shape[1] - 2
+        for n in range(T):
+            x = x + self.sigma * self.increment(x, u[:, n : n + 3], k, g0)
+            xs.append(x)
+        xt = torch.stack(xs, dim=1)
+        kk = k.unsqueeze(1).expand(-1, T, -1)
+        return xt, self.readout(xt, u[:, 1 : T + 1], kk)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The weights as float64 arrays (for the file and the compiled loop)."""
+        out = {n: getattr(self, n).detach().cpu().double().numpy().copy() for n in self.WEIGHTS}
+        out["sigma"] = self.sigma.detach().cpu().double().numpy().copy()
+        return out
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        with torch.no_grad():
+            for n in self.WEIGHTS:
+                p = getattr(self, n)
+                a = torch.as_tensor(np.asarray(arrays[n]), dtype=p.dtype)
+                if a.shape != p.shape:
+                    raise ValueError(f"weight {n} has shape {tuple(a.shape)}, expected {tuple(p.shape)}")
+                p.copy_(a)
