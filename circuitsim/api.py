@@ -15,11 +15,12 @@ from circuitsim.formulations.base import AbstractCircuitModule
 from circuitsim.formulations.dk import DKModule
 from circuitsim.formulations.mna import MNAModule
 from circuitsim.formulations.phs import PHSModule
+from circuitsim.formulations.stn import STNModule
 from circuitsim.formulations.wdf import WDFModule
 from circuitsim.netlist import parse_file
 
 METHODS: dict[str, type[AbstractCircuitModule]] = {"mna": MNAModule, "dk": DKModule, "wdf": WDFModule,
-                                                 "phs": PHSModule}
+                                                 "phs": PHSModule, "stn": STNModule}
 DEFAULT_METHOD = "dk"  # DK handles every circuit MNA does (nonlinear charges included), compiled
 
 
@@ -47,17 +48,25 @@ def load(
     input_source: str = "VIN",
     output_node: str = "out",
     dialect: str | None = None,
+    weights: str | Path | None = None,
 ) -> AbstractCircuitModule:
     """Load a netlist as a ``torch.nn.Module`` running at ``sample_rate`` hertz.
 
     ``model(x)`` maps a (batch, time) float64 tensor of input volts (driving the
     independent voltage source ``input_source``; without a VIN, the netlist's one LTspice
-    ``wavefile=`` source) to the voltage at ``output_node``.
+    ``wavefile=`` source) to the voltage at ``output_node``.  ``weights``: the ``.stn`` file of
+    ``method="stn"`` (docs/stn.md).
     """
     if method not in METHODS:
         raise UsageError(f"unknown method '{method}' (available: {', '.join(sorted(METHODS))})")
+    cls = METHODS[method]
+    extra = {}
+    if getattr(cls, "takes_weights", False):
+        extra["weights"] = weights
+    elif weights is not None:
+        raise UsageError(f"weights (--weights) apply to method 'stn', not '{method}'")
     circuit = load_circuit(path, params, dialect)
-    return METHODS[method](circuit, sample_rate, circuit.input_source_name(input_source), output_node)
+    return cls(circuit, sample_rate, circuit.input_source_name(input_source), output_node, **extra)
 
 
 def process_stream(
@@ -104,6 +113,10 @@ def process_stream(
             yield run(upsample(block))
         if up is not None:
             yield run(up.flush() + (x0 or 0.0))
+        finish = getattr(model, "finish_stream", None)  # a model that reads ahead (STN) owes a last sample
+        if finish is not None and state is not None:
+            y = finish(state).numpy()
+            yield y if down is None else down.process(y - (y0 or 0.0)) + (y0 or 0.0)
         if down is not None:
             yield down.flush() + (y0 or 0.0)
 

@@ -62,6 +62,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise AudioExistsError(f"{out}: already exists (use --overwrite to replace it)")
     oversample = args.oversample
+    if oversample is None and args.method == "stn":  # the STN runs at the WAV's rate (docs/stn.md)
+        oversample = 1
     if oversample is None:  # 1x for linear circuits, 8x against aliasing for nonlinear ones
         circuit = load_circuit(args.netlist, params, args.dialect)
         nonlinear, oversample = is_nonlinear(circuit), default_oversample(circuit)
@@ -72,7 +74,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if oversample < 1:
         raise UsageError("--oversample must be a positive integer")
     model = load(args.netlist, args.method, fs * oversample, params=params, dialect=args.dialect,
-                 input_source=args.input_source, output_node=args.output_node)
+                 input_source=args.input_source, output_node=args.output_node, weights=args.weights)
     energy_parts = _energy_hook(args, model)
     total = peak = 0.0
     written = 0
@@ -136,6 +138,23 @@ def _write_energy(args: argparse.Namespace, parts: list) -> None:
     if not args.quiet:
         print(f"energy: {len(report.time_s)} samples, largest power-balance residual "
               f"{abs(report.residual_W).max():.3g} W")
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from circuitsim.stn import distill
+
+    out = args.output or args.netlist.with_suffix(".stn")
+    result = distill(args.netlist, out, sample_rate=args.sample_rate, input_volts=args.input_volts, knobs=args.knobs,
+                     params=_parse_set(args.set), minutes=args.minutes, hidden=args.hidden, device=args.device,
+                     input_source=args.input_source, output_node=args.output_node, progress=not args.quiet,
+                     overwrite=args.overwrite)
+    if not args.quiet:
+        t = result.metadata["training"]
+        note = " (interrupted: best model so far)" if t["interrupted"] else ""
+        meta = result.metadata
+        print(f"wrote {out}: {len(meta['states'])} states, knobs {list(meta['knobs']) or 'none'}, "
+              f"validation ESR {t['validation_esr']:.3g}, {t['wall_s']:.0f} s on {t['device']}{note}")
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -312,9 +331,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--energy-report", type=Path, metavar="FILE.csv",
                    help="--method phs: one row per simulated sample, time_s,stored_J,dissipated_W,ports_W,residual_W")
     p.add_argument("--energy-plot", type=Path, metavar="FILE.png", help="--method phs: plot the energy balance")
+    p.add_argument("--weights", type=Path, metavar="MODEL.stn",
+                   help="--method stn: the network made by 'circuitsim distill' (docs/stn.md)")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("distill", help="train a neural state-space model (STN) on the circuit's DK model")
+    p.add_argument("netlist", type=Path, help="SPICE netlist")
+    p.add_argument("-o", "--output", type=Path, help="the .stn file (default NETLIST.stn)")
+    p.add_argument("--input-volts", type=float, default=1.0,
+                   help="largest training peak at the input source, volts (levels -40..0 dB re it)")
+    p.add_argument("--knobs", metavar="NAME[=LO:HI][,...]", help="controls the network is conditioned on "
+                   "(.param names; range default 0:1)")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="hold a .param value fixed (repeatable)")
+    p.add_argument("--sample-rate", type=float, default=48000.0, help="rate the STN runs at, hertz (teacher: 8x)")
+    p.add_argument("--minutes", type=float, default=5.0, help="training budget (wall clock, teacher data included)")
+    p.add_argument("--hidden", type=int, default=None, help="MLP width (default 8 + 4 per state, at most 24)")
+    p.add_argument("--device", default=None, help="torch device for training (default cuda when present, else cpu)")
+    p.add_argument("--input-source", default="VIN", help="independent voltage source driven by the input")
+    p.add_argument("--output-node", default="out", help="node whose voltage is the output")
+    p.add_argument("--overwrite", action="store_true", help="replace the .stn file if it exists")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("validate", help="compare against ngspice on the standard signals")
     _add_circuit_options(p)
