@@ -18,7 +18,7 @@ inductors, then current sources; Falaize & Hélie §3.2) labels each branch: tre
     [i_t; v_l] = J [v_t; i_l],   J = [[0, -D], [Dᵀ, 0]]          (exactly skew-symmetric)
 
 A netlist is not realizable when a voltage source closes a loop of voltage sources and
-capacitors, or a current source closes a cutset of current sources and inductors (the
+capacitors, or a current source closes a cutset of inductors and current sources (the
 sub-matrix of eq. 17 to be inverted is singular): those raise a one-line
 :class:`~circuitsim.netlist.NetlistError` naming the branch.  A loop of capacitors alone (or a
 cutset of inductors alone) is realizable: one capacitor's voltage follows from the others
@@ -230,7 +230,7 @@ def analyse(topo: MNATopology) -> PHStructure:
         kinds = {branches[c].kind for c in cut}
         if br.kind == "I":
             raise NetlistError(
-                f"{br.name}: closes a cutset of current sources and inductors ({names(cut) or 'nothing else'}); "
+                f"{br.name}: closes a cutset of inductors and current sources ({names(cut) or 'nothing else'}); "
                 "not realizable as a port-Hamiltonian system (add a parallel resistance)",
                 loc.get(br.name))
         if br.kind == "L" and kinds <= {"I", "L"}:
