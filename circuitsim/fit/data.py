@@ -141,29 +141,6 @@ class Decimator:
         return y if self.factor == 1 else _Decimate.apply(y, self.factor)
 
 
-def segments(x: np.ndarray, y: np.ndarray, length: int, burn_in: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cut aligned (input, target) into overlapping rows of ``burn_in + length`` samples (a batch).
-
-    Row k covers samples ``[k*length - burn_in, (k+1)*length)`` (the first row starts at 0 with no
-    burn-in padding: it is padded with the first input sample); the first ``burn_in`` samples of
-    every row are excluded from the loss.
-    """
-    n = len(x)
-    rows_x, rows_y = [], []
-    for start in range(0, n - length + 1, length):
-        lo = start - burn_in
-        if lo < 0:
-            xs = np.concatenate([np.full(-lo, x[0]), x[: start + length]])
-            ys = np.concatenate([np.full(-lo, y[0]), y[: start + length]])
-        else:
-            xs, ys = x[lo : start + length], y[lo : start + length]
-        rows_x.append(xs)
-        rows_y.append(ys)
-    if not rows_x:
-        raise UsageError(f"segments of {length} samples do not fit in {n} training samples")
-    return np.stack(rows_x), np.stack(rows_y)
-
-
 def upsample(x: np.ndarray, factor: int) -> np.ndarray:
     """Band-limited oversampling of the input (volts) along the last axis."""
     return x.copy() if factor == 1 else oversample(x, factor, axis=-1)
