@@ -228,6 +228,9 @@ def plot_aliasing(path: Path, results: Mapping[str, Sequence]) -> None:
         n = [r.oversample for r in rows]
         a1.semilogx(n, [r.aliased_db for r in rows], "o-", base=2, label=name)
         a2.loglog(n, [r.ns_per_sample for r in rows], "o-", base=2, label=name)
+        a2.set_yscale("log", base=10)
+        for ax in (a1, a2):
+            ax.set_xticks(n, [f"{k}x" for k in n])
     a1.set_xlabel("oversampling factor")
     a1.set_ylabel("aliased / harmonic energy (dB)")
     a2.set_xlabel("oversampling factor")
