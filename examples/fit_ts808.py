@@ -2,12 +2,12 @@
 
     python examples/fit_ts808.py [--workdir DIR] [--seconds S] [--circuitsim]
 
-1. A "pedal" with known values different from the netlist's (R4, C3, C6 and the 1N914's IS
+1. A "pedal" with known values different from the netlist's (R4, C3, C5 and the 1N914's IS
    changed) renders the first seconds of examples/demo_input.wav: with ngspice when it is
    installed (48 kHz x 8, then decimated to 48 kHz as `circuitsim simulate --oversample 8`
    does), else with circuitsim itself (`--circuitsim` forces that).
 2. DIR/pair.wav gets the input (channel 0) and that recording (channel 1), in volts.
-3. `circuitsim fit netlists/ts808.cir --data DIR/pair.wav --learn R4,C3,C6,D1N914.IS --oversample 8`
+3. `circuitsim fit netlists/ts808.cir --data DIR/pair.wav --learn R4,C3,C5,D1N914.IS --oversample 8`
    starts from the netlist's values and writes DIR/ts808.fitted.cir and its report;
    the script prints the fitted values against the known ones.
 docs/fitting.md ("The whole TS-808") shows a run.
@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NETLIST = ROOT / "netlists" / "ts808.cir"
 # the "real pedal": (the netlist's text, the recording's text, the recording's value in SI units)
 TRUE = {"R4": ("R4 n g 4.7k", "R4 n g 5.6k", 5.6e3), "C3": ("C3 g 0 47n", "C3 g 0 39n", 39e-9),
-        "C6": ("C6 wz 0 220n", "C6 wz 0 270n", 270e-9), "D1N914.IS": ("Is=2.52n", "Is=4n", 4e-9)}
-LEARN = "R4,C3,C6,D1N914.IS"
+        "C5": ("C5 t1 0 220n", "C5 t1 0 180n", 180e-9), "D1N914.IS": ("Is=2.52n", "Is=4n", 4e-9)}
+LEARN = "R4,C3,C5,D1N914.IS"
 FS, UP = 48000, 8
 
 
