@@ -103,6 +103,11 @@ def stored_energy(s: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return 0.5 * (s * s * c.abs()).sum(-1)
 
 
+def stored_energy_delta(ds: torch.Tensor, s_op: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``H(s_op + ds) - H(s_op) = Σ |c| ds (ds + 2 s_op)/2`` (joules), exact in the deviation ``ds``."""
+    return 0.5 * (ds * (ds + 2.0 * s_op) * c.abs()).sum(-1)
+
+
 @dataclass
 class EnergyReport:
     """One row per simulated sample (batch item 0): the power balance of docs/phs.md."""
@@ -155,4 +160,4 @@ def read_csv(path: str | Path) -> EnergyReport:
     return EnergyReport(*(data[:, k] for k in range(len(CSV_COLUMNS))))
 
 
-__all__ = ["CSV_COLUMNS", "EnergyReport", "PowerMap", "read_csv", "stored_energy"]
+__all__ = ["CSV_COLUMNS", "EnergyReport", "PowerMap", "read_csv", "stored_energy", "stored_energy_delta"]

@@ -14,8 +14,8 @@ holds exactly (to rounding and the Newton tolerance).  In MNA terms (the Dirac s
 Kirchhoff's laws written by :class:`~circuitsim.system.mna_system.MNATopology`) the step's node
 voltages and branch currents ``x̄`` solve, with ``Cm = A_s diag(c) A_sᵀ`` (``c = C`` or ``-L``)::
 
-    (G + 2/T Cm) x̄ + Wi f(Nv x̄) = Bu s̄ + 2/T A_s diag(c) s_{n-1}          (Newton on v̄ = Nv x̄)
-    s_n = 2 A_sᵀ x̄ - s_{n-1}                                               (midpoint gradient)
+    (G + 2/T Cm) x̄ + Wi f(Nv x̄) = Bu s̄ + 2/T A_s diag(c) s_{n-1}     (PH-1, Newton on v̄ = Nv x̄)
+    s_n = 2 A_sᵀ x̄ - s_{n-1}                                          (PH-2, midpoint gradient)
 
 with ``s̄`` the mean of the source values over the step.  On linear circuits ``x̄`` is the mean
 of the trapezoidal rule's ``x_{n-1}`` and ``x_n`` and the two methods coincide (docs/phs.md).
@@ -24,11 +24,14 @@ The output at the sample instant ``t_n`` is the circuit's instantaneous solution
 storage state ``s_n`` and the sources ``s(t_n)`` (capacitors as voltage sources, inductors as
 current sources; a second Newton solve when the output depends on a nonlinearity)::
 
-    [[G, Q], [Qᵀ, 0]] [x_n; λ] + [Wi f(Nv x_n); 0] = [Bu s(t_n); R⁺ s_n]
+    [[G, Q], [Qᵀ, 0]] [x_n; λ] + [Wi f(Nv x_n); 0] = [Bu s(t_n); R⁺ s_n]        (PH-3)
 
 where ``A_s = Q R`` (``Q`` orthonormal) so that dependent states (capacitor loops) are allowed.
-Both solves are written as the nonlinear state-space recursion of the compiled core
-(:func:`circuitsim.kernels.autograd.run_state_space`, Newton on the port voltages and the
+The step runs in deviations from the DC operating point (``δs = s - s_op``; the DC equations
+``G x_op + Wi f_op = Bu s(0)`` cancel the bias terms exactly), so a 4.5 V bias on a 1 µF capacitor
+does not leave bias-sized rounding in the power balance.  Both solves are written as the
+nonlinear state-space recursion of the compiled core
+(:func:`circuitsim.kernels.autograd.run_state_space`: Newton on the port voltages, the
 implicit-function adjoint).
 """
 
@@ -96,7 +99,7 @@ def storage_values(topo: MNATopology, st: Storage, leaves) -> torch.Tensor:
 class StepMatrices:
     """The PH step and the instant output as state-space matrices (names as in the kernel)."""
 
-    step: tuple[torch.Tensor, ...]  # (A, B, C, D, E, F, G, H, K): state s, input s̄, y = [s_n; x̄; f]
+    step: tuple[torch.Tensor, ...]  # (A..K): state δs, input [δs̄, Nv x_op, f_op], y = [δs_n; δx̄; f]
     instant: tuple[torch.Tensor, ...]  # state: one dummy, input [s_n; s(t_n)], y = out · x_n
     instant_nonlinear: bool  # whether the output at the sample instants depends on f
     x_bar: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x̄ = Xs s + Xu s̄ + Xf f
@@ -116,15 +119,21 @@ def step_matrices(
     sol = torch.linalg.solve(m.G + k * cm, torch.cat([z, m.Bu, m.Wi], dim=1))
     pz, pb, pw = sol[:, :ns], sol[:, ns : ns + nu], -sol[:, ns + nu :]
     eye = torch.eye(ns, dtype=DTYPE)
+    np_ = m.Nv.shape[0]
+    # deviations from the DC point (x_op, f_op), so that no bias-sized terms cancel in the recursion:
+    # state δs = s - s_op, input [s̄ - s(0), Nv x_op, f_op]; M δx̄ + Wi (f - f_op) = Bu δs̄ + Z δs
+    zs = lambda *shape: torch.zeros(*shape, dtype=DTYPE)  # noqa: E731
     A = 2.0 * a_s.T @ pz - eye
-    B = 2.0 * a_s.T @ pb
     C = 2.0 * a_s.T @ pw
+    B = torch.cat([2.0 * a_s.T @ pb, zs(ns, np_), -C], dim=1)
     D, E, F = [A], [B], [C]
-    if energy:
-        D += [pz, torch.zeros(nf, ns, dtype=DTYPE)]
-        E += [pb, torch.zeros(nf, nu, dtype=DTYPE)]
+    if energy:  # rows of δx̄ and of f
+        D += [pz, zs(nf, ns)]
+        E += [torch.cat([pb, zs(n, np_), -pw], dim=1), zs(nf, nu + np_ + nf)]
         F += [pw, torch.eye(nf, dtype=DTYPE)]
-    step = (A, B, C, torch.cat(D), torch.cat(E), torch.cat(F), m.Nv @ pz, m.Nv @ pb, m.Nv @ pw)
+    K = m.Nv @ pw
+    H = torch.cat([m.Nv @ pb, torch.eye(np_, dtype=DTYPE), -K], dim=1)
+    step = (A, B, C, torch.cat(D), torch.cat(E), torch.cat(F), m.Nv @ pz, H, K)
 
     q, r = st.basis, st.basis.shape[1]
     mi = torch.zeros(n + r, n + r, dtype=DTYPE)
