@@ -218,7 +218,8 @@ def ess_harmonics(netlist: str | Path, *, params: Mapping[str, float] | None = N
     band = (f_bins >= f1) & (f_bins <= f2)
     H = np.where(band, Y * np.conj(X) / np.maximum(np.abs(X) ** 2, 1e-30), 0.0)
     h = np.fft.irfft(H, nfft)  # harmonic k's impulse response sits at t = -L ln k (wrapped)
-    f = np.geomspace(f1, f2 / 2, 200) if frequencies is None else np.asarray(frequencies, dtype=np.float64)
+    # away from the sweep's ends, where its fades and the band edge of the deconvolution sit
+    f = np.geomspace(2 * f1, f2 / 2, 200) if frequencies is None else np.asarray(frequencies, dtype=np.float64)
     out = np.zeros((k_max, len(f)), dtype=complex)
     fk = np.fft.rfftfreq(nfft, 1.0 / sample_rate)
     for k in range(1, k_max + 1):
@@ -230,7 +231,7 @@ def ess_harmonics(netlist: str | Path, *, params: Mapping[str, float] | None = N
         seg = h[np.mod(centre + idx, nfft)] * _edge_window(pre, post)
         resp = np.fft.rfft(seg, nfft) * np.exp(2j * np.pi * fk * pre / sample_rate)  # undo the pre samples' delay
         fo = k * f  # the k-th harmonic of excitation f lies at k f
-        ok = fo < min(f2, 0.5 * sample_rate)
+        ok = fo < 0.9 * min(f2, 0.5 * sample_rate)
         out[k - 1, ok] = np.interp(fo[ok], fk, resp.real) + 1j * np.interp(fo[ok], fk, resp.imag)
         out[k - 1, ~ok] = np.nan
     return ESSResult(f, out, amplitude)
