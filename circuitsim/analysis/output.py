@@ -101,6 +101,8 @@ def playback_note(mean: float, peak: float, ac_coupled: bool) -> str | None:
     what = f"DC {mean:+.3g} V" if abs(mean) > 1.0 else f"peak {peak:.3g}"
     if not ac_coupled and abs(mean) > 0.1 * peak:
         fix = "add --ac-couple to remove the DC (and --normalize to set the level)"
+    elif not ac_coupled:
+        fix = "add --normalize (or --gain-db) to bring the level below full scale, --ac-couple for any DC"
     else:
         fix = "add --normalize (or --gain-db) to bring the level below full scale"
     return f"note: the output ({what}) would clip a player, which plays volts as full-scale units; {fix}"
