@@ -1,0 +1,145 @@
+"""Port-Hamiltonian (``--method phs``) against DK: forward speed in the same run, at 48 kHz x 8.
+
+For each reference circuit, on one thread, interleaved so that machine load hits both alike:
+
+- DK forward (compiled Newton per sample), no gradients, best of ``--repeats``;
+- PH forward (the discrete-gradient step on the same compiled core), no gradients, best of ``--repeats``;
+- PH forward with the per-sample energy report (stored energy, dissipated and port power);
+- PH and DK forward + backward with every component value learnable (loss = mean(y^2)).
+
+It prints ns/sample and the ratios PH / DK (issue 9's target: PH forward within 2x of DK's),
+and the largest PH - DK difference (volts) as a check that both ran the same circuit.
+
+    python benchmarks/bench_phs.py [--seconds 0.25] [--repeats 5] [--circuits ...] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from circuitsim.api import load  # noqa: E402
+from circuitsim.netlist import NetlistError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CIRCUITS = ["fmv_tonestack", "ts808_tone", "diode_clipper", "ts808_clipping", "triode_common_cathode", "ts808",
+            "bjt_common_emitter"]
+FS = 48000 * 8
+SECTION = "## Port-Hamiltonian against DK"
+
+
+def _interleaved(fns: dict, repeats: int) -> dict[str, float]:
+    """Best wall-clock seconds of each function, the functions taking turns in every round."""
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
+def bench(stem: str, seconds: float, repeats: int) -> dict | str:
+    path = ROOT / "netlists" / f"{stem}.cir"
+    try:
+        ph = load(path, "phs", FS)
+    except NetlistError as exc:
+        return str(exc).split(": ", 1)[-1]
+    dk = load(path, "dk", FS)
+    n = int(seconds * FS)
+    t = np.arange(n) / FS
+    x = torch.as_tensor(0.5 * np.sin(2 * np.pi * 1000.0 * t)).unsqueeze(0)
+    ph_e = load(path, "phs", FS)
+    ph_e.record_energy = True
+
+    def fwd(model):
+        def go():
+            with torch.no_grad():
+                return model(x)
+        return go
+
+    def fwd_bwd(model):
+        def go():
+            y = model(x)
+            (y ** 2).mean().backward()
+        return go
+
+    y_ph, y_dk = fwd(ph)(), fwd(dk)()  # compile and warm up
+    fwd(ph_e)()
+    fwd_bwd(ph)()
+    fwd_bwd(dk)()
+    best = _interleaved({"dk": fwd(dk), "phs": fwd(ph), "phs_energy": fwd(ph_e), "dk_bwd": fwd_bwd(dk),
+                         "phs_bwd": fwd_bwd(ph)}, repeats)
+    ns = {k: v / n * 1e9 for k, v in best.items()}
+    residual = float(np.abs(ph_e.last_energy.residual_W).max())
+    return {**ns, "diff": float((y_ph - y_dk).abs().max()), "residual": residual}
+
+
+def table(rows: dict[str, dict | str]) -> str:
+    lines = ["| circuit | DK fwd ns/sample | PH fwd ns/sample | PH / DK fwd | PH fwd + energy report ns/sample | "
+             "DK fwd+bwd ns/sample | PH fwd+bwd ns/sample | PH / DK fwd+bwd | max abs PH - DK (V) | "
+             "largest energy residual (W) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for stem, r in rows.items():
+        if isinstance(r, str):
+            lines.append(f"| {stem} | | | refused: {r} | | | | | | |")
+            continue
+        lines.append(f"| {stem} | {r['dk']:.0f} | {r['phs']:.0f} | {r['phs'] / r['dk']:.2f} | {r['phs_energy']:.0f} | "
+                     f"{r['dk_bwd']:.0f} | {r['phs_bwd']:.0f} | {r['phs_bwd'] / r['dk_bwd']:.2f} | {r['diff']:.2e} | "
+                     f"{r['residual']:.1e} |")
+    return "\n".join(lines)
+
+
+def write_section(text: str) -> Path:
+    """Replace this benchmark's section of BENCHMARKS.md (its heading to the next ``## ``) with ``text``."""
+    path = ROOT / "BENCHMARKS.md"
+    old = path.read_text()
+    start = old.find(SECTION)
+    if start < 0:
+        head, tail = old.rstrip("\n") + "\n\n", ""
+    else:
+        nxt = old.find("\n## ", start + len(SECTION))
+        head, tail = old[:start], ("" if nxt < 0 else old[nxt + 1:])
+    path.write_text(head + text.rstrip("\n") + "\n" + ("\n" + tail if tail else ""))
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=0.25, help="seconds of audio at 48 kHz x 8")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--circuits", nargs="*", default=CIRCUITS)
+    ap.add_argument("--write", action="store_true", help="update BENCHMARKS.md's section")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rows = {stem: bench(stem, args.seconds, args.repeats) for stem in args.circuits}
+    text = table(rows)
+    print(text)
+    if args.write:
+        load_avg = os.getloadavg()[0]
+        cmd = "python benchmarks/bench_phs.py --write"
+        cmd += f" --seconds {args.seconds:g}" if args.seconds != 0.25 else ""
+        write_section(
+            f"{SECTION} ({time.strftime('%Y-%m-%d')})\n\n"
+            f"Command: `{cmd}`  \n"
+            f"Machine: {platform.machine()}, {os.cpu_count()} cores, one thread (NUMBA_NUM_THREADS=1, "
+            "torch threads 1), "
+            f"load average {load_avg:.1f} when it ran (shared: best of {args.repeats}, the methods interleaved in each "
+            f"round); Python {platform.python_version()}, torch {torch.__version__}.  \n"
+            f"Input: a 1000 Hz sine of 0.5 V peak, {args.seconds:g} s at {FS} Hz (48 kHz x 8), one batch item. "
+            "Backward: every component value learnable, loss = mean(y^2). Issue 9's target: PH forward within 2x of "
+            "DK's.\n\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
