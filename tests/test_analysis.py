@@ -119,3 +119,13 @@ def test_bad_sweep_is_a_one_line_error(tmp_path, capsys):
     assert main(["analyze", str(ROOT / "fmv_tonestack.cir"), "-o", str(tmp_path), "--sweep", "treble=0:1",
                  "--no-ngspice"]) == 2
     assert capsys.readouterr().err.startswith("circuitsim: error: --sweep expects KNOB=a:b:n")
+
+
+def test_analyze_sweep_on_a_nonlinear_circuit_gives_thd_per_knob(tmp_path, capsys):
+    out = tmp_path / "an"
+    assert main(["analyze", str(ROOT / "ts808_clipping.cir"), "-o", str(out), "--sweep", "drive=0.1:0.9:2",
+                 "--no-aliasing", "--no-ngspice", "-q"]) == 0
+    data = np.loadtxt(out / "sweep_thd.csv", delimiter=",", skiprows=1)
+    assert data.shape == (12, 3)
+    assert data[0, 2] > 2 * data[0, 1]  # at 10 mV, drive 0.9 (gain 108) clips far more than drive 0.1 (gain 22)
+    assert (out / "sweep_thd.png").stat().st_size > 1000

@@ -185,6 +185,26 @@ def analyze(
     res.lines += ["", f"THD of a {hl.f0:g} Hz sine:", head]
     res.lines += [f"{a:>10.3g}{100 * t:>10.3g}{r[0]:>10.1f}{r[1]:>10.1f}" for a, t, r in zip(levels, hl.thd, rel)]
 
+    if sweep:  # the distortion at each knob setting too
+        knob, values = parse_sweep(sweep)
+        thds = [100 * dist.thd_against_level(netlist, levels, params={**params, knob: float(v)},
+                                             input_source=input_source, output_node=output_node,
+                                             sample_rate=sample_rate).thd for v in values]
+        _write_csv(out / "sweep_thd.csv", "input_v," + ",".join(f"{knob}={v:g}_thd_percent" for v in values),
+                   np.column_stack([levels] + thds))
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for v, t in zip(values, thds):
+            ax.loglog(levels, t, "o-", label=f"{knob} = {v:g}")
+        ax.set_xlabel("input sine amplitude (V)")
+        ax.set_ylabel("THD (%)")
+        ax.set_title(f"{netlist.name}: THD of a {hl.f0:g} Hz sine against {knob}", fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "sweep_thd.png", dpi=110)
+        plt.close(fig)
+        res.files += [out / "sweep_thd.png", out / "sweep_thd.csv"]
+
     if aliasing:
         rows = dist.aliasing_report(netlist, **opts, sample_rate=sample_rate)
         res.lines += ["", aliasing_table(rows)]
