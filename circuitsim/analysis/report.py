@@ -104,9 +104,9 @@ def analyze(
     title = f"{netlist.name}: small-signal response at the DC operating point"
     if ngspice:
         from circuitsim.analysis.ngspice_ac import ac_ngspice
-        from circuitsim.spice import ngspice_available
+        from circuitsim.spice import _ngspice_executable
 
-        if ngspice_available():
+        if _ngspice_executable() is not None:  # the .ac runner needs the executable (batch mode)
             ref = ac_ngspice(netlist, **opts)
             ours_at = ac_response(netlist, ref.frequency_hz, model=model)
             res.ac_worst = ours_at.difference(ref)
