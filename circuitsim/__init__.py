@@ -10,6 +10,7 @@ from circuitsim.circuit.circuit import Circuit, ParamKind
 from circuitsim.formulations.base import AbstractCircuitModule
 from circuitsim.netlist import NetlistError
 from circuitsim.solvers.newton import NewtonError
+from circuitsim.stn import distill
 
 __all__ = [
     "METHODS",
@@ -18,6 +19,7 @@ __all__ = [
     "NetlistError",
     "NewtonError",
     "ParamKind",
+    "distill",
     "load",
     "load_circuit",
     "register_method",

@@ -14,7 +14,7 @@ __all__ = ["run_compiled"]
 
 
 @numba.njit(cache=True, fastmath=True)
-def _loop(W1xu, c1, W2, b2, W3, Lxu, sigma, g0, w, x0, u):  # pragma: no cover - compiled
+def _loop(W1xu, c1, W2, b2, W3, Lxu, sigma, xlim, g0, w, x0, u):  # pragma: no cover - compiled
     B, T = u.shape[0], u.shape[1] - 2
     ns = x0.shape[1]
     H = c1.shape[0]
@@ -47,7 +47,7 @@ def _loop(W1xu, c1, W2, b2, W3, Lxu, sigma, g0, w, x0, u):  # pragma: no cover -
                     d += Lxu[s, i] * x[i]
                 for j in range(H):
                     d += W3[s, j] * h2[j]
-                x[s] = x[s] + sigma[s] * d
+                x[s] = min(max(x[s] + sigma[s] * d, -xlim[s]), xlim[s])  # safety limit
             for s in range(ns):  # y − y_dc = [x̃, ũ] · w
                 acc += w[s] * x[s]
             y[b, n] = acc
@@ -73,5 +73,6 @@ def run_compiled(
     rB = np.asarray(weights["rB"], dtype=np.float64).reshape(ns + 1, -1)
     w = np.asarray(weights["ra"], dtype=np.float64) + rB @ k
     return _loop(np.ascontiguousarray(W1[:, : ns + 3]), c1, np.ascontiguousarray(W2), b2, np.ascontiguousarray(W3),
-                 np.ascontiguousarray(L[:, : ns + 3]), np.asarray(weights["sigma"], dtype=np.float64), g0, w,
+                 np.ascontiguousarray(L[:, : ns + 3]), np.asarray(weights["sigma"], dtype=np.float64),
+                 np.asarray(weights.get("x_lim", np.full(ns, np.inf)), dtype=np.float64), g0, w,
                  np.ascontiguousarray(x0, dtype=np.float64), np.ascontiguousarray(u, dtype=np.float64))

@@ -1,4 +1,4 @@
-"""The state-trained network (Parker, Esqueda & Bergner, DAFx-19, eq. (6)): x[n] = x[n-1] + f_θ(x[n-1], u[n]).
+"""The state-trained network (Parker, Esqueda & Bergner, DAFx-19; docs/stn.md (S2)): x[n] = x[n-1] + f_θ(.).
 
 Coordinates (all normalised, see ``docs/stn.md``)::
 
@@ -16,6 +16,9 @@ The input window ``ũ[n-1..n+1]`` is there because the teacher's input between s
 recorded states are band-limited by a linear-phase filter: with ``u[n]`` alone the teacher-forcing
 residual of the diode clipper stayed at 3.6 % of the step variance, with ``u[n-1..n+1]`` it fell
 to about 0.2 % (``docs/stn.md``).  The look-ahead costs one sample of latency.
+
+Outside the training range the network extrapolates; ``x̃`` is limited to 1.5 times the largest
+``|x̃|`` seen in training (per state), so the output stays bounded for any input level.
 
 Subtracting ``g`` at the DC point makes the DC operating point an exact fixed point for every
 knob setting; ``x_dc(k)``, ``y_dc(k)`` come from the white-box DC solve of the netlist.  The
@@ -45,13 +48,16 @@ class Normalisation:
     u_scale: float  # volts
     k_mid: np.ndarray = field(default_factory=lambda: np.zeros(0))
     k_half: np.ndarray = field(default_factory=lambda: np.ones(0))
+    x_lim: np.ndarray | None = None  # (n_states,) safety limit of |x̃|: 1.5 x the largest in training
 
     def to_dict(self) -> dict:
-        return {k: (v.tolist() if isinstance(v, np.ndarray) else float(v)) for k, v in self.__dict__.items()}
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v if v is None else float(v))
+                for k, v in self.__dict__.items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> Normalisation:
-        return cls(**{k: (np.asarray(v, dtype=np.float64) if isinstance(v, list) else float(v)) for k, v in d.items()})
+        return cls(**{k: (np.asarray(v, dtype=np.float64) if isinstance(v, list) else v if v is None else float(v))
+                      for k, v in d.items()})
 
 
 class STNNet(nn.Module):
@@ -78,6 +84,8 @@ class STNNet(nn.Module):
         self.ra = init(n_states + 1, scale=0.0)  # readout: y - y_dc = [x̃, ũ]·(ra + rB k̃)
         self.rB = init(n_states + 1, n_knobs, scale=0.0)
         self.register_buffer("sigma", torch.as_tensor(norm.s_dx / norm.s_x, dtype=dtype))
+        lim = np.full(n_states, np.inf) if norm.x_lim is None else np.asarray(norm.x_lim, dtype=np.float64)
+        self.register_buffer("x_lim", torch.as_tensor(lim, dtype=dtype))
 
     def g(self, z: torch.Tensor) -> torch.Tensor:
         h = torch.tanh(z @ self.W1.T + self.b1)
@@ -113,6 +121,7 @@ class STNNet(nn.Module):
         T = u.shape[1] - 2
         for n in range(T):
             x = x + self.sigma * self.increment(x, u[:, n : n + 3], k, g0)
+            x = torch.minimum(torch.maximum(x, -self.x_lim), self.x_lim)  # safety limit (never reached in training)
             xs.append(x)
         xt = torch.stack(xs, dim=1)
         kk = k.unsqueeze(1).expand(-1, T, -1)
@@ -122,6 +131,7 @@ class STNNet(nn.Module):
         """The weights as float64 arrays (for the file and the compiled loop)."""
         out = {n: getattr(self, n).detach().cpu().double().numpy().copy() for n in self.WEIGHTS}
         out["sigma"] = self.sigma.detach().cpu().double().numpy().copy()
+        out["x_lim"] = self.x_lim.detach().cpu().double().numpy().copy()
         return out
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:

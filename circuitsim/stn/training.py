@@ -1,6 +1,6 @@
 """Distillation: teacher data, then the two training stages of the STN (docs/stn.md).
 
-1. Teacher forcing (Parker, Esqueda & Bergner, DAFx-19, §3): every recorded step
+1. Teacher forcing (Parker, Esqueda & Bergner, DAFx-19; docs/stn.md (S4)): every recorded step
    ``(x[n-1], u[n], k) -> x[n] − x[n-1]`` is an independent regression sample, so the stage is
    parallel over time with any batch size; the linear skip and the readout start from least squares.
 2. Recursive fine-tuning against exposure bias: the recursion runs freely over short windows
@@ -106,6 +106,7 @@ def distill(
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    max_steps: tuple[int, int] | None = None,
 ) -> STNFile:
     """Distil an STN from the netlist's DK model; returns it (and writes ``output`` when given).
 
@@ -115,8 +116,9 @@ def distill(
     fixed.  ``minutes``: wall-clock budget of the whole distillation.  ``hidden``: MLP width
     (default 8 + 4 per state, at most 24).  ``settings``: knob settings (default 6 for one knob);
     ``seconds``: teacher audio per setting (default 24 s shared over the settings, at least 4 s).
-    ``device``: torch device (default CUDA when present, else CPU).  Ctrl-C during training keeps
-    the best model so far.
+    ``device``: torch device (default CUDA when present, else CPU).  ``max_steps``: (teacher-forcing,
+    recursive) step limits, reached before the budget on a fast machine (reproducible runs; the
+    learning-rate schedules then follow the steps).  Ctrl-C during training keeps the best model so far.
     """
     from tqdm import tqdm
 
@@ -177,6 +179,7 @@ def distill(
         s_y=float(np.concatenate([(r.y - r.y_dc).ravel() for r in recs]).std()) or 1.0,
         u_scale=float(input_volts), k_mid=(lo + hi) / 2, k_half=(hi - lo) / 2,
     )
+    norm.x_lim = 1.5 * np.max(np.abs(dev_x), axis=0) / norm.s_x
     data = _normalise(recs, grid, norm)
     val = _normalise(vrecs, grid, norm)
     net = STNNet(ns, len(knob_names), hidden, norm).to(dev)
@@ -209,6 +212,9 @@ def distill(
     best = {"esr": _val_esr(net.arrays(), val), "arrays": net.arrays(), "stage": "least squares"}
     log = {"teacher_s": t_teacher, "stage1_steps": 0, "stage2_steps": 0}
     interrupted = False
+    lim1, lim2 = (int(max_steps[0]), int(max_steps[1])) if max_steps else (1 << 62, 1 << 62)
+    if max_steps:  # the budget is an upper bound then: share it by the step counts' typical costs
+        t1_end = time.monotonic() + left * min(0.5, lim1 / max(lim1 + 20 * lim2, 1))
     bar = tqdm(total=int(left), desc="distil", unit="s", disable=not progress,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s {postfix}")
     tick = time.monotonic()
@@ -226,6 +232,7 @@ def distill(
             best.update(esr=e, arrays=net.arrays(), stage=stage)
         return e
 
+    gen = torch.Generator(device=dev).manual_seed(seed)
     try:
         # ------------------------------------------------------------ stage 1: teacher forcing
         opt = torch.optim.Adam(net.parameters(), lr=3e-3)
@@ -234,11 +241,11 @@ def distill(
         step = 0
         start1 = time.monotonic()
         span1 = max(t1_end - start1, 1e-3)
-        while time.monotonic() < t1_end:
-            frac = (time.monotonic() - start1) / span1
+        while time.monotonic() < t1_end and step < lim1:
+            frac = step / lim1 if max_steps else (time.monotonic() - start1) / span1
             for gr in opt.param_groups:
                 gr["lr"] = 3e-3 * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
-            idx = torch.randint(0, n, (batch,), device=dev)
+            idx = torch.randint(0, n, (batch,), device=dev, generator=gen)
             zb = zt[idx]
             pred = net.increment(zb[:, :ns], zb[:, ns : ns + NU], zb[:, ns + NU :])
             loss = torch.mean((pred - tt[idx]) ** 2)
@@ -262,12 +269,12 @@ def distill(
         start2 = time.monotonic()
         span2 = max(t2_end - start2, 1e-3)
         last_val = time.monotonic()
-        while time.monotonic() < t2_end:
-            frac = (time.monotonic() - start2) / span2
+        while time.monotonic() < t2_end and step < lim2:
+            frac = step / lim2 if max_steps else (time.monotonic() - start2) / span2
             for gr in opt.param_groups:
                 gr["lr"] = 1e-3 * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
-            rows = torch.randint(0, B, (nb,), device=dev)
-            s0 = torch.randint(1, T - win - 1, (nb,), device=dev)
+            rows = torch.randint(0, B, (nb,), device=dev, generator=gen)
+            s0 = torch.randint(1, T - win - 1, (nb,), device=dev, generator=gen)
             ix = s0[:, None] + torch.arange(win, device=dev)
             x0 = xt[rows, s0 - 1]
             iu = torch.cat([ix[:, :1] - 1, ix, ix[:, -1:] + 1], dim=1)  # ũ[n-1] .. ũ[n+1] around the window
@@ -279,7 +286,7 @@ def distill(
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
             step += 1
-            if time.monotonic() - last_val > 10.0:
+            if (step % 50 == 0) if max_steps else (time.monotonic() - last_val > 10.0):
                 last_val = time.monotonic()
                 advance(stage=2, loss=loss.item(), val_esr=keep("recursive"), best_esr=best["esr"])
             else:
