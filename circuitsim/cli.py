@@ -1,4 +1,4 @@
-"""Command line: ``circuitsim simulate|validate|fit ...`` (README, "Using it").  Never shows a traceback for bad input."""
+"""Command line: ``circuitsim simulate|validate|fit|analyze ...`` (README, "Using it"); no traceback for bad input."""
 
 from __future__ import annotations
 
