@@ -63,6 +63,27 @@ def fitted_values(path: Path) -> dict[str, float]:
     return {name: c.params[name].value for name in TRUE}
 
 
+def make_pair_and_fit(work: Path, seconds: float, use_ngspice: bool) -> tuple[dict[str, float], Path]:
+    """Record ``seconds`` of the demo input through the TRUE pedal into ``work``/pair.wav and fit it.
+
+    Returns the fitted values (by name) and the fitted netlist's path.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    x, fs = read_wav(ROOT / "examples" / "demo_input.wav")
+    assert fs == FS
+    x = x[: int(seconds * FS)]
+    y = record(x, use_ngspice, work)
+    pair = work / "pair.wav"
+    write_wav(pair, np.column_stack([x, y]), FS, overwrite=True, subtype="DOUBLE")
+    print(f"recorded {len(x) / FS:g} s with {'ngspice' if use_ngspice else 'circuitsim'}: {pair}")
+    out = work / "ts808.fitted.cir"
+    rc = cli(["fit", str(NETLIST), "--data", str(pair), "--learn", LEARN, "--oversample", str(UP),
+              "-o", str(out), "--overwrite", "-q"])
+    if rc != 0:
+        raise SystemExit(rc)
+    return fitted_values(out), out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=None, help="where pair.wav and the fit go (default: a temp dir)")
@@ -73,20 +94,7 @@ def main() -> None:
 
     use_ngspice = ngspice_available() and not args.circuitsim
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fit_ts808_"))
-    work.mkdir(parents=True, exist_ok=True)
-    x, fs = read_wav(ROOT / "examples" / "demo_input.wav")
-    assert fs == FS
-    x = x[: int(args.seconds * FS)]
-    y = record(x, use_ngspice, work)
-    pair = work / "pair.wav"
-    write_wav(pair, np.column_stack([x, y]), FS, overwrite=True, subtype="DOUBLE")
-    print(f"recorded {len(x) / FS:g} s with {'ngspice' if use_ngspice else 'circuitsim'}: {pair}")
-    out = work / "ts808.fitted.cir"
-    rc = cli(["fit", str(NETLIST), "--data", str(pair), "--learn", LEARN, "--oversample", str(UP),
-              "-o", str(out), "--overwrite", "-q"])
-    if rc != 0:
-        raise SystemExit(rc)
-    got = fitted_values(out)
+    got, out = make_pair_and_fit(work, args.seconds, use_ngspice)
     start = fitted_values(NETLIST)
     print(f"\n{'value':<12}{'netlist':>12}{'true':>12}{'fitted':>12}{'error':>10}")
     for name, (_, _, true) in TRUE.items():
