@@ -21,8 +21,8 @@ picks the smallest ``k`` whose bound is below ``OMEGA_TOL`` and the caller falls
 the compiled core when none up to ``MAX_OMEGA_STEPS`` is (docs/wdf.md).  No Newton iteration runs.
 
 Wright omega (Lawrence, Corless & Jeffrey, ACM TOMS 38(3), 2012, "Algorithm 917", §3–4): the
-series/asymptotic starting values of their regions, then the fourth-order Fritsch–Shafer–Crowley
-iteration, twice (once when warm-started from the previous omega evaluation of the same sample).
+series/asymptotic starting values of their regions (or the previous sample's value), then the
+fourth-order Fritsch–Shafer–Crowley iteration until its residual shows machine precision.
 """
 
 from __future__ import annotations
@@ -36,35 +36,52 @@ from numba import njit
 
 from circuitsim.devices.constants import CONST_E, EXP_LIMIT
 
-OMEGA_TOL = 1e-12  # volts: bound on the explicit root's error (DK agreement 1e-9 of peak needs >= 1 mV peak)
+OMEGA_TOL = 1e-11  # volts: bound on the explicit root's error (1e-9 of a 10 mV peak)
 MAX_OMEGA_STEPS = 6
 
 
 # --------------------------------------------------------------------------- Wright omega
-@njit(cache=True, inline="always")
-def _fsc(x: float, w: float) -> float:
-    r = x - w - math.log(w)
-    wp1 = 1.0 + w
-    t = wp1 * (wp1 + (2.0 / 3.0) * r)
-    return w * (1.0 + (r / wp1) * (t - 0.5 * r) / (t - r))
+@njit(cache=True, inline="always", error_model="numpy")
+def _omega_refine(x: float, w: float) -> float:
+    """Fritsch-Shafer-Crowley steps from ``w`` until the relative error is at machine precision.
+
+    ``r = x - w - ln w`` estimates the relative error of ``w`` as ``r / (1 + w)``; one FSC step maps a
+    relative error ``e`` to O(e^4) (Lawrence et al. 2012, §4), so a step from ``|e| < 2e-4`` ends below
+    1e-15 and the loop stops after it.
+    """
+    for _ in range(6):
+        r = x - w - math.log(w)
+        wp1 = 1.0 + w
+        t = wp1 * (wp1 + (2.0 / 3.0) * r)
+        w = w + w * r * (t - 0.5 * r) / (wp1 * (t - r))
+        if abs(r) < 2e-4 * wp1:
+            break
+    return w
 
 
-@njit(cache=True)
-def wright_omega(x: float) -> float:
-    """omega(x) for real x: the solution w of ``w + ln w = x`` (Lambert W of exp(x))."""
-    if x < -700.0:
-        return math.exp(x)
+@njit(cache=True, error_model="numpy")
+def omega_guess(x: float) -> float:
+    """Starting value of omega(x) by region (Lawrence et al. 2012, §3): exp series, Taylor at 1, asymptotic."""
     if x < -2.0:
         e = math.exp(x)
-        w = e * (1.0 - e * (1.0 - 1.5 * e))
-    elif x <= 1.0:
+        return e * (1.0 - e * (1.0 - 1.5 * e))
+    if x <= 1.0:
         y = x - 1.0
-        w = 1.0 + y * (0.5 + y * (1.0 / 16.0 + y * (-1.0 / 192.0 + y * (-1.0 / 3072.0 + y * (13.0 / 61440.0)))))
-    else:
-        lx = math.log(x)
-        w = x - lx + lx / x
-    w = _fsc(x, w)
-    return _fsc(x, w)
+        return 1.0 + y * (0.5 + y * (1.0 / 16.0 + y * (-1.0 / 192.0 + y * (-1.0 / 3072.0 + y * (13.0 / 61440.0)))))
+    lx = math.log(x)
+    return x - lx + lx / x
+
+
+@njit(cache=True, error_model="numpy")
+def wright_omega(x: float, w0: float = -1.0) -> float:
+    """omega(x) for real x: the solution w of ``w + ln w = x`` (Lambert W of exp(x)).
+
+    ``w0 > 0`` is a warm start (e.g. the previous sample's value); otherwise the regional guess.
+    """
+    if x < -700.0:
+        return math.exp(x)
+    w = w0 if w0 > 0.0 else omega_guess(x)
+    return _omega_refine(x, w)
 
 
 @njit(cache=True, inline="always")
@@ -87,33 +104,53 @@ def _pn_d(vd: float, isat: float, vte: float) -> tuple:
     return -isat * (1.0 + a3), isat * 3.0 * a3 / vd, -(1.0 + a3), -isat * 3.0 * a3 / vte
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _solve_u(c0: float, R: float, onerg: float, has_p: bool, isp: float, vp: float, lnk: float,
-             has_s: bool, iss: float, vs: float, steps: int) -> tuple:
-    """The root in the frame of the forward-biased diode: returns (u, w of the last omega evaluation)."""
+             has_s: bool, iss: float, vs: float, steps: int, linear: bool, w0: float, invk: float) -> tuple:
+    """The root in the frame of the forward-biased diode: returns (u, exp(u/VP) or 0).
+
+    Full mode: ``steps`` omega evaluations of the fixed point.  Linearised mode (``linear``): one
+    omega evaluation, then ``steps - 1`` corrections ``u = u1 - U'(c0) R r(u)`` with
+    ``U' = 1 / ((1 + R g)(1 + omega))``; the caller allows it only where its bound holds.
+    ``w0``: warm start of the first omega evaluation, or -1 (the regional guess; a warm start from
+    another sample can be far enough off for the FSC step to leave the domain).  Later evaluations
+    start from the previous one, whose argument differs by at most ``R IsS / VP``.
+    """
     rs = 0.0
     u = 0.0
-    w = 0.0
-    for k in range(steps):
+    w = w0
+    ex = 0.0
+    if linear and has_p:
+        mu = (c0 + R * isp) / (onerg * vp)
+        w = wright_omega(mu + lnk, w)
+        u1 = vp * (mu - w)
+        u = u1
+        if has_s:
+            du = R / (onerg * (1.0 + w))
+            for _ in range(steps - 1):
+                u = u1 + du * _pn(-u, iss, vs)
+        d = (u - u1) / vp  # |d| < 1e-5: exp(d) to second order is exact to rounding
+        ex = w * invk * (1.0 + d * (1.0 + 0.5 * d))
+        return u, ex, w
+    for _ in range(steps):
         c = c0 - R * rs
         if has_p:
             mu = (c + R * isp) / (onerg * vp)
-            x = mu + lnk
-            if k == 0:
-                w = wright_omega(x)
-            else:  # warm start: the argument moved by about R*IsS/VP
-                w = _fsc(x, _fsc(x, w))
+            w = wright_omega(mu + lnk, w)
             u = vp * (mu - w)
         else:
             u = c / onerg
         if not has_s:
             break
         rs = -_pn(-u, iss, vs)
-    return u, w
+    if has_p:
+        ex = w * invk  # exp(u/VP) = omega/kappa at the last evaluation
+    return u, ex, w
 
 
-@njit(cache=True)
-def omega_forward(A, B, C, D, E, F, G, H, K, dp, sign, u, x0, steps, v_out, x_out, y, x_final):  # noqa: ANN001
+@njit(cache=True, error_model="numpy")
+def omega_forward(A, B, C, D, E, F, G, H, K, dp, sign, u, x0, steps, linear, v_out, x_out, y,  # noqa: ANN001
+                  x_final):
     """Forward loop with the explicit root.  ``dp`` (Nf, 3): Is, N*Vt, GMIN per diode; ``sign`` (Nf,).
 
     Saves the port voltage ``v_out`` (batch, T) and the states ``x_out`` (batch, T, Nx) for the adjoint.
@@ -135,6 +172,7 @@ def omega_forward(A, B, C, D, E, F, G, H, K, dp, sign, u, x0, steps, v_out, x_ou
             i_rev = o
     lnk_f = math.log(R * dp[i_fwd, 0] / (onerg * dp[i_fwd, 1])) if i_fwd >= 0 else 0.0
     lnk_r = math.log(R * dp[i_rev, 0] / (onerg * dp[i_rev, 1])) if i_rev >= 0 else 0.0
+    ik_f, ik_r = math.exp(-lnk_f), math.exp(-lnk_r)  # 1/kappa: exp(u/VP) = omega/kappa
     bad = 0
     x = np.empty(nx)
     xn = np.empty(nx)
@@ -149,14 +187,15 @@ def omega_forward(A, B, C, D, E, F, G, H, K, dp, sign, u, x0, steps, v_out, x_ou
             for j in range(nu):
                 p += H[0, j] * u[b, n, j]
             if p >= 0.0:
-                ip, is_, lnk, sg = i_fwd, i_rev, lnk_f, 1.0
+                ip, is_, lnk, invk, sg = i_fwd, i_rev, lnk_f, ik_f, 1.0
             else:
-                ip, is_, lnk, sg = i_rev, i_fwd, lnk_r, -1.0
+                ip, is_, lnk, invk, sg = i_rev, i_fwd, lnk_r, ik_r, -1.0
             isp = dp[ip, 0] if ip >= 0 else 0.0
             vp = dp[ip, 1] if ip >= 0 else 1.0
             iss = dp[is_, 0] if is_ >= 0 else 0.0
             vs = dp[is_, 1] if is_ >= 0 else 1.0
-            uu, w = _solve_u(sg * p, R, onerg, ip >= 0, isp, vp, lnk, is_ >= 0, iss, vs, steps)
+            uu, ex, _ = _solve_u(sg * p, R, onerg, ip >= 0, isp, vp, lnk, is_ >= 0, iss, vs, steps, linear, -1.0,
+                                 invk)
             v = sg * uu
             v_out[b, n] = v
             for o in range(nf):
@@ -164,7 +203,7 @@ def omega_forward(A, B, C, D, E, F, G, H, K, dp, sign, u, x0, steps, v_out, x_ou
                 if o == ip:
                     if uu > EXP_LIMIT * vp:
                         bad += 1
-                    f[o] = isp * (w * math.exp(-lnk) - 1.0)  # exp(u/VP) = omega/kappa at the root
+                    f[o] = isp * (ex - 1.0)
                 else:
                     f[o] = _pn(vd, dp[o, 0], dp[o, 1])
                 f[o] += dp[o, 2] * vd
@@ -193,7 +232,7 @@ def omega_forward(A, B, C, D, E, F, G, H, K, dp, sign, u, x0, steps, v_out, x_ou
     return bad
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def omega_backward(A, B, C, D, E, F, G, H, K, dp, sign, u, v_s, x_s, gy, gx, dm, ddp, du, dx0):  # noqa: ANN001
     """Discrete adjoint of :func:`omega_forward` at its solutions (implicit function theorem at the root).
 
@@ -283,7 +322,7 @@ def omega_backward(A, B, C, D, E, F, G, H, K, dp, sign, u, v_s, x_s, gy, gx, dm,
             dx0[b, i] = xb[i]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def linear_forward(A, B, D, E, u, x0, x_out, y, x_final, save):  # noqa: ANN001
     """``y = D x + E s``, ``x' = A x + B s`` per sample (a WDF without nonlinearity)."""
     nb, T, nu = u.shape
@@ -315,10 +354,14 @@ def linear_forward(A, B, D, E, u, x0, x_out, y, x_final, save):  # noqa: ANN001
             x_final[b, i] = x[i]
 
 
-@njit(cache=True)
-def linear_backward(A, B, D, E, u, x_s, gy, gx, dA, dB, dD, dE, du, dx0):  # noqa: ANN001
-    """Adjoint of :func:`linear_forward`: ``xbar[n] = A' xbar[n+1] + D' ybar[n]``, ``ubar = B' xbar + E' ybar``."""
-    nb, T, nu = u.shape
+@njit(cache=True, error_model="numpy")
+def linear_adjoint(A, D, gy, gx, xbar_next, dx0):  # noqa: ANN001
+    """Adjoint recursion of :func:`linear_forward`: ``xbar[n] = A' xbar[n+1] + D' ybar[n]``.
+
+    Stores ``xbar[n+1]`` per sample in ``xbar_next`` (batch, T, Nx); the matrix and input gradients are
+    then products of whole trajectories (:class:`LinearFunction`), outside the serial loop.
+    """
+    nb, T = gy.shape
     nx = A.shape[0]
     xb = np.empty(nx)
     xbn = np.empty(nx)
@@ -328,18 +371,7 @@ def linear_backward(A, B, D, E, u, x_s, gy, gx, dA, dB, dD, dE, du, dx0):  # noq
         for n in range(T - 1, -1, -1):
             ybar = gy[b, n]
             for i in range(nx):
-                xi = x_s[b, n, i]
-                for k in range(nx):
-                    dA[k, i] += xb[k] * xi
-                dD[0, i] += ybar * xi
-            for j in range(nu):
-                uj = u[b, n, j]
-                acc = E[0, j] * ybar
-                for k in range(nx):
-                    dB[k, j] += xb[k] * uj
-                    acc += B[k, j] * xb[k]
-                dE[0, j] += ybar * uj
-                du[b, n, j] = acc
+                xbar_next[b, n, i] = xb[i]
             for i in range(nx):
                 acc = D[0, i] * ybar
                 for k in range(nx):
@@ -351,18 +383,50 @@ def linear_backward(A, B, D, E, u, x_s, gy, gx, dA, dB, dD, dE, du, dx0):  # noq
             dx0[b, i] = xb[i]
 
 
-def omega_steps(R: float, dp: np.ndarray) -> int | None:
-    """Omega evaluations per sample for an error bound below OMEGA_TOL volts, or None (use Newton).
+@njit(cache=True, error_model="numpy")
+def linear_grads(B, E, u, x_s, gy, xbar_next, dA, dB, dD, dE, du):  # noqa: ANN001
+    """Matrix and input gradients from the trajectories (no recursion: the loop pipelines)."""
+    nb, T, nu = u.shape
+    nx = x_s.shape[2]
+    for b in range(nb):
+        for n in range(T):
+            ybar = gy[b, n]
+            for i in range(nx):
+                xb = xbar_next[b, n, i]
+                for k in range(nx):
+                    dA[i, k] += xb * x_s[b, n, k]
+                for j in range(nu):
+                    dB[i, j] += xb * u[b, n, j]
+                dD[0, i] += ybar * x_s[b, n, i]
+            for j in range(nu):
+                dE[0, j] += ybar * u[b, n, j]
+                acc = E[0, j] * ybar
+                for i in range(nx):
+                    acc += B[i, j] * xbar_next[b, n, i]
+                du[b, n, j] = acc
 
-    Bound (module docstring): ``R IsS (R IsS / VS)^(k-1)`` with the larger of the two diodes' ratios.
+
+def omega_steps(R: float, dp: np.ndarray) -> tuple[int, bool] | None:
+    """(evaluations per sample, linearised?) for an error bound below OMEGA_TOL volts, or None (Newton).
+
+    Full fixed point: error ``<= e1 L^(k-1)`` with ``e1 = R IsS``, ``L = R IsS / VS`` (module docstring).
+    Linearised corrections around the first omega solution add the Taylor remainder
+    ``E2 = (R IsS)^2 / (2 VP)`` (``|U''| <= 1/VP``): error ``<= e1 L^(k-1) + E2 / (1 - L)``; used when that
+    meets the tolerance and ``R IsS / VP < 1e-5`` (so the second-order exp update is exact to rounding).
     """
     if len(dp) == 1:
-        return 1 if R > 0 else None
+        return (1, False) if R > 0 else None
     e1 = R * float(np.max(dp[:, 0]))
     lip = R * float(np.max(dp[:, 0] / dp[:, 1]))
+    vmin = float(np.min(dp[:, 1]))
+    e2 = e1 * e1 / (2.0 * vmin)
+    if lip < 1.0 and e1 / vmin < 1e-5:
+        for k in range(1, MAX_OMEGA_STEPS + 1):
+            if e1 * lip ** (k - 1) + e2 / (1.0 - lip) <= OMEGA_TOL:
+                return k, True
     for k in range(1, MAX_OMEGA_STEPS + 1):
         if e1 * lip ** (k - 1) <= OMEGA_TOL:
-            return k
+            return k, False
     return None
 
 
@@ -374,7 +438,7 @@ class OmegaFunction(torch.autograd.Function):
     """``y, x_final, v_last = OmegaFunction.apply(A..K, dp, u, x0, sign, steps)`` (differentiable in all tensors)."""
 
     @staticmethod
-    def forward(ctx: Any, A, B, C, D, E, F, G, H, K, dp, u, x0, sign, steps):  # noqa: ANN001
+    def forward(ctx: Any, A, B, C, D, E, F, G, H, K, dp, u, x0, sign, steps, linear):  # noqa: ANN001
         mats = tuple(_np(m) for m in (A, B, C, D, E, F, G, H, K))
         un, xn, dpn = _np(u), _np(x0), _np(dp)
         nb, T, _ = un.shape
@@ -382,7 +446,7 @@ class OmegaFunction(torch.autograd.Function):
         x_s = np.empty((nb, T, mats[0].shape[0]))
         y = np.empty((nb, T))
         xf = np.empty((nb, mats[0].shape[0]))
-        bad = omega_forward(*mats, dpn, sign, un, xn, steps, v_s, x_s, y, xf)
+        bad = omega_forward(*mats, dpn, sign, un, xn, steps, linear, v_s, x_s, y, xf)
         if bad:
             raise OverflowError("explicit WDF root: junction exponent beyond EXP_LIMIT")
         ctx.saved = (mats, dpn, sign, un, v_s, x_s)
@@ -407,7 +471,7 @@ class OmegaFunction(torch.autograd.Function):
         for m in mats:
             grads.append(torch.from_numpy(dm[off : off + m.size].reshape(m.shape).copy()))
             off += m.size
-        return (*grads, torch.from_numpy(ddp), torch.from_numpy(du), torch.from_numpy(dx0), None, None)
+        return (*grads, torch.from_numpy(ddp), torch.from_numpy(du), torch.from_numpy(dx0), None, None, None)
 
 
 class LinearFunction(torch.autograd.Function):
@@ -432,11 +496,14 @@ class LinearFunction(torch.autograd.Function):
         nb, T, _ = un.shape
         gy_n = np.zeros((nb, T)) if gy is None else _np(gy)
         gx_n = np.zeros((nb, A.shape[0])) if gx is None else _np(gx)
+        xbn = np.empty_like(x_s)
+        dx0 = np.empty((nb, A.shape[0]))
+        linear_adjoint(A, D, gy_n, gx_n, xbn, dx0)
+        # sums over samples of outer products: dA = sum xbar[n+1] x[n]', dB = sum xbar[n+1] s[n]', ...
         dA, dB, dD, dE = (np.zeros_like(m) for m in (A, B, D, E))
         du = np.empty_like(un)
-        dx0 = np.empty((nb, A.shape[0]))
-        linear_backward(A, B, D, E, un, x_s, gy_n, gx_n, dA, dB, dD, dE, du, dx0)
-        return tuple(torch.from_numpy(g) for g in (dA, dB, dD, dE, du, dx0))
+        linear_grads(B, E, un, x_s, gy_n, xbn, dA, dB, dD, dE, du)
+        return tuple(torch.from_numpy(np.ascontiguousarray(g)) for g in (dA, dB, dD, dE, du, dx0))
 
 
 def run_linear(mats, u: torch.Tensor, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
@@ -446,9 +513,9 @@ def run_linear(mats, u: torch.Tensor, x0: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def run_omega(mats, dp: torch.Tensor, u: torch.Tensor, x0: torch.Tensor, sign: np.ndarray,  # noqa: ANN001
-              steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              steps: tuple[int, bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """WDF recursion with the explicit diode root: ``y`` (batch, T), final state, last port voltage."""
-    return OmegaFunction.apply(*mats, dp, u, x0, sign, steps)
+    return OmegaFunction.apply(*mats, dp, u, x0, sign, steps[0], steps[1])
 
 
 __all__ = ["MAX_OMEGA_STEPS", "OMEGA_TOL", "omega_steps", "run_linear", "run_omega", "wright_omega"]

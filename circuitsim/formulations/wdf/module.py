@@ -114,8 +114,8 @@ class WDFModule(AbstractCircuitModule):
             return None
         return torch.stack(rows), sign, frame[0]
 
-    def root_path(self) -> tuple[str, int]:
-        """How the root is solved now: ('linear', 0), ('omega', evaluations per sample) or ('newton', 0)."""
+    def root_path(self) -> tuple[str, Any]:
+        """How the root is solved now: ('linear', 0), ('omega', (steps, linearised)) or ('newton', 0)."""
         if self.topology.nonlinearity.n_ports == 0:
             return ("linear", 0)
         table = self.cached("wdf_diodes", self._diode_table)
@@ -230,7 +230,10 @@ class WDFModule(AbstractCircuitModule):
         """How the root is solved, in words (describe)."""
         kind, steps = self.root_path()
         if kind == "omega":
-            return f"explicit Wright omega, {steps} evaluation{'s' if steps > 1 else ''} per sample, no Newton"
+            k, lin = steps
+            how = (f"1 evaluation + {k - 1} linearised correction{'s' if k > 2 else ''}" if lin and k > 1
+                   else f"{k} evaluation{'s' if k > 1 else ''}")
+            return f"explicit Wright omega, {how} per sample, no Newton"
         return "Newton on the compiled core"
 
 

@@ -1,0 +1,151 @@
+"""WDF against DK and ngspice, in one run on one thread, at 48 kHz x 8.
+
+For each circuit: circuitsim WDF forward (no gradients, best of ``--repeats``), WDF forward +
+backward (every component value learnable, loss mean(y^2)), DK forward and forward + backward on
+the same input in the same process, the largest WDF-DK difference over the output's peak, the
+root solver the WDF used (explicit Wright omega, linear, or Newton on the shared core), and --
+unless ``--no-ngspice`` -- ngspice's own transient-analysis time and the WDF's ESR against it
+(ngspice run exactly as in ``benchmarks/bench_dk.py``).  The published chowdsp_wdf bake-off
+figures (1000 s of 48 kHz audio: diode clipper 2.04 s, Bassman tone stack 0.71 s, machine not
+stated) are printed beside ours as ns/sample.
+
+    python benchmarks/bench_wdf.py [--seconds 1] [--signal sine|guitar] [--circuits ...] [--no-ngspice] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.bench_dk import FS, _f, guitar, ngspice_reference, sine, write_section  # noqa: E402
+from benchmarks.bench_kernel import _best as timed  # noqa: E402
+from circuitsim.api import load  # noqa: E402
+from circuitsim.validate import esr  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CIRCUITS = ["diode_clipper", "fmv_tonestack", "ts808_clipping", "bjt_common_emitter", "triode_common_cathode"]
+SECTION = "## WDF against DK and ngspice"
+# chowdsp_wdf bake-off (1000 s of 48 kHz audio), published; machine not stated
+CHOWDSP_NS = {"diode_clipper": 2.04 / 48e6 * 1e9, "fmv_tonestack": 0.71 / 48e6 * 1e9}
+
+
+def _times(model, xt: torch.Tensor, repeats: int) -> tuple[float, float]:  # noqa: ANN001
+    with torch.no_grad():
+        model(xt[:, :1000])  # compile (or load from the cache) and warm up
+
+    def forward():
+        with torch.no_grad():
+            return model(xt)
+
+    def forward_backward():
+        model.zero_grad()
+        y = model(xt)
+        (y**2).mean().backward()
+
+    t_fwd = timed(forward, repeats)
+    forward_backward()
+    return t_fwd, timed(forward_backward, max(repeats - 1, 1))
+
+
+def bench(name: str, x: np.ndarray, args: argparse.Namespace) -> dict:
+    path = ROOT / "netlists" / f"{name}.cir"
+    n = len(x)
+    xt = torch.as_tensor(x).unsqueeze(0)
+    wdf, dk = load(path, "wdf", FS), load(path, "dk", FS)
+    kind, steps = wdf.root_path()
+    w_f, w_fb = _times(wdf, xt, args.repeats)
+    d_f, d_fb = _times(dk, xt, args.repeats)
+    with torch.no_grad():
+        y_w, y_d = wdf(xt)[0].numpy(), dk(xt)[0].numpy()
+    root = {"linear": "linear", "newton": "Newton (shared core)"}.get(kind, "")
+    if kind == "omega":
+        root = f"Wright omega ({steps[0]}{' lin.' if steps[1] else ''})"
+    row = {
+        "circuit": name, "root": root, "fwd": w_f / n * 1e9, "fb": w_fb / n * 1e9, "fb_ratio": w_fb / w_f,
+        "dk_fwd": d_f / n * 1e9, "dk_fb": d_fb / n * 1e9, "vs_dk": d_f / w_f,
+        "diff": float(np.max(np.abs(y_w - y_d)) / np.max(np.abs(y_d))),
+        "chowdsp": CHOWDSP_NS.get(name, float("nan")), "spice": float("nan"), "esr": float("nan"),
+    }
+    if not args.no_ngspice:
+        acct, _, ref = ngspice_reference(path, x, args.signal, args.freq, args.amplitude, args.spice_repeats)
+        row.update(spice=acct / n * 1e9, esr=esr(y_w, ref))
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| circuit | WDF root | WDF fwd ns/sample | WDF fwd+bwd ns/sample | fwd+bwd / fwd | DK fwd ns/sample "
+            "| DK fwd+bwd ns/sample | WDF speed-up vs DK | max abs(WDF-DK) / peak | chowdsp_wdf ns/sample (published) "
+            "| ngspice ns/sample | WDF ESR vs ngspice |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        lines.append(
+            f"| {r['circuit']} | {r['root']} | {r['fwd']:.0f} | {r['fb']:.0f} | {r['fb_ratio']:.2f} "
+            f"| {r['dk_fwd']:.0f} | {r['dk_fb']:.0f} | {r['vs_dk']:.2f}x | {r['diff']:.1e} | {_f(r['chowdsp'], '.0f')} "
+            f"| {_f(r['spice'], '.0f')} | {_f(r['esr'], '.2e')} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=1.0, help="seconds of audio (at 48 kHz x 8)")
+    ap.add_argument("--signal", choices=["sine", "guitar"], default="guitar")
+    ap.add_argument("--freq", type=float, default=1000.0, help="sine frequency, hertz")
+    ap.add_argument("--amplitude", type=float, default=0.5, help="sine peak, volts")
+    ap.add_argument("--circuits", nargs="*", default=CIRCUITS)
+    ap.add_argument("--no-ngspice", action="store_true")
+    ap.add_argument("--repeats", type=int, default=5, help="best of N (forward)")
+    ap.add_argument("--spice-repeats", type=int, default=1)
+    ap.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md (its own section)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    x = sine(args.seconds, FS, args.freq, args.amplitude) if args.signal == "sine" else guitar(args.seconds, FS)
+    rows = []
+    for name in args.circuits:
+        rows.append(bench(name, x, args))
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    out = table(rows)
+    print("\n" + out)
+    if args.write:
+        load1 = os.getloadavg()[0]
+        what = (f"a {args.freq:g} Hz sine of {args.amplitude:g} V peak" if args.signal == "sine"
+                else "plucked notes at 0.3 V peak")
+        text = (
+            f"{SECTION} ({time.strftime('%Y-%m-%d')})\n\n"
+            f"Command: `python benchmarks/bench_wdf.py --write --seconds {args.seconds:g} --signal {args.signal}"
+            f"{' --no-ngspice' if args.no_ngspice else ''}`  \n"
+            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, one thread "
+            f"(NUMBA_NUM_THREADS=1, torch threads 1), load average {load1:.1f} when it ran (shared with other "
+            f"jobs; best of {args.repeats}); Python {platform.python_version()}, torch {torch.__version__}.  \n"
+            f"Input: {args.seconds:g} s of {what} at {FS} Hz (48 kHz x 8); WDF and DK in the same process. "
+            "chowdsp_wdf: its bake-off harness's published 1000 s of 48 kHz audio (diode clipper 2.04 s, "
+            "Bassman tone stack 0.71 s; our FMV stack is the same topology), machine not stated.\n\n"
+            + out + "\n"
+        )
+        print(f"\nwrote {write_section_named(text)}")
+
+
+def write_section_named(text: str) -> Path:
+    """bench_dk's section writer, for this benchmark's heading."""
+    import benchmarks.bench_dk as bd
+
+    old, bd.SECTION = bd.SECTION, SECTION
+    try:
+        return write_section(text)
+    finally:
+        bd.SECTION = old
+
+
+if __name__ == "__main__":
+    main()
