@@ -277,7 +277,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     """Frequency response vs ngspice, and for nonlinear circuits distortion and aliasing (docs/analysis.md)."""
     from circuitsim.analysis.report import analyze
 
-    out = args.output or args.netlist.with_name(f"{args.netlist.stem}.analysis")
+    out = args.output or Path(f"{args.netlist.stem}.analysis")  # in the working directory, not beside the netlist
     result = analyze(args.netlist, out, params=_parse_set(args.set), input_source=args.input_source,
                      output_node=args.output_node, ac_csv=args.ac_csv, sweep=args.sweep, ess=args.ess,
                      aliasing=not args.no_aliasing, ngspice=not args.no_ngspice)
@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-source", default="VIN", help="independent voltage source driven by the input")
     p.add_argument("--output-node", default="out", help="node whose voltage is the output")
     p.add_argument("-o", "--output", type=Path, metavar="DIR", help="folder for the PNG and CSV files "
-                   "(default NETLIST.analysis)")
+                   "(default ./NETLIST.analysis)")
     p.add_argument("--ac-csv", type=Path, metavar="FILE",
                    help="write the response as frequency_hz,magnitude_db,phase_deg (211 log-spaced, 20 Hz-20 kHz)")
     p.add_argument("--sweep", metavar="KNOB=a:b:n", help="also the response at n knob values from a to b")
