@@ -238,3 +238,24 @@ def test_cli_describe_and_energy_report(tmp_path: Path, capsys):
     assert len(r.time_s) >= 480 and png.stat().st_size > 1000
     assert main(["simulate", str(net), str(wav), "-o", str(tmp_path / "o2.wav"), "--method", "dk",
                  "--energy-report", str(tmp_path / "x.csv"), "-q"]) == 2
+
+
+def test_cli_fit_with_phs_recovers_a_value(tmp_path: Path):
+    """fit --method phs through the compiled adjoint: R4 of the FMV stack from a recording made by DK."""
+    import soundfile as sf
+
+    fmv = ROOT / "netlists" / "fmv_tonestack.cir"
+    fs = 48000.0
+    true = load(fmv, "dk", fs)
+    true.set_value("R4", 56e3 * 1.3)
+    x = np.random.default_rng(2).uniform(-0.5, 0.5, 1200)
+    x[0] = 0.0
+    with torch.no_grad():
+        y = true(torch.as_tensor(x)).numpy()
+    pair = tmp_path / "pair.wav"
+    sf.write(pair, np.stack([x, y], axis=1), int(fs), subtype="DOUBLE")
+    out = tmp_path / "fitted.cir"
+    assert main(["fit", str(fmv), "--data", str(pair), "--method", "phs", "--learn", "R4", "--holdout", "0",
+                 "-o", str(out), "-q"]) == 0
+    fitted = load(out, "phs", fs)
+    assert abs(float(fitted.parameter("R4").detach()) / (56e3 * 1.3) - 1) < 1e-6
