@@ -10,7 +10,8 @@ driven by a phasor ``e^{j w t}`` on the input source (column 0 of ``Bu``) give, 
     (G + Wi J_f Nv + j w (Cm + Wq J_f Nv)) X(w) = Bu[:, 0],      H(w) = X_out(w),
 
 the output node's complex voltage per volt of input: exactly the linear system ngspice's
-``.ac`` solves with the source's ``AC 1`` (Nagel, SPICE2, ch. 3; ngspice manual §15.3.1).
+``.ac`` solves with the source's ``AC 1`` (ngspice ``src/spicelib/analysis/acan.c``: the devices'
+small-signal stamps at the operating point, one complex solve per frequency).
 ``Wi`` and ``Wq`` select the current and charge columns of ``J_f``.  No time discretisation is
 involved, so the comparison with ngspice tests the stamps and the device derivatives alone.
 """
