@@ -202,7 +202,7 @@ def ess_harmonics(netlist: str | Path, *, params: Mapping[str, float] | None = N
                   frequencies: np.ndarray | None = None) -> ESSResult:
     """Harmonic responses 1..k_max by a synchronised exponential sine sweep of ``amplitude`` volts."""
     sweep, L = synchronized_sweep(f1, f2, duration, sample_rate)
-    fade = int(0.005 * sample_rate)  # short fades against the clicks at the ends (Farina 2000, Sec. 4)
+    fade = int(0.005 * sample_rate)  # short fades against the clicks at the ends of the sweep
     win = np.ones(len(sweep))
     win[:fade] = 0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)
     win[-fade:] = win[:fade][::-1]
