@@ -108,10 +108,16 @@ def playback_note(mean: float, peak: float, ac_coupled: bool) -> str | None:
     return f"note: the output ({what}) would clip a player, which plays volts as full-scale units; {fix}"
 
 
+_LINEAR_KINDS = frozenset("RCLVIFHK")  # and E/G without VALUE=: every other element may be nonlinear
+
+
 def is_nonlinear(circuit: Circuit) -> bool:
-    """True if the circuit has a nonlinear element (the blocks of ``MNATopology``: D, Q, B, E/G with VALUE=)."""
+    """True unless every element is linear (R C L V I F H K, E/G without VALUE=); devices and B sources are not."""
     for el in circuit.elements:
-        if el.kind in ("D", "Q", "B") or (el.kind in ("E", "G") and "VALUE" in el.params):
+        if el.kind in ("E", "G"):
+            if "VALUE" in el.params:
+                return True
+        elif el.kind not in _LINEAR_KINDS:
             return True
     return False
 
