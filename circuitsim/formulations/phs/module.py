@@ -109,7 +109,7 @@ class PHSModule(AbstractCircuitModule):
             ds, prev_src, v0, vi0 = state.ds, state.src, state.v, state.v_inst
             offset, stored, steps = state.samples, state.stored, src
         diag.samples = u.shape[1]
-        ns, nt = ds.shape[1], steps.shape[1]
+        nt = steps.shape[1]
         k0 = offset + (1 if state is None else 0)  # sample index of the first step
         ys, mean = None, None
         if nt == 0:
@@ -117,26 +117,28 @@ class PHSModule(AbstractCircuitModule):
             ds_new, v_end, vi_end = ds, v0, vi0
         else:
             mean = 0.5 * (steps + torch.cat([prev_src.unsqueeze(1), steps[:, :-1]], dim=1))
-            const = torch.cat([op[2], op[3]], dim=-1).unsqueeze(1).expand(batch, nt, -1)
-            uk = torch.cat([mean - op[1].unsqueeze(1), const], dim=-1)
+            src_op = op[1].unsqueeze(1)
+            y_op = torch.cat([s_op, op[1]], dim=-1) @ sm.e_out.T  # (batch, 1)
+            const = torch.cat([op[2], op[3], y_op], dim=-1).unsqueeze(1).expand(batch, nt, -1)
+            uk = torch.cat([mean - src_op, steps - src_op, const], dim=-1)
             ys, final, stats = run_state_space(sm.step, m.theta, uk, ds, nl, sample_rate=self.sample_rate,
                                                v_init=v0, sample_offset=k0)
             diag.newton_iterations += int(stats.get("iterations", 0))
             diag.max_iterations = int(stats.get("max_iterations", 0))
             ds_new, v_end = final["x"], final["v"]
-            u2 = torch.cat([ys[..., :ns] + s_op.unsqueeze(1), steps], dim=-1)
             if sm.instant_nonlinear:
+                u2 = torch.cat([ys[..., sm.rows["s"]] + s_op.unsqueeze(1), steps], dim=-1)
                 y2, fin2, st2 = run_state_space(
                     sm.instant, m.theta, u2, torch.zeros(batch, 1, dtype=DTYPE), nl, sample_rate=self.sample_rate,
                     v_init=vi0 if vi0 is not None else v0, sample_offset=k0)
                 y_steps, vi_end = y2[..., 0], fin2["v"]
                 diag.newton_iterations += int(st2.get("iterations", 0))
             else:
-                y_steps, vi_end = u2 @ sm.instant[4][0], vi0
+                y_steps, vi_end = ys[..., 0], vi0
         y = torch.cat([(x_op @ m.out).unsqueeze(1), y_steps], dim=1) if state is None else y_steps
         if energy:
             with torch.no_grad():
-                rep, stored = self._energy(m, c, op, ds if state is None else None, mean, ys, offset, stored)
+                rep, stored = self._energy(m, c, sm.rows, op, ds if state is None else None, mean, ys, offset, stored)
             if self.energy_sink is not None:
                 self.energy_sink(rep)
             self.last_energy = rep
@@ -144,7 +146,7 @@ class PHSModule(AbstractCircuitModule):
         last_src = src[:, -1] if src.shape[1] else prev_src
         return y, PHSState(ds_new, last_src, op, v_end, vi_end, offset + u.shape[1], stored)
 
-    def _energy(self, m, c, op, ds0, mean, ys, offset, stored):  # noqa: ANN001, ANN202
+    def _energy(self, m, c, rows, op, ds0, mean, ys, offset, stored):  # noqa: ANN001, ANN202
         """Energy rows (batch item 0) for this block; returns the report and the last H - H_op (batch,).
 
         ``stored_J`` is the energy stored above the DC operating point, ``H(s) - H(s_op)`` (H is defined up
@@ -164,11 +166,10 @@ class PHSModule(AbstractCircuitModule):
             d_rows.append(pm.dissipated(x_op, f_op).unsqueeze(1))
             p_rows.append(pm.ports(x_op, src_op).unsqueeze(1))
         if ys is not None and ys.shape[1]:
-            ns, n = c.shape[0], m.G.shape[0]
             ys = ys.detach()
-            xbar = ys[..., ns : ns + n] + x_op.unsqueeze(1)
-            h_rows.append(h_rel(ys[..., :ns]))
-            d_rows.append(pm.dissipated(xbar, ys[..., ns + n :]))
+            xbar = ys[..., rows["x"]] + x_op.unsqueeze(1)
+            h_rows.append(h_rel(ys[..., rows["s"]]))
+            d_rows.append(pm.dissipated(xbar, ys[..., rows["f"]]))
             p_rows.append(pm.ports(xbar, mean.detach()))
         H = torch.cat(h_rows, dim=1)
         Pd = torch.cat(d_rows, dim=1)

@@ -97,13 +97,18 @@ def storage_values(topo: MNATopology, st: Storage, leaves) -> torch.Tensor:
 
 @dataclass
 class StepMatrices:
-    """The PH step and the instant output as state-space matrices (names as in the kernel)."""
+    """The PH step and the instant output as state-space matrices (names as in the kernel).
 
-    step: tuple[torch.Tensor, ...]  # (A..K): state δs, input [δs̄, Nv x_op, f_op], y = [δs_n; δx̄; f]
+    Step input channels: ``[s̄ - s(0), s(t_n) - s(0), Nv x_op, f_op, y_op]`` (the last three constant per
+    batch item); state ``δs = s - s_op``.  Output rows: ``y`` (the output volts at ``t_n``, when PH-3 is
+    linear), then ``δs_n`` (when PH-3 is nonlinear, or for energy), then ``δx̄`` and ``f`` (for energy).
+    """
+
+    step: tuple[torch.Tensor, ...]
     instant: tuple[torch.Tensor, ...]  # state: one dummy, input [s_n; s(t_n)], y = out · x_n
     instant_nonlinear: bool  # whether the output at the sample instants depends on f
-    x_bar: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x̄ = Xs s + Xu s̄ + Xf f
-    x_inst: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x_n = Xs s_n + Xu s(t_n) + Xf f(v_n)
+    rows: dict[str, slice]  # 'y', 's', 'x', 'f' -> rows of the step output (absent when not produced)
+    e_out: torch.Tensor  # (1, ns + n_sources): out · x_n = e_out @ [s_n; s(t_n)] when PH-3 is linear
 
 
 def step_matrices(
@@ -113,48 +118,53 @@ def step_matrices(
     k = 2.0 * sample_rate
     a_s = st.incidence
     ns, nu, nf = a_s.shape[1], m.Bu.shape[1], m.Wi.shape[1]
-    n = m.G.shape[0]
-    cm = (a_s * c) @ a_s.T
-    z = k * (a_s * c)
-    sol = torch.linalg.solve(m.G + k * cm, torch.cat([z, m.Bu, m.Wi], dim=1))
-    pz, pb, pw = sol[:, :ns], sol[:, ns : ns + nu], -sol[:, ns + nu :]
-    eye = torch.eye(ns, dtype=DTYPE)
-    np_ = m.Nv.shape[0]
-    # deviations from the DC point (x_op, f_op), so that no bias-sized terms cancel in the recursion:
-    # state δs = s - s_op, input [s̄ - s(0), Nv x_op, f_op]; M δx̄ + Wi (f - f_op) = Bu δs̄ + Z δs
+    n, np_ = m.G.shape[0], m.Nv.shape[0]
     zs = lambda *shape: torch.zeros(*shape, dtype=DTYPE)  # noqa: E731
-    A = 2.0 * a_s.T @ pz - eye
-    C = 2.0 * a_s.T @ pw
-    B = torch.cat([2.0 * a_s.T @ pb, zs(ns, np_), -C], dim=1)
-    D, E, F = [A], [B], [C]
-    if energy:  # rows of δx̄ and of f
-        D += [pz, zs(nf, ns)]
-        E += [torch.cat([pb, zs(n, np_), -pw], dim=1), zs(nf, nu + np_ + nf)]
-        F += [pw, torch.eye(nf, dtype=DTYPE)]
-    K = m.Nv @ pw
-    H = torch.cat([m.Nv @ pb, torch.eye(np_, dtype=DTYPE), -K], dim=1)
-    step = (A, B, C, torch.cat(D), torch.cat(E), torch.cat(F), m.Nv @ pz, H, K)
 
+    # PH-3, the instant solve: x_n = xs s_n + xu s(t_n) + xf f(v_n)
     q, r = st.basis, st.basis.shape[1]
-    mi = torch.zeros(n + r, n + r, dtype=DTYPE)
-    mi = mi + torch.nn.functional.pad(m.G, (0, r, 0, r))
-    mi[:n, n:] = q
-    mi[n:, :n] = q.T
-    rhs = torch.zeros(n + r, ns + nu + nf, dtype=DTYPE)
-    rhs[n:, :ns] = st.recon
-    rhs = rhs + torch.nn.functional.pad(torch.cat([torch.zeros(n, ns, dtype=DTYPE), m.Bu, m.Wi], dim=1),
-                                        (0, 0, 0, r))
+    mi = torch.cat([torch.cat([m.G, q], 1), torch.cat([q.T, zs(r, r)], 1)])
+    rhs = torch.cat([torch.cat([zs(n, ns), m.Bu, m.Wi], 1), torch.cat([st.recon, zs(r, nu + nf)], 1)])
     xi = torch.linalg.solve(mi, rhs)[:n]
     xs, xu, xf = xi[:, :ns], xi[:, ns : ns + nu], -xi[:, ns + nu :]
     hin = m.Nv @ torch.cat([xs, xu], dim=1)
     e_out = (m.out @ torch.cat([xs, xu], dim=1)).unsqueeze(0)
     f_out = (m.out @ xf).unsqueeze(0)
-    zero = torch.zeros
-    instant = (zero(1, 1, dtype=DTYPE), zero(1, ns + nu, dtype=DTYPE), zero(1, nf, dtype=DTYPE),
-               zero(1, 1, dtype=DTYPE), e_out, f_out, zero(hin.shape[0], 1, dtype=DTYPE), hin, m.Nv @ xf)
+    instant = (zs(1, 1), zs(1, ns + nu), zs(1, nf), zs(1, 1), e_out, f_out, zs(np_, 1), hin, m.Nv @ xf)
     # the output ignores f when its coefficients are rounding noise (below 1e-9 V per ampere of device current)
     nonlinear = nf > 0 and float(f_out.detach().abs().max()) > 1e-9
-    return StepMatrices(step, instant, nonlinear, (pz, pb, pw), (xs, xu, xf))
+
+    # PH-1 and PH-2 in deviations from the DC point (x_op, f_op), so that no bias-sized terms cancel:
+    # M δx̄ + Wi (f - f_op) = Bu δs̄ + Z δs_{n-1},  δs_n = 2 A_sᵀ δx̄ - δs_{n-1}
+    cm = (a_s * c) @ a_s.T
+    z = k * (a_s * c)
+    sol = torch.linalg.solve(m.G + k * cm, torch.cat([z, m.Bu, m.Wi], dim=1))
+    pz, pb, pw = sol[:, :ns], sol[:, ns : ns + nu], -sol[:, ns + nu :]
+    A = 2.0 * a_s.T @ pz - torch.eye(ns, dtype=DTYPE)
+    C = 2.0 * a_s.T @ pw
+    nin = 2 * nu + np_ + nf + 1
+    B = torch.cat([2.0 * a_s.T @ pb, zs(ns, nu + np_), -C, zs(ns, 1)], dim=1)
+    D, E, F, rows, at = [], [], [], {}, 0
+    if not nonlinear:  # y_n = es (s_op + δs_n) + eu s(t_n) = y_op + es δs_n + eu (s(t_n) - s(0))
+        es, eu = e_out[:, :ns], e_out[:, ns:]
+        D.append(es @ A)
+        E.append(es @ B + torch.cat([zs(1, nu), eu, zs(1, np_ + nf), torch.ones(1, 1, dtype=DTYPE)], dim=1))
+        F.append(es @ C)
+        rows["y"], at = slice(0, 1), 1
+    if nonlinear or energy:
+        D.append(A)
+        E.append(B)
+        F.append(C)
+        rows["s"], at = slice(at, at + ns), at + ns
+    if energy:  # rows of δx̄ and of f
+        D += [pz, zs(nf, ns)]
+        E += [torch.cat([pb, zs(n, nu + np_), -pw, zs(n, 1)], dim=1), zs(nf, nin)]
+        F += [pw, torch.eye(nf, dtype=DTYPE)]
+        rows["x"], rows["f"] = slice(at, at + n), slice(at + n, at + n + nf)
+    K = m.Nv @ pw
+    H = torch.cat([m.Nv @ pb, zs(np_, nu), torch.eye(np_, dtype=DTYPE), -K, zs(np_, 1)], dim=1)
+    step = (A, B, C, torch.cat(D), torch.cat(E), torch.cat(F), m.Nv @ pz, H, K)
+    return StepMatrices(step, instant, nonlinear, rows, e_out)
 
 
 __all__ = ["StepMatrices", "Storage", "step_matrices", "storage_of", "storage_values"]
