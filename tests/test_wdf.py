@@ -119,7 +119,7 @@ def _fmv_rtype(model: WDFModule):  # noqa: ANN202
 
 @pytest.mark.parametrize("pots", [(0.5, 0.5, 0.5), (0.05, 0.95, 0.2), (0.99, 0.01, 0.7), (0.3, 0.6, 0.99)])
 def test_fmv_rtype_is_lossless_and_adapted(pots: tuple[float, float, float]) -> None:
-    """Sᵀ G S = G (G: port conductances) to 1e-12 and S_up,up = 0 (Werner et al., DAFx-15, §3)."""
+    """Sᵀ G S = G (G: port conductances) to 1e-12 and S_up,up = 0 (docs/wdf.md eq. (3)–(4))."""
     model = load(ROOT / "netlists" / "fmv_tonestack.cir", "wdf", 48000.0)
     for name, v in zip(("treble", "bass", "mid"), pots):
         model.set_value(name, v)
@@ -261,3 +261,19 @@ D1 0 out DZ
     x = 6.0 * torch.sin(torch.linspace(0, 40, 3000, dtype=torch.float64))
     with torch.no_grad():
         assert _rel(wdf(x).numpy(), dk(x).numpy()) < 1e-9
+
+
+@pytest.mark.requires_ngspice
+@pytest.mark.parametrize("stem,threshold", [("diode_clipper", 1e-5), ("fmv_tonestack", 1e-8)])
+def test_wdf_against_ngspice(stem: str, threshold: float) -> None:
+    """The foundation thresholds at 48 kHz x 8 (ESR 1e-5 nonlinear, 1e-8 linear), WDF directly."""
+    from circuitsim.spice import simulate_ngspice
+    from circuitsim.validate import esr
+
+    path = ROOT / "netlists" / f"{stem}.cir"
+    model = load(path, "wdf", FS)
+    for name, x in standard_signals(FS, 0.01).items():
+        with torch.no_grad():
+            y = model(torch.as_tensor(x)).numpy()
+        ref = simulate_ngspice(path, x, FS, tmax=1 / (16 * FS))
+        assert esr(y, ref) < threshold, (name, esr(y, ref))

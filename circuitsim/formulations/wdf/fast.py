@@ -5,7 +5,7 @@ Both run the composed wave recursion of :mod:`circuitsim.formulations.wdf.realiz
 in numba, with a hand-written discrete adjoint for the backward pass.
 
 Explicit root (Werner et al., DAFx-15, "An improved and generalized diode clipper model for wave
-digital filters", eq. (7)–(10); D'Angelo et al. on the Wright omega function).  A diode (or an
+digital filters"; D'Angelo et al. on the Wright omega function; docs/wdf.md eq. (9)–(10)).  A diode (or an
 anti-parallel pair) at a one-port root facing port resistance ``R`` obeys
 ``v (1 + R g) + R sum_o s_o pn_o(s_o v) = p`` (``g`` the GMIN conductances, ``pn`` ngspice's junction
 current, docs/devices.md).  Its sign is the sign of ``p``; in the frame ``u = sign(p) v`` the
@@ -20,7 +20,7 @@ after ``k`` omega evaluations is at most ``R IsS (R IsS / VS)^(k-1)`` volts: :fu
 picks the smallest ``k`` whose bound is below ``OMEGA_TOL`` and the caller falls back to Newton on
 the compiled core when none up to ``MAX_OMEGA_STEPS`` is (docs/wdf.md).  No Newton iteration runs.
 
-Wright omega (Lawrence, Corless & Jeffrey, ACM TOMS 38(3), 2012, "Algorithm 917", §3–4): the
+Wright omega (Lawrence, Corless & Jeffrey, ACM TOMS 38(3), 2012, "Algorithm 917"): the
 series/asymptotic starting values of their regions (or the previous sample's value), then the
 fourth-order Fritsch–Shafer–Crowley iteration until its residual shows machine precision.
 """
@@ -46,8 +46,8 @@ def _omega_refine(x: float, w: float) -> float:
     """Fritsch-Shafer-Crowley steps from ``w`` until the relative error is at machine precision.
 
     ``r = x - w - ln w`` estimates the relative error of ``w`` as ``r / (1 + w)``; one FSC step maps a
-    relative error ``e`` to O(e^4) (Lawrence et al. 2012, §4), so a step from ``|e| < 2e-4`` ends below
-    1e-15 and the loop stops after it.
+    relative error ``e`` to O(e^4), so a step from ``|e| < 2e-4`` ends below
+    1e-15 and the loop stops after it (Lawrence et al. 2012).
     """
     for _ in range(6):
         r = x - w - math.log(w)
@@ -61,10 +61,10 @@ def _omega_refine(x: float, w: float) -> float:
 
 @njit(cache=True, error_model="numpy")
 def omega_guess(x: float) -> float:
-    """Starting value of omega(x) by region (Lawrence et al. 2012, §3): exp series, Taylor at 1, asymptotic."""
-    if x < -2.0:
-        e = math.exp(x)
-        return e * (1.0 - e * (1.0 - 1.5 * e))
+    """Starting value of omega(x) by region (Lawrence et al. 2012): Lambert series, Taylor at 1, asymptotic."""
+    if x < -2.0:  # Lambert series of W(e^x): z - z^2 + 3/2 z^3 - 8/3 z^4 + 125/24 z^5
+        z = math.exp(x)
+        return z * (1.0 - z * (1.0 - z * (1.5 - z * (8.0 / 3.0 - z * (125.0 / 24.0)))))
     if x <= 1.0:
         y = x - 1.0
         return 1.0 + y * (0.5 + y * (1.0 / 16.0 + y * (-1.0 / 192.0 + y * (-1.0 / 3072.0 + y * (13.0 / 61440.0)))))
@@ -72,7 +72,7 @@ def omega_guess(x: float) -> float:
     return x - lx + lx / x
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def wright_omega(x: float, w0: float = -1.0) -> float:
     """omega(x) for real x: the solution w of ``w + ln w = x`` (Lambert W of exp(x)).
 
@@ -80,6 +80,9 @@ def wright_omega(x: float, w0: float = -1.0) -> float:
     """
     if x < -700.0:
         return math.exp(x)
+    if x < -8.0 and w0 <= 0.0:
+        # the series' next term is 324/30 z^6: relative error below 11 z^5 < 1e-16 for z = e^x < e^-8
+        return omega_guess(x)
     w = w0 if w0 > 0.0 else omega_guess(x)
     return _omega_refine(x, w)
 
@@ -104,7 +107,7 @@ def _pn_d(vd: float, isat: float, vte: float) -> tuple:
     return -isat * (1.0 + a3), isat * 3.0 * a3 / vd, -(1.0 + a3), -isat * 3.0 * a3 / vte
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _solve_u(c0: float, R: float, onerg: float, has_p: bool, isp: float, vp: float, lnk: float,
              has_s: bool, iss: float, vs: float, steps: int, linear: bool, w0: float, invk: float) -> tuple:
     """The root in the frame of the forward-biased diode: returns (u, exp(u/VP) or 0).

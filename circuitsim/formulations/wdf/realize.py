@@ -12,14 +12,14 @@ and :func:`~circuitsim.formulations.wdf.waves.down_pass` gives those maps as mat
     y[n]   = D x[n] + E s[n] + F f(v[n])
     x[n+1] = A x[n] + B s[n] + C f(v[n])
 
-the layout of :func:`circuitsim.kernels.autograd.run_state_space`, so the compiled Newton core
+(docs/wdf.md eq. (8)), the layout of :func:`circuitsim.kernels.autograd.run_state_space`, so the compiled Newton core
 and its implicit-function adjoint run the WDF, with gradients chained through these torch maps
 to every port resistance and scattering entry.
 
 Root equations.  One-port root on the node pair (p, q) facing a child of port resistance ``R``
 and reflected wave ``a``: the child is a Thévenin source, so ``v = a - R i_dev`` with
 ``i_dev = sum_o c_o (f_i,o + 2/T f_q,o - σ_o)`` (``c_o = ±1`` the output's orientation), and the
-wave sent back is ``b = 2 v - a`` (Werner et al., DAFx-15, diode-clipper paper, eq. (2)–(4)).
+wave sent back is ``b = 2 v - a`` (docs/wdf.md eq. (7)).
 R-type root: ``X z = P R⁻¹ a + Bu s + Wq σ - (Wi + 2/T Wq) f``, ``v = Nv z``, ``b = 2 Pᵀ z - a``.
 """
 

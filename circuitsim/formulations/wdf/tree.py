@@ -2,11 +2,11 @@
 
 Leaves are the one-port elements (R, C, L, voltage sources that end up in series with a
 resistance).  A series-parallel reduction of the element multigraph (Valdes, Tarjan & Lawler
-1982; the WDF use of it: Fettweis 1986, §IV) merges parallel edges into parallel adaptors and
+1982) merges parallel edges into parallel adaptors and
 edges meeting at a node of degree two into series adaptors.  What does not decompose (a bridge,
 an op-amp modelled as a VCVS, several sources) becomes one R-type adaptor whose scattering
 matrix comes from the MNA of its internal graph (Werner et al., DAFx-15, "Wave digital filter
-adaptors for arbitrary topologies and multiport linear elements", §3).  The root is
+adaptors for arbitrary topologies and multiport linear elements"; docs/wdf.md eq. (2)–(4)).  The root is
 
 * a nonlinear one-port (a diode, an anti-parallel pair, any device whose ports and currents all
   sit on one node pair), whose child is a subtree or an R-type adaptor adapted towards it;

@@ -5,13 +5,13 @@ Conventions (Fettweis 1986; Werner et al., DAFx-15): at every port ``a = v + R i
 Leaves under the bilinear transform: resistor ``b = 0``; capacitor ``R = T/(2C)``, ``b[n] = a[n-1]``;
 inductor ``R = 2L/T``, ``b[n] = -a[n-1]``; ideal voltage source in a series chain ``R = 0``, ``b = V``.
 
-Adapted series adaptor (up port ``R = sum R_k``)::       b_up = sum s_k a_k,
+Adapted series adaptor (docs/wdf.md eq. (5)), up port ``R = sum R_k``::       b_up = sum s_k a_k,
                                                           b_k  = a_k + s_k (R_k/R_up)(a_up - b_up)
-Adapted parallel adaptor (``G_up = sum G_k``)::           b_up = sum (G_k/G_up) s_k a_k,
+Adapted parallel adaptor (eq. (6)), ``G_up = sum G_k``::           b_up = sum (G_k/G_up) s_k a_k,
                                                           b_k  = s_k (a_up + b_up) - a_k
 (``a_k`` the child's reflected wave, ``b_k`` the wave sent to it, ``s_k`` its orientation sign.)
 
-R-type adaptor (Werner et al., DAFx-15, §3, eq. (13)–(16)): each port is replaced by its Thévenin
+R-type adaptor (Werner, Smith & Abel, DAFx-15; docs/wdf.md eq. (2)–(4)): each port is replaced by its Thévenin
 equivalent (source ``a_k``, resistance ``R_k``), written here in Norton form (conductance ``1/R_k``
 and current ``a_k/R_k``); with ``X`` the MNA matrix of the internal graph and ``P`` the port
 incidence::
