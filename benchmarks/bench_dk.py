@@ -183,9 +183,10 @@ def table(rows: list[dict]) -> str:
             "| saved bytes/sample | Newton it/sample | ESR vs ngspice |")
     lines = [head, "|" + "---|" * 11]
     for r in rows:
+        ratio = f"{r['ratio']:.1f}x" if math.isfinite(r["ratio"]) else "–"
         lines.append(
             f"| {r['circuit']} | {r['fwd_ns']:.0f} | {r['rt']:.0f} | {r['fb_ns']:.0f} | {r['fb_ratio']:.2f} "
-            f"| {_f(r['spice_ns'], '.0f')} | {_f(r['spice_wall_ns'], '.0f')} | {_f(r['ratio'], '.1f')}x "
+            f"| {_f(r['spice_ns'], '.0f')} | {_f(r['spice_wall_ns'], '.0f')} | {ratio} "
             f"| {_f(r['bytes'], '.1f')} | {_f(r['iters'], '.2f')} | {_f(r['esr'], '.2e')} |"
         )
     return "\n".join(lines)
