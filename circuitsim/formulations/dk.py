@@ -16,8 +16,9 @@ device charges), so the state is ``q = Qᵀ h`` and eliminating ``x`` gives the 
 Nonlinear charges (junction capacitances) are therefore modelled, not refused: they are
 extra outputs of ``f``.  DK and MNA compute the same discrete system and agree to the
 Newton tolerance.  The matrices are computed in torch from the component values, so
-gradients reach every R, C, L and gain; the per-sample loop runs in the compiled kernel
-(:mod:`circuitsim.kernels`).
+gradients reach every R, C, L and gain; the per-sample loop runs on the compiled core
+(:mod:`circuitsim.kernels.core`, with DK's residual from :mod:`circuitsim.kernels.statespace`;
+see "Plugging a formulation into the core" in ``docs/architecture.md``).
 """
 
 from __future__ import annotations

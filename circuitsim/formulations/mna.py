@@ -8,8 +8,13 @@ fluxes), which is what SPICE's per-element companion models do (Nagel 1975; ngsp
     G x_n + Wi f_i(v_n) + dz_n = Bu s_n          =>   (G + 2/T Cm) x_n + W f(v_n) = Bu s_n + h_{n-1}
     h_n = 4/T z_n - h_{n-1},   h_0 = 2/T z(x_op)   (starting from the DC operating point)
 
-with ``W = Wi + 2/T Wq``.  This plain-torch module is the correctness reference: its
-gradients come from autograd through one implicit-function step per sample.
+with ``W = Wi + 2/T Wq``.  ``MNAModule`` is the independent oracle of the compiled formulations
+(DK, WDF, port-Hamiltonian on :mod:`circuitsim.kernels.core`): its Newton iterations run per
+sample in Python with batched torch linear algebra (the device currents and Jacobians inside
+them come from the compiled nonlinearity), and its gradients come from torch autograd through
+one implicit-function step per sample with the torch device equations, never from a compiled
+adjoint.  Slow (``benchmarks/bench_mna.py``); the same trapezoidal system compiled on the core
+is the second formulation of ``tests/test_core.py``.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ class MNAState:
 
 
 class MNAModule(AbstractCircuitModule):
-    """Modified nodal analysis with trapezoidal integration, in plain torch (autograd-capable)."""
+    """Modified nodal analysis with trapezoidal integration: Newton per sample in Python, gradients by
+    torch autograd (the oracle of the compiled formulations)."""
 
     method = "mna"
 

@@ -1,27 +1,34 @@
-"""``torch.autograd.Function`` around the compiled state-space loops.
+"""``torch.autograd.Function`` around the compiled per-sample core (:mod:`circuitsim.kernels.core`).
 
-Forward: :func:`circuitsim.kernels.statespace.forward` (numba, Newton per sample), saving the
-port-voltage trajectory (Nv doubles per sample) and state checkpoints.  Backward: the
-compiled adjoint loop :func:`circuitsim.kernels.statespace.backward` gives the gradients of
-the nine matrices, the input and the initial state, and -- in the same loop, with the generated
-``nl_vjp_theta`` -- the device parameter gradient ``dL/dtheta = sum_n mu[n] . df/dtheta(v[n])``
-(``mu[n] = dL/df[n]``).  That gradient is w.r.t. every theta entry, the derived slots of the
-device vectors included; autograd carries it to the raw parameters through
-``diode_params_torch`` / ``bjt_params_torch``, which build those slots.  :func:`theta_gradient`
-computes the same sum in torch (:meth:`Nonlinearity.torch_eval` and autograd): the test oracle.
+Forward: the compiled Newton loop of a formulation's generated module, saving the trajectory of
+its unknowns ``z`` (Nz doubles per sample) and state checkpoints.  Backward: the compiled
+adjoint loop gives the gradients of the linear maps ``A..H``, of the formulation's matrices
+``P``, of the input and the initial state, and -- in the same loop, through the formulation's
+``fm_vjp`` -- the device parameter gradient ``dL/dtheta`` (for DK ``sum_n mu[n] . df/dtheta(v[n])``
+with ``mu[n] = dL/df[n]``).  That gradient is w.r.t. every theta entry, the derived slots of the
+device vectors included; autograd carries it to the raw parameters through the torch functions
+that build those slots.  Autograd also carries every matrix gradient to the component values.
+
+:func:`run_step` runs any formulation on the core; :func:`run_state_space` is the DK recursion
+(the nine matrices and a :class:`~circuitsim.kernels.nonlinearity.Nonlinearity`).
+:func:`theta_gradient` computes the DK parameter gradient in torch (:meth:`Nonlinearity.torch_eval`
+and autograd): the test oracle.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 
-from circuitsim.kernels import statespace
+from circuitsim.kernels import core
+from circuitsim.kernels.core import ST_DAMPED, ST_HOMOTOPY, ST_ITER, ST_MAXITER, KernelOptions
 from circuitsim.kernels.nonlinearity import Nonlinearity
-from circuitsim.kernels.statespace import ST_DAMPED, ST_HOMOTOPY, ST_ITER, ST_MAXITER, KernelOptions
+from circuitsim.kernels.statespace import check_matrices
 from circuitsim.solvers.newton import NewtonError as _NewtonError
 
 DTYPE = torch.float64
@@ -51,7 +58,7 @@ class NewtonError(_NewtonError):
         self.batch = batch_index
 
 
-def _raise_if_failed(res: statespace.ForwardResult, sample_rate: float | None, sample_offset: int) -> None:
+def _raise_if_failed(res: core.ForwardResult, sample_rate: float | None, sample_offset: int) -> None:
     bad = res.failed
     if bad is None:
         return
@@ -72,7 +79,7 @@ def stats_dict(stats: np.ndarray) -> dict[str, int]:
         "max_iterations": int(stats[:, ST_MAXITER].max()) if len(stats) else 0,
         "damped_fallbacks": int(stats[:, ST_DAMPED].sum()),
         "homotopy_fallbacks": int(stats[:, ST_HOMOTOPY].sum()),
-        "samples": int(stats[:, statespace.ST_SAMPLES].sum()),
+        "samples": int(stats[:, core.ST_SAMPLES].sum()),
     }
 
 
@@ -102,71 +109,108 @@ def theta_gradient(
     return total.to(theta.dtype)
 
 
-class StateSpaceFunction(torch.autograd.Function):
-    """``y, x_final, warm, stats = StateSpaceFunction.apply(A, B, C, D, E, F, G, H, K, theta, u, x0,
-    nonlinearity, options, v_init, sample_rate, sample_offset)``.
+@dataclass(frozen=True)
+class StepSpec:
+    """The non-tensor arguments of :class:`StepFunction`: the generated ``module``, how many of
+    the matrices are the linear maps (8: ``A..H``; the rest are ``P``), Newton ``options``, the
+    first guess ``z_init`` and, for error messages, ``sample_rate`` (hertz) and ``sample_offset``."""
 
-    Differentiable in the nine matrices, ``theta``, ``u`` (batch, T, Nu) and ``x0`` (batch, Nx)
+    module: ModuleType
+    options: KernelOptions
+    z_init: torch.Tensor | np.ndarray | None = None
+    sample_rate: float | None = None
+    sample_offset: int = 0
+    n_lin: int = 8
+
+    def run(self, mats: Sequence[np.ndarray], theta: np.ndarray, u: np.ndarray, x0: np.ndarray, save: bool
+            ) -> core.ForwardResult:
+        """The compiled forward pass; raises :class:`NewtonError`."""
+        zi = self.z_init
+        zi = _np(zi) if isinstance(zi, torch.Tensor) else zi
+        res = core.forward(self.module, mats[: self.n_lin], mats[self.n_lin :], theta, u, x0, zi, self.options, save)
+        _raise_if_failed(res, self.sample_rate, self.sample_offset)
+        return res
+
+
+class StepFunction(torch.autograd.Function):
+    """``y, x_final, warm, stats = StepFunction.apply(spec, theta, u, x0, A, ..., H, *P)``.
+
+    Differentiable in ``theta``, ``u`` (batch, T, Nu), ``x0`` (batch, Nx) and every matrix
     through ``y`` (batch, T, Ny) and ``x_final`` (batch, Nx).  ``warm`` (Newton warm start for
     the next block) and ``stats`` are not differentiable.  Raises :class:`NewtonError`.
     """
 
     @staticmethod
     def forward(
-        ctx: Any,
-        A: torch.Tensor,
-        B: torch.Tensor,
-        C: torch.Tensor,
-        D: torch.Tensor,
-        E: torch.Tensor,
-        F: torch.Tensor,
-        G: torch.Tensor,
-        H: torch.Tensor,
-        K: torch.Tensor,
-        theta: torch.Tensor,
-        u: torch.Tensor,
-        x0: torch.Tensor,
-        nonlinearity: Nonlinearity,
-        options: KernelOptions | None = None,
-        v_init: torch.Tensor | np.ndarray | None = None,
-        sample_rate: float | None = None,
-        sample_offset: int = 0,
+        ctx: Any, spec: StepSpec, theta: torch.Tensor, u: torch.Tensor, x0: torch.Tensor, *mats: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        options = options or KernelOptions()
-        mats = tuple(_np(m) for m in (A, B, C, D, E, F, G, H, K))
-        th, un, xn = _np(theta), _np(u), _np(x0)
-        vi = None if v_init is None else (_np(v_init) if isinstance(v_init, torch.Tensor) else v_init)
-        res = statespace.forward(nonlinearity, mats, th, un, xn, vi, options, save=True)
-        _raise_if_failed(res, sample_rate, sample_offset)
-        ctx.nl = nonlinearity
-        ctx.options = options
-        ctx.arrays = (mats, th, un, res.v, res.checkpoints)
+        mats_np = tuple(_np(m) for m in mats)
+        th, un = _np(theta), _np(u)
+        res = spec.run(mats_np, th, un, _np(x0), save=True)
+        ctx.spec = spec
+        ctx.arrays = (mats_np, th, un, res)
         ctx.save_for_backward(theta)
         ctx.dtypes = (u.dtype, x0.dtype)
-        y = torch.from_numpy(res.y)
-        xT = torch.from_numpy(res.x_final)
         warm = torch.from_numpy(res.warm)
         stats = torch.from_numpy(res.stats)
         ctx.mark_non_differentiable(warm, stats)
-        return y, xT, warm, stats
+        return torch.from_numpy(res.y), torch.from_numpy(res.x_final), warm, stats
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor | None, gx: torch.Tensor | None, *_: Any) -> tuple[Any, ...]:
-        mats, th, un, v, ckpt = ctx.arrays
-        batch, T = un.shape[:2]
-        ny, nx = mats[3].shape
-        gy_np = np.zeros((batch, T, ny)) if gy is None else _np(gy)
+        mats, th, un, saved = ctx.arrays
+        spec = ctx.spec
+        gy_np = np.zeros(saved.y.shape) if gy is None else _np(gy)
         gx_np = None if gx is None else _np(gx)
-        want_theta = bool(ctx.needs_input_grad[9])
-        res = statespace.backward(ctx.nl, mats, th, un, v, ckpt, gy_np, gx_np, ctx.options, theta_grad=want_theta)
-        grads: list[Any] = [
-            torch.from_numpy(d) if need else None for d, need in zip(res.dmats, ctx.needs_input_grad[:9])
-        ]
+        want_theta = bool(ctx.needs_input_grad[1])
+        res = core.backward(
+            spec.module, mats[: spec.n_lin], mats[spec.n_lin :], th, un, saved, gy_np, gx_np, spec.options, want_theta
+        )
         (theta,) = ctx.saved_tensors
-        grads.append(torch.from_numpy(res.dtheta).to(theta.dtype).reshape(theta.shape) if want_theta else None)
-        grads.append(torch.from_numpy(res.du).to(ctx.dtypes[0]) if ctx.needs_input_grad[10] else None)
-        grads.append(torch.from_numpy(res.dx0).to(ctx.dtypes[1]) if ctx.needs_input_grad[11] else None)
-        return (*grads, None, None, None, None, None)
+        need = ctx.needs_input_grad
+        return (
+            None,
+            torch.from_numpy(res.dtheta).to(theta.dtype).reshape(theta.shape) if want_theta else None,
+            torch.from_numpy(res.du).to(ctx.dtypes[0]) if need[2] else None,
+            torch.from_numpy(res.dx0).to(ctx.dtypes[1]) if need[3] else None,
+            *(torch.from_numpy(d) if n else None for d, n in zip(res.dmats, need[4:])),
+        )
+
+
+StateSpaceFunction = StepFunction  # the name the DK code used
+
+
+def run_step(module: ModuleType, lin: Sequence[torch.Tensor], P: Sequence[torch.Tensor], theta: torch.Tensor,
+        u: torch.Tensor, x0: torch.Tensor, *, sample_rate: float | None = None,
+        z_init: torch.Tensor | np.ndarray | None = None, options: KernelOptions | None = None,
+        sample_offset: int = 0
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
+    """Run a formulation on the core; differentiable when any input requires grad (and grad mode is on).
+
+    ``module``: the generated module (:func:`circuitsim.kernels.codegen.step_module`); ``lin``:
+    ``(A, ..., H)``; ``P``: the formulation's matrices; ``u`` (batch, T, Nu) input; ``x0`` (batch,
+    Nx) or (Nx,) initial state; ``z_init``: first Newton guess (batch, Nz) or the ``final["v"]``
+    of a previous block (streaming: identical to one long run).  Returns ``y`` (batch, T, Ny),
+    ``final = {"x": state (batch, Nx), "v": warm start}`` and Newton statistics.  Raises
+    :class:`NewtonError` naming the sample (offset by ``sample_offset``) and the time (when
+    ``sample_rate`` in hertz is given).
+    """
+    if u.ndim != 3:
+        raise ValueError(f"u must be (batch, T, Nu), got shape {tuple(u.shape)}")
+    if len(lin) != 8:
+        raise ValueError(f"expected the 8 linear maps A..H, got {len(lin)}")
+    if x0.ndim == 1:
+        x0 = x0.expand(u.shape[0], x0.shape[0])
+    spec = StepSpec(module, options or KernelOptions(), z_init, sample_rate, sample_offset)
+    mats = (*lin, *P)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (theta, u, x0, *mats)):
+        y, xT, warm, st = StepFunction.apply(spec, theta, u, x0, *mats)
+        stats = st.numpy()
+    else:
+        res = spec.run(tuple(_np(m) for m in mats), _np(theta), _np(u), _np(x0), save=False)
+        y, xT, warm, stats = (torch.from_numpy(a) for a in (res.y, res.x_final, res.warm, res.stats))
+        stats = stats.numpy()
+    return y, {"x": xT, "v": warm}, stats_dict(stats)
 
 
 def _matrices(matrices: Sequence[torch.Tensor] | Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -178,19 +222,12 @@ def _matrices(matrices: Sequence[torch.Tensor] | Mapping[str, torch.Tensor]) -> 
     return mats
 
 
-def run_state_space(
-    matrices: Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
-    theta: torch.Tensor,
-    u: torch.Tensor,
-    x0: torch.Tensor,
-    nonlinearity: Nonlinearity,
-    *,
-    sample_rate: float | None = None,
-    v_init: torch.Tensor | np.ndarray | None = None,
-    options: KernelOptions | None = None,
-    sample_offset: int = 0,
+def run_state_space(matrices: Sequence[torch.Tensor] | Mapping[str, torch.Tensor], theta: torch.Tensor,
+        u: torch.Tensor, x0: torch.Tensor, nonlinearity: Nonlinearity, *, sample_rate: float | None = None,
+        v_init: torch.Tensor | np.ndarray | None = None, options: KernelOptions | None = None,
+        sample_offset: int = 0
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
-    """Run the recursion; differentiable when any input requires grad (and grad mode is on).
+    """Run the DK recursion (:mod:`circuitsim.kernels.statespace`) on the core; differentiable.
 
     ``matrices``: ``(A, B, C, D, E, F, G, H, K)`` or a mapping by those names; ``u`` (batch, T, Nu)
     input (volts / amperes); ``x0`` (batch, Nx) or (Nx,) initial state; ``v_init``: first Newton
@@ -200,29 +237,20 @@ def run_state_space(
     ``sample_offset``) and the time (when ``sample_rate`` in hertz is given).
     """
     mats = _matrices(matrices)
-    if u.ndim != 3:
-        raise ValueError(f"u must be (batch, T, Nu), got shape {tuple(u.shape)}")
-    if x0.ndim == 1:
-        x0 = x0.expand(u.shape[0], x0.shape[0])
-    tensors = (*mats, theta, u, x0)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        y, xT, warm, st = StateSpaceFunction.apply(
-            *tensors, nonlinearity, options, v_init, sample_rate, sample_offset
-        )
-        stats = st.numpy()
-    else:
-        vi = _np(v_init) if isinstance(v_init, torch.Tensor) else v_init
-        res = statespace.forward(
-            nonlinearity, tuple(_np(m) for m in mats), _np(theta), _np(u), _np(x0), vi, options, save=False
-        )
-        _raise_if_failed(res, sample_rate, sample_offset)
-        y, xT, warm, stats = (
-            torch.from_numpy(res.y),
-            torch.from_numpy(res.x_final),
-            torch.from_numpy(res.warm),
-            res.stats,
-        )
-    return y, {"x": xT, "v": warm}, stats_dict(stats)
+    check_matrices(nonlinearity, mats, theta.numel())
+    return run_step(
+        nonlinearity.module, mats[:8], mats[8:], theta, u, x0,
+        sample_rate=sample_rate, z_init=v_init, options=options, sample_offset=sample_offset,
+    )
 
 
-__all__ = ["NewtonError", "StateSpaceFunction", "run_state_space", "stats_dict", "theta_gradient"]
+__all__ = [
+    "NewtonError",
+    "StateSpaceFunction",
+    "StepFunction",
+    "StepSpec",
+    "run_state_space",
+    "run_step",
+    "stats_dict",
+    "theta_gradient",
+]

@@ -544,17 +544,13 @@ class Nonlinearity:
     # ---- compiled side
     @property
     def module(self) -> ModuleType:
-        """The generated module: ``nl_eval``, ``nl_prepare``, ``nl_limit``, ``nl_vjp_theta`` and the
-        state-space loops."""
+        """The generated module of this nonlinearity and the DK formulation on the compiled core
+        (``nl_eval``, ``nl_prepare``, ``nl_limit``, ``nl_vjp_theta``, the loops; see
+        :mod:`circuitsim.kernels.codegen`)."""
         if self._module is None:
-            from circuitsim.kernels import statespace
+            from circuitsim.kernels import codegen
 
-            deps = [Path(statespace.__file__)]
-            if any(isinstance(b, (DiodeBlock, BJTBlock)) for b in self.blocks):
-                from circuitsim.devices import constants
-
-                deps += [Path(_devices().__file__), Path(constants.__file__)]
-            self._module = load_generated(self.nb_source + statespace.kernel_source(), deps)
+            self._module = codegen.step_module(self.nb_source)
         return self._module
 
     @property

@@ -1,0 +1,105 @@
+"""Assemble and load the generated module of a (nonlinearity, formulation) pair.
+
+One module holds, in this order: the nonlinearity's source (``Nonlinearity.nb_source``:
+``nl_eval``, ``nl_prepare``, ``nl_limit``, ``nl_vjp_theta``, ``NV``, ``NF``, ``N_WORK``,
+``N_LC``), the linear algebra of :mod:`circuitsim.kernels.linalg`, the formulation's constants
+and hooks (:class:`~circuitsim.kernels.core.StepFormulation`), the core's layout constants and
+its loops (:mod:`circuitsim.kernels.core`).  Everything is specialised at code-generation time:
+the sizes are module constants, so numba unrolls the loops over ports and outputs and inlines
+the device equations into the Newton loop.  The module is written to the cache directory and
+imported by :func:`circuitsim.kernels.nonlinearity.load_generated` (content-addressed, so numba's
+``cache=True`` holds across processes).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from types import ModuleType
+
+from circuitsim.kernels import core, linalg
+from circuitsim.kernels.core import StepFormulation
+
+_INLINE = '@njit(cache=True, inline="always")'
+_IMPORT = re.compile(r"^(?:from\s+(circuitsim[\w.]*)\s+import\s+(\([^)]*\)|[^\n]+)|import\s+(circuitsim[\w.]*))", re.M)
+
+
+def _module_file(name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin) if spec is not None and spec.origin and spec.origin.endswith(".py") else None
+
+
+def source_dependencies(sources: Iterable[str]) -> list[Path]:
+    """The files of every ``circuitsim`` module the ``sources`` import at top level, transitively.
+
+    They enter the cache key of a generated module: numba's cache does not track callees, so a
+    change in a device file must give a new module file.
+    """
+    seen: dict[Path, None] = {}
+    todo = list(sources)
+    while todo:
+        for m in _IMPORT.finditer(todo.pop()):
+            names = [m.group(3)] if m.group(3) else [m.group(1)] + [
+                f"{m.group(1)}.{n.split()[0]}" for n in m.group(2).split("#")[0].strip("() \n").split(",") if n.split()
+            ]
+            for name in names:
+                path = _module_file(name)
+                if path is not None and path not in seen:
+                    seen[path] = None
+                    todo.append(path.read_text())
+    return sorted(seen)
+
+
+def _templates(module: ModuleType, names: Iterable[str], decorator: str) -> str:
+    return "".join(f"\n\n{decorator}\n{inspect.getsource(getattr(module, n))}" for n in names)
+
+
+def formulation_source(step: StepFormulation) -> str:
+    """The formulation's constants and hooks, each hook compiled ``inline="always"``."""
+    hooks = "".join(f"\n\n{_INLINE}\n{inspect.getsource(h)}" for h in step.hooks)
+    return f"\n# ---- formulation {step.name}\n{step.constants}\n{hooks}\n"
+
+
+def core_source() -> str:
+    """The linear algebra, the layout constants and the loops of the core."""
+    consts = "\n".join(
+        f"{k} = {v!r}" for k, v in vars(core).items() if k.startswith(core.LAYOUT_PREFIXES) and isinstance(v, int)
+    )
+    return (
+        "\n# ---- linear algebra\n"
+        + _templates(linalg, linalg.TEMPLATES, _INLINE)
+        + f"\n\n# ---- core\n{consts}\n"
+        + _templates(core, core.INLINE_TEMPLATES, _INLINE)
+        + "".join(f"\n\n@njit(cache=True{opts})\n{inspect.getsource(getattr(core, n))}" for n, opts in core.TEMPLATES)
+        + "\n"
+    )
+
+
+_HEADER = "\nfrom circuitsim.kernels.linalg import borrow  # noqa: E402\n"
+
+
+def step_module(nb_source: str, step: StepFormulation | None = None) -> ModuleType:
+    """The generated module of a nonlinearity source and a formulation (default: DK).
+
+    It exposes ``forward_item``, ``backward_item``, ``theta_vjp_item``, the nonlinearity's
+    functions and the constants; use it through :func:`circuitsim.kernels.core.forward` and
+    :func:`~circuitsim.kernels.core.backward`.
+    """
+    from circuitsim.kernels.nonlinearity import load_generated
+
+    if step is None:
+        from circuitsim.kernels.statespace import DK_STEP
+
+        step = DK_STEP
+    source = nb_source + _HEADER + formulation_source(step) + core_source()
+    deps = source_dependencies([source]) + [Path(core.__file__), Path(linalg.__file__), *step.dependencies]
+    return load_generated(source, deps)
+
+
+__all__ = ["core_source", "formulation_source", "source_dependencies", "step_module"]

@@ -1,0 +1,746 @@
+"""The compiled per-sample core that every one-step formulation plugs into.
+
+A formulation writes one sample of its discrete-time model as (``docs/architecture.md``,
+"Plugging a formulation into the core")::
+
+    p[n]   = G x[n] + H u[n]                            (Nz)   linear maps, from torch
+    z[n]   solves  g(z) = p[n] + r(z) = 0               (Nz)   the formulation's residual
+    phi[n] = phi(z[n])                                  (Nphi) what the linear maps read back
+    y[n]   = D x[n] + E u[n] + F phi[n]                 (Ny)
+    x[n+1] = A x[n] + B u[n] + C phi[n]                 (Nx)
+
+``x`` is the formulation's state, ``u`` the input, ``z`` its unknowns (DK: the port voltages,
+a WDF root: its waves, a discrete-gradient scheme: the state increment).  The eight maps
+``lin = (A, B, C, D, E, F, G, H)`` and the formulation's own matrices ``P`` (DK: ``(K,)``) are
+computed in torch from the component values, so autograd carries their chain rule.  The
+formulation supplies, as numba templates (see :class:`StepFormulation`):
+
+* ``fm_eval(P, p, z, theta, phi, dphi, g, M, work)`` -- ``phi``, ``dphi = dphi/dz``, the
+  residual ``g`` and the Newton matrix ``M = -dg/dz``; returns ``|g|^2``;
+* ``fm_limit(P, zold, znew, lc, work)`` -- step limiting (SPICE junction limiting for DK);
+* ``fm_prepare(theta, lc)`` -- constants of the limiting;
+* ``fm_vjp(P, z, phi, theta, gphi, w, dP, dtheta, mq, want_theta, work)`` -- at a converged
+  ``z``, add the gradient of ``w . r + gphi . phi`` w.r.t. ``P`` (into ``dP``) and ``theta``
+  (into ``dtheta``, when ``want_theta``), and write ``mq`` = the cotangent of the device
+  outputs ``f`` (saved as ``mu``);
+* the constants ``NZ``, ``NPHI`` and ``FM_WORK`` (length of ``work``, at least ``N_WORK``).
+
+The core supplies the batched loop over samples; Newton with the tangent predictor
+``z[n-1] + M^-1 (p[n] - p[n-1])``, the formulation's limiting, and the fallbacks (damped Newton
+with backtracking from ``z[n-1]``, then homotopy in ``p`` from ``p[n-1]``); the saved
+trajectory (``z`` per sample and a state checkpoint every ``checkpoint`` samples); and the
+discrete adjoint at the converged solutions (implicit function theorem, never through the
+iterations).  Since ``dg/dp = I``, a perturbation gives ``dz = M^-1 (dp + dr)`` and, with the
+cotangent ``gphi = F' ybar[n] + C' xbar[n+1]`` of ``phi[n]``::
+
+    w       = M^-T dphi' gphi          (= dL/dp[n])
+    fm_vjp  : dP, dtheta, mu[n]        (direct dependence of r and phi on P and theta)
+    xbar[n] = A' xbar[n+1] + D' ybar[n] + G' w
+    ubar[n] = B' xbar[n+1] + E' ybar[n] + H' w
+    dA += xbar[n+1] x[n]'   dB += xbar[n+1] u[n]'   dC += xbar[n+1] phi[n]'
+    dD += ybar[n] x[n]'     dE += ybar[n] u[n]'     dF += ybar[n] phi[n]'
+    dG += w x[n]'           dH += w u[n]'
+
+The loop bodies below are plain Python templates: :mod:`circuitsim.kernels.codegen` pastes
+them, with the formulation's hooks and the nonlinearity (``nl_eval`` ...), into one generated
+module, because numba cannot cache a function that receives another compiled function as an
+argument.  Sizes ``NZ``, ``NPHI``, ``NV``, ``NF`` are compile-time constants there.
+
+Performance (``benchmarks/bench_kernel.py``): numba increments and decrements atomically the
+reference count of an array each time it is copied or passed on (about 100 ns per sample in a
+Newton loop), so the hot loops :func:`forward_segment` and :func:`backward_core` ``borrow``
+every array and tuple of arrays once, and every callee in them is ``inline="always"``; the
+fallbacks are separate functions that run outside the hot loop.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from circuitsim.kernels.linalg import (
+    borrow,
+    copy_into,
+    copy_matrix,
+    lu_factor,
+    lu_solve,
+    mtv,
+    mv,
+    outer_acc,
+    scaled_step,
+    solve_into,
+)
+
+# ----------------------------------------------------------------------------- placeholders
+# The generated module defines these (nonlinearity and formulation); here they only let the
+# templates read and lint whole.
+NV = NF = N_WORK = N_LC = NZ = NPHI = FM_WORK = 0
+
+
+def nl_prepare(theta, lc):  # pragma: no cover - replaced in generated code
+    raise NotImplementedError
+
+
+def fm_prepare(theta, lc):  # pragma: no cover
+    raise NotImplementedError
+
+
+def fm_eval(P, p, z, theta, phi, dphi, g, M, work):  # pragma: no cover
+    raise NotImplementedError
+
+
+def fm_limit(P, zold, znew, lc, work):  # pragma: no cover
+    raise NotImplementedError
+
+
+def fm_vjp(P, z, phi, theta, gphi, w, dP, dtheta, mq, want_theta, work):  # pragma: no cover
+    raise NotImplementedError
+
+
+def nl_vjp_theta(v, theta, mu, gtheta, work):  # pragma: no cover
+    raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------- layout
+# statistics columns
+ST_ITER, ST_MAXITER, ST_DAMPED, ST_HOMOTOPY, ST_FAIL, ST_SAMPLES = range(6)
+N_STATS = 6
+PREDICTORS = {"previous": 0, "linear": 1, "tangent": 2}
+# integer options: iopt[...]
+O_MAXIT, O_FBIT, O_PRED, O_CP, O_SAVE, O_LIMIT, O_GIVEN, O_THETA = range(8)
+# forward workspace: wv (vectors), wm (matrices), wi (integers)
+(V_X, V_XN, V_P, V_Z, V_Z1, V_Z2, V_PPREV, V_G, V_DZ, V_ZT, V_PHI, V_WORK, V_LC, V_G2, V_PTMP, V_ZS,
+ V_PHI2) = range(17)
+M_DPHI, M_LU, M_DPHI2, M_M2 = range(4)
+I_PIV, I_COUNT = range(2)  # counters: iterations, max iterations, "LU holds M of the last sample"
+LAYOUT_PREFIXES = ("ST_", "O_", "V_", "M_", "I_")
+
+
+# fmt: off
+# ----------------------------------------------------------------------------- inlined templates
+
+
+def affine_phi(out, M1, a, M2, b, M3, phi):
+    # out = M1 a + M2 b + M3 phi (outputs and next state from x[n], u[n], phi[n]), one pass
+    for i in range(M1.shape[0]):
+        s = 0.0
+        for j in range(M1.shape[1]):
+            s += M1[i, j] * a[j]
+        for j in range(M2.shape[1]):
+            s += M2[i, j] * b[j]
+        for k in range(NPHI):
+            s += M3[i, k] * phi[k]
+        out[i] = s
+
+
+def affine_w(out, M1, a, M2, b, M3, w):
+    # out = M1' a + M2' b + M3' w (adjoints of x[n] and u[n] from xbar[n+1], ybar[n], w[n])
+    mtv(out, M1, a, M1.shape[0], M1.shape[1], False)
+    mtv(out, M2, b, M2.shape[0], M2.shape[1], True)
+    mtv(out, M3, w, NZ, M3.shape[1], True)
+
+
+def accept_step(z, phi, dphi, dz):
+    # z += dz with the linearised phi += dphi dz: for DK it satisfies v = p + K f to rounding and
+    # differs from f(v + dv) by O(|dv|^2)
+    mv(phi, dphi, dz, NPHI, NZ, True)
+    for i in range(NZ):
+        z[i] += dz[i]
+
+
+def predict(predictor, have_lu, wv, LU, piv):
+    # tangent: z[n-1] + M^-1 (p[n] - p[n-1]) with the LU of M = -dg/dz of the last solve (dg/dp = I);
+    # linear: 2 z[n-1] - z[n-2]; previous: z[n-1]
+    p, pprev, z, z1, z2, dz = wv[V_P], wv[V_PPREV], wv[V_Z], wv[V_Z1], wv[V_Z2], wv[V_DZ]
+    if predictor == 2 and have_lu:
+        for i in range(NZ):
+            dz[i] = p[i] - pprev[i]
+        lu_solve(LU, piv, dz, NZ)
+        for i in range(NZ):
+            z[i] = z1[i] + dz[i]
+    elif predictor == 1:
+        for i in range(NZ):
+            z[i] = 2.0 * z1[i] - z2[i]
+    else:
+        copy_into(z, z1, NZ)
+
+
+def newton_plain(P, theta, wv, wm, wi, reltol, abstol, max_iter, use_limit):
+    # Newton on g(z) = p + r(z) with the formulation's limiting; iterations, or 0 on failure.
+    # Converged when the scaled step max |dz_i| / (reltol |z_i| + abstol) is <= 1, or when the
+    # error estimate of the next iterate rate/(1 - rate) * step is (rate = step_k / step_(k-1),
+    # a contraction estimate; Deuflhard, Newton Methods for Nonlinear Problems, 2004, sec. 2.1).
+    p, z, g, dz, zt, phi, work, lc = wv[V_P], wv[V_Z], wv[V_G], wv[V_DZ], wv[V_ZT], wv[V_PHI], wv[V_WORK], wv[V_LC]
+    dphi, LU, piv = wm[M_DPHI], wm[M_LU], wi[I_PIV]
+    prev = math.inf
+    for it in range(1, max_iter + 1):
+        fm_eval(P, p, z, theta, phi, dphi, g, LU, work)
+        if not solve_into(LU, piv, g, dz, NZ):
+            return 0
+        step = scaled_step(dz, z, reltol, abstol, NZ)
+        if step == math.inf:
+            return 0
+        rate = step / prev
+        if step <= 1.0 or (prev < math.inf and rate < 0.5 and step * rate <= 1.0 - rate):
+            accept_step(z, phi, dphi, dz)
+            return it
+        for i in range(NZ):
+            zt[i] = z[i] + dz[i]
+        prev = step
+        if use_limit:
+            fm_limit(P, z, zt, lc, work)
+            for i in range(NZ):
+                if zt[i] != z[i] + dz[i]:
+                    prev = math.inf  # a limited step says nothing about the rate
+        copy_into(z, zt, NZ)
+    return 0
+
+
+# ----------------------------------------------------------------------------- compiled templates
+
+
+def newton_damped(P, theta, p, wv, wm, wi, fopt, max_iter, use_limit):
+    # Newton with limiting and backtracking on |g|^2 (Armijo; Dennis & Schnabel 1996, sec. 6.3),
+    # from the z in wv; iterations, or minus the iterations spent on failure
+    wv = borrow(wv)
+    wm = borrow(wm)
+    z, g, dz, zt, phi, phi2, g2 = wv[V_Z], wv[V_G], wv[V_DZ], wv[V_ZT], wv[V_PHI], wv[V_PHI2], wv[V_G2]
+    dphi, LU, dphi2, M2 = wm[M_DPHI], wm[M_LU], wm[M_DPHI2], wm[M_M2]
+    work, lc, piv = wv[V_WORK], wv[V_LC], wi[I_PIV]
+    n2 = fm_eval(P, p, z, theta, phi, dphi, g, LU, work)
+    if not (n2 < math.inf):
+        return -1
+    for it in range(1, max_iter + 1):
+        if not solve_into(LU, piv, g, dz, NZ):
+            return -it
+        s = scaled_step(dz, z, fopt[0], fopt[1], NZ)
+        if s == math.inf:
+            return -it
+        if s <= 1.0:
+            accept_step(z, phi, dphi, dz)
+            return it
+        for i in range(NZ):
+            zt[i] = z[i] + dz[i]
+        if use_limit:
+            fm_limit(P, z, zt, lc, work)
+        for i in range(NZ):
+            dz[i] = zt[i] - z[i]
+        lam = 1.0
+        ok = False
+        n2t = math.inf
+        for _ in range(40):
+            for i in range(NZ):
+                zt[i] = z[i] + lam * dz[i]
+            n2t = fm_eval(P, p, zt, theta, phi2, dphi2, g2, M2, work)
+            if n2t <= (1.0 - 1e-4 * lam) * n2:
+                ok = True
+                break
+            lam *= 0.5
+        if not ok:
+            return -it
+        copy_into(z, zt, NZ)
+        copy_into(phi, phi2, NPHI)
+        copy_into(g, g2, NZ)
+        copy_matrix(LU, M2, False)
+        copy_matrix(dphi, dphi2, False)
+        n2 = n2t
+    return -max_iter
+
+
+def homotopy(P, theta, wv, wm, wi, fopt, max_iter, use_limit):
+    # continuation in p from p[n-1] (solved by z[n-1]) to p[n] with adaptive steps
+    wv = borrow(wv)
+    p, pprev, z1, z, ptmp, zs = wv[V_P], wv[V_PPREV], wv[V_Z1], wv[V_Z], wv[V_PTMP], wv[V_ZS]
+    total = 0
+    lam = 0.0
+    dl = 0.125
+    copy_into(zs, z1, NZ)
+    while lam < 1.0:
+        lt = min(1.0, lam + dl)
+        for i in range(NZ):
+            ptmp[i] = pprev[i] + lt * (p[i] - pprev[i])
+            z[i] = zs[i]
+        it = newton_damped(P, theta, ptmp, wv, wm, wi, fopt, max_iter, use_limit)
+        total += abs(it)
+        if it > 0:
+            lam = lt
+            copy_into(zs, z, NZ)
+            dl = min(2.0 * dl, 0.5)
+        else:
+            dl *= 0.25
+            if dl < 1e-7:
+                return -total
+    return total
+
+
+def forward_segment(n0, solved, lin, P, theta, io, wv, wm, wi, fopt, iopt):
+    # The hot loop: samples n0.. until plain Newton fails (returns that sample) or T.  Every array
+    # is borrowed and every callee inlined (see the module docstring).  With solved=True, sample
+    # n0 was solved by a fallback (z, phi and LU are set).
+    A, B, C, D, E, F, G, H = borrow(lin)
+    u, y, ztraj, ckpt = borrow(io)
+    P = borrow(P)
+    theta = borrow(theta)
+    fopt = borrow(fopt)
+    wv = borrow(wv)
+    wm = borrow(wm)
+    wi = borrow(wi)
+    x, xn, p, z, z1, z2, pprev, phi = wv[V_X], wv[V_XN], wv[V_P], wv[V_Z], wv[V_Z1], wv[V_Z2], wv[V_PPREV], wv[V_PHI]
+    dphi, LU, piv, counters = wm[M_DPHI], wm[M_LU], wi[I_PIV], wi[I_COUNT]
+    max_iter = iopt[O_MAXIT]
+    predictor = iopt[O_PRED]
+    cp = iopt[O_CP]
+    save = iopt[O_SAVE] != 0
+    use_limit = iopt[O_LIMIT] != 0
+    nx = A.shape[0]
+    n_iter = 0
+    n_max = counters[1]
+    for n in range(n0, u.shape[0]):
+        un = u[n]
+        if save and n % cp == 0:
+            copy_into(ckpt[n // cp], x, nx)
+        if NZ > 0 and not (solved and n == n0):
+            mv(p, G, x, NZ, nx, False)
+            mv(p, H, un, NZ, H.shape[1], True)
+            predict(predictor, counters[2] != 0, wv, LU, piv)
+            result = newton_plain(P, theta, wv, wm, wi, fopt[0], fopt[1], max_iter, use_limit)
+            if result == 0:
+                counters[0] += n_iter + max_iter
+                counters[1] = n_max
+                return n
+            n_iter += result
+            if result > n_max:
+                n_max = result
+            counters[2] = 1
+        elif NZ == 0:
+            fm_eval(P, p, z, theta, phi, dphi, wv[V_G], LU, wv[V_WORK])
+        affine_phi(y[n], D, x, E, un, F, phi)
+        affine_phi(xn, A, x, B, un, C, phi)
+        copy_into(x, xn, nx)
+        copy_into(z2, z1, NZ)
+        copy_into(z1, z, NZ)
+        copy_into(pprev, p, NZ)
+        if save:
+            copy_into(ztraj[n], z, NZ)
+    counters[0] += n_iter
+    counters[1] = n_max
+    return u.shape[0]
+
+
+def start_item(P, theta, x0, warm_in, wv, wm, wi, given):
+    # the state, and the Newton history from the warm rows: z[n-1], z[n-2], p[n-1], pivots (-1: no
+    # LU), the LU of M at z[n-1].  Without them, z[-1] = z_init solves g = 0 for p[-1] = -r(z_init).
+    LU, piv, counters = wm[M_LU], wi[I_PIV], wi[I_COUNT]
+    z1, z2, pprev, g = wv[V_Z1], wv[V_Z2], wv[V_PPREV], wv[V_G]
+    fm_prepare(theta, wv[V_LC])
+    copy_into(wv[V_X], x0, x0.shape[0])
+    copy_into(z1, warm_in[0], NZ)
+    if given:
+        copy_into(z2, warm_in[1], NZ)
+        copy_into(pprev, warm_in[2], NZ)
+        for i in range(NZ):
+            piv[i] = np.int64(warm_in[3, i])
+        LU[:, :] = warm_in[4:]
+        counters[2] = 1 if NZ > 0 and warm_in[3, 0] >= 0.0 else 0
+    elif NZ > 0:
+        pprev[:] = 0.0
+        fm_eval(P, pprev, z1, theta, wv[V_PHI], wm[M_DPHI], g, LU, wv[V_WORK])
+        for i in range(NZ):
+            z2[i] = z1[i]
+            pprev[i] = -g[i]
+        counters[2] = 1 if lu_factor(LU, piv, NZ) else 0
+
+
+def forward_item(lin, P, theta, io, x0, xfin, warm_in, warm_out, stats, fopt, iopt):
+    # one batch item: the hot loop, and the fallbacks for each sample where plain Newton fails
+    nx = lin[0].shape[0]
+    T = io[0].shape[0]
+    wv = (np.zeros(nx), np.zeros(nx), np.zeros(NZ), np.zeros(NZ), np.zeros(NZ), np.zeros(NZ), np.zeros(NZ),
+          np.zeros(NZ), np.zeros(NZ), np.zeros(NZ), np.zeros(NPHI), np.zeros(FM_WORK), np.zeros(N_LC),
+          np.zeros(NZ), np.zeros(NZ), np.zeros(NZ), np.zeros(NPHI))
+    wm = (np.zeros((NPHI, NZ)), np.zeros((NZ, NZ)), np.zeros((NPHI, NZ)), np.zeros((NZ, NZ)))
+    wi = (np.zeros(NZ, np.int64), np.zeros(3, np.int64))
+    counters = wi[I_COUNT]
+    start_item(P, theta, x0, warm_in, wv, wm, wi, iopt[O_GIVEN] != 0)
+    use_limit = iopt[O_LIMIT] != 0
+    n_damped = 0
+    n_homotopy = 0
+    fail = -1
+    n = 0
+    solved = False
+    while True:
+        n = forward_segment(n, solved, lin, P, theta, io, wv, wm, wi, fopt, iopt)
+        if n >= T:
+            break
+        # fallbacks for sample n (p[n] is set): damped Newton from z[n-1], then homotopy
+        n_damped += 1
+        copy_into(wv[V_Z], wv[V_Z1], NZ)
+        it = newton_damped(P, theta, wv[V_P], wv, wm, wi, fopt, iopt[O_FBIT], use_limit)
+        if it < 0:
+            counters[0] -= it
+            n_homotopy += 1
+            it = homotopy(P, theta, wv, wm, wi, fopt, iopt[O_FBIT], use_limit)
+        if it < 0:
+            counters[0] -= it
+            fail = n
+            break
+        counters[0] += it
+        if it > counters[1]:
+            counters[1] = it
+        counters[2] = 1
+        solved = True
+    copy_into(xfin, wv[V_X], nx)
+    for r, k in ((0, V_Z1), (1, V_Z2), (2, V_PPREV)):
+        copy_into(warm_out[r], wv[k], NZ)
+    for i in range(NZ):
+        warm_out[3, i] = np.float64(wi[I_PIV][i]) if counters[2] != 0 else -1.0
+    warm_out[4:] = wm[M_LU]
+    stats[ST_ITER] = counters[0]
+    stats[ST_MAXITER] = counters[1]
+    stats[ST_DAMPED] = n_damped
+    stats[ST_HOMOTOPY] = n_homotopy
+    stats[ST_FAIL] = fail
+    stats[ST_SAMPLES] = T if fail < 0 else fail
+
+
+def backward_core(lin, P, theta, io, dlin, dP, gvec, iopt, bv, bm, b3, piv):
+    # one batch item of the adjoint (module docstring), every array borrowed as in forward_segment:
+    # per checkpoint block, recompute x, phi, dphi and M forward from the saved z (no Newton), then
+    # run the block backwards.  p (bv[4]) must be zeros.
+    A, B, C, D, E, F, G, H = borrow(lin)
+    dA, dB, dC, dD, dE, dF, dG, dH = borrow(dlin)
+    u, ztraj, ckpt, gy, du, mu = borrow(io)
+    gx, dx0, dtheta = borrow(gvec)
+    x, xn, xbar, xbn, p, g, gphi, zbar, w, mq, work = borrow(bv)
+    xs, phis, Mt = borrow(bm)
+    dphis, Ms = borrow(b3)
+    P = borrow(P)
+    dP = borrow(dP)
+    theta = borrow(theta)
+    piv = borrow(piv)
+    cp = iopt[O_CP]
+    want_theta = iopt[O_THETA] != 0
+    T = u.shape[0]
+    nx = A.shape[0]
+    nu = B.shape[1]
+    ny = D.shape[0]
+    copy_into(xbar, gx, nx)
+    for c in range((T + cp - 1) // cp - 1, -1, -1):
+        n0 = c * cp
+        n1 = min(T, n0 + cp)
+        copy_into(x, ckpt[c], nx)
+        for n in range(n0, n1):
+            copy_into(xs[n - n0], x, nx)
+            # phi, dphi and M = -dr/dz do not depend on p (g = p + r(z)): p stays 0 here
+            fm_eval(P, p, ztraj[n], theta, phis[n - n0], dphis[n - n0], g, Ms[n - n0], work)
+            affine_phi(xn, A, x, B, u[n], C, phis[n - n0])
+            copy_into(x, xn, nx)
+        for n in range(n1 - 1, n0 - 1, -1):
+            k = n - n0
+            un, yb, xk, phik = u[n], gy[n], xs[k], phis[k]
+            mtv(gphi, F, yb, ny, NPHI, False)  # gphi = F' ybar + C' xbar
+            mtv(gphi, C, xbar, nx, NPHI, True)
+            mtv(zbar, dphis[k], gphi, NPHI, NZ, False)  # w = M^-T dphi' gphi
+            copy_matrix(Mt, Ms[k], True)
+            if not solve_into(Mt, piv, zbar, w, NZ):
+                w[:] = math.nan  # a singular M has no implicit derivative
+            fm_vjp(P, ztraj[n], phik, theta, gphi, w, dP, dtheta, mq, want_theta, work)
+            copy_into(mu[n], mq, NF)
+            # outer products with the sample's x, u, phi
+            outer_acc(dA, xbar, xk, nx, nx)
+            outer_acc(dB, xbar, un, nx, nu)
+            outer_acc(dC, xbar, phik, nx, NPHI)
+            outer_acc(dD, yb, xk, ny, nx)
+            outer_acc(dE, yb, un, ny, nu)
+            outer_acc(dF, yb, phik, ny, NPHI)
+            outer_acc(dG, w, xk, NZ, nx)
+            outer_acc(dH, w, un, NZ, nu)
+            affine_w(du[n], B, xbar, E, yb, H, w)  # ubar[n] = B' xbar + E' ybar + H' w
+            affine_w(xbn, A, xbar, D, yb, G, w)  # xbar[n] = A' xbar[n+1] + D' ybar + G' w
+            copy_into(xbar, xbn, nx)
+    copy_into(dx0, xbar, nx)
+
+
+def backward_item(lin, P, theta, io, dlin, dP, gvec, iopt):
+    nx = lin[0].shape[0]
+    cp = iopt[O_CP]
+    bv = (np.zeros(nx), np.zeros(nx), np.zeros(nx), np.zeros(nx), np.zeros(NZ), np.zeros(NZ), np.zeros(NPHI),
+          np.zeros(NZ), np.zeros(NZ), np.zeros(NF), np.zeros(FM_WORK))
+    bm = (np.zeros((cp, nx)), np.zeros((cp, NPHI)), np.zeros((NZ, NZ)))
+    b3 = (np.zeros((cp, NPHI, NZ)), np.zeros((cp, NZ, NZ)))
+    backward_core(lin, P, theta, io, dlin, dP, gvec, iopt, bv, bm, b3, np.zeros(NZ, np.int64))
+
+
+def theta_vjp_item(theta, vtraj, mu, dtheta):
+    # dtheta += sum_n (df/dtheta at vtraj[n])' mu[n]
+    work = np.zeros(N_WORK)
+    for n in range(vtraj.shape[0]):
+        nl_vjp_theta(vtraj[n], theta, mu[n], dtheta, work)
+
+
+# fmt: on
+INLINE_TEMPLATES = ("affine_phi", "affine_w", "accept_step", "predict", "newton_plain", "start_item")
+TEMPLATES: tuple[tuple[str, str], ...] = (
+    ("newton_damped", ""),
+    ("homotopy", ""),
+    ("forward_segment", ""),
+    ("forward_item", ", nogil=True"),
+    ("backward_core", ""),
+    ("backward_item", ", nogil=True"),
+    ("theta_vjp_item", ", nogil=True"),
+)
+
+
+@dataclass(frozen=True)
+class StepFormulation:
+    """The compiled side of a one-step formulation: its hooks, pasted into the generated module.
+
+    ``hooks``: plain Python functions ``fm_prepare``, ``fm_eval``, ``fm_limit``, ``fm_vjp`` (and any
+    helpers they call), each compiled ``inline="always"`` (see the module docstring for their
+    contracts).  ``constants``: source defining ``NZ``, ``NPHI`` and ``FM_WORK`` (it may use the
+    nonlinearity's ``NV``, ``NF``, ``N_WORK``).  ``name`` tells modules apart in error messages.
+    """
+
+    name: str
+    hooks: tuple[Callable[..., object], ...]
+    constants: str
+    dependencies: tuple[Path, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """Newton and checkpoint settings of the compiled loops.
+
+    ``reltol``/``abstol`` (units of ``z``, volts for DK): a Newton step ``dz`` is converged when
+    ``|dz_i| <= reltol |z_i| + abstol`` for all unknowns (or when the contraction-based error
+    estimate of the next iterate is below that).  ``max_iter``: plain Newton iterations before
+    the fallbacks; ``fallback_iter``: iterations of each damped solve.  ``predictor``:
+    'previous', 'linear' (2 z[n-1] - z[n-2]) or 'tangent' (z[n-1] + M^-1 (p[n] - p[n-1])).
+    ``checkpoint``: samples between saved states for the backward pass.  ``limit``: the
+    formulation's step limiting (SPICE junction limiting for DK).  ``threads``: batch items
+    run in parallel on up to this many threads (None: all cores).
+    """
+
+    reltol: float = 1e-10
+    abstol: float = 1e-12
+    max_iter: int = 50
+    fallback_iter: int = 200
+    predictor: str = "tangent"
+    checkpoint: int = 256
+    limit: bool = True
+    threads: int | None = None
+
+    def arrays(self, save: bool, given: bool = False, theta_grad: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(fopt, iopt)`` for the kernels: tolerances, and the integer options ``O_*``."""
+        if self.predictor not in PREDICTORS:
+            raise ValueError(f"predictor must be one of {sorted(PREDICTORS)}, not {self.predictor!r}")
+        if self.checkpoint < 1:
+            raise ValueError("checkpoint must be >= 1")
+        fopt = np.array([self.reltol, self.abstol], dtype=np.float64)
+        ints = (self.max_iter, self.fallback_iter, PREDICTORS[self.predictor], self.checkpoint, save,
+                self.limit, given, theta_grad)
+        return fopt, np.array([int(i) for i in ints], dtype=np.int64)
+
+
+@dataclass
+class ForwardResult:
+    """Output of :func:`forward`.  ``stats`` columns: iterations, max iterations per sample,
+    damped-Newton fallbacks, homotopy fallbacks, first failing sample (-1 if none), samples done."""
+
+    y: np.ndarray  # (batch, T, Ny)
+    x_final: np.ndarray  # (batch, Nx)
+    warm: np.ndarray  # (batch, 4 + Nz, Nz) Newton warm start for the next block
+    stats: np.ndarray  # (batch, N_STATS) int64
+    v: np.ndarray | None = None  # (batch, T, Nz) the unknowns z (DK: port voltages), saved for backward
+    checkpoints: np.ndarray | None = None  # (batch, ceil(T / checkpoint), Nx) states
+
+    @property
+    def failed(self) -> tuple[int, int] | None:
+        """``(batch index, sample index)`` of the earliest Newton failure, or None."""
+        bad = np.nonzero(self.stats[:, ST_FAIL] >= 0)[0]
+        if bad.size == 0:
+            return None
+        b = int(bad[np.argmin(self.stats[bad, ST_FAIL])])
+        return b, int(self.stats[b, ST_FAIL])
+
+
+@dataclass
+class BackwardResult:
+    """Gradients from :func:`backward`: ``dmats`` = those of ``lin`` then of ``P`` (summed over the
+    batch), ``du``, ``dx0``, ``mu = dL/df`` (batch, T, Nf) and, when asked for, ``dtheta`` (summed
+    over the batch; w.r.t. every theta entry, the derived slots of device vectors included)."""
+
+    dmats: tuple[np.ndarray, ...]
+    du: np.ndarray
+    dx0: np.ndarray
+    mu: np.ndarray
+    dtheta: np.ndarray | None = None
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def run_items(fn: Callable[..., None], items: Sequence[tuple[object, ...]], threads: int | None) -> None:
+    """Call the compiled ``fn(*args)`` for every batch item's ``args``, on up to ``threads`` threads.
+
+    The item kernels are compiled with ``nogil=True``; a Python thread pool spreads the batch
+    over the cores.  (``numba.prange`` would do the same but costs ~10 s of extra compilation
+    per module and its default threading layer must not be entered from two Python threads.)
+    """
+    global _POOL
+    n = min(len(items), threads if threads is not None else (os.cpu_count() or 1))
+    if n <= 1:
+        for args in items:
+            fn(*args)
+        return
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="circuitsim-kernel")
+        pool = _POOL
+    list(pool.map(lambda k: [fn(*args) for args in items[k::n]], range(n)))  # round-robin
+
+
+def _c(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def check_shapes(module: ModuleType, lin: Sequence[np.ndarray], u: np.ndarray, x0: np.ndarray) -> None:
+    """Raise ``ValueError`` unless ``lin = (A, ..., H)``, ``u`` (batch, T, Nu) and ``x0`` (batch, Nx) fit."""
+    if len(lin) != 8:
+        raise ValueError(f"expected the 8 linear maps A..H, got {len(lin)}")
+    A, B = lin[0], lin[1]
+    nx, nu, nphi, ny, nz = A.shape[0], B.shape[1], module.NPHI, lin[3].shape[0], module.NZ
+    want = ((nx, nx), (nx, nu), (nx, nphi), (ny, nx), (ny, nu), (ny, nphi), (nz, nx), (nz, nu))
+    for name, shape, m in zip("ABCDEFGH", want, lin):
+        if m.shape != shape:
+            raise ValueError(f"matrix {name} has shape {m.shape}, expected {shape}")
+    if u.ndim != 3 or u.shape[2] != nu:
+        raise ValueError(f"u must be (batch, T, {nu}), got {u.shape}")
+    if x0.shape != (u.shape[0], nx):
+        raise ValueError(f"x0 must be ({u.shape[0]}, {nx}), got {x0.shape}")
+
+
+def warm_state(v_init: np.ndarray | None, batch: int, nz: int) -> tuple[np.ndarray, int]:
+    """The kernel's warm-start array from ``None`` (zeros), unknowns ``(batch|1, Nz)`` or a
+    previous block's ``ForwardResult.warm`` ``(batch, 4 + Nz, Nz)``; and whether it is complete."""
+    warm = np.zeros((batch, 4 + nz, nz))
+    if v_init is None:
+        return warm, 0
+    v_init = np.asarray(v_init, dtype=np.float64)
+    if v_init.ndim == 3:
+        if v_init.shape != warm.shape:
+            raise ValueError(f"warm state must be {warm.shape}, got {v_init.shape}")
+        return _c(v_init), 1
+    v_init = np.broadcast_to(v_init.reshape(-1, nz) if v_init.ndim == 1 else v_init, (batch, nz))
+    warm[:, 0, :] = v_init
+    return warm, 0
+
+
+def forward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarray], theta: np.ndarray,
+        u: np.ndarray, x0: np.ndarray, z_init: np.ndarray | None = None, options: KernelOptions | None = None,
+        save: bool = True
+) -> ForwardResult:
+    """Run a formulation's recursion over ``u`` (batch, T, Nu) from states ``x0`` (batch, Nx).
+
+    ``module``: the generated module (:func:`circuitsim.kernels.codegen.step_module`); ``lin``:
+    ``(A, ..., H)``; ``P``: the formulation's matrices.  ``save=True`` also returns the trajectory
+    of ``z`` and state checkpoints for :func:`backward`.  Pass ``ForwardResult.warm`` and
+    ``x_final`` of one block as ``z_init`` and ``x0`` of the next for streaming: the result is
+    identical to one long run.  Newton failures are reported in ``stats`` (never raised).
+    """
+    options = options or KernelOptions()
+    lin = tuple(_c(m) for m in lin)
+    P = tuple(_c(m) for m in P)
+    u, x0, theta = _c(u), _c(x0), _c(theta).reshape(-1)
+    check_shapes(module, lin, u, x0)
+    batch, T = u.shape[:2]
+    nz, nx, ny = module.NZ, lin[0].shape[0], lin[3].shape[0]
+    warm, given = warm_state(z_init, batch, nz)
+    fopt, iopt = options.arrays(save, bool(given))
+    cp = options.checkpoint
+    y = np.zeros((batch, T, ny))
+    ztraj = np.zeros((batch, T if save else 0, nz))
+    ckpt = np.zeros((batch, (T + cp - 1) // cp if save else 0, nx))
+    xfin = np.zeros((batch, nx))
+    warm_out = np.zeros_like(warm)
+    stats = np.zeros((batch, N_STATS), dtype=np.int64)
+    if T == 0:
+        return ForwardResult(y, x0.copy(), warm, stats, ztraj if save else None, ckpt if save else None)
+    items = [
+        (lin, P, theta, (u[b], y[b], ztraj[b], ckpt[b]), x0[b], xfin[b], warm[b], warm_out[b], stats[b], fopt, iopt)
+        for b in range(batch)
+    ]
+    run_items(module.forward_item, items, options.threads)
+    return ForwardResult(y, xfin, warm_out, stats, ztraj if save else None, ckpt if save else None)
+
+
+def backward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarray], theta: np.ndarray,
+        u: np.ndarray, saved: ForwardResult, gy: np.ndarray, gx_final: np.ndarray | None = None,
+        options: KernelOptions | None = None, theta_grad: bool = False
+) -> BackwardResult:
+    """Adjoint of :func:`forward` (module docstring) from the ``saved`` trajectory, given ``gy =
+    dL/dy`` (batch, T, Ny) and optionally ``gx_final = dL/dx[T]`` (batch, Nx).  With ``theta_grad``
+    the loop also accumulates ``dtheta = dL/dtheta`` through the formulation's ``fm_vjp``."""
+    options = options or KernelOptions()
+    lin = tuple(_c(m) for m in lin)
+    P = tuple(_c(m) for m in P)
+    u, theta = _c(u), _c(theta).reshape(-1)
+    batch, T = u.shape[:2]
+    nx = lin[0].shape[0]
+    gy = _c(gy)
+    gx = np.zeros((batch, nx)) if gx_final is None else _c(gx_final)
+    _, iopt = options.arrays(True, theta_grad=theta_grad)
+    dlin = tuple(np.zeros((batch,) + m.shape) for m in lin)
+    dP = tuple(np.zeros((batch,) + m.shape) for m in P)
+    du = np.zeros((batch, T, lin[1].shape[1]))
+    dx0 = np.zeros((batch, nx))
+    mu = np.zeros((batch, T, module.NF))
+    dtheta = np.zeros((batch, theta.size if theta_grad else 0))
+    if T > 0:
+        assert saved.v is not None and saved.checkpoints is not None, "forward(save=True) is needed"
+        zt, ck = _c(saved.v), _c(saved.checkpoints)
+        items = [
+            (lin, P, theta, (u[b], zt[b], ck[b], gy[b], du[b], mu[b]), tuple(d[b] for d in dlin),
+             tuple(d[b] for d in dP), (gx[b], dx0[b], dtheta[b]), iopt)
+            for b in range(batch)
+        ]
+        run_items(module.backward_item, items, options.threads)
+    else:
+        dx0 = gx.copy()
+    dmats = tuple(d.sum(0) for d in dlin + dP)
+    return BackwardResult(dmats, du, dx0, mu, dtheta.sum(0) if theta_grad else None)
+
+
+def theta_vjp(module: ModuleType, theta: np.ndarray, v: np.ndarray, mu: np.ndarray, threads: int | None = None
+              ) -> np.ndarray:
+    """``sum_{b,n} (df/dtheta at v[b, n])' mu[b, n]`` with the compiled ``nl_vjp_theta`` of ``module``.
+
+    ``v`` (batch, T, Nv) port voltages (volts), ``mu`` (batch, T, Nf) adjoints of ``f``.
+    """
+    theta, v, mu = _c(theta).reshape(-1), _c(v), _c(mu)
+    if v.shape[:2] != mu.shape[:2] or v.shape[2] != module.NV or mu.shape[2] != module.NF:
+        raise ValueError(f"v {v.shape} and mu {mu.shape} do not fit the nonlinearity")
+    out = np.zeros((v.shape[0], theta.size))
+    run_items(module.theta_vjp_item, [(theta, v[b], mu[b], out[b]) for b in range(v.shape[0])], threads)
+    return out.sum(0)
+
+
+__all__ = [
+    "BackwardResult",
+    "ForwardResult",
+    "KernelOptions",
+    "StepFormulation",
+    "backward",
+    "forward",
+    "theta_vjp",
+    "warm_state",
+]

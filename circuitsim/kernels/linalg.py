@@ -1,0 +1,190 @@
+"""Small dense linear algebra for the compiled per-sample core, written once.
+
+Every function here except :func:`borrow` is a plain Python template: :mod:`circuitsim.kernels.codegen`
+pastes it into each generated module decorated with ``@njit(cache=True, inline="always")``, so
+the forward Newton loop, its fallbacks and the adjoint loop all inline the same LU factor and
+solve (Golub & Van Loan, *Matrix Computations*, 4th ed., alg. 3.4.1 and 3.4.2) and the same
+matrix-vector products.  Sizes are tiny (a handful of ports), so loops beat BLAS calls.
+"""
+
+from __future__ import annotations
+
+import math
+
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+
+def _borrow_array(context, builder, aryty, value):
+    src = context.make_array(aryty)(context, builder, value=value)
+    dst = context.make_array(aryty)(context, builder)
+    for name in ("nitems", "itemsize", "data", "shape", "strides"):
+        setattr(dst, name, getattr(src, name))
+    dst.meminfo = cgutils.get_null_value(dst.meminfo.type)
+    dst.parent = cgutils.get_null_value(dst.parent.type)
+    return dst._getvalue()
+
+
+@intrinsic
+def borrow(typingctx, arr):
+    """A view of ``arr`` (an array, or a tuple of arrays) without reference counting (NULL meminfo).
+
+    numba increments and decrements (atomically) the reference count of every array it copies
+    into a local or passes on, which in a Newton loop costs most of the time per sample (about
+    100 ns, measured with ``benchmarks/bench_kernel.py``).  On a borrowed view those operations
+    are no-ops.  Valid only while the caller keeps ``arr`` alive (here: arguments of the running
+    kernel).
+    """
+    if isinstance(arr, types.Array):
+
+        def codegen(context, builder, sig, args):
+            return _borrow_array(context, builder, sig.args[0], args[0])
+
+        return arr(arr), codegen
+    if isinstance(arr, types.BaseTuple) and all(isinstance(t, types.Array) for t in arr):
+
+        def codegen_tuple(context, builder, sig, args):
+            tup = args[0]
+            for i, ty in enumerate(sig.args[0]):
+                item = _borrow_array(context, builder, ty, builder.extract_value(tup, i))
+                tup = builder.insert_value(tup, item, i)
+            return tup
+
+        return arr(arr), codegen_tuple
+    return None
+
+
+# fmt: off
+# ----------------------------------------------------------------------------- templates
+
+
+def lu_factor(M, piv, n):
+    # in-place LU with partial pivoting, P M = L U (Golub & Van Loan alg. 3.4.1); False if singular
+    for k in range(n):
+        r = k
+        pmax = abs(M[k, k])
+        for i in range(k + 1, n):
+            a = abs(M[i, k])
+            if a > pmax:
+                pmax = a
+                r = i
+        if not (pmax > 0.0 and pmax < math.inf):
+            return False
+        piv[k] = r
+        if r != k:
+            for j in range(n):
+                t = M[k, j]
+                M[k, j] = M[r, j]
+                M[r, j] = t
+        inv = 1.0 / M[k, k]
+        for i in range(k + 1, n):
+            lik = M[i, k] * inv
+            M[i, k] = lik
+            for j in range(k + 1, n):
+                M[i, j] -= lik * M[k, j]
+    return True
+
+
+def lu_solve(M, piv, b, n):
+    # b <- (P^T L U)^-1 b in place, with the factors of lu_factor (alg. 3.4.2)
+    for k in range(n):
+        r = piv[k]
+        if r != k:
+            t = b[k]
+            b[k] = b[r]
+            b[r] = t
+    for i in range(n):
+        s = b[i]
+        for j in range(i):
+            s -= M[i, j] * b[j]
+        b[i] = s
+    for i in range(n - 1, -1, -1):
+        s = b[i]
+        for j in range(i + 1, n):
+            s -= M[i, j] * b[j]
+        b[i] = s / M[i, i]
+
+
+def solve_into(M, piv, rhs, out, n):
+    # out = M^-1 rhs, factoring M in place (M then holds its LU factors); False if M is singular
+    for i in range(n):
+        out[i] = rhs[i]
+    if n == 1:
+        m = M[0, 0]
+        piv[0] = 0
+        if not (abs(m) > 0.0 and abs(m) < math.inf):
+            return False
+        out[0] = out[0] / m
+        return True
+    if not lu_factor(M, piv, n):
+        return False
+    lu_solve(M, piv, out, n)
+    return True
+
+
+def mv(out, M, a, rows, cols, acc):
+    # out = M a (acc False) or out += M a (acc True), M rows x cols; the sizes are passed in so
+    # that compile-time constants unroll the loops
+    for i in range(rows):
+        s = out[i] if acc else 0.0
+        for j in range(cols):
+            s += M[i, j] * a[j]
+        out[i] = s
+
+
+def mtv(out, M, a, rows, cols, acc):
+    # out = M' a (acc False) or out += M' a (acc True), M rows x cols: column j of M dotted with a
+    for j in range(cols):
+        s = 0.0
+        for i in range(rows):
+            s += a[i] * M[i, j]
+        out[j] = out[j] + s if acc else s
+
+
+def outer_acc(dM, a, b, rows, cols):
+    # dM += a b' (the gradient of M in the product M b, given the cotangent a of the product)
+    for i in range(rows):
+        ai = a[i]
+        for j in range(cols):
+            dM[i, j] += ai * b[j]
+
+
+def copy_into(dst, src, n):
+    # dst[:n] = src[:n]
+    for i in range(n):
+        dst[i] = src[i]
+
+
+def copy_matrix(dst, src, transpose):
+    # dst = src, or src' when transpose
+    for i in range(dst.shape[0]):
+        for j in range(dst.shape[1]):
+            dst[i, j] = src[j, i] if transpose else src[i, j]
+
+
+def scaled_step(dz, z, reltol, abstol, n):
+    # max_i |dz_i| / (reltol |z_i| + abstol): <= 1 means converged; inf/nan -> inf
+    s = 0.0
+    for i in range(n):
+        r = abs(dz[i]) / (reltol * abs(z[i]) + abstol)
+        if not (r <= 1e300):
+            return math.inf
+        if r > s:
+            s = r
+    return s
+
+
+# fmt: on
+TEMPLATES = (
+    "lu_factor",
+    "lu_solve",
+    "solve_into",
+    "mv",
+    "mtv",
+    "outer_acc",
+    "copy_into",
+    "copy_matrix",
+    "scaled_step",
+)
+
+__all__ = ["TEMPLATES", "borrow", "lu_factor", "lu_solve", "solve_into"]
