@@ -28,6 +28,18 @@ def test_stream_resampler_equals_whole_signal_resampling():
         assert np.max(np.abs(y - ref)) <= 1e-12 * np.max(np.abs(ref))
 
 
+def test_stream_resampler_with_tiny_blocks_equals_whole_signal_resampling():
+    """Real-time block sizes (1 and 7 samples) give the one-shot output too, sample for sample."""
+    x = np.random.default_rng(2).standard_normal(700)
+    for up, down in ((8, 1), (1, 8)):
+        ref = resample(x, up, down)
+        for block in (1, 7):
+            s = StreamResampler(up, down)
+            y = np.concatenate([s.process(x[i : i + block]) for i in range(0, len(x), block)] + [s.flush()])
+            assert len(y) == len(ref)
+            assert np.max(np.abs(y - ref)) <= 1e-12 * np.max(np.abs(ref))
+
+
 def test_blockwise_oversampled_render_equals_one_shot():
     fs, n = 44100, 4000
     x = 0.4 * karplus_strong(196.0, n / fs, fs, seed=2)
