@@ -116,16 +116,14 @@ class PHSModule(AbstractCircuitModule):
             y_steps = torch.zeros(batch, 0, dtype=DTYPE)
             ds_new, v_end, vi_end = ds, v0, vi0
         else:
-            mean = 0.5 * (steps + torch.cat([prev_src.unsqueeze(1), steps[:, :-1]], dim=1))
-            src_op = op[1].unsqueeze(1)
+            mean = 0.5 * (steps + torch.cat([prev_src.unsqueeze(1), steps[:, :-1]], dim=1)) if energy else None
             y_op = torch.cat([s_op, op[1]], dim=-1) @ sm.e_out.T  # (batch, 1)
-            const = torch.cat([op[2], op[3], y_op], dim=-1).unsqueeze(1).expand(batch, nt, -1)
-            uk = torch.cat([mean - src_op, steps - src_op, const], dim=-1)
-            ys, final, stats = run_state_space(sm.step, m.theta, uk, ds, nl, sample_rate=self.sample_rate,
+            x0 = torch.cat([ds, prev_src, op[1], op[2], op[3], y_op], dim=-1)
+            ys, final, stats = run_state_space(sm.step, m.theta, steps, x0, nl, sample_rate=self.sample_rate,
                                                v_init=v0, sample_offset=k0)
             diag.newton_iterations += int(stats.get("iterations", 0))
             diag.max_iterations = int(stats.get("max_iterations", 0))
-            ds_new, v_end = final["x"], final["v"]
+            ds_new, v_end = final["x"][:, : ds.shape[1]], final["v"]
             if sm.instant_nonlinear:
                 u2 = torch.cat([ys[..., sm.rows["s"]] + s_op.unsqueeze(1), steps], dim=-1)
                 y2, fin2, st2 = run_state_space(

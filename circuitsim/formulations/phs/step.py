@@ -99,9 +99,10 @@ def storage_values(topo: MNATopology, st: Storage, leaves) -> torch.Tensor:
 class StepMatrices:
     """The PH step and the instant output as state-space matrices (names as in the kernel).
 
-    Step input channels: ``[s̄ - s(0), s(t_n) - s(0), Nv x_op, f_op, y_op]`` (the last three constant per
-    batch item); state ``δs = s - s_op``.  Output rows: ``y`` (the output volts at ``t_n``, when PH-3 is
-    linear), then ``δs_n`` (when PH-3 is nonlinear, or for energy), then ``δx̄`` and ``f`` (for energy).
+    Step input: the source values ``s(t_n)``; state ``[δs, s(t_{n-1}), s(0), Nv x_op, f_op, y_op]`` with
+    ``δs = s - s_op`` (the last four constant per batch item, see :func:`_fold_inputs`).  Output rows:
+    ``y`` (the output volts at ``t_n``, when PH-3 is linear), then ``δs_n`` (when PH-3 is nonlinear, or
+    for energy), then ``δx̄`` and ``f`` (for energy).
     """
 
     step: tuple[torch.Tensor, ...]
@@ -163,8 +164,36 @@ def step_matrices(
         rows["x"], rows["f"] = slice(at, at + n), slice(at + n, at + n + nf)
     K = m.Nv @ pw
     H = torch.cat([m.Nv @ pb, zs(np_, nu), torch.eye(np_, dtype=DTYPE), -K, zs(np_, 1)], dim=1)
-    step = (A, B, C, torch.cat(D), torch.cat(E), torch.cat(F), m.Nv @ pz, H, K)
+    step = _fold_inputs((A, B, C, torch.cat(D), torch.cat(E), torch.cat(F), m.Nv @ pz, H, K), ns, nu, np_ + nf + 1)
     return StepMatrices(step, instant, nonlinear, rows, e_out)
+
+
+def _fold_inputs(mats: tuple[torch.Tensor, ...], ns: int, nu: int, nc: int) -> tuple[torch.Tensor, ...]:
+    """Move the step's derived inputs into the state, so the kernel reads the source values themselves.
+
+    The input ``uk = [s̄ - s(0), s(t_n) - s(0), consts]`` becomes ``uk = Lu s(t_n) + Lx x`` with the state
+    ``x = [δs, s(t_{n-1}), s(0), consts]``: the previous source values are a state (``p' = s(t_n)``) and the
+    constants are states that never change (``k' = k``), so no per-sample work is left to torch.
+    """
+    A, B, C, D, E, F, G, H, K = mats
+    eye = lambda k: torch.eye(k, dtype=DTYPE)  # noqa: E731
+    zs = lambda *shape: torch.zeros(*shape, dtype=DTYPE)  # noqa: E731
+    nk = nu + nc  # constant states: s(0), then the step's constant inputs
+    nx = ns + nu + nk
+    lu = torch.cat([0.5 * eye(nu), eye(nu), zs(nc, nu)])
+    lx = torch.cat([
+        torch.cat([zs(nu, ns), 0.5 * eye(nu), -eye(nu), zs(nu, nc)], 1),
+        torch.cat([zs(nu, ns), zs(nu, nu), -eye(nu), zs(nu, nc)], 1),
+        torch.cat([zs(nc, ns), zs(nc, nu), zs(nc, nu), eye(nc)], 1),
+    ])
+
+    def on_state(m: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:  # m acts on δs, inp on uk
+        return torch.cat([m, zs(m.shape[0], nx - ns)], 1) + inp @ lx
+
+    a_new = torch.cat([on_state(A, B), zs(nu, nx), torch.cat([zs(nk, ns + nu), eye(nk)], 1)])
+    b_new = torch.cat([B @ lu, eye(nu), zs(nk, nu)])
+    c_new = torch.cat([C, zs(nu + nk, C.shape[1])])
+    return (a_new, b_new, c_new, on_state(D, E), E @ lu, F, on_state(G, H), H @ lu, K)
 
 
 __all__ = ["StepMatrices", "Storage", "step_matrices", "storage_of", "storage_values"]
