@@ -219,6 +219,10 @@ def test_streaming_equals_one_call():
         a, st = model.stream(x[:700])
         b, _ = model.stream(x[700:], st)
     assert torch.allclose(torch.cat([a, b]), whole, rtol=0, atol=1e-12)
+    batch = torch.stack([x, 0.1 + 0.5 * x.flip(0)])  # batch items start from their own DC points
+    with torch.no_grad():
+        yb, other = model(batch), model(batch[1])
+    assert torch.allclose(yb[0], whole, rtol=0, atol=1e-12) and torch.allclose(yb[1], other, rtol=0, atol=1e-12)
 
 
 def test_cli_describe_and_energy_report(tmp_path: Path, capsys):
