@@ -36,6 +36,7 @@ from circuitsim.kernels.nonlinearity import (
 from circuitsim.netlist import NetlistError
 from circuitsim.netlist.ast import Binary, BranchI, Expr, Name, NodeV, Num
 from circuitsim.netlist.expr import TORCH_OPS, children, evaluate, free_names, to_sympy
+from circuitsim.system.checks import check_finite, check_solvable
 
 DTYPE = torch.float64
 Row = tuple[tuple[int, float], ...]  # sparse row/column: (unknown index, coefficient)
@@ -355,7 +356,12 @@ class MNATopology:
         theta = torch.cat(pieces) if pieces else torch.zeros(0, dtype=DTYPE)
         out = torch.zeros(n, dtype=DTYPE)
         out[self.output] = 1.0
-        return MNAMatrices(dense(g_idx, g_val), dense(c_idx, c_val), bu, nv, wi, wq, theta, out, torch.stack(src_vals))
+        mats = MNAMatrices(dense(g_idx, g_val), dense(c_idx, c_val), bu, nv, wi, wq, theta, out, torch.stack(src_vals))
+        check_finite(self, mats)  # a value that makes a stamp infinite or NaN: name the element
+        if not getattr(self, "_solvable_checked", False):  # singular at every step: once, at the first assembly
+            self._solvable_checked = True
+            check_solvable(self, mats)
+        return mats
 
     def implicit_step(
         self, m: MNAMatrices, x_star: torch.Tensor, a_mat: torch.Tensor, w_mat: torch.Tensor, rhs: torch.Tensor
