@@ -244,6 +244,10 @@ def test_explicit_root_is_used_and_exact(stem: str) -> None:
         x = amp * torch.sin(2 * torch.pi * 1500.0 * t) * torch.linspace(0, 1, 4000, dtype=torch.float64)
         with torch.no_grad():
             assert _rel(wdf(x).numpy(), dk(x).numpy()) < 1e-9, amp
+    with torch.no_grad():  # streaming in blocks gives the one long call
+        y1, st = wdf.stream(x[:1500])
+        y2, _ = wdf.stream(x[1500:], st)
+        assert _rel(torch.cat([y1, y2]).numpy(), wdf(x).numpy()) < 1e-13
 
 
 def test_breakdown_diode_falls_back_to_newton() -> None:

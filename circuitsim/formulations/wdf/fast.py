@@ -87,7 +87,7 @@ def wright_omega(x: float, w0: float = -1.0) -> float:
     return _omega_refine(x, w)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _pn(vd: float, isat: float, vte: float) -> float:
     """ngspice's junction current without GMIN (docs/devices.md): exponential / cubic reverse branch."""
     if vd >= -3.0 * vte:
@@ -96,7 +96,7 @@ def _pn(vd: float, isat: float, vte: float) -> float:
     return -isat * (1.0 + a * a * a)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _pn_d(vd: float, isat: float, vte: float) -> tuple:
     """(i, di/dvd, di/dIs, di/dVte) of :func:`_pn`."""
     if vd >= -3.0 * vte:
