@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields, replace
 from circuitsim.circuit.checks import check_controls, check_topology, warn_negative_reactances
 from circuitsim.circuit.circuit import GROUND, Circuit, DeviceModel, FlatElement, ParamKind, ParamLeaf
 from circuitsim.devices.catalog import canonical_name, model_parameter_status
+from circuitsim.devices.registry import family_for_letter
 from circuitsim.netlist import NetlistError, NetlistWarning
 from circuitsim.netlist.ast import (
     Binary,
@@ -366,9 +367,10 @@ class _Builder:
                 "it too: write the parasitic as its own element",
                 el.loc,
             )
-        if kind in ("D", "Q"):
+        fam = family_for_letter(kind)
+        if fam is not None:  # a registered device family (circuitsim/devices/registry.py)
             flat.model = self.model(el.model or "", frame, el.loc)
-            wanted = {"D": ("D",), "Q": ("NPN", "PNP")}[kind]
+            wanted = fam.model_types
             if flat.model.type not in wanted:
                 raise NetlistError(
                     f"{name}: model {flat.model.name} is a {flat.model.type} model, not {wanted[0]}", el.loc

@@ -7,6 +7,7 @@ import warnings
 import networkx as nx
 
 from circuitsim.circuit.circuit import GROUND, Circuit
+from circuitsim.devices.registry import family_for_letter
 from circuitsim.netlist import NetlistError, NetlistWarning
 from circuitsim.netlist.ast import BranchI
 from circuitsim.netlist.expr import MATH_OPS, evaluate
@@ -62,7 +63,7 @@ def check_topology(circuit: Circuit) -> None:
     dc = nx.Graph()
     dc.add_nodes_from(range(-1, len(circuit.nodes)))
     for el in circuit.elements:
-        if el.kind not in _CONDUCTING:
+        if el.kind not in _CONDUCTING and family_for_letter(el.kind) is None:  # devices conduct
             continue
         ends = el.nodes[:2] if el.kind in ("E", "B", "H") else el.nodes
         for a, b in zip(ends, ends[1:]):

@@ -21,18 +21,9 @@ import sympy
 import torch
 
 from circuitsim.circuit.circuit import GROUND, Circuit, FlatElement
-from circuitsim.devices.bjt import BJT_DEFAULTS, bjt_instance_params
-from circuitsim.devices.constants import GMIN
-from circuitsim.devices.diode import DIODE_DEFAULTS, diode_instance_params
-from circuitsim.kernels.nonlinearity import (
-    BJTBlock,
-    DiodeBlock,
-    ExprBlock,
-    Nonlinearity,
-    bjt_theta_torch,
-    build_nonlinearity,
-    diode_theta_torch,
-)
+from circuitsim.devices.family import DeviceFamily
+from circuitsim.devices.registry import family_for_letter
+from circuitsim.kernels.nonlinearity import DeviceBlock, ExprBlock, Nonlinearity, build_nonlinearity
 from circuitsim.netlist import NetlistError
 from circuitsim.netlist.ast import Binary, BranchI, Expr, Name, NodeV, Num
 from circuitsim.netlist.expr import TORCH_OPS, children, evaluate, free_names, to_sympy
@@ -64,7 +55,7 @@ class MNAMatrices:
 @dataclass
 class _Device:
     element: FlatElement
-    family: str  # 'D', 'Q'
+    family: DeviceFamily  # the registered family of the element letter
     internal: dict[str, int]  # terminal -> unknown index after the series resistors
 
 
@@ -78,38 +69,35 @@ class MNATopology:
         n = len(circuit.nodes)
         self.devices: list[_Device] = []
         self.resistors: list[tuple[str, Expr, Row]] = []  # (name, ohms expression, pair) incl. internal
-        # device-internal nodes for series resistances (ngspice adds the same nodes)
+        # device-internal nodes for series resistances (ngspice adds the same nodes), for every
+        # element of a registered device family (circuitsim/devices/registry.py)
         for el in els:
-            if el.kind not in ("D", "Q"):
+            fam = family_for_letter(el.kind)
+            if fam is None or el.model is None:
                 continue
-            terms = {"D": ("a", "k"), "Q": ("c", "b", "e")}[el.kind]
-            internal = dict(zip(terms, el.nodes))
-            series = {"D": {"a": "RS"}, "Q": {"c": "RC", "b": "RB", "e": "RE"}}[el.kind]
-            for term, pname in series.items():
-                expr = el.model.params.get(pname) if el.model else None
+            outer = dict(zip(fam.terminals, el.nodes))
+            internal = dict(outer)
+            for term, pname in fam.series.items():
+                expr = el.model.params.get(pname)
                 if expr is None or self._float(expr) == 0.0:
                     continue
                 self.names.append(f"v({el.name.lower()}#{term})")
                 internal[term] = n
+                # ngspice divides a series resistance by the area and the multiplier
                 area = el.params.get("AREA", Num(1.0))
                 ohms = Binary("/", expr, Binary("*", area, el.params.get("M", Num(1.0))))
-                self.resistors.append((f"{el.name}.{pname}", ohms, _pair(dict(zip(terms, el.nodes))[term], n)))
+                self.resistors.append((f"{el.name}.{pname}", ohms, _pair(outer[term], n)))
                 n += 1
-            if el.kind == "Q":
-                xcjc, cjc = el.model.params.get("XCJC"), el.model.params.get("CJC")
-                split = xcjc is not None and cjc is not None and self._float(xcjc) < 1.0 and self._float(cjc) > 0
-                if internal["b"] != el.nodes[1] and split:
-                    raise NetlistError(
-                        f"{el.name}: XCJC < 1 with RB > 0 (part of CJC outside the base resistance) is not "
-                        "modelled; set XCJC=1 or RB=0",
-                        el.model.loc,
-                    )
-                # bjtload.c: a GMIN conductance from the substrate (ground for 3 terminals) to c' (NPN) or b' (PNP)
-                sub = el.nodes[3] if len(el.nodes) > 3 else GROUND
-                inner = internal["c"] if el.model.type == "NPN" else internal["b"]
-                ohms = Binary("/", Num(1.0 / GMIN), el.params.get("M", Num(1.0)))
-                self.resistors.append((f"{el.name}.GMIN", ohms, _pair(inner, sub)))
-            self.devices.append(_Device(el, el.kind, internal))
+            card = {k: self._float(e) for k, e in el.model.params.items()}
+            reason = fam.check(card, [t for t in fam.series if internal[t] != outer[t]])
+            if reason is not None:
+                raise NetlistError(f"{el.name}: {reason}", el.model.loc)
+            # linear conductances the family adds (the BJT's substrate GMIN), scaled by M like its currents
+            for extra in fam.extras(el.model.type, len(el.nodes)):
+                a, b = (GROUND if t == "0" else internal[t] for t in (extra.plus, extra.minus))
+                ohms = Binary("/", Num(extra.ohms), el.params.get("M", Num(1.0)))
+                self.resistors.append((f"{el.name}.{extra.name}", ohms, _pair(a, b)))
+            self.devices.append(_Device(el, fam, internal))
         self.n_nodes = n
         self.branch: dict[str, int] = {}
         for el in els:
@@ -175,53 +163,34 @@ class MNATopology:
         return len(self.outputs) - 1
 
     def _device_block(self, dev: _Device) -> None:
-        t = dev.internal
-        if dev.family == "D":
-            row = _pair(t["a"], t["k"])
-            flipped = tuple((i, -c) for i, c in row)
-            sign = 1.0
-            if row not in self._port_index and flipped in self._port_index:
-                row, sign = flipped, -1.0  # anti-parallel diodes share one port (one Newton unknown)
-            p = self.port(row)
-            self._junctions.add(p)
-            has_q = any(k in dev.element.model.params for k in ("CJO", "TT"))
-            oi = self._add_output(_pair(t["a"], t["k"]), False)
-            oq = self._add_output(_pair(t["a"], t["k"]), True) if has_q else -1
-            size = diode_theta_torch(self._device_params(dev, None)).numel()
-            self.blocks.append(DiodeBlock(port=p, out_i=oi, out_q=oq, theta=self.theta_size, sign=sign))
-        else:
-            pbe = self.port(_pair(t["b"], t["e"]))
-            pbc = self.port(_pair(t["b"], t["c"]))
-            self._junctions.update((pbe, pbc))
-            has_q = any(k in dev.element.model.params for k in ("CJE", "CJC", "TF", "TR"))
-            outs = (
-                self._add_output(_pair(t["b"], t["e"]), False),
-                self._add_output(_pair(t["c"], t["e"]), False),
-                self._add_output(_pair(t["b"], t["e"]), True) if has_q else -1,
-                self._add_output(_pair(t["b"], t["c"]), True) if has_q else -1,
-            )
-            pol = 1.0 if dev.element.model.type == "NPN" else -1.0
-            size = bjt_theta_torch(self._device_params(dev, None), pol).numel()
-            self.blocks.append(BJTBlock(ports=(pbe, pbc), outs=outs, theta=self.theta_size))
+        fam, t, given = dev.family, dev.internal, set(dev.element.model.params)
+        rows = [_pair(t[a], t[b]) for a, b in fam.ports]
+        sign = 1.0
+        flipped = [tuple((i, -c) for i, c in row) for row in rows]
+        if len(rows) == 1 and rows[0] not in self._port_index and flipped[0] in self._port_index:
+            rows, sign = flipped, -1.0  # anti-parallel one-port devices share a port (one Newton unknown)
+        ports = tuple(self.port(row) for row in rows)
+        self._junctions.update(ports[spec.port] for spec in fam.limits)
+        has_q = bool(given & fam.charge_params)  # charge outputs only where the card gives a charge
+        outs = tuple(
+            self._add_output(_pair(t[o.plus], t[o.minus]), o.charge) if has_q or not o.charge else -1
+            for o in fam.outputs
+        )
+        size = len(fam.layout)
+        self.blocks.append(DeviceBlock(fam.name, ports, outs, self.theta_size, sign, fam.features(given)))
         self._theta_sources.append(("device", dev, self.theta_size, size))
         self.theta_size += size
 
     def _device_params(self, dev: _Device, leaves: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
         """Model parameters (ngspice defaults where the card is silent) scaled for the instance as ngspice does."""
-        el = dev.element
+        el, fam = dev.element, dev.family
         env = leaves if leaves is not None else self.leaf_values()
-        defaults = DIODE_DEFAULTS if dev.family == "D" else BJT_DEFAULTS
         p: dict[str, torch.Tensor] = {}
-        for name, default in defaults.items():
+        for name, default in fam.defaults.items():
             expr = el.model.params.get(name)
             p[name] = evaluate(expr, env, TORCH_OPS) if expr is not None else torch.tensor(default, dtype=DTYPE)
-        inst = {k: evaluate(el.params[k], env, TORCH_OPS) for k in ("AREA", "M", "AREAB", "AREAC") if k in el.params}
-        if dev.family == "D":
-            return diode_instance_params(p, inst.get("AREA", 1.0), inst.get("M", 1.0))
-        pol = 1.0 if el.model.type == "NPN" else -1.0
-        return bjt_instance_params(
-            p, inst.get("AREA", 1.0), inst.get("M", 1.0), inst.get("AREAB"), inst.get("AREAC"), pol
-        )
+        inst = {k: evaluate(el.params[k], env, TORCH_OPS) for k in fam.scaling if k in el.params}
+        return fam.instance_params(p, inst, el.model.type)
 
     def _expr_block(self, el: FlatElement) -> None:
         key = "V" if "V" in el.params else "I" if "I" in el.params else "VALUE"
@@ -348,11 +317,8 @@ class MNATopology:
         for kind, what, _, _ in self._theta_sources:
             if kind == "leaf":
                 pieces.append(leaves[what].reshape(1).to(DTYPE))
-            elif what.family == "D":
-                pieces.append(diode_theta_torch(self._device_params(what, leaves)))
             else:
-                pol = 1.0 if what.element.model.type == "NPN" else -1.0
-                pieces.append(bjt_theta_torch(self._device_params(what, leaves), pol))
+                pieces.append(what.family.theta(self._device_params(what, leaves), what.element.model.type))
         theta = torch.cat(pieces) if pieces else torch.zeros(0, dtype=DTYPE)
         out = torch.zeros(n, dtype=DTYPE)
         out[self.output] = 1.0

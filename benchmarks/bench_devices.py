@@ -1,0 +1,93 @@
+"""Generated device code against the hand-written kernels it replaced, in one process (issue 7, part 2).
+
+For each circuit, the DK model is built once; its nonlinearity runs with the device code generated
+from the device programs, and with the nonlinearity source the revision ``--base`` (default
+3152f26, the last with hand-written ``kernels/devices.py``) generates for the same circuit, whose
+``diode_nb`` / ``bjt_nb`` / ``*_vjp_nb`` are loaded from that revision's file.  Both run in the same
+loops of this checkout, interleaved, and are timed in CPU time of this process (best of N), so that
+other jobs on a shared machine disturb both alike.
+
+    python benchmarks/bench_devices.py [--base REV] [--repeats 9] [circuit ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from circuitsim.api import load  # noqa: E402
+
+FS = 384000
+_OLD_SOURCES = f"""
+import json, sys
+from circuitsim.api import load
+out = {{n: load(f"netlists/{{n}}.cir", "dk", {FS}).topology.nonlinearity.nb_source for n in sys.argv[1:]}}
+print(json.dumps(out))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", default="3152f26")
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("circuits", nargs="*", default=["diode_clipper", "bjt_common_emitter", "triode_common_cathode"])
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    t = np.arange(FS) / FS
+    x = 0.3 * np.sin(2 * np.pi * 110 * t) * np.exp(-2 * t) + 0.05 * np.sin(2 * np.pi * 440 * t)  # 1 s
+    xt = torch.as_tensor(x).unsqueeze(0)
+    with tempfile.TemporaryDirectory() as td:
+        tar = subprocess.run(["git", "archive", args.base], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", td], input=tar, check=True)
+        env = dict(os.environ, PYTHONPATH=td)
+        old = json.loads(subprocess.run([sys.executable, "-c", _OLD_SOURCES, *args.circuits], cwd=td, env=env,
+                                        capture_output=True, text=True, check=True).stdout)
+        (Path(td) / "old_devices.py").write_text((Path(td) / "circuitsim/kernels/devices.py").read_text())
+        sys.path.insert(0, td)
+        print(f"CPU ns/sample, best of {args.repeats} (forward) / {max(1, args.repeats // 2)} (forward + backward)")
+        for name in args.circuits:
+            m = load(ROOT / "netlists" / f"{name}.cir", "dk", FS)
+            nl = m.topology.nonlinearity
+            src = old[name].replace("from circuitsim.kernels import devices as _devices",
+                                    "import old_devices as _devices")  # the base revision's hand-written kernels
+            hand = dataclasses.replace(nl, nb_source=src, _module=None).module
+            variants = {"generated": nl.module, "hand-written": hand}
+            best = {k: [np.inf, np.inf] for k in variants}
+            outs = {}
+            for r in range(args.repeats + 1):
+                for k, mod in variants.items():
+                    nl._module = mod
+                    t0 = time.process_time()
+                    with torch.no_grad():
+                        outs[k] = m(xt if r else xt[:, :2000])  # r = 0: compile / warm up
+                    if not r:  # compile the backward too
+                        (m(xt[:, :2000]) ** 2).mean().backward()
+                        continue
+                    best[k][0] = min(best[k][0], time.process_time() - t0)
+                    if 0 < r <= max(1, args.repeats // 2):
+                        m.zero_grad()
+                        t0 = time.process_time()
+                        (m(xt) ** 2).mean().backward()
+                        best[k][1] = min(best[k][1], time.process_time() - t0)
+            diff = float((outs["generated"] - outs["hand-written"]).abs().max() / outs["hand-written"].abs().max())
+            cols = "  ".join(f"{k} {v[0] * 1e9 / FS:.1f} / {v[1] * 1e9 / FS:.1f}" for k, v in best.items())
+            ratio = best["generated"][0] / best["hand-written"][0], best["generated"][1] / best["hand-written"][1]
+            print(f"{name}: {cols}  ratio {ratio[0]:.3f} / {ratio[1]:.3f}  max rel output difference {diff:.1e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,846 @@
+"""Sympy -> numba / torch code generation, shared by device families and behavioural blocks.
+
+A device's equations are written once, as a :class:`Program`: a list of named statements
+``y = g(ports, params, earlier statements)`` whose right-hand sides are sympy expressions,
+with regions as a top-level ``Piecewise`` (``docs/architecture.md``, "Adding a device family").
+From a program this module produces, with ``sympy.diff`` and ``sympy.cse``:
+
+* the numba forward with its Jacobian ``df/dv`` by forward-mode chain rule over the
+  statements (:meth:`Program.numba_eval_source`); a ``Piecewise`` statement becomes an
+  ``if``/``elif``/``else`` so that only the active region is evaluated, and each region's
+  value and local derivatives are common-subexpression-eliminated together;
+* the numba parameter VJP ``g += (df/dp)^T mu`` by reverse-mode chain rule over the same
+  statements (:meth:`Program.numba_vjp_source`);
+* torch functions for ``f`` and ``(f, J)`` (:meth:`Program.torch_functions`), differentiable by
+  autograd; a region is evaluated only on the elements where it is active (masked gather and
+  scatter), so unused regions never put ``inf`` or ``nan`` into values or gradients.  Autograd of
+  the torch ``f`` is therefore an independent check of the generated Jacobian and VJP.
+
+The expression printer (:class:`Emitter`) and the sympy helper functions are also what
+``circuitsim.kernels.nonlinearity`` uses for behavioural (B-source) blocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sympy
+import torch
+
+from circuitsim.devices.constants import EXP_LIMIT
+
+DTYPE = torch.float64
+
+# --------------------------------------------------------------------------- sympy functions
+
+
+class softplus(sympy.Function):  # noqa: N801 (sympy function naming)
+    """``log(1 + exp(x))``, evaluated stably; derivative ``sigmoid(x)``."""
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return sigmoid(self.args[0])
+
+    def _eval_is_extended_real(self) -> bool | None:
+        return self.args[0].is_extended_real
+
+
+class sigmoid(sympy.Function):  # noqa: N801
+    """``1 / (1 + exp(-x))``, evaluated stably."""
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        s = sigmoid(self.args[0])
+        return s * (1 - s)
+
+    def _eval_is_extended_real(self) -> bool | None:
+        return self.args[0].is_extended_real
+
+
+class xpow(sympy.Function):  # noqa: N801
+    """``b**e`` with a symbolic exponent, for parameter derivatives: ``d/de = xpowlog(b, e)``."""
+
+    nargs = 2
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        b, e = self.args
+        if argindex == 1:
+            return e * xpow(b, e - 1)
+        return xpowlog(b, e)
+
+
+class xpowlog(sympy.Function):  # noqa: N801
+    """``b**e * log(b)``, taken as 0 at ``b = 0`` (the limit for ``e > 0``, as torch's pow backward)."""
+
+    nargs = 2
+
+
+class limexp_d(sympy.Function):  # noqa: N801
+    """``exp(min(x, EXP_LIMIT))``: the derivative of :class:`limexp` (docs/devices.md, overflow guard)."""
+
+    nargs = 1
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        # d/dx exp(min(x, L)) is exp(x) below L and 0 above; the device equations never need it
+        # (it would be a second derivative), so it is left unsupported rather than approximated
+        raise NotImplementedError("second derivative of limexp")
+
+
+class limexp(sympy.Function):  # noqa: N801
+    """``exp(x)`` continued linearly above EXP_LIMIT: ``exp(L) (1 + x - L)`` (docs/devices.md)."""
+
+    nargs = 1
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return limexp_d(self.args[0])
+
+
+class pow1m(sympy.Function):  # noqa: N801
+    """``a**(1 - m)`` formed as ngspice does, ``a exp(-m log a)``, with its exact derivatives.
+
+    Written as one function so that ``d/da = (1 - m) exp(-m log a)`` keeps the factor ``1 - m``
+    symbolic: in a depletion charge ``(1 - a**(1-m))/(1 - m)`` it then cancels, and the
+    capacitance is ngspice's ``C0 exp(-m log a)`` instead of a difference that loses digits as
+    ``m -> 1``.
+    """
+
+    nargs = 2
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        a, m = self.args
+        if argindex == 1:
+            return (1 - m) * sympy.exp(-m * sympy.log(a))
+        return -pow1m(a, m) * sympy.log(a)
+
+
+class npow(sympy.Function):  # noqa: N801
+    """``a**n`` for ``a > 0``, evaluated with ``sqrt`` when ``n == 0.5`` (bjtload.c's NKF default: a
+    pow costs several times a sqrt); derivatives ``n a**n / a`` and ``a**n log a``."""
+
+    nargs = 2
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        a, n = self.args
+        if argindex == 1:
+            return n * npow(a, n) / a
+        return npow(a, n) * sympy.log(a)
+
+
+class _div(sympy.Function):  # noqa: N801
+    """``a / b`` kept as a division for printing (see :func:`divisions`)."""
+
+    nargs = 2
+
+
+def _negative_power(f: sympy.Basic) -> bool:
+    return isinstance(f, sympy.Pow) and f.exp.is_Number and bool(f.exp < 0)
+
+
+def divisions(e: sympy.Expr) -> sympy.Expr:
+    """Products with negative powers as divisions ``num / den``, as the C sources write them.
+
+    sympy stores ``a/b`` as ``a * b**-1``; printed so, and with ``b**-1`` shared by CSE, it becomes
+    a multiplication by a rounded reciprocal (1 ulp from ``a/b``, a few ulps after ``exp``).
+    """
+
+    def split(m: sympy.Mul) -> sympy.Expr:
+        num = [f for f in m.args if not _negative_power(f)]
+        den = [f.base ** (-f.exp) for f in m.args if _negative_power(f)]
+        return _div(sympy.Mul(*num), sympy.Mul(*den))
+
+    e = e.replace(lambda x: isinstance(x, sympy.Mul) and any(_negative_power(f) for f in x.args), split)
+    return e.replace(_negative_power, lambda f: _div(sympy.S.One, f.base ** (-f.exp)))
+
+
+def zero_steps(d: sympy.Expr) -> sympy.Expr:
+    """Derivatives of sign / Heaviside (DiracDelta or unevaluated) are 0 almost everywhere."""
+
+    def step_derivative(x: sympy.Basic) -> bool:
+        return isinstance(x, sympy.DiracDelta) or (
+            isinstance(x, sympy.Derivative) and isinstance(x.expr, (sympy.sign, sympy.Heaviside))
+        )
+
+    return d.replace(step_derivative, lambda x: sympy.S.Zero)
+
+
+NB_FUNCS: dict[type, str] = {
+    sympy.exp: "math.exp",
+    sympy.log: "math.log",
+    sympy.sin: "math.sin",
+    sympy.cos: "math.cos",
+    sympy.tan: "math.tan",
+    sympy.sinh: "math.sinh",
+    sympy.cosh: "math.cosh",
+    sympy.tanh: "math.tanh",
+    sympy.asin: "math.asin",
+    sympy.acos: "math.acos",
+    sympy.atan: "math.atan",
+    sympy.atan2: "math.atan2",
+    sympy.Abs: "abs",
+    sympy.sign: "_sign",
+    sympy.floor: "math.floor",
+    sympy.ceiling: "math.ceil",
+    softplus: "_softplus",
+    sigmoid: "_sigmoid",
+    xpow: "_xpow",
+    xpowlog: "_xpowlog",
+    limexp: "_limexp",
+    limexp_d: "_limexp_d",
+    pow1m: "_pow1m",
+    npow: "_npow",
+}
+TORCH_FUNCS: dict[type, str] = {
+    sympy.exp: "torch.exp",
+    sympy.log: "torch.log",
+    sympy.sin: "torch.sin",
+    sympy.cos: "torch.cos",
+    sympy.tan: "torch.tan",
+    sympy.sinh: "torch.sinh",
+    sympy.cosh: "torch.cosh",
+    sympy.tanh: "torch.tanh",
+    sympy.asin: "torch.asin",
+    sympy.acos: "torch.acos",
+    sympy.atan: "torch.atan",
+    sympy.atan2: "_tatan2",
+    sympy.Abs: "torch.abs",
+    sympy.sign: "torch.sign",
+    sympy.floor: "torch.floor",
+    sympy.ceiling: "torch.ceil",
+    softplus: "_tsoftplus",
+    sigmoid: "torch.sigmoid",
+    limexp: "_tlimexp",
+    limexp_d: "_tlimexp_d",
+    pow1m: "_tpow1m",
+    npow: "torch.pow",
+}
+
+
+class Emitter:
+    """Prints a sympy expression as fully parenthesised Python for numba or torch."""
+
+    def __init__(self, names: Mapping[sympy.Symbol, str], target: str):
+        self.names = names
+        self.torch = target == "torch"
+
+    def __call__(self, e: sympy.Basic) -> str:
+        if isinstance(e, sympy.Symbol):
+            if e not in self.names:
+                raise ValueError(f"unbound symbol {e} in a behavioural expression")
+            return self.names[e]
+        if e in (sympy.true, sympy.false):
+            return "True" if e == sympy.true else "False"
+        if not e.free_symbols:
+            try:
+                value = float(e)
+            except TypeError as exc:
+                raise ValueError(f"cannot evaluate constant {e} to a float") from exc
+            return f"({value!r})"
+        if isinstance(e, sympy.Add):
+            return "(" + " + ".join(self(a) for a in e.args) + ")"
+        if isinstance(e, sympy.Mul):
+            return "(" + " * ".join(self(a) for a in e.args) + ")"
+        if isinstance(e, sympy.Pow):
+            return self._pow(*e.args)
+        if isinstance(e, _div):
+            return f"({self(e.args[0])} / {self(e.args[1])})"
+        if isinstance(e, sympy.Heaviside):
+            h0 = float(e.args[1]) if len(e.args) > 1 else 0.5
+            x = self(e.args[0])
+            if self.torch:
+                return f"_theaviside({x}, {h0!r})"
+            return f"_heaviside({x}, {h0!r})"
+        if isinstance(e, (sympy.Max, sympy.Min)):
+            fn = (
+                ("_tmax" if self.torch else "max")
+                if isinstance(e, sympy.Max)
+                else ("_tmin" if self.torch else "min")
+            )
+            out = self(e.args[0])
+            for a in e.args[1:]:
+                out = f"{fn}({out}, {self(a)})"
+            return out
+        if isinstance(e, sympy.Piecewise):
+            return self._piecewise(e.args)
+        if isinstance(e, sympy.core.relational.Relational):
+            ops = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "==": "==", "!=": "!="}
+            return f"({self(e.lhs)} {ops[e.rel_op]} {self(e.rhs)})"
+        if isinstance(e, (sympy.And, sympy.Or)):
+            op = (
+                (" & " if isinstance(e, sympy.And) else " | ")
+                if self.torch
+                else (" and " if isinstance(e, sympy.And) else " or ")
+            )
+            return "(" + op.join(self(a) for a in e.args) + ")"
+        if isinstance(e, sympy.Not):
+            return f"(~{self(e.args[0])})" if self.torch else f"(not {self(e.args[0])})"
+        table = TORCH_FUNCS if self.torch else NB_FUNCS
+        fn = table.get(type(e))
+        if fn is None:
+            raise ValueError(f"function {type(e).__name__} is not supported in behavioural expressions")
+        return f"{fn}(" + ", ".join(self(a) for a in e.args) + ")"
+
+    def _pow(self, base: sympy.Expr, ex: sympy.Expr) -> str:
+        b = self(base)
+        sq = "torch.sqrt" if self.torch else "math.sqrt"
+        if ex == 2:
+            return f"({b} * {b})"
+        if ex == 3:
+            return f"({b} * {b} * {b})"
+        if ex == 4:
+            return f"(({b} * {b}) * ({b} * {b}))"
+        if ex.is_Integer and -4 <= int(ex) < 0:
+            return f"(1.0 / {self._pow(base, -ex)})"
+        if ex == sympy.S.Half:
+            return f"{sq}({b})"
+        if ex == -sympy.S.Half:
+            return f"(1.0 / {sq}({b}))"
+        if ex.is_Integer:
+            return f"({b} ** {int(ex)})"
+        return f"({b} ** {self(ex)})"
+
+    def _piecewise(self, args: Sequence[tuple[sympy.Expr, sympy.Basic]]) -> str:
+        (val, cond), rest = args[0], args[1:]
+        if cond == sympy.true or not rest:
+            return self(val)
+        other = self._piecewise(rest)
+        if self.torch:
+            return f"torch.where({self(cond)}, {self(val)}, {other})"
+        return f"({self(val)} if {self(cond)} else {other})"
+
+
+def cse_code(
+    exprs: Sequence[sympy.Expr], names: Mapping[sympy.Symbol, str], target: str, prefix: str, indent: str
+) -> tuple[list[str], list[str]]:
+    """Common-subexpression-eliminated assignment lines and the output expressions."""
+    syms = sympy.numbered_symbols(f"{prefix}c")
+    repl, reduced = sympy.cse([divisions(sympy.sympify(e)) for e in exprs], symbols=syms)
+    names = dict(names)
+    lines = []
+    for s, sub in repl:
+        names[s] = str(s)
+        lines.append(f"{indent}{s} = {Emitter(names, target)(sub)}")
+    return lines, [Emitter(names, target)(r) for r in reduced]
+
+
+# --------------------------------------------------------------------------- runtime helpers
+
+# helpers pasted into every generated numba module (devices and behavioural blocks)
+NB_HELPERS = f"""
+@njit(cache=True, inline="always")
+def _sign(x):
+    return 1.0 if x > 0.0 else (-1.0 if x < 0.0 else 0.0)
+
+
+@njit(cache=True, inline="always")
+def _heaviside(x, h0):
+    return 1.0 if x > 0.0 else (0.0 if x < 0.0 else h0)
+
+
+@njit(cache=True, inline="always")
+def _softplus(x):
+    # log(1 + exp(x)) without overflow
+    if x > 0.0:
+        return x + math.log1p(math.exp(-x))
+    return math.log1p(math.exp(x))
+
+
+@njit(cache=True, inline="always")
+def _sigmoid(x):
+    if x >= 0.0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+@njit(cache=True, inline="always")
+def _xpow(b, e):
+    return b ** e
+
+
+@njit(cache=True, inline="always")
+def _xpowlog(b, e):
+    # b**e log(b), 0 at b = 0 (the limit for e > 0; torch's pow backward does the same)
+    if b == 0.0:
+        return 0.0
+    return b ** e * math.log(b)
+
+
+@njit(cache=True, inline="always")
+def _limexp(x):
+    # exp(x), continued linearly above EXP_LIMIT (docs/devices.md, overflow guard); the same
+    # exp(min(x, L)) as _limexp_d, so that a value and its derivative share one exp after inlining
+    return math.exp(min(x, {EXP_LIMIT!r})) * (1.0 + max(x - {EXP_LIMIT!r}, 0.0))
+
+
+@njit(cache=True, inline="always")
+def _limexp_d(x):
+    return math.exp(min(x, {EXP_LIMIT!r}))
+
+
+@njit(cache=True, inline="always")
+def _pow1m(a, m):
+    return a * math.exp(-m * math.log(a))
+
+
+@njit(cache=True, inline="always")
+def _npow(a, n):
+    return math.sqrt(a) if n == 0.5 else a ** n
+
+
+@njit(cache=True, inline="always")
+def _pnjlim(vnew, vold, vt, vcrit):
+    # SPICE junction voltage limiting, ngspice src/spicelib/devices/devsup.c DEVpnjlim
+    if vnew > vcrit and abs(vnew - vold) > vt + vt:
+        if vold > 0.0:
+            arg = (vnew - vold) / vt
+            if arg > 0.0:
+                return vold + vt * (2.0 + math.log(arg - 2.0))
+            return vold - vt * (2.0 + math.log(2.0 - arg))
+        return vt * math.log(vnew / vt)
+    if vnew < 0.0:
+        arg = -vold - 1.0 if vold > 0.0 else 2.0 * vold - 1.0
+        if vnew < arg:
+            return arg
+    return vnew
+"""
+
+
+def _t(x: Any) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.tensor(float(x), dtype=DTYPE)
+
+
+def _tmax(a: Any, b: Any) -> torch.Tensor:
+    return torch.maximum(_t(a), _t(b))
+
+
+def _tmin(a: Any, b: Any) -> torch.Tensor:
+    return torch.minimum(_t(a), _t(b))
+
+
+def _theaviside(x: Any, h0: float) -> torch.Tensor:
+    x = _t(x)
+    return torch.heaviside(x.detach(), torch.tensor(h0, dtype=x.dtype))
+
+
+def _tsoftplus(x: Any) -> torch.Tensor:
+    x = _t(x)
+    return torch.logaddexp(torch.zeros_like(x), x)
+
+
+def _tatan2(a: Any, b: Any) -> torch.Tensor:
+    return torch.atan2(_t(a), _t(b))
+
+
+def _tlimexp(x: Any) -> torch.Tensor:
+    x = _t(x)
+    return torch.exp(torch.clamp(x, max=EXP_LIMIT)) * (1.0 + torch.clamp(x - EXP_LIMIT, min=0.0))
+
+
+def _tlimexp_d(x: Any) -> torch.Tensor:
+    return torch.exp(torch.clamp(_t(x), max=EXP_LIMIT))
+
+
+def _tpow1m(a: Any, m: Any) -> torch.Tensor:
+    a = _t(a)
+    return a * torch.exp(-_t(m) * torch.log(a))
+
+
+def _select(shape: torch.Size, conds: Sequence[Any], arms: Sequence[Callable[..., tuple]],
+            args: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Evaluate each region only where it is the first whose condition holds; scatter the results.
+
+    The gradient of an output then flows only through the region that produced it, so an
+    unused region (a reverse-bias formula at 0 V, a disabled knee) cannot leak ``nan``.
+    """
+    if math.prod(shape) == 1:  # one point: plain Python control flow
+        for cond, arm in zip(conds, arms):
+            if bool(torch.as_tensor(cond).reshape(-1)[0]):
+                return tuple(_t(r).reshape(()).expand(shape) for r in arm(*args))
+        raise ValueError("no region of a device statement holds (nan input?)")
+    full = [_t(a).expand(shape) for a in args]
+    left = torch.ones(shape, dtype=torch.bool)
+    outs: list[torch.Tensor] | None = None
+    for cond, arm in zip(conds, arms):
+        m = left & torch.as_tensor(cond).expand(shape)
+        left = left & ~m
+        count = int(m.sum())
+        if count == 0:
+            continue
+        res = arm(*(a[m] for a in full))
+        if outs is None:
+            outs = [torch.zeros(shape, dtype=DTYPE) for _ in res]
+        outs = [o.masked_scatter(m, _t(r).expand(count)) for o, r in zip(outs, res)]
+    if outs is None:  # all points nan: evaluate the last region to learn how many outputs there are
+        res = arms[-1](*(a[:0] for a in full))
+        outs = [torch.full(shape, math.nan, dtype=DTYPE) for _ in res]
+    return tuple(outs)
+
+
+TORCH_NAMESPACE: dict[str, Any] = {
+    "torch": torch,
+    "math": math,
+    "_tmax": _tmax,
+    "_tmin": _tmin,
+    "_theaviside": _theaviside,
+    "_tsoftplus": _tsoftplus,
+    "_tatan2": _tatan2,
+    "_tlimexp": _tlimexp,
+    "_tlimexp_d": _tlimexp_d,
+    "_tpow1m": _tpow1m,
+    "_select": _select,
+}
+
+
+def cache_dir() -> Path:
+    """Where generated kernel modules (and numba's cache of them) are written."""
+    root = os.environ.get("CIRCUITSIM_CACHE")
+    path = Path(root) if root else Path.home() / ".cache" / "circuitsim" / "kernels"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------- programs
+
+
+def _pieces(expr: sympy.Expr) -> list[tuple[sympy.Expr, sympy.Basic]]:
+    """The regions of a statement: ``[(value, condition), ...]`` (one region ``True`` if not Piecewise)."""
+    if isinstance(expr, sympy.Piecewise):
+        return [(e, c) for e, c in expr.args]
+    return [(expr, sympy.true)]
+
+
+def _has_piecewise(expr: sympy.Basic) -> bool:
+    return any(isinstance(a, sympy.Piecewise) for a in sympy.preorder_traversal(expr))
+
+
+@dataclass
+class Program:
+    """A device's equations: ports, parameter slots, statements and outputs (see the module doc).
+
+    Build it with :meth:`port`, :meth:`param`, :meth:`let` and :meth:`output`.  A statement is
+    either branch free or a top-level ``Piecewise`` whose values are branch free (nest regions by
+    writing several statements); conditions may use anything defined before.  Parameters are
+    read from a slot vector ``p`` by index; ``grad=False`` parameters get no VJP entry.
+    """
+
+    name: str
+    ports: list[sympy.Symbol] = field(default_factory=list)
+    params: list[tuple[sympy.Symbol, int, bool]] = field(default_factory=list)  # symbol, slot, grad
+    stmts: list[tuple[sympy.Symbol, sympy.Expr]] = field(default_factory=list)
+    outputs: list[tuple[str, sympy.Symbol]] = field(default_factory=list)
+    zero_if: dict[sympy.Symbol, sympy.Basic] = field(default_factory=dict)  # statement -> "exactly 0 when"
+
+    def _sym(self, name: str) -> sympy.Symbol:
+        taken = {str(s) for s in self.ports} | {str(s) for s, _, _ in self.params} | {str(s) for s, _ in self.stmts}
+        base, k = name, 2
+        while name in taken:
+            name = f"{base}_{k}"
+            k += 1
+        return sympy.Symbol(name, real=True)
+
+    def port(self, name: str) -> sympy.Symbol:
+        """A controlling voltage (volts)."""
+        s = self._sym(f"v_{name}")
+        self.ports.append(s)
+        return s
+
+    def param(self, name: str, slot: int, grad: bool = True) -> sympy.Symbol:
+        """The parameter in slot ``slot`` of the device's vector."""
+        s = self._sym(f"p_{name}")
+        self.params.append((s, int(slot), grad))
+        return s
+
+    def let(self, name: str, expr: sympy.Expr, zero_if: sympy.Basic | None = None) -> sympy.Symbol:
+        """A named intermediate ``name = expr``; returns its symbol.
+
+        ``zero_if``: a condition on parameters under which ``expr`` is exactly 0 for every ``v``
+        (``Eq(ISC, 0)`` for a leakage current); the compiled forward then skips the statement at
+        run time, as the C sources do.  The VJP and torch code evaluate it anyway, because its
+        parameter derivative need not be 0 there.
+        """
+        expr = sympy.sympify(expr)
+        for val, cond in _pieces(expr):
+            if _has_piecewise(val) or _has_piecewise(cond):
+                raise ValueError(f"{self.name}.{name}: a region must be a whole statement (no nested Piecewise)")
+        s = self._sym(f"l_{name}")
+        self.stmts.append((s, expr))
+        if zero_if is not None:
+            self.zero_if[s] = sympy.sympify(zero_if)
+        return s
+
+    def output(self, name: str, expr: sympy.Expr) -> sympy.Symbol:
+        """A device output (current, charge); also usable in later statements."""
+        s = self.let(name, expr)
+        self.outputs.append((name, s))
+        return s
+
+    @property
+    def param_names(self) -> list[str]:
+        """The names given to :meth:`param`, in order."""
+        return [str(s)[2:] for s, _, _ in self.params]
+
+    # ---- analysis
+    def restricted(self, names: Sequence[str]) -> Program:
+        """The program computing only the outputs ``names`` (dead statements removed)."""
+        keep = [(n, s) for n, s in self.outputs if n in set(names)]
+        need = {s for _, s in keep}
+        stmts = []
+        for s, e in reversed(self.stmts):
+            if s in need:
+                stmts.append((s, e))
+                need |= e.free_symbols
+        zero_if = {s: c for s, c in self.zero_if.items() if any(s == t for t, _ in stmts)}
+        return Program(self.name, list(self.ports), list(self.params), stmts[::-1], keep, zero_if)
+
+    def _jacobian_statements(self) -> tuple[list[tuple[sympy.Symbol, list]], dict]:
+        """Per statement, its regions with ``[value, dvalue/dport_0, ...]`` (forward-mode chain rule)."""
+        nport = len(self.ports)
+        deriv: dict[sympy.Symbol, list[sympy.Expr]] = {
+            v: [sympy.S.One if i == j else sympy.S.Zero for i in range(nport)] for j, v in enumerate(self.ports)
+        }
+        plan = []
+        for y, expr in self.stmts:
+            live = [x for x in expr.free_symbols if x in deriv]
+            dsyms: list[sympy.Symbol | None] = []
+            for j in range(nport):
+                dep = any(deriv[x][j] != 0 for x in live)
+                dsyms.append(sympy.Symbol(f"{y}__d{j}", real=True) if dep else None)
+            regions = []
+            for val, cond in _pieces(expr):
+                row = [val]
+                for j, ds in enumerate(dsyms):
+                    if ds is not None:
+                        row.append(zero_steps(sum((sympy.diff(val, x) * deriv[x][j] for x in live
+                                                   if deriv[x][j] != 0), sympy.S.Zero)))
+                regions.append((row, cond))
+            if y in self.zero_if:  # the compiled forward skips it (value and derivatives 0)
+                regions.insert(0, ([sympy.S.Zero] * len(regions[0][0]), self.zero_if[y]))
+            plan.append((y, dsyms, regions))
+            deriv[y] = [sympy.S.Zero if ds is None else ds for ds in dsyms]
+        return plan, deriv
+
+    def _names(self, target: str) -> dict[sympy.Symbol, str]:
+        names: dict[sympy.Symbol, str] = {v: str(v) for v in self.ports}
+        for s, slot, _ in self.params:
+            names[s] = f"p[{slot}]" if target == "numba" else str(s)
+        for y, _ in self.stmts:
+            names[y] = str(y)
+        return names
+
+    @staticmethod
+    def _emit_regions(lines: list[str], lhs: Sequence[str], regions: Sequence[tuple[list, sympy.Basic]],
+                      names: dict, prefix: str) -> None:
+        # a statement: straight-line if it has one region, else if/elif/else with per-region CSE
+        def block(row: list, indent: str) -> None:
+            body, outs = cse_code(row, names, "numba", prefix, indent)
+            lines.extend(body)
+            for name, o in zip(lhs, outs):
+                lines.append(f"{indent}{name} = {o}")
+
+        if len(regions) == 1:
+            block(regions[0][0], "    ")
+            return
+        for k, (row, cond) in enumerate(regions):
+            last = k == len(regions) - 1
+            if last and cond == sympy.true:
+                lines.append("    else:")
+            else:
+                lines.append(f"    {'if' if k == 0 else 'elif'} {Emitter(names, 'numba')(cond)}:")
+            block(row, "        ")
+        if regions[-1][1] != sympy.true:  # sympy closes every Piecewise with True; guard anyway
+            lines.append("    else:")
+            lines.append("        raise ValueError('no region holds')")
+
+    def numba_eval_source(self, fname: str, decorator: str) -> str:
+        """``fname(v_0, ..., p) -> (f_0, ..., J_00, J_01, ...)``: outputs, then the Jacobian row by row."""
+        plan, deriv = self._jacobian_statements()
+        names = self._names("numba")
+        lines = [decorator, f"def {fname}({', '.join(str(v) for v in self.ports)}, p):"]
+        for n, (y, dsyms, regions) in enumerate(plan):
+            lhs = [str(y)] + [str(d) for d in dsyms if d is not None]
+            for d in dsyms:
+                if d is not None:
+                    names[d] = str(d)
+            self._emit_regions(lines, lhs, regions, names, f"c{n}_")
+        rets = [str(s) for _, s in self.outputs]
+        for _, s in self.outputs:
+            rets += [Emitter(names, "numba")(d) for d in deriv[s]]
+        lines.append(f"    return ({', '.join(rets)},)")
+        return "\n".join(lines) + "\n"
+
+    def numba_vjp_source(self, fname: str, decorator: str) -> str:
+        """``fname(v_0, ..., p, mu_0, ..., g)``: ``g[slot] += sum_k mu_k df_k/dp[slot]`` (reverse mode)."""
+        grad_params = {s: slot for s, slot, g in self.params if g}
+        lets = {y for y, _ in self.stmts}
+        names = self._names("numba")
+        mus = [f"mu_{k}" for k in range(len(self.outputs))]
+        lines = [decorator, f"def {fname}({', '.join(str(v) for v in self.ports)}, p, {', '.join(mus)}, g):"]
+        partials: list[tuple[sympy.Symbol, list[tuple[sympy.Symbol, sympy.Symbol]]]] = []
+        for n, (y, expr) in enumerate(self.stmts):
+            wrt = sorted((x for x in expr.free_symbols if x in lets or x in grad_params), key=str)
+            psyms = [sympy.Symbol(f"{y}__p_{x}", real=True) for x in wrt]
+            for ps in psyms:
+                names[ps] = str(ps)
+            regions = [([val] + [zero_steps(sympy.diff(val, x)) for x in wrt], cond) for val, cond in _pieces(expr)]
+            self._emit_regions(lines, [str(y)] + [str(p) for p in psyms], regions, names, f"c{n}_")
+            partials.append((y, list(zip(wrt, psyms))))
+        adj: dict[sympy.Symbol, str] = {}
+        for k, (_, s) in enumerate(self.outputs):
+            name = f"a_{s}"
+            lines.append(f"    {name} = {mus[k]}" if s not in adj else f"    {name} += {mus[k]}")
+            adj[s] = name
+        for y, pairs in reversed(partials):
+            if y not in adj:
+                continue
+            for x, ps in pairs:
+                if x in grad_params:
+                    lines.append(f"    g[{grad_params[x]}] += {adj[y]} * {ps}")
+                elif x in adj:
+                    lines.append(f"    {adj[x]} += {adj[y]} * {ps}")
+                else:
+                    adj[x] = f"a_{x}"
+                    lines.append(f"    {adj[x]} = {adj[y]} * {ps}")
+        lines.append("    return")
+        return "\n".join(lines) + "\n"
+
+    def torch_source(self) -> str:
+        """Source of ``fn_f(shape, v_0, ..., p_0, ...)`` and ``fn_fj`` (outputs, then the Jacobian rows)."""
+        plan, deriv = self._jacobian_statements()
+        plan = [(y, d, r[1:] if y in self.zero_if else r) for y, d, r in plan]  # no run-time skip in torch
+        argn = [str(v) for v in self.ports] + [str(s) for s, _, _ in self.params]
+        src: list[str] = []
+        for fname, with_j in (("fn_f", False), ("fn_fj", True)):
+            names = self._names("torch")
+            src.append(f"def {fname}(shape, {', '.join(argn)}):")
+            for n, (y, dsyms, regions) in enumerate(plan):
+                keep = [j for j, d in enumerate(dsyms) if d is not None and with_j]
+                lhs = [str(y)] + [str(dsyms[j]) for j in keep]
+                rows = [([row[0]] + [row[1 + sum(1 for d in dsyms[:j] if d is not None)] for j in keep], cond)
+                        for row, cond in regions]
+                for j in keep:
+                    names[dsyms[j]] = str(dsyms[j])
+                if len(rows) == 1:
+                    body, outs = cse_code(rows[0][0], names, "torch", f"c{n}_", "    ")
+                    src.extend(body)
+                    src.extend(f"    {name} = {o}" for name, o in zip(lhs, outs))
+                    continue
+                free = sorted(set().union(*(sympy.Tuple(*row).free_symbols for row, _ in rows)), key=str)
+                arms = []
+                for k, (row, _) in enumerate(rows):
+                    arm_names = {s: f"a{i}" for i, s in enumerate(free)}
+                    body, outs = cse_code(row, arm_names, "torch", f"r{k}_", "        ")
+                    src.append(f"    def _arm{n}_{k}({', '.join(arm_names[s] for s in free)}):")
+                    src.extend(body)
+                    src.append(f"        return ({', '.join(outs)},)")
+                    arms.append(f"_arm{n}_{k}")
+                conds = ", ".join(Emitter(names, "torch")(c) for _, c in rows)
+                args = ", ".join(names[s] for s in free)
+                src.append(f"    {', '.join(lhs)}, = _select(shape, ({conds},), ({', '.join(arms)},), ({args},))")
+            rets = [str(s) for _, s in self.outputs]
+            if with_j:
+                for _, s in self.outputs:
+                    rets += [Emitter(names, "torch")(d) for d in deriv[s]]
+            src.append(f"    return ({', '.join(rets)},)")
+            src.append("")
+        return "\n".join(src)
+
+
+# --------------------------------------------------------------------------- generated code, cached
+
+
+@dataclass
+class Generated:
+    """The code generated from one program: numba source text and the torch functions."""
+
+    numba: str
+    torch_f: Callable[..., tuple[torch.Tensor, ...]]
+    torch_fj: Callable[..., tuple[torch.Tensor, ...]]
+    n_outputs: int
+    n_ports: int
+
+
+_GENERATED: dict[str, Generated] = {}
+
+
+def generate(program: Program, fname: str, inline: bool, key_extra: str = "") -> Generated:
+    """Generate (or load from the disk cache) the numba ``{fname}`` / ``{fname}_vjp`` and torch code.
+
+    sympy's ``diff`` and ``cse`` take seconds on a full Gummel-Poon program, so the generated text
+    is cached in :func:`cache_dir`, keyed by the program itself (its ``srepr``) and this file.
+    """
+    h = hashlib.sha256(sympy.srepr((program.ports, program.params, program.stmts, program.outputs,
+                                    sorted(program.zero_if.items(), key=str))).encode())
+    h.update(Path(__file__).read_bytes())
+    h.update(f"{fname}|{inline}|{key_extra}".encode())
+    key = h.hexdigest()[:24]
+    if key in _GENERATED:
+        return _GENERATED[key]
+    path = cache_dir() / f"device_{fname}_{key}.json"
+    text = None
+    if path.exists():
+        try:
+            text = json.loads(path.read_text())
+        except (OSError, ValueError):
+            text = None
+    if text is None:
+        deco = '@njit(cache=True, inline="always")' if inline else "@njit(cache=True)"
+        text = {
+            "numba": program.numba_eval_source(fname, deco) + "\n\n" + program.numba_vjp_source(f"{fname}_vjp", deco),
+            "torch": program.torch_source(),
+        }
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(text, fh)
+        os.replace(tmp, path)  # atomic, as load_generated
+    ns = dict(TORCH_NAMESPACE)
+    exec(compile(text["torch"], f"<circuitsim device {fname}>", "exec"), ns)  # noqa: S102 (generated code)
+    gen = Generated(text["numba"], ns["fn_f"], ns["fn_fj"], len(program.outputs), len(program.ports))
+    _GENERATED[key] = gen
+    return gen
+
+
+def torch_call(gen: Generated, program: Program, volts: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
+               jacobian: bool) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+    """Evaluate generated torch code: ``(f_k, ...)`` and, with ``jacobian``, ``[[df_k/dv_j]]``.
+
+    ``volts``: one tensor per port (broadcastable); ``params``: one per program parameter.
+    """
+    volts = [_t(v).to(DTYPE) for v in volts]
+    params = [_t(p).to(DTYPE) for p in params]
+    shape = torch.broadcast_shapes(*(v.shape for v in volts), *(p.shape for p in params))
+    fn = gen.torch_fj if jacobian else gen.torch_f
+    res = [_t(r).expand(shape) for r in fn(shape, *volts, *params)]
+    no = gen.n_outputs
+    f = res[:no]
+    jac = [res[no + k * gen.n_ports: no + (k + 1) * gen.n_ports] for k in range(no)] if jacobian else []
+    return f, jac
+
+
+__all__ = [
+    "NB_FUNCS",
+    "NB_HELPERS",
+    "TORCH_FUNCS",
+    "TORCH_NAMESPACE",
+    "Emitter",
+    "Generated",
+    "Program",
+    "cache_dir",
+    "cse_code",
+    "generate",
+    "limexp",
+    "limexp_d",
+    "npow",
+    "pow1m",
+    "sigmoid",
+    "softplus",
+    "torch_call",
+    "xpow",
+    "xpowlog",
+    "zero_steps",
+]
