@@ -3,8 +3,8 @@
 The structure (storage, dissipation, ports, J) comes from :func:`.structure.analyse`; the step
 is the discrete-gradient scheme of :mod:`.step`, run as a nonlinear state-space recursion by
 :func:`circuitsim.kernels.autograd.run_state_space` (compiled Newton per sample, compiled
-implicit-function adjoint).  :func:`reference_simulate` is the same step in plain torch, the
-gradient oracle of the tests.
+implicit-function adjoint).  :func:`.reference.reference_simulate` is the same step in plain
+torch, the gradient oracle of the tests.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ class PHSModule(AbstractCircuitModule):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         topo = self.topology
-        for dev, blk in zip(topo.devices, [b for b in topo.blocks if hasattr(b, "outs")]):
-            if any(o >= 0 and topo.outputs[o][1] for o in blk.outs):
+        for dev in topo.devices:  # the same test as MNATopology's: the card gives a charge parameter
+            if set(dev.element.model.params) & dev.family.charge_params:
                 raise NetlistError(
                     f"{dev.element.name}: junction charges are nonlinear storage, which --method phs does not "
                     "simulate yet (use --method dk, or drop the model's charge parameters)", dev.element.loc)
@@ -66,6 +66,7 @@ class PHSModule(AbstractCircuitModule):
         return storage_values(self.topology, self.storage, self.leaves())
 
     def ph_matrices(self, energy: bool = False) -> tuple[MNAMatrices, torch.Tensor, StepMatrices]:
+        """MNA matrices, storage values and the step's state-space matrices (differentiable, cached)."""
         m = self.matrices()
         c = self.storage_coefficients()
         return m, c, self.cached(f"phs{int(energy)}",
