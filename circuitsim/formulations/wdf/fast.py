@@ -110,7 +110,7 @@ def _pn_d(vd: float, isat: float, vte: float) -> tuple:
 @njit(cache=True, error_model="numpy", inline="always")
 def _solve_u(c0: float, R: float, onerg: float, has_p: bool, isp: float, vp: float, lnk: float,
              has_s: bool, iss: float, vs: float, steps: int, linear: bool, w0: float, invk: float) -> tuple:
-    """The root in the frame of the forward-biased diode: returns (u, exp(u/VP) or 0).
+    """The root in the frame of the forward-biased diode: returns (u, exp(u/VP) or 0, pn of the other diode at -u).
 
     Full mode: ``steps`` omega evaluations of the fixed point.  Linearised mode (``linear``): one
     omega evaluation, then ``steps - 1`` corrections ``u = u1 - U'(c0) R r(u)`` with
@@ -128,13 +128,37 @@ def _solve_u(c0: float, R: float, onerg: float, has_p: bool, isp: float, vp: flo
         w = wright_omega(mu + lnk, w)
         u1 = vp * (mu - w)
         u = u1
+        pn_s = 0.0
         if has_s:
             du = R / (onerg * (1.0 + w))
-            for _ in range(steps - 1):
-                u = u1 + du * _pn(-u, iss, vs)
+            # exp(-u1/VS): from omega when both diodes share VS = VP (exp(u1/VP) = omega/kappa)
+            es1 = 1.0 / (w * invk) if vs == vp else math.exp(-u1 / vs)
+            for j in range(steps):
+                if u <= 3.0 * vs:  # exponential branch: exp(-u/VS) = es1 exp(-(u-u1)/VS), |u-u1|/VS < 1e-5
+                    e = -(u - u1) / vs
+                    pn_s = iss * (es1 * (1.0 + e * (1.0 + 0.5 * e)) - 1.0)
+                else:
+                    pn_s = _pn(-u, iss, vs)
+                if j == steps - 1:
+                    break  # pn_s is now the reverse-biased diode's current at the returned u
+                u = u1 + du * pn_s
         d = (u - u1) / vp  # |d| < 1e-5: exp(d) to second order is exact to rounding
         ex = w * invk * (1.0 + d * (1.0 + 0.5 * d))
-        return u, ex, w
+        return u, ex, pn_s
+    for _ in range(steps):
+        c = c0 - R * rs
+        if has_p:
+            mu = (c + R * isp) / (onerg * vp)
+            w = wright_omega(mu + lnk, w)
+            u = vp * (mu - w)
+        else:
+            u = c / onerg
+        if not has_s:
+            break
+        rs = -_pn(-u, iss, vs)
+    if has_p:
+        ex = w * invk  # exp(u/VP) = omega/kappa at the last evaluation
+    return u, ex, -rs
     for _ in range(steps):
         c = c0 - R * rs
         if has_p:
@@ -197,7 +221,7 @@ def omega_forward(A, B, C, D, E, F, G, H, K, dp, sign, u, x0, steps, linear, v_o
             vp = dp[ip, 1] if ip >= 0 else 1.0
             iss = dp[is_, 0] if is_ >= 0 else 0.0
             vs = dp[is_, 1] if is_ >= 0 else 1.0
-            uu, ex, _ = _solve_u(sg * p, R, onerg, ip >= 0, isp, vp, lnk, is_ >= 0, iss, vs, steps, linear, -1.0,
+            uu, ex, pn_s = _solve_u(sg * p, R, onerg, ip >= 0, isp, vp, lnk, is_ >= 0, iss, vs, steps, linear, -1.0,
                                  invk)
             v = sg * uu
             v_out[b, n] = v
@@ -207,6 +231,8 @@ def omega_forward(A, B, C, D, E, F, G, H, K, dp, sign, u, x0, steps, linear, v_o
                     if uu > EXP_LIMIT * vp:
                         bad += 1
                     f[o] = isp * (ex - 1.0)
+                elif ip >= 0:
+                    f[o] = pn_s  # the reverse-biased diode, vd = -u
                 else:
                     f[o] = _pn(vd, dp[o, 0], dp[o, 1])
                 f[o] += dp[o, 2] * vd
@@ -358,13 +384,10 @@ def linear_forward(A, B, D, E, u, x0, x_out, y, x_final, save):  # noqa: ANN001
 
 
 @njit(cache=True, error_model="numpy")
-def linear_adjoint(A, D, gy, gx, xbar_next, dx0):  # noqa: ANN001
-    """Adjoint recursion of :func:`linear_forward`: ``xbar[n] = A' xbar[n+1] + D' ybar[n]``.
-
-    Stores ``xbar[n+1]`` per sample in ``xbar_next`` (batch, T, Nx); the matrix and input gradients are
-    then products of whole trajectories (:class:`LinearFunction`), outside the serial loop.
-    """
-    nb, T = gy.shape
+def linear_backward(A, B, D, E, u, x_s, gy, gx, dA, dB, dD, dE, du, dx0):  # noqa: ANN001
+    """Adjoint of :func:`linear_forward`: ``xbar[n] = A' xbar[n+1] + D' ybar[n]``, ``ubar = B' xbar + E' ybar``,
+    ``dA += xbar[n+1] x[n]'``, ``dB += xbar[n+1] s[n]'``, ``dD += ybar x[n]'``, ``dE += ybar s[n]'`` (one pass)."""
+    nb, T, nu = u.shape
     nx = A.shape[0]
     xb = np.empty(nx)
     xbn = np.empty(nx)
@@ -373,9 +396,19 @@ def linear_adjoint(A, D, gy, gx, xbar_next, dx0):  # noqa: ANN001
             xb[i] = gx[b, i]
         for n in range(T - 1, -1, -1):
             ybar = gy[b, n]
+            for j in range(nu):
+                uj = u[b, n, j]
+                acc = E[0, j] * ybar
+                for k in range(nx):
+                    dB[k, j] += xb[k] * uj
+                    acc += B[k, j] * xb[k]
+                dE[0, j] += ybar * uj
+                du[b, n, j] = acc
             for i in range(nx):
-                xbar_next[b, n, i] = xb[i]
-            for i in range(nx):
+                xi = x_s[b, n, i]
+                for k in range(nx):
+                    dA[k, i] += xb[k] * xi
+                dD[0, i] += ybar * xi
                 acc = D[0, i] * ybar
                 for k in range(nx):
                     acc += A[k, i] * xb[k]
@@ -384,29 +417,6 @@ def linear_adjoint(A, D, gy, gx, xbar_next, dx0):  # noqa: ANN001
                 xb[i] = xbn[i]
         for i in range(nx):
             dx0[b, i] = xb[i]
-
-
-@njit(cache=True, error_model="numpy")
-def linear_grads(B, E, u, x_s, gy, xbar_next, dA, dB, dD, dE, du):  # noqa: ANN001
-    """Matrix and input gradients from the trajectories (no recursion: the loop pipelines)."""
-    nb, T, nu = u.shape
-    nx = x_s.shape[2]
-    for b in range(nb):
-        for n in range(T):
-            ybar = gy[b, n]
-            for i in range(nx):
-                xb = xbar_next[b, n, i]
-                for k in range(nx):
-                    dA[i, k] += xb * x_s[b, n, k]
-                for j in range(nu):
-                    dB[i, j] += xb * u[b, n, j]
-                dD[0, i] += ybar * x_s[b, n, i]
-            for j in range(nu):
-                dE[0, j] += ybar * u[b, n, j]
-                acc = E[0, j] * ybar
-                for i in range(nx):
-                    acc += B[i, j] * xbar_next[b, n, i]
-                du[b, n, j] = acc
 
 
 def omega_steps(R: float, dp: np.ndarray) -> tuple[int, bool] | None:
@@ -499,13 +509,10 @@ class LinearFunction(torch.autograd.Function):
         nb, T, _ = un.shape
         gy_n = np.zeros((nb, T)) if gy is None else _np(gy)
         gx_n = np.zeros((nb, A.shape[0])) if gx is None else _np(gx)
-        xbn = np.empty_like(x_s)
         dx0 = np.empty((nb, A.shape[0]))
-        linear_adjoint(A, D, gy_n, gx_n, xbn, dx0)
-        # sums over samples of outer products: dA = sum xbar[n+1] x[n]', dB = sum xbar[n+1] s[n]', ...
         dA, dB, dD, dE = (np.zeros_like(m) for m in (A, B, D, E))
         du = np.empty_like(un)
-        linear_grads(B, E, un, x_s, gy_n, xbn, dA, dB, dD, dE, du)
+        linear_backward(A, B, D, E, un, x_s, gy_n, gx_n, dA, dB, dD, dE, du, dx0)
         return tuple(torch.from_numpy(np.ascontiguousarray(g)) for g in (dA, dB, dD, dE, du, dx0))
 
 
