@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
+from circuitsim.netlist import NetlistError
 from circuitsim.netlist.expr import TORCH_OPS, evaluate
 from circuitsim.system.mna_system import DTYPE, MNAMatrices, MNATopology, _pair
 
@@ -126,7 +127,12 @@ def step_matrices(
     q, r = st.basis, st.basis.shape[1]
     mi = torch.cat([torch.cat([m.G, q], 1), torch.cat([q.T, zs(r, r)], 1)])
     rhs = torch.cat([torch.cat([zs(n, ns), m.Bu, m.Wi], 1), torch.cat([st.recon, zs(r, nu + nf)], 1)])
-    xi = torch.linalg.solve(mi, rhs)[:n]
+    try:
+        xi = torch.linalg.solve(mi, rhs)[:n]
+    except torch.linalg.LinAlgError:
+        raise NetlistError("the circuit's instantaneous equations with capacitors as voltage sources and inductors "
+                           "as current sources are singular (a node fixed by no resistor, source or capacitor); not "
+                           "realizable as a port-Hamiltonian system", None) from None
     xs, xu, xf = xi[:, :ns], xi[:, ns : ns + nu], -xi[:, ns + nu :]
     hin = m.Nv @ torch.cat([xs, xu], dim=1)
     e_out = (m.out @ torch.cat([xs, xu], dim=1)).unsqueeze(0)
