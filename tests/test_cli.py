@@ -73,9 +73,9 @@ MALFORMED = [
     ("R1 in out {undefined_thing}\n", 2),     # undefined parameter
     ("X1 in out NOSUCH\n", 2),                # unknown subcircuit
     ("D1 out 0 DNOPE\n", 2),                  # undefined model
-    ("D1 out 0 DX\n.model DX D(IS=1n FOO=3)\n", 3),   # unknown model parameter
+    ("D1 out 0 DX\n.model DX D(IS=1n mfg=OnSemi)\n", 3),  # a word as a model value (ngspice stops too)
     ("+ 1k\n", 2),                            # continuation with nothing before it
-    ("F1 out 0 VIN 2\n", 2),                  # unsupported element type
+    ("T1 out 0 in 0 Z0=50 TD=1n\n", 2),       # unsupported element type
 ]
 
 
