@@ -124,25 +124,26 @@ def _solve_u(c0: float, R: float, onerg: float, has_p: bool, isp: float, vp: flo
     w = w0
     ex = 0.0
     if linear and has_p:
-        mu = (c0 + R * isp) / (onerg * vp)
+        mu = (c0 + R * isp) * (1.0 / (onerg * vp))
         w = wright_omega(mu + lnk, w)
         u1 = vp * (mu - w)
         u = u1
         pn_s = 0.0
         if has_s:
-            du = R / (onerg * (1.0 + w))
+            q = 1.0 / (w * (1.0 + w))  # one division for both 1/(1 + omega) and 1/omega
+            du = R * (1.0 / onerg) * w * q
             # exp(-u1/VS): from omega when both diodes share VS = VP (exp(u1/VP) = omega/kappa)
-            es1 = 1.0 / (w * invk) if vs == vp else math.exp(-u1 / vs)
+            es1 = (1.0 + w) * q / invk if vs == vp else math.exp(-u1 / vs)
             for j in range(steps):
                 if u <= 3.0 * vs:  # exponential branch: exp(-u/VS) = es1 exp(-(u-u1)/VS), |u-u1|/VS < 1e-5
-                    e = -(u - u1) / vs
+                    e = -(u - u1) * (1.0 / vs)
                     pn_s = iss * (es1 * (1.0 + e * (1.0 + 0.5 * e)) - 1.0)
                 else:
                     pn_s = _pn(-u, iss, vs)
                 if j == steps - 1:
                     break  # pn_s is now the reverse-biased diode's current at the returned u
                 u = u1 + du * pn_s
-        d = (u - u1) / vp  # |d| < 1e-5: exp(d) to second order is exact to rounding
+        d = (u - u1) * (1.0 / vp)  # |d| < 1e-5: exp(d) to second order is exact to rounding
         ex = w * invk * (1.0 + d * (1.0 + 0.5 * d))
         return u, ex, pn_s
     for _ in range(steps):
