@@ -253,7 +253,7 @@ def _common_edits(nl: _Netlist, params: Mapping[str, float] | None) -> tuple[dic
 
                 raw = toks[1].strip("'\"")
                 near = library_path(str(nl.path), raw)  # LTspice's own library folders: the file next to it
-                cand = Path(near) if near is not None else Path(raw) if os.path.isabs(raw) else base / raw
+                cand = Path(near).resolve() if near is not None else Path(raw) if os.path.isabs(raw) else base / raw
                 if kw != ".lib" or len(toks) == 3 or cand.is_file():
                     has_include = True
                     rest = (" " + toks[2]) if len(toks) == 3 else ""

@@ -592,7 +592,9 @@ class _Parser:
                 if word == "dc":
                     if spec.dc is not None:
                         raise NetlistError(f"{name}: the DC value is given twice", st.loc)
-                    spec.dc = self.value(cur.next(), st, f"the DC value of {name}")
+                    spec.dc = self.paren_value(cur, st, name) if cur.peek_is("(") else self.value(
+                        cur.next(), st, f"the DC value of {name}"
+                    )
                 elif word == "ac":
                     if spec.ac is not None:
                         raise NetlistError(f"{name}: AC is given twice", st.loc)
@@ -610,6 +612,8 @@ class _Parser:
                         raise NetlistError(f"{name}: more than one waveform", st.loc_at(tok.start))
                     spec.waveform = _WAVEFORMS[word]
                     spec.args = tuple(self.waveform_args(cur, st, name, spec.waveform))
+            elif tok.kind == "(" and spec.dc is None and spec.waveform is None and spec.ac is None:
+                spec.dc = self.paren_value(cur, st, name)  # KiCad writes 'V1 a b ( 9 )' and 'dc(5)'
             elif cur.at_key() and word == "wavefile" and kind == "V":
                 self.wavefile(cur, st, name, spec)
             elif cur.at_key():
@@ -628,6 +632,19 @@ class _Parser:
                     f"{name}: unexpected '{st.text[tok.start : tok.end]}'", st.loc_at(tok.start)
                 )
         return Element(name, kind, nodes, st.loc, params=params, source=spec)
+
+    def paren_value(self, cur: Cursor, st: Statement, name: str) -> Expr:
+        """``( 9 )``: one value in parentheses (KiCad's DC sources), as ngspice reads it."""
+        open_tok = cur.next()
+        assert open_tok is not None
+        tok = cur.next()
+        if tok is None or tok.kind == ")":
+            raise NetlistError(f"{name}: empty '( )' (expected a DC value)", st.loc_at(open_tok.start))
+        value = self.value(tok, st, f"the DC value of {name}")
+        close = cur.next()
+        if close is None or close.kind != ")":
+            raise NetlistError(f"{name}: expected ')' after the DC value", st.loc_at(open_tok.start))
+        return value
 
     def wavefile(self, cur: Cursor, st: Statement, name: str, spec: SourceSpec) -> None:
         """LTspice ``V1 n+ n- wavefile=FILE [chan=N]``: this source plays an audio file (the input)."""
