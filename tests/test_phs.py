@@ -198,9 +198,10 @@ def test_gradients_match_plain_torch_oracle(stem: str):
     assert checked >= 3
 
 
-def test_second_order_agreement_with_dk():
+@pytest.mark.parametrize("stem", ["diode_clipper", "triode_common_cathode", "ts808"])
+def test_second_order_agreement_with_dk(stem: str):
     """PH - DK falls at second order as the rate doubles (the midpoint and trapezoidal rules differ at O(T²))."""
-    path = ROOT / "netlists" / "diode_clipper.cir"
+    path = ROOT / "netlists" / f"{stem}.cir"
     diffs = []
     for k in (2, 4, 8, 16):
         fs = 48000.0 * k
