@@ -119,9 +119,9 @@ class PHSModule(AbstractCircuitModule):
         else:
             mean = 0.5 * (steps + torch.cat([prev_src.unsqueeze(1), steps[:, :-1]], dim=1)) if energy else None
             y_op = torch.cat([s_op, op[1]], dim=-1) @ sm.e_out.T  # (batch, 1)
-            x0 = torch.cat([ds, prev_src, op[1], op[2], op[3], y_op], dim=-1)
-            ys, final, stats = run_state_space(sm.step, m.theta, steps, x0, nl, sample_rate=self.sample_rate,
-                                               v_init=v0, sample_offset=k0)
+            x0 = torch.cat([ds, prev_src[:, :1], op[1][:, :1], op[2], op[3], y_op], dim=-1)
+            ys, final, stats = run_state_space(sm.step, m.theta, steps[..., :1], x0, nl,
+                                               sample_rate=self.sample_rate, v_init=v0, sample_offset=k0)
             diag.newton_iterations += int(stats.get("iterations", 0))
             diag.max_iterations = int(stats.get("max_iterations", 0))
             ds_new, v_end = final["x"][:, : ds.shape[1]], final["v"]

@@ -100,7 +100,7 @@ def storage_values(topo: MNATopology, st: Storage, leaves) -> torch.Tensor:
 class StepMatrices:
     """The PH step and the instant output as state-space matrices (names as in the kernel).
 
-    Step input: the source values ``s(t_n)``; state ``[δs, s(t_{n-1}), s(0), Nv x_op, f_op, y_op]`` with
+    Step input: the input samples ``u_n``; state ``[δs, u_{n-1}, u_0, Nv x_op, f_op, y_op]`` with
     ``δs = s - s_op`` (the last four constant per batch item, see :func:`_fold_inputs`).  Output rows:
     ``y`` (the output volts at ``t_n``, when PH-3 is linear), then ``δs_n`` (when PH-3 is nonlinear, or
     for energy), then ``δx̄`` and ``f`` (for energy).
@@ -175,30 +175,32 @@ def step_matrices(
 
 
 def _fold_inputs(mats: tuple[torch.Tensor, ...], ns: int, nu: int, nc: int) -> tuple[torch.Tensor, ...]:
-    """Move the step's derived inputs into the state, so the kernel reads the source values themselves.
+    """Move the step's derived inputs into the state, so the kernel reads the input samples themselves.
 
-    The input ``uk = [s̄ - s(0), s(t_n) - s(0), consts]`` becomes ``uk = Lu s(t_n) + Lx x`` with the state
-    ``x = [δs, s(t_{n-1}), s(0), consts]``: the previous source values are a state (``p' = s(t_n)``) and the
-    constants are states that never change (``k' = k``), so no per-sample work is left to torch.
+    Only source channel 0 (the audio input) varies: the other sources keep their DC values
+    (:meth:`MNATopology.check_waveforms`), so their deviations are 0.  The input
+    ``uk = [s̄ - s(0), s(t_n) - s(0), consts]`` becomes ``uk = Lu u_n + Lx x`` with ``u_n`` the input
+    sample and the state ``x = [δs, u_{n-1}, u_0, consts]``: the previous input sample is a state
+    (``p' = u_n``) and the constants are states that never change, so torch does no per-sample work.
     """
     A, B, C, D, E, F, G, H, K = mats
     eye = lambda k: torch.eye(k, dtype=DTYPE)  # noqa: E731
     zs = lambda *shape: torch.zeros(*shape, dtype=DTYPE)  # noqa: E731
-    nk = nu + nc  # constant states: s(0), then the step's constant inputs
-    nx = ns + nu + nk
-    lu = torch.cat([0.5 * eye(nu), eye(nu), zs(nc, nu)])
-    lx = torch.cat([
-        torch.cat([zs(nu, ns), 0.5 * eye(nu), -eye(nu), zs(nu, nc)], 1),
-        torch.cat([zs(nu, ns), zs(nu, nu), -eye(nu), zs(nu, nc)], 1),
-        torch.cat([zs(nc, ns), zs(nc, nu), zs(nc, nu), eye(nc)], 1),
-    ])
+    nk = 1 + nc  # constant states: u_0, then the step's constant inputs
+    nx = ns + 1 + nk
+    lu = zs(2 * nu + nc, 1)
+    lu[0, 0], lu[nu, 0] = 0.5, 1.0
+    lx = zs(2 * nu + nc, nx)
+    lx[0, ns], lx[0, ns + 1] = 0.5, -1.0  # s̄ - s(0) on channel 0: (u_n + u_{n-1})/2 - u_0
+    lx[nu, ns + 1] = -1.0  # s(t_n) - s(0) on channel 0: u_n - u_0
+    lx[2 * nu :, ns + 2 :] = eye(nc)
 
     def on_state(m: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:  # m acts on δs, inp on uk
         return torch.cat([m, zs(m.shape[0], nx - ns)], 1) + inp @ lx
 
-    a_new = torch.cat([on_state(A, B), zs(nu, nx), torch.cat([zs(nk, ns + nu), eye(nk)], 1)])
-    b_new = torch.cat([B @ lu, eye(nu), zs(nk, nu)])
-    c_new = torch.cat([C, zs(nu + nk, C.shape[1])])
+    a_new = torch.cat([on_state(A, B), zs(1, nx), torch.cat([zs(nk, ns + 1), eye(nk)], 1)])
+    b_new = torch.cat([B @ lu, torch.ones(1, 1, dtype=DTYPE), zs(nk, 1)])
+    c_new = torch.cat([C, zs(1 + nk, C.shape[1])])
     return (a_new, b_new, c_new, on_state(D, E), E @ lu, F, on_state(G, H), H @ lu, K)
 
 
