@@ -254,7 +254,11 @@ def _common_edits(nl: _Netlist, params: Mapping[str, float] | None) -> tuple[dic
                 raw = toks[1].strip("'\"")
                 near = library_path(str(nl.path), raw)  # LTspice's own library folders: the file next to it
                 cand = Path(near).resolve() if near is not None else Path(raw) if os.path.isabs(raw) else base / raw
-                if kw != ".lib" or len(toks) == 3 or cand.is_file():
+                from circuitsim.netlist.parser import ltspice_standard_library
+
+                if kw == ".lib" and len(toks) == 2 and near is None and ltspice_standard_library(raw):
+                    replace[k] = ""  # LTspice's own library, absent here: the parser skipped it too
+                elif kw != ".lib" or len(toks) == 3 or cand.is_file():
                     has_include = True
                     rest = (" " + toks[2]) if len(toks) == 3 else ""
                     replace[k] = f'{toks[0]} "{cand}"{rest}'

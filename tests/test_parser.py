@@ -488,6 +488,15 @@ CASES = [
         ],
     ),
     Case(
+        "kicad_dc_in_parentheses",
+        ".title KiCad schematic\nV1 Net-_R1-Pad1_ GND ( 9 )\nV2 b 0 dc(5)\nVDC1 c GND ( 1 ) AC 1\nR1 b 0 1k\n",
+        [
+            (lambda n: [num(e.source.dc) for e in n.elements if e.source], [9.0, 5.0, 1.0]),
+            (lambda n: find(n, "V1").nodes, ["net-_r1-pad1_", "0"]),
+            (lambda n: num(find(n, "VDC1").source.ac[0]), 1.0),
+        ],
+    ),
+    Case(
         "current_controlled_sources",
         "t\nV1 a 0 1\nF1 b 0 V1 2.5\nH1 c GND V1 {2*1k}\nFm d 0 V1 3 m=2\n",
         [
@@ -1082,3 +1091,15 @@ def test_ltspice_library_path_falls_back_to_the_file_next_to_the_netlist(tmp_pat
     with pytest.warns(NetlistWarning, match="reading .*koren.lib"):
         net = parse_file(main)
     assert "12AX7" in net.subckts and Path(net.subckts["12AX7"].loc.file) == tmp_path / "koren.lib"
+
+
+def test_missing_ltspice_standard_library_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    """LTspice writes '.lib C:\\...\\lib\\cmp\\standard.bjt' into every export; absent here, it is skipped."""
+    main = tmp_path / "t.net"
+    main.write_text("* x.asc\nQ1 c b 0 NPN\nR1 c 0 1k\n.model NPN NPN\n"
+                    ".lib C:\\Users\\me\\Documents\\LTspiceXVII\\lib\\cmp\\standard.bjt\n.backanno\n")
+    with pytest.warns(NetlistWarning, match="LTspice's own library .*standard.bjt' is not here and is skipped"):
+        net = parse_file(main)
+    assert list(net.models) == ["NPN"]
+    with pytest.raises(NetlistError, match=r"library file 'C:\\x\\other.lib' not found"):
+        parse_string("t\n.lib C:\\x\\other.lib\n", str(tmp_path / "u.cir"))

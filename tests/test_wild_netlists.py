@@ -251,3 +251,79 @@ def test_wild_netlist_simulates_from_the_command_line(tmp_path: Path, name: str,
     assert rc == 0
     y, fs = read_wav(out)
     assert fs == 48000 and len(y) == 2400 and np.all(np.isfinite(y)) and np.ptp(y) > 1e-3
+
+
+# An LTspice export as LTspice writes one (written here, not a public file): the input is a wavefile=
+# source, the Koren triode is PSpice/LTspice VALUE= syntax with PWR/PWRS in a .lib given by a Windows
+# path, the subcircuit takes parameters it does not declare, 'µ', the standard library line, .backanno.
+LTSPICE_KOREN = """\
+* Koren triode, LTspice style: 0.5*(PWR+PWRS) is max(V(7), 0)^EX there
+.SUBCKT TriodeK A G K
+E1 7 0 VALUE={V(A,K)/KP*LOG(1+EXP(KP*(1/MU+V(G,K)/SQRT(KVB+V(A,K)*V(A,K)))))}
+R1 7 0 1G
+G1 A K VALUE={0.5*(PWR(V(7),EX)+PWRS(V(7),EX))/KG1}
+C1 G K {CGK}
+C2 G A {CGP}
+C3 A K {CPK}
+.ENDS
+"""
+LTSPICE_PREAMP = """\
+* C:\\\\Users\\\\someone\\\\Documents\\\\preamp.asc
+V1 in 0 wavefile=di-cut.wav chan=0
+R1 in g 68k
+R2 g 0 1Meg
+XU1 p g k TriodeK MU=100 EX=1.4 KG1=1060 KP=600 KVB=300 CGK=1.6p CGP=1.7p CPK=0.46p
+R3 B p 100k
+R4 k 0 1.5k
+C4 k 0 22µ
+V2 B 0 250
+C5 p out 22n
+R5 out 0 1Meg
+.model NPN NPN
+.model PNP PNP
+.lib C:\\\\Users\\\\someone\\\\Documents\\\\LTspiceXVII\\\\lib\\\\cmp\\\\standard.bjt
+.tran 0 1 0 1u
+.lib C:\\\\Users\\\\someone\\\\Documents\\\\LTspiceXVII\\\\lib\\\\sub\\\\koren.inc
+.backanno
+.end
+"""
+
+
+def test_ltspice_export_validates_through_a_rewritten_ngspice_copy(tmp_path: Path) -> None:
+    """Detected as LTspice; ngspice runs a copy with pow/pwr, declared params, no .backanno/wavefile."""
+    from circuitsim.netlist.errors import DialectNote
+    from circuitsim.validate import validate
+
+    (tmp_path / "koren.inc").write_text(LTSPICE_KOREN)
+    path = tmp_path / "preamp.net"
+    path.write_text(LTSPICE_PREAMP)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        report = validate(path, method="dk", duration=0.005)
+    notes = [str(w.message) for w in seen if issubclass(w.category, DialectNote)]
+    assert notes and "reading as ltspice (detected from 'wavefile='" in notes[0]
+    assert max(r.esr for r in report.signals) <= 1e-5, report.table()
+    assert min(r.peak for r in report.signals) > 0.5  # the triode really amplifies
+    for d in report.dc:
+        assert d.ours == pytest.approx(d.ngspice, rel=1e-6, abs=1e-9), (d.name, d.ours, d.ngspice)
+    assert path.read_text() == LTSPICE_PREAMP  # the source file is never changed
+
+
+def test_ltspice_wavefile_source_is_the_input_of_simulate(tmp_path: Path) -> None:
+    """``circuitsim simulate preamp.net in.wav`` needs no --input-source: the wavefile= source is the input."""
+    import numpy as np
+
+    from circuitsim.audio import read_wav, write_wav
+    from circuitsim.cli import main
+
+    (tmp_path / "koren.inc").write_text(LTSPICE_KOREN)
+    (tmp_path / "preamp.net").write_text(LTSPICE_PREAMP)
+    wav = tmp_path / "in.wav"
+    write_wav(wav, 0.2 * np.sin(2 * np.pi * 220 * np.arange(4800) / 48000.0), 48000)
+    out = tmp_path / "out.wav"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = main(["simulate", str(tmp_path / "preamp.net"), str(wav), "-o", str(out), "--oversample", "2", "-q"])
+    assert rc == 0
+    y, _ = read_wav(out)
+    assert np.all(np.isfinite(y)) and np.ptp(y[2400:]) > 1.0  # the stage's gain is about 60

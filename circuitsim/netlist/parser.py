@@ -140,6 +140,14 @@ def library_path(including: str, name: str) -> str | None:
     return None
 
 
+_LTSPICE_STANDARD = re.compile(r"standard\.(bjt|dio|mos|jft|cap|ind|res|bead)", re.IGNORECASE)
+
+
+def ltspice_standard_library(name: str) -> bool:
+    """Whether ``name`` is one of the component libraries LTspice ships (``...\\lib\\cmp\\standard.bjt``)."""
+    return _LTSPICE_STANDARD.fullmatch(re.split(r"[\\/]", name)[-1].strip("'\"")) is not None
+
+
 def detect_dialect(statements: list[Statement]) -> tuple[str, Loc, str] | None:
     """(dialect, where, what) for the first LTspice-only marker in ``statements``, or None."""
     for st in statements:
@@ -221,6 +229,12 @@ class _Parser:
                     out.extend(self.include(st, path, args[0], args[1], stack))
                 elif library_path(path, args[0]) is not None:  # LTspice: '.lib FILE' is an include
                     out.extend(self.include(st, path, args[0], None, stack))
+                elif ltspice_standard_library(args[0]):
+                    _warn(
+                        f"LTspice's own library '{args[0]}' is not here and is skipped; a model taken from it "
+                        "will be reported as not defined (put the file next to the netlist)",
+                        st.loc,
+                    )
                 else:  # a section header of a library read whole: skip the section
                     j = self._section_end(statements, i)
                     if j is None:
