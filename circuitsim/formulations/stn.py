@@ -57,7 +57,7 @@ class STNModule(AbstractCircuitModule):
         super().__init__(circuit, sample_rate, input_source, output_node)
         f = weights if isinstance(weights, STNFile) else STNFile.load(weights)
         f.check_compatible(circuit, sample_rate, input_source or "VIN", output_node,
-                           {n: float(p) for n, p in self.values()})
+                           {n: float(p.detach()) for n, p in self.values()})
         meta = f.metadata
         self.stn_file = f
         self.norm = Normalisation.from_dict(meta["normalisation"])

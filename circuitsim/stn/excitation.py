@@ -18,6 +18,7 @@ from circuitsim.signals import fade_in, karplus_strong, log_sweep
 __all__ = ["guitar_phrase", "training_segments"]
 
 GUITAR_LOW, GUITAR_HIGH = 82.41, 880.0  # E2 .. A5, hertz
+HF_LIMIT = 21600.0  # hertz: highest sweep / noise frequency (the audio band: 0.45 fs at 48 kHz)
 
 
 def _normalise(x: np.ndarray, peak: float) -> np.ndarray:
@@ -55,7 +56,7 @@ def _chord(rng: np.random.Generator, n: int, fs: float) -> np.ndarray:
 
 def _sweep(rng: np.random.Generator, n: int, fs: float) -> np.ndarray:
     f0 = float(rng.uniform(20, 200))
-    y = log_sweep(f0, float(rng.uniform(2000, 0.45 * fs)), n / fs, fs, 1.0)[:n]
+    y = log_sweep(f0, float(rng.uniform(2000, min(HF_LIMIT, 0.45 * fs))), n / fs, fs, 1.0)[:n]
     if rng.random() < 0.5:
         y = y[::-1].copy()  # downward sweeps too
     return y * np.hanning(n) ** 0.25
@@ -63,7 +64,7 @@ def _sweep(rng: np.random.Generator, n: int, fs: float) -> np.ndarray:
 
 def _noise(rng: np.random.Generator, n: int, fs: float) -> np.ndarray:
     w = rng.standard_normal(n)
-    lo, hi = float(rng.uniform(20, 500)), float(rng.uniform(2000, 0.45 * fs))
+    lo, hi = float(rng.uniform(20, 500)), float(rng.uniform(2000, min(HF_LIMIT, 0.45 * fs)))
     w = scipy.signal.sosfilt(scipy.signal.butter(2, [lo, hi], btype="band", fs=fs, output="sos"), w)
     env = np.zeros(n)
     pos = 0

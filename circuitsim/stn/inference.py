@@ -23,6 +23,7 @@ def _loop(W1xu, c1, W2, b2, W3, Lxu, sigma, xlim, g0, w, x0, u):  # pragma: no c
     h1 = np.empty(H)
     h2 = np.empty(H)
     x = np.empty(ns)
+    dx = np.empty(ns)
     for b in range(B):
         for i in range(ns):
             x[i] = x0[b, i]
@@ -41,13 +42,15 @@ def _loop(W1xu, c1, W2, b2, W3, Lxu, sigma, xlim, g0, w, x0, u):  # pragma: no c
                     a += W2[j, i] * h1[i]
                 h2[j] = np.tanh(a)
             acc = w[ns] * un
-            for s in range(ns):  # x̃ += σ (W3 h2 + L z − g(z_dc))
+            for s in range(ns):  # d = W3 h2 + L z − g(z_dc), from x̃[n-1] for every state
                 d = Lxu[s, ns] * up + Lxu[s, ns + 1] * un + Lxu[s, ns + 2] * ul - g0[s]
                 for i in range(ns):
                     d += Lxu[s, i] * x[i]
                 for j in range(H):
                     d += W3[s, j] * h2[j]
-                x[s] = min(max(x[s] + sigma[s] * d, -xlim[s]), xlim[s])  # safety limit
+                dx[s] = d
+            for s in range(ns):  # x̃[n] = x̃[n-1] + σ d, within the safety limit (S2)
+                x[s] = min(max(x[s] + sigma[s] * dx[s], -xlim[s]), xlim[s])
             for s in range(ns):  # y − y_dc = [x̃, ũ] · w
                 acc += w[s] * x[s]
             y[b, n] = acc

@@ -115,12 +115,18 @@ class STNNet(nn.Module):
         last (the look-ahead, 0 at the end of a signal).  Returns
         states (B, T, n_states), normalised, and output deviations ``y − y_dc`` (B, T) in volts.
         """
-        g0 = self.g0(k)
+        ns = self.n_states
+        T = u.shape[1] - 2
+        win = torch.stack([u[:, 0:T], u[:, 1 : T + 1], u[:, 2 : T + 2]], dim=-1)  # (B, T, 3): ũ[n-1..n+1]
+        # the input and knob parts of the first layer and of the skip, for all n at once (same g as below)
+        pre = win @ self.W1[:, ns : ns + NU].T + (k @ self.W1[:, ns + NU :].T + self.b1).unsqueeze(1)
+        lin = win @ self.L[:, ns : ns + NU].T - (self.g0(k) - k @ self.L[:, ns + NU :].T).unsqueeze(1)
+        W1x, Lx = self.W1[:, :ns].T, self.L[:, :ns].T
         x = x0
         xs = []
-        T = u.shape[1] - 2
         for n in range(T):
-            x = x + self.sigma * self.increment(x, u[:, n : n + 3], k, g0)
+            h = torch.tanh(torch.tanh(x @ W1x + pre[:, n]) @ self.W2.T + self.b2)
+            x = x + self.sigma * (h @ self.W3.T + x @ Lx + lin[:, n])  # (S2)
             x = torch.minimum(torch.maximum(x, -self.x_lim), self.x_lim)  # safety limit (never reached in training)
             xs.append(x)
         xt = torch.stack(xs, dim=1)
