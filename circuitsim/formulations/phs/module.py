@@ -119,8 +119,9 @@ class PHSModule(AbstractCircuitModule):
         else:
             mean = 0.5 * (steps + torch.cat([prev_src.unsqueeze(1), steps[:, :-1]], dim=1)) if energy else None
             y_op = torch.cat([s_op, op[1]], dim=-1) @ sm.e_out.T  # (batch, 1)
-            x0 = torch.cat([ds, prev_src[:, :1], op[1][:, :1], op[2], op[3], y_op], dim=-1)
-            ys, final, stats = run_state_space(sm.step, m.theta, steps[..., :1], x0, nl,
+            u0 = op[1][:, :1]
+            x0 = torch.cat([ds, prev_src[:, :1] - u0, op[2], op[3]], dim=-1)
+            ys, final, stats = run_state_space(sm.step, m.theta, steps[..., :1] - u0.unsqueeze(1), x0, nl,
                                                sample_rate=self.sample_rate, v_init=v0, sample_offset=k0)
             diag.newton_iterations += int(stats.get("iterations", 0))
             diag.max_iterations = int(stats.get("max_iterations", 0))
@@ -133,7 +134,7 @@ class PHSModule(AbstractCircuitModule):
                 y_steps, vi_end = y2[..., 0], fin2["v"]
                 diag.newton_iterations += int(st2.get("iterations", 0))
             else:
-                y_steps, vi_end = ys[..., 0], vi0
+                y_steps, vi_end = ys[..., 0] + y_op, vi0
         y = torch.cat([(x_op @ m.out).unsqueeze(1), y_steps], dim=1) if state is None else y_steps
         if energy:
             with torch.no_grad():

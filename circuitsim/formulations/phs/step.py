@@ -100,10 +100,10 @@ def storage_values(topo: MNATopology, st: Storage, leaves) -> torch.Tensor:
 class StepMatrices:
     """The PH step and the instant output as state-space matrices (names as in the kernel).
 
-    Step input: the input samples ``u_n``; state ``[δs, u_{n-1}, u_0, Nv x_op, f_op, y_op]`` with
-    ``δs = s - s_op`` (the last four constant per batch item, see :func:`_fold_inputs`).  Output rows:
-    ``y`` (the output volts at ``t_n``, when PH-3 is linear), then ``δs_n`` (when PH-3 is nonlinear, or
-    for energy), then ``δx̄`` and ``f`` (for energy).
+    Step input: the input samples' deviation ``u_n - u_0``; state ``[δs, u_{n-1} - u_0, Nv x_op, f_op]``
+    with ``δs = s - s_op`` (the last two constant per batch item, see :func:`_fold_inputs`).  Output rows:
+    ``y - y_op`` (the output volts at ``t_n`` minus their DC value, when PH-3 is linear), then ``δs_n``
+    (when PH-3 is nonlinear, or for energy), then ``δx̄`` and ``f`` (for energy).
     """
 
     step: tuple[torch.Tensor, ...]
@@ -149,13 +149,13 @@ def step_matrices(
     pz, pb, pw = sol[:, :ns], sol[:, ns : ns + nu], -sol[:, ns + nu :]
     A = 2.0 * a_s.T @ pz - torch.eye(ns, dtype=DTYPE)
     C = 2.0 * a_s.T @ pw
-    nin = 2 * nu + np_ + nf + 1
-    B = torch.cat([2.0 * a_s.T @ pb, zs(ns, nu + np_), -C, zs(ns, 1)], dim=1)
+    nin = 2 * nu + np_ + nf
+    B = torch.cat([2.0 * a_s.T @ pb, zs(ns, nu + np_), -C], dim=1)
     D, E, F, rows, at = [], [], [], {}, 0
-    if not nonlinear:  # y_n = es (s_op + δs_n) + eu s(t_n) = y_op + es δs_n + eu (s(t_n) - s(0))
+    if not nonlinear:  # y_n - y_op = es δs_n + eu (s(t_n) - s(0)), y_op = es s_op + eu s(0) added by the caller
         es, eu = e_out[:, :ns], e_out[:, ns:]
         D.append(es @ A)
-        E.append(es @ B + torch.cat([zs(1, nu), eu, zs(1, np_ + nf), torch.ones(1, 1, dtype=DTYPE)], dim=1))
+        E.append(es @ B + torch.cat([zs(1, nu), eu, zs(1, np_ + nf)], dim=1))
         F.append(es @ C)
         rows["y"], at = slice(0, 1), 1
     if nonlinear or energy:
@@ -165,12 +165,12 @@ def step_matrices(
         rows["s"], at = slice(at, at + ns), at + ns
     if energy:  # rows of δx̄ and of f
         D += [pz, zs(nf, ns)]
-        E += [torch.cat([pb, zs(n, nu + np_), -pw, zs(n, 1)], dim=1), zs(nf, nin)]
+        E += [torch.cat([pb, zs(n, nu + np_), -pw], dim=1), zs(nf, nin)]
         F += [pw, torch.eye(nf, dtype=DTYPE)]
         rows["x"], rows["f"] = slice(at, at + n), slice(at + n, at + n + nf)
     K = m.Nv @ pw
-    H = torch.cat([m.Nv @ pb, zs(np_, nu), torch.eye(np_, dtype=DTYPE), -K, zs(np_, 1)], dim=1)
-    step = _fold_inputs((A, B, C, torch.cat(D), torch.cat(E), torch.cat(F), m.Nv @ pz, H, K), ns, nu, np_ + nf + 1)
+    H = torch.cat([m.Nv @ pb, zs(np_, nu), torch.eye(np_, dtype=DTYPE), -K], dim=1)
+    step = _fold_inputs((A, B, C, torch.cat(D), torch.cat(E), torch.cat(F), m.Nv @ pz, H, K), ns, nu, np_ + nf)
     return StepMatrices(step, instant, nonlinear, rows, e_out)
 
 
@@ -179,28 +179,25 @@ def _fold_inputs(mats: tuple[torch.Tensor, ...], ns: int, nu: int, nc: int) -> t
 
     Only source channel 0 (the audio input) varies: the other sources keep their DC values
     (:meth:`MNATopology.check_waveforms`), so their deviations are 0.  The input
-    ``uk = [s̄ - s(0), s(t_n) - s(0), consts]`` becomes ``uk = Lu u_n + Lx x`` with ``u_n`` the input
-    sample and the state ``x = [δs, u_{n-1}, u_0, consts]``: the previous input sample is a state
-    (``p' = u_n``) and the constants are states that never change, so torch does no per-sample work.
+    ``uk = [s̄ - s(0), s(t_n) - s(0), consts]`` becomes ``uk = Lu u'_n + Lx x`` with ``u'_n = u_n - u_0``
+    and the state ``x = [δs, u'_{n-1}, consts]``: the previous input sample is a state (``p' = u'_n``) and
+    the constants are states that never change, so torch does no per-sample work.
     """
     A, B, C, D, E, F, G, H, K = mats
-    eye = lambda k: torch.eye(k, dtype=DTYPE)  # noqa: E731
     zs = lambda *shape: torch.zeros(*shape, dtype=DTYPE)  # noqa: E731
-    nk = 1 + nc  # constant states: u_0, then the step's constant inputs
-    nx = ns + 1 + nk
+    nx = ns + 1 + nc
     lu = zs(2 * nu + nc, 1)
-    lu[0, 0], lu[nu, 0] = 0.5, 1.0
+    lu[0, 0], lu[nu, 0] = 0.5, 1.0  # s̄ - s(0) = (u'_n + u'_{n-1})/2 and s(t_n) - s(0) = u'_n on channel 0
     lx = zs(2 * nu + nc, nx)
-    lx[0, ns], lx[0, ns + 1] = 0.5, -1.0  # s̄ - s(0) on channel 0: (u_n + u_{n-1})/2 - u_0
-    lx[nu, ns + 1] = -1.0  # s(t_n) - s(0) on channel 0: u_n - u_0
-    lx[2 * nu :, ns + 2 :] = eye(nc)
+    lx[0, ns] = 0.5
+    lx[2 * nu :, ns + 1 :] = torch.eye(nc, dtype=DTYPE)
 
     def on_state(m: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:  # m acts on δs, inp on uk
         return torch.cat([m, zs(m.shape[0], nx - ns)], 1) + inp @ lx
 
-    a_new = torch.cat([on_state(A, B), zs(1, nx), torch.cat([zs(nk, ns + 1), eye(nk)], 1)])
-    b_new = torch.cat([B @ lu, torch.ones(1, 1, dtype=DTYPE), zs(nk, 1)])
-    c_new = torch.cat([C, zs(1 + nk, C.shape[1])])
+    a_new = torch.cat([on_state(A, B), zs(1, nx), torch.cat([zs(nc, ns + 1), torch.eye(nc, dtype=DTYPE)], 1)])
+    b_new = torch.cat([B @ lu, torch.ones(1, 1, dtype=DTYPE), zs(nc, 1)])
+    c_new = torch.cat([C, zs(1 + nc, C.shape[1])])
     return (a_new, b_new, c_new, on_state(D, E), E @ lu, F, on_state(G, H), H @ lu, K)
 
 
