@@ -138,7 +138,13 @@ def main() -> None:
             f"round); Python {platform.python_version()}, torch {torch.__version__}.  \n"
             f"Input: a 1000 Hz sine of 0.5 V peak, {args.seconds:g} s at {FS} Hz (48 kHz x 8), one batch item. "
             "Backward: every component value learnable, loss = mean(y^2). Issue 9's target: PH forward within 2x of "
-            "DK's.\n\n" + text + "\n")
+            "DK's.\n\n" + text + "\n\n"
+            "Both run the same compiled core (`run_state_space`). PH's recursion carries a few more states than "
+            "DK's (the previous input sample and the DC point's port voltages and device outputs, for the "
+            "midpoint input and the deviation form of docs/phs.md), which is the whole difference on the linear "
+            "stages (tens of ns per sample); the energy report adds the step's node voltages and device outputs to "
+            "the kernel's output and the power sums in torch. The bjt_common_emitter stage is refused (junction "
+            "charges, docs/phs.md).\n")
 
 
 if __name__ == "__main__":
