@@ -164,6 +164,8 @@ def test_vendor_card_parameters_warn_like_ngspice(tmp_path: Path) -> None:
     path = tmp_path / "card.cir"
     path.write_text('vendor card\nVIN in 0 DC 0\nV1 s 0 DC 5\nR1 s out 1k\nD1 out 0 1N4148\n'
                     '.model 1N4148 D(Is=2.52n Rs=.568 N=1.752 Cjo=4p M=.4 tt=20n Iave=200m Vpk=75 mfg="OnSemi")\n'
+                    'R2 s c 4.7k\nR3 s b 470k\nQ1 c b 0 2N3904\n'
+                    '.model 2N3904 NPN(IS=1E-14 VAF=100 BF=300 Vceo=40 Icrating=200m mfg="NXP")\n'
                     '.end\n')
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
@@ -172,6 +174,7 @@ def test_vendor_card_parameters_warn_like_ngspice(tmp_path: Path) -> None:
     assert compared >= 3
     assert any("unrecognized parameter (iave) - ignored" in m for m in messages), messages
     assert any("unrecognized parameter (vpk) - ignored" in m for m in messages), messages
+    assert any("unrecognized parameter (icrating) - ignored" in m for m in messages), messages
     assert any('mfg="OnSemi" is not a number - ignored' in m for m in messages), messages
     assert all("\n" not in m for m in messages)
 
