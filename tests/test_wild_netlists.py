@@ -258,7 +258,8 @@ def test_wild_netlist_simulates_from_the_command_line(tmp_path: Path, name: str,
 
 # An LTspice export as LTspice writes one (written here, not a public file): the input is a wavefile=
 # source, the Koren triode is PSpice/LTspice VALUE= syntax with PWR/PWRS in a .lib given by a Windows
-# path, the subcircuit takes parameters it does not declare, 'µ', the standard library line, .backanno.
+# path, the subcircuit takes parameters it does not declare, 'µ', the standard library line, .backanno,
+# and LTspice's standard.dio card for the 1N4148 with its words (mfg=OnSemi, which ngspice 39 stops on).
 LTSPICE_KOREN = """\
 * Koren triode, LTspice style: 0.5*(PWR+PWRS) is max(V(7), 0)^EX there
 .SUBCKT TriodeK A G K
@@ -282,6 +283,8 @@ C4 k 0 22µ
 V2 B 0 250
 C5 p out 22n
 R5 out 0 1Meg
+D1 0 B 1N4148
+.model 1N4148 D(Is=2.52n Rs=.568 N=1.752 Cjo=4p M=.4 tt=20n Iave=200m Vpk=75 mfg=OnSemi type=silicon)
 .model NPN NPN
 .model PNP PNP
 .lib C:\\\\Users\\\\someone\\\\Documents\\\\LTspiceXVII\\\\lib\\\\cmp\\\\standard.bjt
