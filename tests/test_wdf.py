@@ -281,3 +281,17 @@ def test_wdf_against_ngspice(stem: str, threshold: float) -> None:
             y = model(torch.as_tensor(x)).numpy()
         ref = simulate_ngspice(path, x, FS, tmax=1 / (16 * FS))
         assert esr(y, ref) < threshold, (name, esr(y, ref))
+
+
+@pytest.mark.parametrize("rel,src,out", [
+    ("third_party/fuzz_face_si.cir", "VIN", "out"),
+    ("wild/ece341_diode.sp", "VIN", "node2"),
+])
+def test_wdf_builds_third_party_netlists(rel: str, src: str, out: str) -> None:
+    """Netlists written elsewhere (a Fuzz Face, a course example with a current-sensing source): == DK."""
+    path = ROOT / "tests" / "data" / rel
+    wdf = load(path, "wdf", 96000.0, input_source=src, output_node=out)
+    dk = load(path, "dk", 96000.0, input_source=src, output_node=out)
+    x = 0.1 * torch.sin(torch.linspace(0, 60, 2000, dtype=torch.float64))
+    with torch.no_grad():
+        assert _rel(wdf(x).numpy(), dk(x).numpy()) < 1e-9
