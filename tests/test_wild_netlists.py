@@ -121,7 +121,7 @@ def test_potentiometer_position_gradient_matches_finite_difference(tmp_path: Pat
     assert abs(grad) > 1e-3 and grad == pytest.approx(fd, rel=1e-5)
 
 
-CONTROLLED = """controlled sources and multipliers
+CONTROLLED = """controlled sources, multipliers and a resistance of 0 (ngspice: 1 milliohm)
 VIN in 0 DC 0
 V1 s 0 DC 2
 R1 s m 1k
@@ -136,6 +136,8 @@ C2 out 0 100n m=3
 L1 hh 0 10m m=2
 Rload out h 22k
 Gm h 0 s 0 1m m=2
+Rzero f fz 0
+Rfz fz 0 2.2k
 Gv f 0 VALUE={V(s)*V(s)*1e-4} m=3
 .end
 """

@@ -228,6 +228,15 @@ class _Builder:
         )
         return True
 
+    def evaluates_to_zero(self, expr: Expr) -> bool:
+        """Whether a value is exactly 0 at the netlist's parameter values (False if it cannot be evaluated)."""
+        from circuitsim.netlist.expr import MATH_OPS, evaluate
+
+        try:
+            return float(evaluate(expr, {k: p.value for k, p in self.leaves.items()}, MATH_OPS)) == 0.0
+        except NetlistError:
+            return False
+
     @staticmethod
     def defined(name: str, frame: _Frame) -> bool:
         f: _Frame | None = frame
@@ -353,6 +362,11 @@ class _Builder:
             )
         for key, expr in el.params.items():
             flat.params[key] = self.resolve(expr, frame, el.loc)
+        if kind == "R" and flat.value is not None and self.evaluates_to_zero(flat.value):
+            # ngspice 39 reads a resistance of 0 as 1 milliohm (checked against the binary), silently
+            warnings.warn(f"{el.loc}: {name} has a resistance of 0; read as 1 milliohm, as ngspice 39 does",
+                          NetlistWarning, stacklevel=2)
+            flat.value = Cond(Binary("==", flat.value, Num(0.0)), Num(1e-3), flat.value)
         if kind in ("R", "C", "L", "F", "G") and "M" in flat.params:
             # m parallel copies, as ngspice's multiplier: R/m, L/m; C, F and G gains times m
             m = flat.params["M"]
