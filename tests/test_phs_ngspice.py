@@ -55,3 +55,12 @@ def test_phs_against_ngspice(path: Path):
             assert fine <= e / 20, f"{name}: ESR {e:.3e} at 384 kHz, {fine:.3e} at 4x"
             assert fine <= (3e-5 if (path.stem, name) in NOT_MET_AT_4X else limit), f"{name}: {fine:.3e} at 4x"
         assert np.isfinite(e)
+
+
+def test_cli_validate_with_phs(capsys):
+    from circuitsim.cli import main
+
+    net = str(ROOT / "netlists" / "diode_clipper.cir")
+    assert main(["validate", net, "--method", "phs", "--duration", "0.002"]) == 0
+    out = capsys.readouterr().out
+    assert "(phs," in out and "DC operating point" in out
