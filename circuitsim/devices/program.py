@@ -315,11 +315,17 @@ class Emitter:
 
 
 def cse_code(
-    exprs: Sequence[sympy.Expr], names: Mapping[sympy.Symbol, str], target: str, prefix: str, indent: str
+    exprs: Sequence[sympy.Expr], names: Mapping[sympy.Symbol, str], target: str, prefix: str, indent: str,
+    divide: bool = False,
 ) -> tuple[list[str], list[str]]:
-    """Common-subexpression-eliminated assignment lines and the output expressions."""
+    """Common-subexpression-eliminated assignment lines and the output expressions.
+
+    ``divide``: print quotients as divisions (:func:`divisions`; device programs, for parity with
+    the C sources) rather than as products with a shared reciprocal (behavioural blocks: faster).
+    """
     syms = sympy.numbered_symbols(f"{prefix}c")
-    repl, reduced = sympy.cse([divisions(sympy.sympify(e)) for e in exprs], symbols=syms)
+    exprs = [divisions(sympy.sympify(e)) if divide else e for e in exprs]
+    repl, reduced = sympy.cse(list(exprs), symbols=syms)
     names = dict(names)
     lines = []
     for s, sub in repl:
@@ -638,7 +644,7 @@ class Program:
                       names: dict, prefix: str) -> None:
         # a statement: straight-line if it has one region, else if/elif/else with per-region CSE
         def block(row: list, indent: str) -> None:
-            body, outs = cse_code(row, names, "numba", prefix, indent)
+            body, outs = cse_code(row, names, "numba", prefix, indent, divide=True)
             lines.extend(body)
             for name, o in zip(lhs, outs):
                 lines.append(f"{indent}{name} = {o}")
@@ -726,7 +732,7 @@ class Program:
                 for j in keep:
                     names[dsyms[j]] = str(dsyms[j])
                 if len(rows) == 1:
-                    body, outs = cse_code(rows[0][0], names, "torch", f"c{n}_", "    ")
+                    body, outs = cse_code(rows[0][0], names, "torch", f"c{n}_", "    ", divide=True)
                     src.extend(body)
                     src.extend(f"    {name} = {o}" for name, o in zip(lhs, outs))
                     continue
@@ -734,7 +740,7 @@ class Program:
                 arms = []
                 for k, (row, _) in enumerate(rows):
                     arm_names = {s: f"a{i}" for i, s in enumerate(free)}
-                    body, outs = cse_code(row, arm_names, "torch", f"r{k}_", "        ")
+                    body, outs = cse_code(row, arm_names, "torch", f"r{k}_", "        ", divide=True)
                     src.append(f"    def _arm{n}_{k}({', '.join(arm_names[s] for s in free)}):")
                     src.extend(body)
                     src.append(f"        return ({', '.join(outs)},)")
