@@ -5,8 +5,8 @@ of the TS-808 clipping stage (the 0.5 V sweep, the 300 mV and 1 V plucks) exceed
 384 kHz: the midpoint discrete gradient evaluates the diodes at the step's mean voltage, which on
 these hard-clipped edges is less accurate than the trapezoidal rule (docs/validation.md,
 "Port-Hamiltonian").  There the excess must be the discretisation's own: a >= 20x drop at 4x the
-rate and the threshold met there -- except the sweep, which does *not* meet issue 9's threshold
-(measured 1.6e-5 at 1.536 MHz over 10 ms): for it the test pins the measured convergence.
+rate, and the unchanged threshold met at 4x -- or, for the sweep (1.3e-5 at 4x, measured), at 8x
+the rate after a further >= 10x drop.  The threshold itself is never raised.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ DURATION = 0.005
 # the (circuit, signal) cases whose 384 kHz error is the midpoint rule's own
 DISCRETISATION_LIMITED = {("ts808_clipping", "sweep"), ("ts808_clipping", "pluck_300mV"),
                           ("ts808_clipping", "pluck_1V")}
-NOT_MET_AT_4X = {("ts808_clipping", "sweep")}  # reported in docs/validation.md as not meeting issue 9
+NEEDS_8X = {("ts808_clipping", "sweep")}  # meets the threshold at 8x the rate (docs/validation.md)
 
 
 def _esr(path: Path, signal: str, fs: float) -> float:
@@ -53,7 +53,12 @@ def test_phs_against_ngspice(path: Path):
             fine = _esr(path, name, 4 * FS)
             print(f"{'':<38} phs at 4x the rate: {fine:.3e}")
             assert fine <= e / 20, f"{name}: ESR {e:.3e} at 384 kHz, {fine:.3e} at 4x"
-            assert fine <= (3e-5 if (path.stem, name) in NOT_MET_AT_4X else limit), f"{name}: {fine:.3e} at 4x"
+            if (path.stem, name) in NEEDS_8X:
+                finer = _esr(path, name, 8 * FS)
+                print(f"{'':<38} phs at 8x the rate: {finer:.3e}")
+                assert finer <= fine / 10, f"{name}: ESR {fine:.3e} at 4x, {finer:.3e} at 8x"
+                fine = finer
+            assert fine <= limit, f"{name}: ESR {fine:.3e} at the finer rate"
         assert np.isfinite(e)
 
 
