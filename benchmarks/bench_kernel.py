@@ -19,6 +19,12 @@ Forward + backward is timed twice: with only the matrices learnable, and with th
 and N learnable too (the parameter gradient ``sum mu . df/dtheta`` is then accumulated in the
 compiled backward loop by the generated ``nl_vjp_theta``; autograd takes it from the theta slots
 to IS and N).  The ratios are to the forward inference pass; the acceptance target is <= 3.
+
+``--baseline DIR`` instead compares the DK kernels of an earlier checkout (its
+``circuitsim/kernels/statespace.py``, compiled for the same nonlinearities) with the current
+ones on the four reference circuits of ``bench_dk.py``, in one process, alternating old and new:
+forward inference and backward kernel ns/sample and the largest relative difference of their
+outputs and gradients (issue 7: the compiled core must keep DK's speed).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -123,6 +130,78 @@ def _best(fn, repeats: int) -> float:
     return best
 
 
+class _Baseline:
+    """The compiled DK module of an earlier checkout's ``kernels/statespace.py`` for ``nl``, with the
+    attributes its ``forward``/``backward`` read."""
+
+    def __init__(self, old_ss, nl):
+        from circuitsim.kernels.nonlinearity import load_generated
+
+        self.module = load_generated(nl.nb_source + old_ss.kernel_source(), [Path(old_ss.__file__)])
+        self.n_ports, self.n_outputs, self.n_theta = nl.n_ports, nl.n_outputs, nl.n_theta
+
+
+def _ab_circuit(old_ss, name: str, x: torch.Tensor, rounds: int) -> str:
+    """One table row of :func:`baseline_ab`."""
+    from functools import partial
+
+    from benchmarks.bench_dk import FS
+    from circuitsim.api import load
+    from circuitsim.kernels import statespace as ss
+
+    model = load(Path(__file__).resolve().parents[1] / "netlists" / f"{name}.cir", "dk", FS)
+    with torch.no_grad():
+        m, d = model.dk()
+        u = model.source_values(m, x).numpy()[:, 1:]
+    mats, theta = tuple(t.numpy() for t in d.as_tuple()), m.theta.numpy()
+    x0 = np.zeros((1, mats[0].shape[0]))
+    nl = model.topology.nonlinearity
+    old = _Baseline(old_ss, nl)
+    o_opt, n_opt = old_ss.KernelOptions(threads=1), ss.KernelOptions(threads=1)
+    ro = old_ss.forward(old, mats, theta, u, x0, None, o_opt, save=True)
+    rn = ss.forward(nl, mats, theta, u, x0, None, n_opt, save=True)
+    gy = np.ones_like(ro.y)
+    runs = {
+        "fo": partial(old_ss.forward, old, mats, theta, u, x0, None, o_opt, save=False),
+        "fn": partial(ss.forward, nl, mats, theta, u, x0, None, n_opt, save=False),
+        "bo": partial(old_ss.backward, old, mats, theta, u, ro.v, ro.checkpoints, gy, None, o_opt, True),
+        "bn": partial(ss.backward, nl, mats, theta, u, rn.v, rn.checkpoints, gy, None, n_opt, True),
+    }
+    go, gn = runs["bo"](), runs["bn"]()
+    diff = max(float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-300))
+               for a, b in zip((ro.y, *go.dmats, go.dtheta), (rn.y, *gn.dmats, gn.dtheta)))
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for k, fn in runs.items():
+            best[k] = min(best[k], _best(fn, 3))
+    ns = {k: 1e9 * v / u.shape[1] for k, v in best.items()}
+    return (f"| {name} | {ns['fo']:.1f} | {ns['fn']:.1f} | {ns['fn'] / ns['fo'] - 1:+.1%} | {ns['bo']:.1f} "
+            f"| {ns['bn']:.1f} | {ns['bn'] / ns['bo'] - 1:+.1%} | {diff:.1e} |")
+
+
+def baseline_ab(base: str, circuits: list[str], seconds: float, rounds: int) -> None:
+    """Time the DK kernels of the checkout ``base`` (before the compiled core) against the current ones.
+
+    One process, the same matrices and input (``bench_dk``'s plucked notes at 384 kHz), old and new
+    alternating ``rounds`` times (best of 3 each): forward inference and backward kernel ns/sample,
+    and the largest relative difference of their outputs and gradients.
+    """
+    import importlib.util
+
+    from benchmarks.bench_dk import FS, guitar
+
+    path = Path(base) / "circuitsim" / "kernels" / "statespace.py"
+    spec = importlib.util.spec_from_file_location("baseline_statespace", path)
+    old_ss = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = old_ss
+    spec.loader.exec_module(old_ss)
+    x = torch.as_tensor(guitar(seconds, FS)).unsqueeze(0)
+    print("| circuit | fwd before | fwd after | change | bwd before | bwd after | change | max rel. diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in circuits:
+        print(_ab_circuit(old_ss, name, x, rounds), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fs", type=float, default=384e3, help="sample rate, hertz")
@@ -134,9 +213,17 @@ def main() -> None:
         "--compile", action="store_true", help="also time cold and cached compilation (subprocesses)"
     )
     ap.add_argument("--compile-probe", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--baseline", metavar="DIR", help="an earlier checkout (e.g. `git archive 3152f26 circuitsim | "
+                    "tar -x -C DIR`): time its DK kernels against these on the reference circuits")
+    ap.add_argument("--rounds", type=int, default=20, help="with --baseline: alternations of old and new")
     args = ap.parse_args()
     if args.compile_probe:
         print(json.dumps(compile_probe()))
+        return
+    if args.baseline:
+        torch.set_num_threads(1)
+        circuits = ["diode_clipper", "ts808_clipping", "bjt_common_emitter", "triode_common_cathode"]
+        baseline_ab(args.baseline, circuits, args.seconds, args.rounds)
         return
 
     from circuitsim.kernels import statespace as ss
