@@ -293,7 +293,7 @@ class Nonlinearity:
     def numba_eval(self) -> Callable[..., None]:
         """Compiled ``nl_eval(v, theta, f, J, work)``: fills ``f`` (Nf) and ``J`` (Nf, Nv).
 
-        ``work`` is a scratch array of ``n_work`` entries (the BJT kernel writes its outputs there).
+        ``work`` is a scratch array of ``n_work`` entries (unused by the generated device code).
         """
         return self.module.nl_eval
 
