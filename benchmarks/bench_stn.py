@@ -15,6 +15,7 @@ For each circuit, in one run (torch on one thread):
   kernel-only (DK on pre-up-sampled input, STN ``run_compiled``).
 
     python benchmarks/bench_stn.py [--minutes 5] [--circuits diode_clipper ts808_clipping] [--weights-dir DIR]
+                                   [--activation tanh|rational] [--hidden H]
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
     else:
         t = time.perf_counter()
         f = distill(net, path, minutes=args.minutes, knobs=case["knobs"], input_volts=args.input_volts,
-                    overwrite=True, progress=not args.quiet)
+                    overwrite=True, progress=not args.quiet, activation=args.activation, hidden=args.hidden)
         out["distill_s"] = time.perf_counter() - t
     out["training"] = f.metadata["training"]
     stn = load(net, "stn", FS, weights=path)
@@ -118,7 +119,8 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
     u = np.pad(x[None] / stn.norm.u_scale, ((0, 0), (1, 1)))
     k = stn.knobs().numpy()
     t_dk_k = _best(dk_kernel, args.repeats)
-    t_stn_k = _best(lambda: run_compiled(arrays, np.zeros((1, len(stn.state_names))), u, k), args.repeats)
+    t_stn_k = _best(lambda: run_compiled(arrays, np.zeros((1, len(stn.state_names))), u, k, stn.activation),
+                    args.repeats)
     out["speed"] = {"seconds": args.speed_seconds, "stn_s": t_stn, "dk_s": t_dk, "stn_kernel_s": t_stn_k,
                     "dk_kernel_s": t_dk_k}
     return out
@@ -153,6 +155,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="length of each held-out phrase")
     p.add_argument("--speed-seconds", type=float, default=10.0, help="audio for the speed comparison")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--activation", default="tanh", choices=["tanh", "rational"], help="MLP activation")
+    p.add_argument("--hidden", type=int, default=None, help="MLP width (default: distill's)")
     p.add_argument("--weights-dir", type=Path, help="reuse NAME.stn files found here (else distil into it)")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args()

@@ -176,3 +176,25 @@ def test_cli_distill_and_simulate(tmp_path: Path, capsys: pytest.CaptureFixture[
                "-o", str(tmp_path / "o44.wav"), "-q"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "runs at 48000 Hz, not 44100 Hz" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("activation", ["tanh", "rational"])
+def test_compiled_loop_matches_torch_recursion(activation: str) -> None:
+    from circuitsim.stn.inference import run_compiled
+    from circuitsim.stn.model import Normalisation, STNNet, rational_tanh
+
+    a = torch.linspace(-8, 8, 2001, dtype=torch.float64)
+    assert float((rational_tanh(a) - torch.tanh(a)).abs().max()) < 1e-4  # the Padé approximant is close to tanh
+    norm = Normalisation(s_x=np.ones(3), s_dx=np.full(3, 0.1), s_y=1.0, u_scale=1.0, k_mid=np.zeros(1),
+                         k_half=np.ones(1), x_lim=np.full(3, 5.0))
+    net = STNNet(3, 1, 8, norm, dtype=torch.float64, activation=activation)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    u = torch.randn(2, 202, generator=g, dtype=torch.float64)
+    x0 = 0.1 * torch.randn(2, 3, generator=g, dtype=torch.float64)
+    xt, y = net.rollout(x0, u, torch.full((2, 1), 0.3, dtype=torch.float64))
+    yc, xc = run_compiled(net.arrays(), x0.numpy(), u.numpy(), np.array([0.3]), activation)
+    np.testing.assert_allclose(yc, y.detach().numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(xc, xt[:, -1].detach().numpy(), rtol=0, atol=1e-12)

@@ -67,7 +67,11 @@ class STNModule(AbstractCircuitModule):
         if names != list(meta["states"]):
             raise STNFileError(f"the STN file's states {meta['states']} are not the netlist's {names}")
         self.state_names = names
-        self.net = STNNet(len(names), len(self.knob_names), int(meta["hidden"]), self.norm, dtype=DTYPE)
+        self.activation = str(meta.get("activation", "tanh"))
+        if self.activation not in ("tanh", "rational"):
+            raise STNFileError(f"the STN file's activation '{self.activation}' is not known to this circuitsim")
+        self.net = STNNet(len(names), len(self.knob_names), int(meta["hidden"]), self.norm, dtype=DTYPE,
+                          activation=self.activation)
         self.net.load_arrays(f.arrays)
         self._warned: set[str] = set()
 
@@ -109,7 +113,7 @@ class STNModule(AbstractCircuitModule):
         if self._differentiable():
             xt, yd = self.net.rollout(x0, seq, k.expand(seq.shape[0], -1))
             return yd + y_dc, xt[:, -1]
-        yd, xf = run_compiled(self.net.arrays(), x0.detach().numpy(), seq.detach().numpy(), k.numpy())
+        yd, xf = run_compiled(self.net.arrays(), x0.detach().numpy(), seq.detach().numpy(), k.numpy(), self.activation)
         return torch.from_numpy(yd) + y_dc, torch.from_numpy(xf)
 
     def _simulate(self, u: torch.Tensor, state: STNState | None) -> tuple[torch.Tensor, STNState]:

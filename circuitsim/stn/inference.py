@@ -13,8 +13,17 @@ import numpy as np
 __all__ = ["run_compiled"]
 
 
+@numba.njit(cache=True, fastmath=True, inline="always")
+def _act(a: float, rational: bool) -> float:  # pragma: no cover - compiled
+    if not rational:
+        return np.tanh(a)
+    x = min(max(a, -4.97), 4.97)  # model.rational_tanh: the [7/6] Padé approximant of tanh, clipped
+    x2 = x * x
+    return x * (135135.0 + x2 * (17325.0 + x2 * (378.0 + x2))) / (135135.0 + x2 * (62370.0 + x2 * (3150.0 + 28.0 * x2)))
+
+
 @numba.njit(cache=True, fastmath=True)
-def _loop(W1xu, c1, W2, b2, W3, Lxu, sigma, xlim, g0, w, x0, u):  # pragma: no cover - compiled
+def _loop(W1xu, c1, W2, b2, W3, Lxu, sigma, xlim, g0, w, x0, u, rational):  # pragma: no cover - compiled
     B, T = u.shape[0], u.shape[1] - 2
     ns = x0.shape[1]
     H = c1.shape[0]
@@ -35,12 +44,12 @@ def _loop(W1xu, c1, W2, b2, W3, Lxu, sigma, xlim, g0, w, x0, u):  # pragma: no c
                 a = c1[j] + W1xu[j, ns] * up + W1xu[j, ns + 1] * un + W1xu[j, ns + 2] * ul
                 for i in range(ns):
                     a += W1xu[j, i] * x[i]
-                h1[j] = np.tanh(a)
+                h1[j] = _act(a, rational)
             for j in range(H):  # h2 = tanh(b2 + W2 h1)
                 a = b2[j]
                 for i in range(H):
                     a += W2[j, i] * h1[i]
-                h2[j] = np.tanh(a)
+                h2[j] = _act(a, rational)
             acc = w[ns] * un
             for s in range(ns):  # d = W3 h2 + L z − g(z_dc), from x̃[n-1] for every state
                 d = Lxu[s, ns] * up + Lxu[s, ns + 1] * un + Lxu[s, ns + 2] * ul - g0[s]
@@ -59,8 +68,14 @@ def _loop(W1xu, c1, W2, b2, W3, Lxu, sigma, xlim, g0, w, x0, u):  # pragma: no c
     return y, xf
 
 
+def _rational_np(a: np.ndarray) -> np.ndarray:
+    x = np.clip(a, -4.97, 4.97)
+    x2 = x * x
+    return x * (135135.0 + x2 * (17325.0 + x2 * (378.0 + x2))) / (135135.0 + x2 * (62370.0 + x2 * (3150.0 + 28.0 * x2)))
+
+
 def run_compiled(
-    weights: dict[str, np.ndarray], x0: np.ndarray, u: np.ndarray, k: np.ndarray
+    weights: dict[str, np.ndarray], x0: np.ndarray, u: np.ndarray, k: np.ndarray, activation: str = "tanh"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalised states ``x0`` (B, n_states), inputs ``u`` (B, T+2), knobs ``k`` (n_knobs,) -> (y − y_dc, x_final).
 
@@ -72,10 +87,12 @@ def run_compiled(
     ns = W3.shape[0]
     k = np.asarray(k, dtype=np.float64).reshape(-1)
     c1 = b1 + W1[:, ns + 3 :] @ k
-    g0 = W3 @ np.tanh(b2 + W2 @ np.tanh(c1))  # the linear skip's k-part cancels against g(z_dc)
+    rational = activation == "rational"
+    act = _rational_np if rational else np.tanh
+    g0 = W3 @ act(b2 + W2 @ act(c1))  # the linear skip's k-part cancels against g(z_dc)
     rB = np.asarray(weights["rB"], dtype=np.float64).reshape(ns + 1, -1)
     w = np.asarray(weights["ra"], dtype=np.float64) + rB @ k
     return _loop(np.ascontiguousarray(W1[:, : ns + 3]), c1, np.ascontiguousarray(W2), b2, np.ascontiguousarray(W3),
                  np.ascontiguousarray(L[:, : ns + 3]), np.asarray(weights["sigma"], dtype=np.float64),
                  np.asarray(weights.get("x_lim", np.full(ns, np.inf)), dtype=np.float64), g0, w,
-                 np.ascontiguousarray(x0, dtype=np.float64), np.ascontiguousarray(u, dtype=np.float64))
+                 np.ascontiguousarray(x0, dtype=np.float64), np.ascontiguousarray(u, dtype=np.float64), rational)

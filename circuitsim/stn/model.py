@@ -36,6 +36,15 @@ import torch
 from torch import nn
 
 NU = 3  # input samples seen per step: ũ[n-1], ũ[n], ũ[n+1]
+ACTIVATIONS = ("tanh", "rational")
+PADE_CLIP = 4.97  # where the [7/6] Padé approximant of tanh reaches 1
+
+
+def rational_tanh(a: torch.Tensor) -> torch.Tensor:
+    """The [7/6] Padé approximant of tanh, clipped at ±4.97 (within 1e-4 of tanh; no exp, so it vectorises)."""
+    x = torch.clamp(a, -PADE_CLIP, PADE_CLIP)
+    x2 = x * x
+    return x * (135135.0 + x2 * (17325.0 + x2 * (378.0 + x2))) / (135135.0 + x2 * (62370.0 + x2 * (3150.0 + 28.0 * x2)))
 
 
 @dataclass
@@ -65,8 +74,13 @@ class STNNet(nn.Module):
 
     WEIGHTS = ("W1", "b1", "W2", "b2", "W3", "L", "ra", "rB")
 
-    def __init__(self, n_states: int, n_knobs: int, hidden: int, norm: Normalisation, dtype=torch.float32):
+    def __init__(self, n_states: int, n_knobs: int, hidden: int, norm: Normalisation, dtype=torch.float32,
+                 activation: str = "tanh"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation '{activation}' (known: {', '.join(ACTIVATIONS)})")
+        self.activation = activation
+        self._act = torch.tanh if activation == "tanh" else rational_tanh
         nz = n_states + NU + n_knobs
         self.n_states, self.n_knobs, self.hidden = n_states, n_knobs, hidden
         self.norm = norm
@@ -88,8 +102,8 @@ class STNNet(nn.Module):
         self.register_buffer("x_lim", torch.as_tensor(lim, dtype=dtype))
 
     def g(self, z: torch.Tensor) -> torch.Tensor:
-        h = torch.tanh(z @ self.W1.T + self.b1)
-        h = torch.tanh(h @ self.W2.T + self.b2)
+        h = self._act(z @ self.W1.T + self.b1)
+        h = self._act(h @ self.W2.T + self.b2)
         return h @ self.W3.T + z @ self.L.T
 
     def g0(self, k: torch.Tensor) -> torch.Tensor:
@@ -125,7 +139,7 @@ class STNNet(nn.Module):
         x = x0
         xs = []
         for n in range(T):
-            h = torch.tanh(torch.tanh(x @ W1x + pre[:, n]) @ self.W2.T + self.b2)
+            h = self._act(self._act(x @ W1x + pre[:, n]) @ self.W2.T + self.b2)
             x = x + self.sigma * (h @ self.W3.T + x @ Lx + lin[:, n])  # (S2)
             x = torch.minimum(torch.maximum(x, -self.x_lim), self.x_lim)  # safety limit (never reached in training)
             xs.append(x)

@@ -77,13 +77,13 @@ def _normalise(recs: list[Recording], settings: list[dict[str, float]], norm: No
     return _Data(x[:, :-TRIM], u[:, :-TRIM], y[:, :-TRIM], k.reshape(len(u), -1))
 
 
-def _val_esr(arrays: dict[str, np.ndarray], val: _Data) -> float:
+def _val_esr(arrays: dict[str, np.ndarray], val: _Data, activation: str = "tanh") -> float:
     """Output ESR of the free-running compiled model from the DC point, summed per knob setting then averaged."""
     out = []
     for kv in np.unique(val.k, axis=0):
         rows = np.all(val.k == kv, axis=1)
         u = np.pad(val.u[rows], ((0, 0), (1, 1)))  # 0 V before the start and after the end
-        y, _ = run_compiled(arrays, np.zeros((rows.sum(), val.x.shape[2])), u, kv)
+        y, _ = run_compiled(arrays, np.zeros((rows.sum(), val.x.shape[2])), u, kv, activation)
         out.append(np.sum((y - val.y[rows]) ** 2) / max(np.sum(val.y[rows] ** 2), 1e-300))
     return float(np.mean(out)) if all(np.isfinite(out)) else math.inf
 
@@ -107,6 +107,7 @@ def distill(
     progress: bool = True,
     overwrite: bool = False,
     max_steps: tuple[int, int] | None = None,
+    activation: str = "tanh",
 ) -> STNFile:
     """Distil an STN from the netlist's DK model; returns it (and writes ``output`` when given).
 
@@ -118,7 +119,9 @@ def distill(
     ``seconds``: teacher audio per setting (default 24 s shared over the settings, at least 4 s).
     ``device``: torch device (default CUDA when present, else CPU).  ``max_steps``: (teacher-forcing,
     recursive) step limits, reached before the budget on a fast machine (reproducible runs; the
-    learning-rate schedules then follow the steps).  Ctrl-C during training keeps the best model so far.
+    learning-rate schedules then follow the steps).  ``activation``: ``"tanh"`` or ``"rational"`` (its
+    [7/6] Padé approximant, faster in the compiled loop; docs/stn.md).  Ctrl-C during training keeps
+    the best model so far.
     """
     from tqdm import tqdm
 
@@ -182,7 +185,7 @@ def distill(
     norm.x_lim = 1.5 * np.max(np.abs(dev_x), axis=0) / norm.s_x
     data = _normalise(recs, grid, norm)
     val = _normalise(vrecs, grid, norm)
-    net = STNNet(ns, len(knob_names), hidden, norm).to(dev)
+    net = STNNet(ns, len(knob_names), hidden, norm, activation=activation).to(dev)
 
     # teacher-forcing samples: z = [x̃[n-1], ũ[n-1], ũ[n], ũ[n+1], k̃] -> (x[n] − x[n-1]) / s_Δ, n = 1 .. T-2
     B, T = data.u.shape
@@ -209,7 +212,7 @@ def distill(
         raise UsageError(f"--minutes {minutes:g} leaves no time to train after {t_teacher:.0f} s of teacher data")
     t1_end = time.monotonic() + 0.3 * left
     t2_end = time.monotonic() + left
-    best = {"esr": _val_esr(net.arrays(), val), "arrays": net.arrays(), "stage": "least squares"}
+    best = {"esr": _val_esr(net.arrays(), val, activation), "arrays": net.arrays(), "stage": "least squares"}
     log = {"teacher_s": t_teacher, "stage1_steps": 0, "stage2_steps": 0}
     interrupted = False
     lim1, lim2 = (int(max_steps[0]), int(max_steps[1])) if max_steps else (1 << 62, 1 << 62)
@@ -227,7 +230,7 @@ def distill(
         bar.set_postfix({k: f"{v:.3g}" for k, v in post.items()}, refresh=False)
 
     def keep(stage: str) -> float:
-        e = _val_esr(net.arrays(), val)
+        e = _val_esr(net.arrays(), val, activation)
         if e < best["esr"]:
             best.update(esr=e, arrays=net.arrays(), stage=stage)
         return e
@@ -315,6 +318,7 @@ def distill(
         "input_volts": float(input_volts),
         "training_levels_db": list(LEVELS_DB),
         "hidden": hidden,
+        "activation": activation,
         "normalisation": norm.to_dict(),
         "readout": "learned linear: y = y_dc + [x~, u~] . (ra + rB k~)",
         "training": {**log, "teacher_seconds_of_audio": float(B * T / sample_rate)},
