@@ -17,6 +17,7 @@ FAMILY_MODULES: tuple[str, ...] = (
     "circuitsim.devices.diode",
     "circuitsim.devices.bjt",
     "circuitsim.devices.jfet",
+    "circuitsim.devices.mosfet",
 )
 
 _FAMILIES: dict[str, DeviceFamily] = {}

@@ -52,11 +52,9 @@ from circuitsim.netlist.expr import (
 from circuitsim.netlist.lexer import Cursor, Statement, Token, first_word, lex, split_lines
 from circuitsim.netlist.units import looks_numeric, number_problem, parse_number
 
-SUPPORTED_ELEMENTS = "RCLVIEGBDQXFHA"
+SUPPORTED_ELEMENTS = "RCLVIEGBDQXFHAJM"
 UNSUPPORTED_ELEMENTS = {
-    "J": "JFET",
     "K": "coupled (mutual) inductor",
-    "M": "MOSFET",
     "N": "Verilog-A/OSDI device",
     "O": "lossy transmission line",
     "P": "coupled multiconductor line",
@@ -67,7 +65,7 @@ UNSUPPORTED_ELEMENTS = {
     "Y": "single lossy transmission line",
     "Z": "MESFET",
 }
-MODEL_TYPES = ("D", "NPN", "PNP", "POTENTIOMETER")
+MODEL_TYPES = ("D", "NPN", "PNP", "NJF", "PJF", "NMOS", "PMOS", "POTENTIOMETER")
 #: netlist dialects: what ``pwr()`` means, whether a subcircuit takes undeclared parameters, ``wavefile=``
 DIALECTS = ("ngspice", "ltspice", "pspice")
 #: text that only LTspice writes (first match decides; ngspice has no pwrs() and rejects the other two)
@@ -97,6 +95,8 @@ INSTANCE_PARAMS = {
     "B": {"TC1", "TC2", "TEMP", "DTEMP"},
     "D": {"AREA", "M", "PJ", "IC", "TEMP", "DTEMP"},
     "Q": {"AREA", "AREAB", "AREAC", "M", "IC", "TEMP", "DTEMP"},
+    "J": {"AREA", "M", "IC", "TEMP", "DTEMP"},
+    "M": {"L", "W", "AD", "AS", "PD", "PS", "NRD", "NRS", "M", "IC", "TEMP", "DTEMP"},
 }
 _VALUE_KEYS = {
     "R": ("R", "RESISTANCE", "VALUE"),
@@ -558,6 +558,8 @@ class _Parser:
             "B": self.behavioural,
             "D": self.diode,
             "Q": self.bjt,
+            "J": self.jfet,
+            "M": self.mosfet,
             "X": self.instance,
             "F": self.current_controlled,
             "H": self.current_controlled,
@@ -838,6 +840,34 @@ class _Parser:
                 raise NetlistError(f"{name}: the area is given twice", st.loc)
             params["AREA"] = self.value(area, st, f"the area of {name}")
         return Element(name, "Q", nodes, st.loc, model=pos[-1].text.upper(), params=params)
+
+    def jfet(self, name: str, cur: Cursor, st: Statement) -> Element:
+        """``J d g s model [area] [off] [key=value ...]`` (ngspice manual, JFETs)."""
+        usage = f"{name} drain gate source model [area]"
+        nodes = self.nodes(cur, st, name, 3, usage)
+        pos = self._off_flag(self.positionals(cur, st, name), name, st)
+        if not pos or pos[0].kind != "word":
+            raise NetlistError(f"{name}: missing model name (expected '{usage}')", st.loc)
+        if len(pos) > 2:
+            raise NetlistError(f"{name}: unexpected '{pos[2].text}' (expected '{usage}')", st.loc_at(pos[2].start))
+        params = self.key_params(cur, st, name, INSTANCE_PARAMS["J"])
+        if len(pos) == 2:
+            if "AREA" in params:
+                raise NetlistError(f"{name}: the area is given twice", st.loc)
+            params["AREA"] = self.value(pos[1], st, f"the area of {name}")
+        return Element(name, "J", nodes, st.loc, model=pos[0].text.upper(), params=params)
+
+    def mosfet(self, name: str, cur: Cursor, st: Statement) -> Element:
+        """``M d g s b model [L=] [W=] [AD= AS= PD= PS= NRD= NRS=] [m=] [off]`` (ngspice manual, MOSFETs)."""
+        usage = f"{name} drain gate source bulk model [L=length] [W=width]"
+        nodes = self.nodes(cur, st, name, 4, usage)
+        pos = self._off_flag(self.positionals(cur, st, name), name, st)
+        if not pos or pos[0].kind != "word":
+            raise NetlistError(f"{name}: missing model name (expected '{usage}')", st.loc)
+        if len(pos) > 1:
+            raise NetlistError(f"{name}: unexpected '{pos[1].text}' (expected '{usage}')", st.loc_at(pos[1].start))
+        params = self.key_params(cur, st, name, INSTANCE_PARAMS["M"])
+        return Element(name, "M", nodes, st.loc, model=pos[0].text.upper(), params=params)
 
     def instance(self, name: str, cur: Cursor, st: Statement) -> Element:
         usage = f"{name} nodes... SUBCKT [params: name=value ...]"
