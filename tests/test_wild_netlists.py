@@ -199,6 +199,11 @@ WILD_NETLISTS = [
     ("ece341_bjt_amplifier.sp", "vac", "vd", 1e-5),
     ("kicad_npn_ce_amp.cir", "V2", "/out", None),
     ("ece341_bjt_tran.sp", "VIN", "out", None),
+    # level-1 MOSFETs with ngspice's default card (.model NMOS NMOS): common source, drain (bulk tied to the
+    # source) and gate stages from one public repository
+    ("mos_common_source.sp", "Vsig", "vo", 1e-5),
+    ("mos_common_drain.sp", "Vsig", "vo", 1e-5),
+    ("mos_common_gate.sp", "Vsig", "vo", 1e-5),
 ]
 
 

@@ -34,6 +34,8 @@ Row = tuple[tuple[int, float], ...]  # sparse row/column: (unknown index, coeffi
 
 
 def _pair(a: int, b: int) -> Row:
+    if a == b:  # both ends on one node (a MOSFET's bulk tied to its source): V = 0 and an injection cancels
+        return ()
     return tuple((i, c) for i, c in ((a, 1.0), (b, -1.0)) if i != GROUND)
 
 
@@ -201,8 +203,12 @@ class MNATopology:
 
         def visit(e: Expr) -> None:
             if isinstance(e, NodeV):
-                a = self.circuit.node_index(e.pos) if e.pos != "0" else GROUND
-                b = GROUND if e.neg in (None, "0") else self.circuit.node_index(e.neg)
+                try:
+                    a = self.circuit.node_index(e.pos) if e.pos != "0" else GROUND
+                    b = GROUND if e.neg in (None, "0") else self.circuit.node_index(e.neg)
+                except KeyError as exc:  # a node only the expression names (no element connects it)
+                    raise NetlistError(f"{el.name}: V({e.pos}{'' if e.neg is None else ', ' + e.neg}) reads a node "
+                                       "no element connects", el.loc) from exc
                 if e not in symbols:
                     sym = sympy.Symbol(f"v{len(ports)}", real=True)
                     symbols[e] = sym
