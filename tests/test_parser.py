@@ -353,6 +353,23 @@ CASES = [
         ],
     ),
     Case(
+        "jfets_and_mosfets",
+        "t\nJ1 d g s JMOD\nJ2 d g s JMOD 1.5 m=2\nJ3 d g s JMOD area={3}\nM1 d g s b NM W=2u L=1u\n"
+        "M2 d g s s PM l=2u w=50u m=3 ad=1p as=1p pd=4u ps=4u nrd=1 nrs=1\n"
+        ".model JMOD NJF(VTO=-0.8 BETA=1.3m)\n.model JP PJF\n.model NM NMOS(LEVEL=1 VTO=1.77 KP=0.15)\n"
+        ".model PM PMOS\n",
+        [
+            (lambda n: (find(n, "J1").nodes, find(n, "J1").model, find(n, "J1").params), (["d", "g", "s"], "JMOD", {})),
+            (lambda n: {k: num(v) for k, v in find(n, "J2").params.items()}, {"AREA": 1.5, "M": 2.0}),
+            (lambda n: ev(find(n, "J3").params["AREA"]), 3.0),
+            (lambda n: (find(n, "M1").nodes, find(n, "M1").model), (["d", "g", "s", "b"], "NM")),
+            (lambda n: {k: num(v) for k, v in find(n, "M1").params.items()}, {"W": 2e-6, "L": 1e-6}),
+            (lambda n: sorted(find(n, "M2").params), ["AD", "AS", "L", "M", "NRD", "NRS", "PD", "PS", "W"]),
+            (lambda n: [n.models[k].type for k in ("JMOD", "JP", "NM", "PM")], ["NJF", "PJF", "NMOS", "PMOS"]),
+            (lambda n: num(n.models["NM"].params["KP"]), 0.15),
+        ],
+    ),
+    Case(
         "subcircuits",
         "t\n.subckt A in out params: g=2 r={2*g}\nR1 in out {r}\n.ends A\n"
         ".subckt B in out PARAMS: k=1\n.subckt inner x y\nR1 x y 1k\n.ends inner\n"
