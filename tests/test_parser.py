@@ -353,6 +353,21 @@ CASES = [
         ],
     ),
     Case(
+        "linear_poly_sources",
+        "t\nV1 x 0 1\nVB y 0 0\nEGND 99 0 POLY(2) (3,0) (4,0) 0 .5 .5\nGP 1 2 poly(1) 3 4 1m 2m\n"
+        "FB 7 99 POLY(2) V1 VB 0 4.7E6 -5E6\nHP 5 0 POLY(1) V1 0 1k\n",
+        [
+            (lambda n: (find(n, "EGND").kind, find(n, "EGND").nodes), ("E", ["99", "0"])),
+            (lambda n: sorted((e.pos, e.neg) for e in walk(find(n, "EGND").params["VALUE"]) if isinstance(e, NodeV)),
+             [("3", None), ("4", None)]),
+            (lambda n: sorted(e.source for e in walk(find(n, "FB").params["VALUE"]) if isinstance(e, BranchI)),
+             ["V1", "VB"]),
+            (lambda n: sorted(e.value for e in walk(find(n, "FB").params["VALUE"]) if isinstance(e, Num)),
+             [-5e6, 0.0, 4.7e6]),
+            (lambda n: (find(n, "GP").kind, find(n, "FB").kind, find(n, "HP").kind), ("G", "G", "E")),
+        ],
+    ),
+    Case(
         "jfets_and_mosfets",
         "t\nJ1 d g s JMOD\nJ2 d g s JMOD 1.5 m=2\nJ3 d g s JMOD area={3}\nM1 d g s b NM W=2u L=1u\n"
         "M2 d g s s PM l=2u w=50u m=3 ad=1p as=1p pd=4u ps=4u nrd=1 nrs=1\n"

@@ -340,3 +340,29 @@ def test_ltspice_wavefile_source_is_the_input_of_simulate(tmp_path: Path) -> Non
     assert rc == 0
     y, _ = read_wav(out)
     assert np.all(np.isfinite(y)) and np.ptp(y[2400:]) > 1.0  # the stage's gain is about 60
+
+
+# TI's TL072 Boyle macromodel as published (tests/data/wild/TL072.lib: PJF input pair, diodes, E/F POLY,
+# G, H, current source), .included unchanged by an inverting amplifier written here; x20 on +-9 V clips
+# at the output stage's limits (VC/VE, 2.2 V from each rail)
+TL072_STAGES = {
+    "x10_15V": ("TL072 inverting x10 on +-15 V\n", 15.0, "100k"),
+    "x20_9V_clipping": ("TL072 inverting x20 on +-9 V, clipping\n", 9.0, "200k"),
+}
+
+
+@pytest.mark.parametrize("stage", list(TL072_STAGES))
+def test_tl072_macromodel_as_published_matches_ngspice(tmp_path: Path, stage: str) -> None:
+    from circuitsim.validate import validate
+
+    title, rail, rf = TL072_STAGES[stage]
+    path = tmp_path / "tl072_stage.cir"
+    path.write_text(f"{title}.include {WILD / 'TL072.lib'}\nVCC vcc 0 {rail}\nVEE vee 0 {-rail}\nVIN in 0 0\n"
+                    f"R1 in n 10k\nR2 n out {rf}\nX1 0 n vcc vee out TL072\nRL out 0 10k\n.end\n")
+    report = validate(path, method="dk", duration=0.01)
+    assert len(report.dc) >= 20
+    for d in report.dc:
+        assert d.ours == pytest.approx(d.ngspice, rel=1e-6, abs=1e-9), (d.name, d.ours, d.ngspice)
+    assert max(r.esr for r in report.signals) <= 1e-5, report.table()
+    if stage.endswith("clipping"):  # the 1 V pluck asks for 20 V; the output stops near 9 V - 2.2 V
+        assert 6.0 < max(r.peak for r in report.signals) < rail - 1.0

@@ -23,6 +23,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from circuitsim.netlist.ast import (
+    Binary,
     BranchI,
     Call,
     Control,
@@ -32,6 +33,7 @@ from circuitsim.netlist.ast import (
     Model,
     Name,
     Netlist,
+    NodeV,
     Num,
     ParamDef,
     Scope,
@@ -729,10 +731,7 @@ class _Parser:
             params["VALUE"] = expr
             return Element(name, kind, nodes, st.loc, params=params)
         if word is not None and word.startswith("poly"):
-            raise NetlistError(
-                f"{name}: POLY(...) controlled sources are not supported; write VALUE={{...}} or a B source",
-                st.loc,
-            )
+            return self.poly(name, nodes, cur, st)
         if word in ("table", "laplace", "freq", "chebyshev"):
             raise NetlistError(f"{name}: {word.upper()} controlled sources are not supported", st.loc)
         pos = self.positionals(cur, st, name)
@@ -751,7 +750,7 @@ class _Parser:
         nodes = self.nodes(cur, st, name, 2, usage)
         word = cur.peek_word()
         if word is not None and word.startswith("poly"):
-            raise NetlistError(f"{name}: POLY(...) controlled sources are not supported", st.loc)
+            return self.poly(name, nodes, cur, st)
         pos = self.positionals(cur, st, name)
         if len(pos) != 2 or pos[0].kind != "word" or not _IDENT.fullmatch(pos[0].text):
             raise NetlistError(f"{name}: expected '{usage}'", st.loc)
@@ -759,6 +758,61 @@ class _Parser:
         params = self.key_params(cur, st, name, INSTANCE_PARAMS[kind])
         params["CONTROL"] = BranchI(pos[0].text.upper())
         return Element(name, kind, nodes, st.loc, value=gain, params=params)
+
+    def poly(self, name: str, nodes: list[str], cur: Cursor, st: Statement) -> Element:
+        """A linear ``POLY(n)`` source: ``E/G out+ out- POLY(n) (a1,b1) ... (an,bn) p0 p1 ... pn``,
+        ``F/H out+ out- POLY(n) V1 ... Vn p0 p1 ... pn`` (ngspice manual, "Polynomial Source
+        Functions"): ``p0 + p1 x1 + ... + pn xn`` with ``x`` the controlling voltages or currents,
+        read as the ``VALUE={...}`` source it equals (E and H give a voltage, G and F a current).
+        Coefficients past the linear ones (the x1^2, x1 x2, ... terms) are an error."""
+        kind = name[0]
+        usage = f"{name} out+ out- POLY(n) controls... p0 p1 ... pn"
+        head = cur.next()
+        assert head is not None
+        rest = head.text[4:]
+        if rest:  # 'POLY(2)' lexes as POLY ( 2 ); a glued 'POLY2' is not SPICE
+            raise NetlistError(f"{name}: expected '{usage}'", st.loc_at(head.start))
+        if not cur.peek_is("("):
+            raise NetlistError(f"{name}: expected 'POLY(n)' (expected '{usage}')", st.loc_at(head.start))
+        cur.next()
+        ntok = cur.next()
+        if ntok is None or ntok.kind != "word" or not ntok.text.isdigit() or int(ntok.text) < 1 or not cur.peek_is(")"):
+            raise NetlistError(f"{name}: expected 'POLY(n)' with a dimension n >= 1", st.loc)
+        cur.next()
+        n = int(ntok.text)
+        toks: list[Token] = []
+        while not cur.at_end():
+            tok = cur.next()
+            assert tok is not None
+            if tok.kind in ("(", ")"):
+                continue
+            if tok.kind != "word":
+                raise NetlistError(f"{name}: unexpected '{st.text[tok.start : tok.end]}' (expected '{usage}')",
+                                   st.loc_at(tok.start))
+            toks.append(tok)
+        per = 2 if kind in ("E", "G") else 1
+        if len(toks) < per * n + 1:
+            raise NetlistError(f"{name}: POLY({n}) needs {per * n} controls and at least one coefficient", st.loc)
+        ctrl, coeffs = toks[: per * n], toks[per * n :]
+        if len(coeffs) > n + 1:
+            raise NetlistError(f"{name}: POLY({n}) terms beyond the linear ones (coefficient {n + 2} on) are not "
+                               "supported; write VALUE={...} or a B source", st.loc_at(coeffs[n + 1].start))
+        xs: list[Expr] = []
+        for i in range(n):
+            if per == 2:
+                a, b = (self.node(t, st, name) for t in ctrl[2 * i : 2 * i + 2])
+                xs.append(NodeV(a, None if b == "0" else b))
+            else:
+                if not _IDENT.fullmatch(ctrl[i].text):
+                    raise NetlistError(f"{name}: expected a controlling source name, found '{ctrl[i].text}'",
+                                       st.loc_at(ctrl[i].start))
+                xs.append(BranchI(ctrl[i].text.upper()))
+        values = [self.value(t, st, f"a POLY coefficient of {name}") for t in coeffs]
+        expr: Expr = values[0]
+        for c, x in zip(values[1:], xs):
+            expr = Binary("+", expr, Binary("*", c, x))
+        out_kind = {"E": "E", "H": "E", "G": "G", "F": "G"}[kind]
+        return Element(name, out_kind, nodes, st.loc, params={"VALUE": expr})
 
     def code_model(self, name: str, cur: Cursor, st: Statement) -> Element:
         """``ARV1 r0 wiper r1 MODEL``: an XSPICE instance; only the ``potentiometer`` code model is supported."""
