@@ -25,6 +25,7 @@ from test_devices import NGSPICE, assert_close, card_params, ngspice_vectors, te
 from circuitsim.devices import registry
 from circuitsim.devices.mosfet import MOSFET_ALIASES
 from circuitsim.devices.program import torch_call
+from circuitsim.netlist.errors import NetlistWarning
 
 F64 = torch.float64
 needs_ngspice = pytest.mark.requires_ngspice
@@ -165,14 +166,29 @@ def test_mosfet_cards_warn_and_refuse() -> None:
     """Unmodelled parameters warn (as the catalog does for other families); other levels are refused."""
     from circuitsim.devices.catalog import model_parameter_status
 
-    assert model_parameter_status("NMOS", "TOX") == "unmodelled"
     assert model_parameter_status("PMOS", "CJSW") == "unmodelled"
+    assert model_parameter_status("NMOS", "UO") == "unmodelled"
     assert model_parameter_status("NMOS", "VT0") == "modelled"
-    assert model_parameter_status("NMOS", "LEVEL") == "silent"
+    assert model_parameter_status("NMOS", "KF") == "silent"
     fam = registry.family("mosfet")
     assert fam.check({"LEVEL": 3.0}, []) is not None
     assert fam.check({"TOX": 1e-7}, []) is not None  # KP from UO and TOX: refused
-    assert fam.check({"TOX": 1e-7, "KP": 1e-3}, []) is None
+    with pytest.warns(NetlistWarning, match="Meyer"):
+        assert fam.check({"TOX": 1e-7, "KP": 1e-3}, []) is None
+
+
+@pytest.mark.parametrize("card, message", [("LEVEL=3 VTO=1 KP=1m", "MOSFET level 3 is not modelled"),
+                                           ("VTO=1 TOX=1e-7", "derived from TOX/UO/NSUB are not modelled")])
+def test_refused_mosfet_cards_are_one_line_errors(tmp_path: Path, card: str, message: str) -> None:
+    from circuitsim.api import load
+    from circuitsim.netlist import NetlistError
+
+    path = tmp_path / "m.cir"
+    path.write_text(f"m\nVIN in 0 0\nR1 in g 1k\nRD vcc out 1k\nVCC vcc 0 5\nM1 out g 0 0 nm\n"
+                    f".model nm NMOS({card})\n.end\n")
+    with pytest.raises(NetlistError, match=message) as err:
+        load(path, "dk", 48000.0)
+    assert "\n" not in str(err.value) and "m.cir:7" in str(err.value)
 
 
 # Booster stages written here (not public files) around the cards above: the J and M element lines, the

@@ -23,6 +23,7 @@ both bulk junctions (ngspice limits one of them and also applies DEVfetlim/DEVli
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Collection, Mapping
 
 import sympy
@@ -33,6 +34,7 @@ from torch import Tensor
 from circuitsim.devices.constants import GMIN, ROOT2, VT
 from circuitsim.devices.family import DeviceFamily, Limit, Output, param_value
 from circuitsim.devices.program import Program, limexp, pow1m
+from circuitsim.netlist.errors import NetlistWarning
 
 DTYPE = torch.float64
 
@@ -55,13 +57,16 @@ MOSFET_DEFAULTS: dict[str, float] = {
     "MJ": 0.5,  # bulk junction bottom grading coefficient
     "FC": 0.5,  # forward-bias depletion capacitance coefficient
     "LD": 0.0,  # lateral diffusion, m
+    # read only by MOSFETFamily.check (which cards are refused or warned about), not by the equations:
+    "LEVEL": 1.0,  # model level (1 only)
+    "TOX": 0.0,  # oxide thickness, m (0 = not given: no Meyer capacitance in ngspice either)
+    "NSUB": 0.0,  # substrate doping, 1/cm^3 (used by ngspice only together with TOX)
 }
 MOSFET_ALIASES: dict[str, str] = {"VT0": "VTO", "U0": "UO"}
-# accepted silently: LEVEL (1; other levels are refused by `check`), TNOM (no effect at TEMP = TNOM), noise
-MOSFET_SILENT: frozenset[str] = frozenset({"LEVEL", "TNOM", "KF", "AF"})
+# accepted silently: TNOM (no effect at TEMP = TNOM), noise
+MOSFET_SILENT: frozenset[str] = frozenset({"TNOM", "KF", "AF"})
 # accepted with a warning: what this module does not compute (see the module docstring)
-MOSFET_UNMODELLED: frozenset[str] = frozenset({"TOX", "UO", "NSUB", "NSS", "TPG", "CJ", "CJSW", "MJSW", "JS",
-                                               "RSH"})
+MOSFET_UNMODELLED: frozenset[str] = frozenset({"UO", "NSS", "TPG", "CJ", "CJSW", "MJSW", "JS", "RSH"})
 MOSFET_INSTANCE: dict[str, float] = {"L": 1e-4, "W": 1e-4, "M": 1.0, "AD": 0.0, "AS": 0.0, "PD": 0.0, "PS": 0.0,
                                      "NRD": 1.0, "NRS": 1.0, "TEMP": 27.0, "DTEMP": 0.0, "OFF": 0.0}
 MOSFET_OPTIONS: dict[str, float] = {"GMIN": GMIN}
@@ -220,9 +225,13 @@ class MOSFETFamily(DeviceFamily):
             return f"MOSFET level {level:g} is not modelled (level 1, Shichman-Hodges, only)"
         if params.get("PHI", 0.6) <= 0:
             return "PHI is not positive (ngspice: 'Phi is not positive')"
-        if params.get("TOX", 0.0) != 0.0 and ("KP" not in params
-                                              or ("NSUB" in params and not {"VTO", "GAMMA", "PHI"} <= set(params))):
-            return "KP, VTO, GAMMA or PHI derived from TOX/UO/NSUB are not modelled: give KP, VTO, GAMMA and PHI"
+        if params.get("TOX", 0.0) != 0.0:
+            # mos1temp.c: with TOX, KP defaults to UO*Cox and NSUB gives GAMMA, PHI, VTO; DEVqmeyer then adds the
+            # Meyer gate capacitances
+            if "KP" not in params or (params.get("NSUB", 0.0) != 0.0 and not {"VTO", "GAMMA", "PHI"} <= set(params)):
+                return "KP, VTO, GAMMA or PHI derived from TOX/UO/NSUB are not modelled: give KP, VTO, GAMMA and PHI"
+            warnings.warn("MOSFET card with TOX: the Meyer gate capacitances are not modelled (only the overlap "
+                          "capacitances CGSO/CGDO/CGBO and the bulk junctions)", NetlistWarning, stacklevel=2)
         return None
 
 
