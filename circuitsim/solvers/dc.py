@@ -15,6 +15,9 @@ from circuitsim.solvers.newton import NewtonError, newton
 from circuitsim.system.mna_system import MNAMatrices, MNATopology
 
 JUNCTION_STEP = 0.5  # volts: largest change of a junction voltage in one Newton step
+# continuation steps before source stepping gives up (ngspice gives up after its `srcsteps`); a
+# circuit that needs more has no operating point this homotopy can reach in reasonable time
+SOURCE_STEPS = 200
 
 
 @dataclass
@@ -95,7 +98,9 @@ def operating_point(
         # source stepping
         x = torch.zeros(batch, n, dtype=m.G.dtype)
         scale, step = 0.0, 0.1
-        while scale < 1.0:
+        for _ in range(SOURCE_STEPS):
+            if scale >= 1.0:
+                break
             trial = min(1.0, scale + step)
             r = newton(make(trial, 0.0), x, limit=limit, max_iter=100)
             info.iterations += r.iterations
@@ -105,7 +110,9 @@ def operating_point(
             else:
                 step /= 4
                 if step < 1e-6:
-                    info.steps.append(f"source stepping stalled at {scale:.3g} of the sources")
-                    raise NewtonError("DC operating point: " + "; ".join(info.steps))
+                    break
+        if scale < 1.0:
+            info.steps.append(f"source stepping stalled at {scale:.3g} of the sources")
+            raise NewtonError("DC operating point: " + "; ".join(info.steps))
         info.method, info.residual = "source stepping", r.residual
         return x, info

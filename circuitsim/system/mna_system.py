@@ -155,6 +155,8 @@ class MNATopology:
         return float(evaluate(expr, leaves, TORCH_OPS))
 
     def port(self, row: Row) -> int:
+        """The index of the port ``v = row . x`` (rows are kept sorted by unknown, so equal rows share a port)."""
+        row = tuple(sorted(row))
         if row not in self._port_index:
             self._port_index[row] = len(self.ports)
             self.ports.append(row)
@@ -168,8 +170,8 @@ class MNATopology:
         fam, t, given = dev.family, dev.internal, set(dev.element.model.params)
         rows = [_pair(t[a], t[b]) for a, b in fam.ports]
         sign = 1.0
-        flipped = [tuple((i, -c) for i, c in row) for row in rows]
-        if len(rows) == 1 and rows[0] not in self._port_index and flipped[0] in self._port_index:
+        flipped = [tuple(sorted((i, -c) for i, c in row)) for row in rows]
+        if len(rows) == 1 and tuple(sorted(rows[0])) not in self._port_index and flipped[0] in self._port_index:
             rows, sign = flipped, -1.0  # anti-parallel one-port devices share a port (one Newton unknown)
         ports = tuple(self.port(row) for row in rows)
         self._junctions.update(ports[spec.port] for spec in fam.limits)
