@@ -160,20 +160,6 @@ def _solve_u(c0: float, R: float, onerg: float, has_p: bool, isp: float, vp: flo
     if has_p:
         ex = w * invk  # exp(u/VP) = omega/kappa at the last evaluation
     return u, ex, -rs
-    for _ in range(steps):
-        c = c0 - R * rs
-        if has_p:
-            mu = (c + R * isp) / (onerg * vp)
-            w = wright_omega(mu + lnk, w)
-            u = vp * (mu - w)
-        else:
-            u = c / onerg
-        if not has_s:
-            break
-        rs = -_pn(-u, iss, vs)
-    if has_p:
-        ex = w * invk  # exp(u/VP) = omega/kappa at the last evaluation
-    return u, ex, w
 
 
 @njit(cache=True, error_model="numpy")
