@@ -35,8 +35,8 @@ from circuitsim.system.mna_system import DTYPE, MNAMatrices
 
 
 @dataclass
-class DKMatrices:
-    """The discrete-time nonlinear state-space model (names as in the kernel: x' = A x + B u + C f ...)."""
+class StateSpaceMatrices:
+    """A discrete-time nonlinear state-space model as the kernel runs it (x' = A x + B u + C f ...)."""
 
     A: torch.Tensor
     B: torch.Tensor
@@ -47,10 +47,25 @@ class DKMatrices:
     G: torch.Tensor
     H: torch.Tensor
     K: torch.Tensor
-    Q: torch.Tensor  # (n, n_states) state basis in MNA row space
 
     def as_tuple(self) -> tuple[torch.Tensor, ...]:
         return (self.A, self.B, self.C, self.D, self.E, self.F, self.G, self.H, self.K)
+
+
+@dataclass
+class DKMatrices(StateSpaceMatrices):
+    """The DK model: the state-space matrices and the state basis ``Q``."""
+
+    Q: torch.Tensor  # (n, n_states) state basis in MNA row space
+
+
+def record_newton_stats(diag: Diagnostics, stats: dict[str, int]) -> None:
+    """Copy the compiled kernel's Newton statistics (iterations, fallbacks) into ``diag``."""
+    diag.newton_iterations = int(stats.get("iterations", 0))
+    diag.max_iterations = int(stats.get("max_iterations", 0))
+    for key in ("damped_fallbacks", "homotopy_fallbacks"):
+        if stats.get(key):
+            diag.fallbacks.append(f"{stats[key]} samples needed {key.replace('_', ' ')[:-1]}")
 
 
 def state_basis(m: MNAMatrices) -> torch.Tensor:
@@ -144,11 +159,7 @@ class DKModule(AbstractCircuitModule):
                 sample_rate=self.sample_rate, v_init=state.v, sample_offset=state.samples,
             )
             y = y[..., 0]
-        diag.newton_iterations = int(stats.get("iterations", 0))
-        diag.max_iterations = int(stats.get("max_iterations", 0))
-        for key in ("damped_fallbacks", "homotopy_fallbacks"):
-            if stats.get(key):
-                diag.fallbacks.append(f"{stats[key]} samples needed {key.replace('_', ' ')[:-1]}")
+        record_newton_stats(diag, stats)
         self.diagnostics = diag
         done = (0 if state is None else state.samples) + u.shape[1]
         return y, DKState(final["x"], final.get("v"), done)

@@ -9,7 +9,7 @@ import torch
 
 from circuitsim.devices.diode import diode_model
 from circuitsim.formulations.base import AbstractCircuitModule, Diagnostics
-from circuitsim.formulations.dk import DKState
+from circuitsim.formulations.dk import DKState, record_newton_stats
 from circuitsim.formulations.wdf import fast
 from circuitsim.formulations.wdf.realize import Layout, WDFMatrices, compose, initial_state
 from circuitsim.formulations.wdf.tree import Adaptor, Leaf, WDFTree, build_tree
@@ -76,11 +76,7 @@ class WDFModule(AbstractCircuitModule):
                 v_init=state.v, sample_offset=state.samples,
             )
             y = y[..., 0]
-        diag.newton_iterations = int(stats.get("iterations", 0))
-        diag.max_iterations = int(stats.get("max_iterations", 0))
-        for key in ("damped_fallbacks", "homotopy_fallbacks"):
-            if stats.get(key):
-                diag.fallbacks.append(f"{stats[key]} samples needed {key.replace('_', ' ')[:-1]}")
+        record_newton_stats(diag, stats)
         self.diagnostics = diag
         done = (0 if state is None else state.samples) + u.shape[1]
         return y, DKState(final["x"], final.get("v"), done)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from circuitsim.formulations.dk import StateSpaceMatrices
 from circuitsim.formulations.wdf.tree import Leaf, WDFTree
 from circuitsim.formulations.wdf.waves import (
     Adapted,
@@ -139,20 +140,7 @@ def leaf_reflected(lf: Leaf, x: torch.Tensor, src: torch.Tensor) -> torch.Tensor
     return torch.zeros_like(src[0])
 
 
-@dataclass
-class WDFMatrices:
-    A: torch.Tensor
-    B: torch.Tensor
-    C: torch.Tensor
-    D: torch.Tensor
-    E: torch.Tensor
-    F: torch.Tensor
-    G: torch.Tensor
-    H: torch.Tensor
-    K: torch.Tensor
-
-    def as_tuple(self) -> tuple[torch.Tensor, ...]:
-        return (self.A, self.B, self.C, self.D, self.E, self.F, self.G, self.H, self.K)
+WDFMatrices = StateSpaceMatrices  # the composed tree in the kernel's nine matrices
 
 
 def step_rows(tree: WDFTree, topo: MNATopology, ad: Adapted, lay: Layout, fs: float, output: int,
