@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.bench_kernel import _best as timed  # noqa: E402  (best of N wall-clock runs)
+from benchmarks.report import write_section  # noqa: E402
 from circuitsim.api import load  # noqa: E402
 from circuitsim.signals import karplus_strong  # noqa: E402
 from circuitsim.spice import _common_edits, _Netlist, _read_raw, _to_samples  # noqa: E402
@@ -192,20 +193,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> Path:
-    """Replace this benchmark's section of BENCHMARKS.md (from its heading to the next ``## ``) with ``text``."""
-    path = ROOT / "BENCHMARKS.md"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = old.find(SECTION)
-    if start < 0:
-        head, tail = old.rstrip("\n") + "\n\n", ""
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        head, tail = old[:start], ("" if nxt < 0 else old[nxt + 1:])
-    path.write_text(head + text.rstrip("\n") + "\n" + ("\n" + tail if tail else ""))
-    return path
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=0.5, help="seconds of audio (at 48 kHz x 8)")
@@ -258,7 +245,7 @@ def main() -> None:
             "384,000-line input file and reads the raw file back: more than ngspice's own simulation. Issue 12's "
             "targets: ≥ 30× ngspice on every netlist, forward + backward ≤ 2.5× forward.\n"
         )
-        print(f"\nwrote {write_section(text)}")
+        print(f"\nwrote {write_section(SECTION, text)}")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from benchmarks.report import write_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 FS = 48000
 UP = 8
@@ -213,20 +215,6 @@ def describe(case: str, r: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> Path:
-    """Replace this benchmark's section of BENCHMARKS.md (its heading to the next ``## ``) with ``text``."""
-    path = ROOT / "BENCHMARKS.md"
-    old = path.read_text()
-    start = old.find(SECTION + " (")
-    if start < 0:
-        head, tail = old.rstrip("\n") + "\n\n", ""
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        head, tail = old[:start], ("" if nxt < 0 else old[nxt + 1:])
-    path.write_text(head + text.rstrip("\n") + "\n" + ("\n" + tail if tail else ""))
-    return path
-
-
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
         child(sys.argv[2], Path(sys.argv[3]))
@@ -259,7 +247,7 @@ def main() -> None:
             f"(NUMBA_NUM_THREADS=1, torch threads 1), load average {os.getloadavg()[0]:.1f} at the end "
             "(shared with other jobs).\n\n" + table + "\n"
         )
-        print(f"\nwrote {write_section(text)}")
+        print(f"\nwrote {write_section(SECTION + ' (', text)}")
 
 
 if __name__ == "__main__":

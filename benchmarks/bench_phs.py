@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.report import write_section  # noqa: E402
 from circuitsim.api import load  # noqa: E402
 from circuitsim.netlist import NetlistError  # noqa: E402
 
@@ -100,20 +101,6 @@ def table(rows: dict[str, dict | str]) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> Path:
-    """Replace this benchmark's section of BENCHMARKS.md (its heading to the next ``## ``) with ``text``."""
-    path = ROOT / "BENCHMARKS.md"
-    old = path.read_text()
-    start = old.find(SECTION)
-    if start < 0:
-        head, tail = old.rstrip("\n") + "\n\n", ""
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        head, tail = old[:start], ("" if nxt < 0 else old[nxt + 1:])
-    path.write_text(head + text.rstrip("\n") + "\n" + ("\n" + tail if tail else ""))
-    return path
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=0.25, help="seconds of audio at 48 kHz x 8")
@@ -129,7 +116,7 @@ def main() -> None:
         load_avg = os.getloadavg()[0]
         cmd = "python benchmarks/bench_phs.py --write"
         cmd += f" --seconds {args.seconds:g}" if args.seconds != 0.25 else ""
-        write_section(
+        write_section(SECTION,
             f"{SECTION} ({time.strftime('%Y-%m-%d')})\n\n"
             f"Command: `{cmd}`  \n"
             f"Machine: {platform.machine()}, {os.cpu_count()} cores, one thread (NUMBA_NUM_THREADS=1, "

@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
+from benchmarks.report import write_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 NETLIST = ROOT / "netlists" / "ts808_clipping.cir"
 FS = 44100
@@ -123,20 +125,6 @@ def run_instrumented(inp: Path, out: Path) -> dict[str, float]:
     return {"wall": wall, "resampler": spent[0]}
 
 
-def write_section(text: str) -> Path:
-    """Replace this benchmark's section of BENCHMARKS.md (its heading to the next ``## ``) with ``text``."""
-    path = ROOT / "BENCHMARKS.md"
-    old = path.read_text()
-    start = old.find(SECTION)
-    if start < 0:
-        head, tail = old.rstrip("\n") + "\n\n", ""
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        head, tail = old[:start], ("" if nxt < 0 else old[nxt + 1:])
-    path.write_text(head + text.rstrip("\n") + "\n" + ("\n" + tail if tail else ""))
-    return path
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=10.0, help="length of the input, minutes of 44.1 kHz audio")
@@ -185,7 +173,7 @@ def main() -> None:
             "time. Before libsoxr the polyphase filter alone cost ~520 ns per simulated sample (4.2x real time "
             "for the whole render).\n"
         )
-        print(f"\nwrote {write_section(text)}")
+        print(f"\nwrote {write_section(SECTION, text)}")
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.bench_dk import FS, _f, guitar, ngspice_reference, sine, write_section  # noqa: E402
+from benchmarks.bench_dk import FS, _f, guitar, ngspice_reference, sine  # noqa: E402
 from benchmarks.bench_kernel import _best as timed  # noqa: E402
+from benchmarks.report import write_section  # noqa: E402
 from circuitsim.api import load  # noqa: E402
 from circuitsim.validate import esr  # noqa: E402
 
@@ -137,18 +138,7 @@ def main() -> None:
             "Compare the DK columns with the DK section above (same code, measured on a quieter machine) for "
             "the load factor of this run.\n"
         )
-        print(f"\nwrote {write_section_named(text)}")
-
-
-def write_section_named(text: str) -> Path:
-    """bench_dk's section writer, for this benchmark's heading."""
-    import benchmarks.bench_dk as bd
-
-    old, bd.SECTION = bd.SECTION, SECTION
-    try:
-        return write_section(text)
-    finally:
-        bd.SECTION = old
+        print(f"\nwrote {write_section(SECTION, text)}")
 
 
 if __name__ == "__main__":
