@@ -50,16 +50,7 @@ FS = 48000
 UP = 8
 SECTION = "## Fitting"
 
-CLIPPER2 = """* second-order diode clipper: series C1, series R1, shunt C2, anti-parallel 1N914 (bench_fit.py)
-VIN in 0 DC 0
-C1 in a 470n
-R1 a out 2.2k
-C2 out 0 10n
-D1 out 0 D1N914
-D2 0 out D1N914
-.model D1N914 D(Is=2.52n N=1.752)
-.end
-"""
+CLIPPER2 = ROOT / "tests" / "data" / "netlists" / "clipper2.cir"  # series C1, R1, shunt C2, 1N914 pair
 CLIPPER_TRUE = {"C1": 470e-9 * 1.30, "C2": 10e-9 * 0.75, "D1N914.IS": 2.52e-9 * 0.60, "D1N914.N": 1.752 * 1.26}
 TS808_TRUE = {"R4": 4.7e3 * 1.30, "C3": 47e-9 * 1.40, "D1N914.IS": 2.52e-9 * 0.60, "D1N914.N": 1.752 * 1.25,
               "R7": 1e3 * 0.75, "C5": 220e-9 * 1.30}
@@ -114,7 +105,7 @@ def make_data(case: str, seconds: float, work: Path) -> Path:
     """ngspice-made recordings for ``case`` in ``work/case.npz`` (and the netlists they need)."""
     if case == "clipper4":
         nominal = work / "clipper2.cir"
-        nominal.write_text(CLIPPER2)
+        nominal.write_text(CLIPPER2.read_text())
         true = perturbed(nominal, CLIPPER_TRUE, work / "clipper2_true.cir")
         x = ramp(seconds, 300.0, 4.0, FS)
         np.savez(work / "clipper4.npz", x=x, y=recording(true, x), netlist=str(nominal))

@@ -399,16 +399,7 @@ def test_cli_learn_gain_and_loss_weights_reach_the_trainer(clipper_data, tmp_pat
 
 # ---------------------------------------------------------------- oversampled fits (issue 12)
 
-CLIPPER2 = """* second-order diode clipper: series C1, series R1, shunt C2, anti-parallel 1N914
-VIN in 0 DC 0
-C1 in a 470n
-R1 a out 2.2k
-C2 out 0 10n
-D1 out 0 D1N914
-D2 0 out D1N914
-.model D1N914 D(Is=2.52n N=1.752)
-.end
-"""
+CLIPPER2 = Path(__file__).parent / "data" / "netlists" / "clipper2.cir"
 TRUE2 = {"C1": 470e-9 * 1.30, "C2": 10e-9 * 0.75, "D1N914.IS": 2.52e-9 * 0.60, "D1N914.N": 1.752 * 1.26}
 
 
@@ -463,7 +454,7 @@ def test_second_order_clipper_fit_at_x8_from_ngspice_recovers_four_values(tmp_pa
 
     fs, up = 48000, 8
     nominal = tmp_path / "clipper2.cir"
-    nominal.write_text(CLIPPER2)
+    nominal.write_text(CLIPPER2.read_text())
     model = circuitsim.load(nominal, method="dk", sample_rate=fs * up)
     spans = {model.circuit.params[n].span: v for n, v in TRUE2.items()}
     true_net = tmp_path / "clipper2_true.cir"

@@ -34,6 +34,21 @@ def _plt():
     return plt
 
 
+def _finish_plot(fig, axes, path: Path, title: str, legend: bool = True, suptitle: bool = False) -> None:  # noqa: ANN001
+    """Grid, legend and title on ``axes``, then save ``fig`` as a 110 dpi PNG at ``path`` and close it."""
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+        if legend:
+            ax.legend(fontsize=8)
+    if suptitle:
+        fig.suptitle(title, fontsize=10)
+    else:
+        axes[0].set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+
+
 def plot_bode(path: Path, curves: Sequence[FrequencyResponse], title: str, refs: Sequence[FrequencyResponse] = ()
               ) -> None:
     """Magnitude (dB) and phase (degrees) against frequency; ``refs`` (ngspice) drawn dashed over them."""
@@ -49,13 +64,8 @@ def plot_bode(path: Path, curves: Sequence[FrequencyResponse], title: str, refs:
     am.set_ylabel("magnitude (dB)")
     ap.set_ylabel("phase (degrees)")
     ap.set_xlabel("frequency (Hz)")
-    for ax in (am, ap):
-        ax.grid(True, which="both", alpha=0.3)
     am.legend(fontsize=8)
-    am.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish_plot(fig, (am, ap), path, title, legend=False)
 
 
 @dataclass
@@ -150,12 +160,9 @@ def analyze(
     ax.plot(tc.input_v, tc.output_v, lw=1.5)
     ax.set_xlabel("input (V)")
     ax.set_ylabel("output (V)" if tc.kind == "dc" else "output minus its mean (V)")
-    ax.set_title(f"{netlist.name}: " + ("static transfer curve (DC sweep)" if tc.kind == "dc" else
-                                        "AC-coupled: dynamic transfer curve, one period of 200 Hz"), fontsize=9)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "transfer.png", dpi=110)
-    plt.close(fig)
+    _finish_plot(fig, (ax,), out / "transfer.png", f"{netlist.name}: " + (
+        "static transfer curve (DC sweep)" if tc.kind == "dc" else
+        "AC-coupled: dynamic transfer curve, one period of 200 Hz"), legend=False)
     _write_csv(out / "transfer.csv", "input_v,output_v", np.column_stack([tc.input_v, tc.output_v]))
     res.files += [out / "transfer.png", out / "transfer.csv"]
 
@@ -174,12 +181,9 @@ def analyze(
     a2.set_xlabel("input sine amplitude (V)")
     a2.set_ylabel("level relative to the fundamental (dBc)")
     a2.legend(fontsize=8)
-    for ax in (a1, a2):
-        ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle(f"{netlist.name}: harmonics of a {hl.f0:g} Hz sine against level (8x oversampled)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / "thd.png", dpi=110)
-    plt.close(fig)
+    _finish_plot(fig, (a1, a2), out / "thd.png",
+                 f"{netlist.name}: harmonics of a {hl.f0:g} Hz sine against level (8x oversampled)", legend=False,
+                 suptitle=True)
     res.files += [out / "thd.png", out / "thd.csv"]
     head = f"{'input (V)':>10}{'THD (%)':>10}{'H2 (dBc)':>10}{'H3 (dBc)':>10}"
     res.lines += ["", f"THD of a {hl.f0:g} Hz sine:", head]
@@ -197,12 +201,7 @@ def analyze(
             ax.loglog(levels, t, "o-", label=f"{knob} = {v:g}")
         ax.set_xlabel("input sine amplitude (V)")
         ax.set_ylabel("THD (%)")
-        ax.set_title(f"{netlist.name}: THD of a {hl.f0:g} Hz sine against {knob}", fontsize=10)
-        ax.legend(fontsize=8)
-        ax.grid(True, which="both", alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "sweep_thd.png", dpi=110)
-        plt.close(fig)
+        _finish_plot(fig, (ax,), out / "sweep_thd.png", f"{netlist.name}: THD of a {hl.f0:g} Hz sine against {knob}")
         res.files += [out / "sweep_thd.png", out / "sweep_thd.csv"]
 
     if aliasing:
@@ -223,12 +222,8 @@ def analyze(
             ax.semilogx(e.frequency_hz, row, label=f"H{j + 1}")
         ax.set_xlabel("excitation frequency (Hz)")
         ax.set_ylabel("harmonic amplitude per volt of input (dB)")
-        ax.set_title(f"{netlist.name}: exponential sine sweep ({e.amplitude:g} V), harmonic responses", fontsize=10)
-        ax.legend(fontsize=8)
-        ax.grid(True, which="both", alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "ess.png", dpi=110)
-        plt.close(fig)
+        _finish_plot(fig, (ax,), out / "ess.png",
+                     f"{netlist.name}: exponential sine sweep ({e.amplitude:g} V), harmonic responses")
         res.files += [out / "ess.png", out / "ess.csv"]
     return res
 
@@ -255,13 +250,8 @@ def plot_aliasing(path: Path, results: Mapping[str, Sequence]) -> None:
     a1.set_ylabel("aliased / harmonic energy (dB)")
     a2.set_xlabel("oversampling factor")
     a2.set_ylabel("cost (ns per audio sample)")
-    for ax in (a1, a2):
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("1245 Hz sine at 1 V, 48 kHz output: aliasing against oversampling", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish_plot(fig, (a1, a2), path, "1245 Hz sine at 1 V, 48 kHz output: aliasing against oversampling",
+                 suptitle=True)
 
 
 __all__ = ["AnalysisResult", "aliasing_table", "analyze", "parse_sweep", "plot_aliasing", "plot_bode"]
