@@ -1,0 +1,116 @@
+"""First-use compile time of every reference netlist: code generation + numba compilation, from an empty cache.
+
+For each netlist, a fresh process with its own empty kernel cache (``CIRCUITSIM_CACHE``) loads the
+circuit with ``--method`` (default dk) and runs 10 ms of input at 384 kHz twice: forward only, then
+forward + backward with every component value learnable.  Reported per circuit:
+
+- ``first forward`` / ``first forward+backward``: wall seconds of the first calls (what a user waits
+  for on a circuit's first run: sympy code generation, numba compilation of the generated module);
+- ``warm``: the same calls again in the same process (the simulation itself), so the difference is
+  the compile time;
+- ``cached``: a second process on the now-filled cache (numba's on-disk cache, no compilation);
+- the nonlinear port and device-output counts (how big the generated module is).
+
+Issue 12's target: each reference circuit compiles in <= 15 s, and compile time grows gently with
+circuit size.
+
+    python benchmarks/bench_compile.py [--method dk] [--netlists PATH ...] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.report import write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## First-use compile time"
+
+_CHILD = r"""
+import json, sys, time
+import numpy as np, torch
+torch.set_num_threads(1)
+t0 = time.perf_counter()
+from circuitsim.api import load
+path, method = sys.argv[1], sys.argv[2]
+model = load(path, method=method, sample_rate=384000.0)
+t_load = time.perf_counter() - t0
+x = torch.tensor(0.3 * np.sin(2 * np.pi * 1000 * np.arange(3840) / 384000.0))[None, :]
+
+def fwd():
+    with torch.no_grad():
+        model(x)
+
+def fwd_bwd():
+    params = [p for p in model.parameters() if p.requires_grad]
+    y = model(x)
+    (y ** 2).mean().backward()
+    for p in params:
+        p.grad = None
+
+out = {"load": t_load}
+for key, fn in (("forward", fwd), ("forward_backward", fwd_bwd)):
+    t = time.perf_counter(); fn(); out[key] = time.perf_counter() - t
+    t = time.perf_counter(); fn(); out[key + "_warm"] = time.perf_counter() - t
+nl = getattr(getattr(model, "topology", None), "nonlinearity", None)
+out["ports"] = getattr(nl, "n_ports", 0)
+out["outputs"] = getattr(nl, "n_outputs", 0)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def run_child(path: Path, method: str, cache: Path) -> dict:
+    """One fresh process on ``cache``: the timings of :data:`_CHILD` (seconds)."""
+    env = {**os.environ, "CIRCUITSIM_CACHE": str(cache), "NUMBA_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(path), method], env=env, capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-2:]
+        raise RuntimeError(f"{path.name}: child failed (exit {proc.returncode}): {' | '.join(tail)}")
+    return json.loads(line[len("RESULT "):])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--method", default="dk", help="formulation (dk, wdf, phs)")
+    ap.add_argument("--netlists", nargs="*", type=Path, default=None, help="default: every netlists/*.cir")
+    ap.add_argument("--write", action="store_true", help="update BENCHMARKS.md's section")
+    args = ap.parse_args(argv)
+    paths = args.netlists or sorted((ROOT / "netlists").glob("*.cir"))
+    head = ("| netlist | ports / outputs | first forward s | first fwd+bwd s | compile s (first - warm) "
+            "| cached process: forward s |")
+    lines = [head, "|---|---|---|---|---|---|"]
+    for path in paths:
+        with tempfile.TemporaryDirectory(prefix="bench_compile_") as tmp:
+            cold = run_child(path, args.method, Path(tmp))
+            warm = run_child(path, args.method, Path(tmp))
+        compile_s = sum(cold[k] - cold[k + "_warm"] for k in ("forward", "forward_backward"))
+        row = (f"| {path.stem} | {cold['ports']} / {cold['outputs']} | {cold['forward']:.1f} "
+               f"| {cold['forward_backward']:.1f} | {compile_s:.1f} | {warm['forward']:.2f} |")
+        print(row, flush=True)
+        lines.append(row)
+    load = os.getloadavg()[0]
+    command = f"python benchmarks/bench_compile.py --method {args.method} --write"
+    text = (f"{SECTION} ({args.method})\n\nCommand: `{command}`  \n"
+            f"Machine: {platform.machine()}, {os.cpu_count()} cores, one thread, load average {load:.1f} at the end; "
+            f"Python {platform.python_version()}.  Each netlist in a fresh process with an empty kernel cache, 10 ms "
+            "at 384 kHz; the compile column is the first calls' time minus the same calls warm.\n\n"
+            + "\n".join(lines) + "\n\nIssue 12's target: <= 15 s per reference circuit.\n")
+    print()
+    print(text)
+    if args.write:
+        write_section(f"{SECTION} ({args.method})", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
