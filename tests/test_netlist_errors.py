@@ -94,6 +94,8 @@ BAD = [
     ("t\n.func sin(x) = {x}\n", "cannot redefine the built-in function 'sin'", 2),
     ("t\nR1 a b }\n", "unbalanced '}'", 2),
     ("t\nR1 a b 2*k\n", "bad value '2*k'", 2),
+    ("t\nR41 a 0 1-3k-2\n", "bad value '1-3k-2'", 2),  # three numbers: ngspice 39 stops too
+    ("t\nR41 a 0 2.2k-\n", "bad value '2.2k-'", 2),
     ("t\n.param x = 1 y\n", "expected name=value, found 'y'", 2),
 ]
 

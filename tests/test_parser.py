@@ -794,6 +794,7 @@ def test_include_same_file_twice_gives_duplicate_model_error() -> None:
         ("t\nB1 a 0 V={limit(V(b), 0, 1)}\n", "limit"),
         ("t\nD1 a 0 DM off\n.model DM D\n", "OFF"),
         ("t\n.model DM D(IS=1n IS=2n)\n", "given twice"),
+        ("t\nR41 a 0 1-3k\n", r"R41: ngspice 39 reads the resistance '1-3k' as two numbers and keeps the last, -3k"),
     ],
 )
 def test_warnings(text: str, message: str) -> None:
@@ -805,6 +806,29 @@ def test_duplicate_model_parameter_keeps_last_value_like_ngspice() -> None:
     with pytest.warns(NetlistWarning):
         net = parse("t\n.model DM D(IS=1n IS=2n)\n")
     assert num(net.models["DM"].params["IS"]) == 2e-9
+
+
+@pytest.mark.requires_ngspice
+def test_sign_joined_values_read_as_ngspice_does(tmp_path: Path) -> None:
+    """``1-3k`` (a KiCad value field written as a range) is what ngspice 39 makes of it: the last number."""
+    values = {"R": ["1-3k", "1e3-5", "1.5e-3-2k", "1u+2k", "-1-3k", "2.2k+4.7k"], "C": ["1-3n", "10p+47n"],
+              "L": ["1-3m", "1u+2m"]}
+    unit = {"R": "resistance", "C": "capacitance", "L": "inductance"}
+    cards = [(kind, f"{kind}S{i}", v) for kind, vs in values.items() for i, v in enumerate(vs)]
+    lines = ["sign-joined values", "V1 a 0 1", "Rload a 0 1"] + [f"{name} a b{name} {v}\nRb{name} b{name} 0 1"
+                                                         for _, name, v in cards]
+    lines += [".control", "set numdgt=15", "op"] + [f"print @{name}[{unit[k]}]" for k, name, _ in cards]
+    lines += [".endc", ".end", ""]
+    path = tmp_path / "signs.cir"
+    path.write_text("\n".join(lines))
+    out = subprocess.run(["ngspice", "-b", str(path)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    got = {m.group(1).upper(): float(m.group(2))
+           for m in re.finditer(r"^@(\w+)\[\w+\] = (\S+)", out.stdout, re.M)}
+    assert len(got) == len(cards), out.stdout + out.stderr
+    with pytest.warns(NetlistWarning, match="as two numbers and keeps the last"):
+        net = parse(path.read_text())
+    for _, name, text in cards:
+        assert val(net, name) == pytest.approx(got[name], rel=1e-12), text
 
 
 # ---------------------------------------------------------------- expressions

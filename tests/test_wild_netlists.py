@@ -46,8 +46,9 @@ def _pot_network(pots: list[tuple[str | None, ...]]) -> str:
     return "\n".join(lines)
 
 
-def _dc_matches(path: Path, params: dict[str, float] | None = None, ngspice_params=None) -> int:
-    model = load(path, "mna", 48000.0, params=params)
+def _dc_matches(path: Path, params: dict[str, float] | None = None, ngspice_params=None, **names: str) -> int:
+    """How many node voltages and source currents equal ngspice's (1e-9); ``names``: load's input/output names."""
+    model = load(path, "mna", 48000.0, params=params, **names)
     ours = model.dc_voltages(0.0)
     ref = operating_point_ngspice(path, params=ngspice_params)
     compared = 0
@@ -204,6 +205,9 @@ WILD_NETLISTS = [
     ("mos_common_source.sp", "Vsig", "vo", 1e-5),
     ("mos_common_drain.sp", "Vsig", "vo", 1e-5),
     ("mos_common_gate.sp", "Vsig", "vo", 1e-5),
+    # KiCad's golden export of its legacy_pspice QA schematic: three NPNs, two LC networks (a high-Q tank:
+    # the 0.5-1 V signals swing the output rail to rail, where the trapezoidal error exceeds 1e-5)
+    ("kicad_legacy_pspice.spice", "V2", "VOUT", None),
 ]
 
 
@@ -248,6 +252,11 @@ def test_wild_hard_clipping_converges_to_ngspice(name: str, source: str, output:
 
 @pytest.mark.parametrize("name, source, output", [w[:3] for w in WILD_NETLISTS], ids=[w[0] for w in WILD_NETLISTS])
 def test_wild_netlist_simulates_from_the_command_line(tmp_path: Path, name: str, source: str, output: str) -> None:
+    _simulates_from_the_command_line(tmp_path, WILD / name, source, output)
+
+
+def _simulates_from_the_command_line(tmp_path: Path, path: Path, source: str, output: str) -> None:
+    """``circuitsim simulate`` on 50 ms of a 440 Hz sine at 48 kHz x 2: a finite, moving output WAV."""
     import numpy as np
 
     from circuitsim.audio import read_wav, write_wav
@@ -256,7 +265,7 @@ def test_wild_netlist_simulates_from_the_command_line(tmp_path: Path, name: str,
     wav = tmp_path / "in.wav"
     write_wav(wav, 0.3 * np.sin(2 * np.pi * 440 * np.arange(2400) / 48000.0), 48000)
     out = tmp_path / "out.wav"
-    rc = main(["simulate", str(WILD / name), str(wav), "-o", str(out), "--input-source", source,
+    rc = main(["simulate", str(path), str(wav), "-o", str(out), "--input-source", source,
                "--output-node", output, "--oversample", "2", "-q"])
     assert rc == 0
     y, fs = read_wav(out)
@@ -399,3 +408,65 @@ def test_lm308_macromodel_as_published_matches_ngspice(tmp_path: Path) -> None:
             y = model(torch.as_tensor(x)).numpy()
         errors.append(esr(y, simulate_ngspice(path, x, fs, "VIN", "out", tmax=1 / (16 * fs))))
     assert errors[1] <= errors[0] / 6, errors
+
+
+# KiCad exports that their author wrapped in a port-less .subckt, stimulus and supply inside, and instanced from
+# another deck (the repository's contrast.cir: 'xgrovie Grovie').  The test writes only that instance line.
+# ngspice runs the published SIN source itself (its harness drives top-level sources only, so it is handed an
+# unconnected one); circuitsim drives the same source, INSTANCE.SOURCE, with that sine sampled at 48 kHz x 8.
+# (file, subcircuit, instance, the source in it, the output node in it)
+KICAD_SUBCKT_EXPORTS = [
+    ("kicad_grovie.cir", "Grovie", "xgrovie", "V2", "Output1"),  # three NPNs, an XSPICE volume pot
+]
+
+
+@pytest.fixture(params=KICAD_SUBCKT_EXPORTS, ids=[k[0] for k in KICAD_SUBCKT_EXPORTS])
+def kicad_export(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, Path, str, str]:
+    """(the published file, the deck instancing it as its repository does, INSTANCE.SOURCE, INSTANCE.NODE)."""
+    name, subckt, instance, source, output = request.param
+    deck = tmp_path / f"{instance}.cir"
+    deck.write_text(f"{subckt} instanced as its repository's contrast.cir does\n.include {WILD / name}\n"
+                    f"{instance} {subckt}\nVIN csim_unconnected 0 0\nRunconnected csim_unconnected 0 1k\n.end\n")
+    return WILD / name, deck, f"{instance}.{source}", f"{instance}.{output}"
+
+
+def _published_sine(path: Path, source: str) -> tuple[float, float]:
+    """Amplitude (V) and frequency (Hz) of ``source``'s ``SIN( 0 A F ...)`` as the file writes it."""
+    import re
+
+    from circuitsim.netlist.units import parse_number
+
+    for line in path.read_text().splitlines():
+        m = re.match(rf"\s*{source}\s.*SIN\(\s*0\s+(\S+)\s+(\S+)", line, re.IGNORECASE)
+        if m:
+            return float(parse_number(m.group(1))), float(parse_number(m.group(2)))
+    raise AssertionError(f"{path}: no SIN source {source}")
+
+
+def test_kicad_subcircuit_export_matches_ngspice_on_its_own_stimulus(kicad_export: tuple[Path, Path, str, str]) -> None:
+    """The DC point to 1e-9 and 10 ms of the published sine at 48 kHz x 8 to ESR 1e-5, against ngspice."""
+    import numpy as np
+    import torch
+
+    from circuitsim.spice import simulate_ngspice
+    from circuitsim.validate import esr
+
+    published, deck, source, node = kicad_export
+    assert _dc_matches(deck, input_source=source, output_node=node) >= 10
+    amplitude, freq = _published_sine(published, source.split(".")[-1])
+    fs = 384000.0
+    x = amplitude * np.sin(2 * np.pi * freq * np.arange(int(0.01 * fs)) / fs)
+    model = load(deck, "dk", fs, input_source=source, output_node=node)
+    with torch.no_grad():
+        y = model(torch.as_tensor(x)).numpy()
+    ref = simulate_ngspice(deck, np.zeros_like(x), fs, "VIN", node, tmax=1 / (16 * fs))
+    assert np.ptp(ref) > 1e-2
+    assert esr(y, ref) <= 1e-5, esr(y, ref)
+
+
+def test_kicad_subcircuit_export_simulates_from_the_command_line(
+    tmp_path: Path, kicad_export: tuple[Path, Path, str, str]
+) -> None:
+    """``circuitsim simulate`` drives a source inside the subcircuit: --input-source INSTANCE.SOURCE."""
+    _, deck, source, node = kicad_export
+    _simulates_from_the_command_line(tmp_path, deck, source, node)

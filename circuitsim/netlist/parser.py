@@ -52,7 +52,7 @@ from circuitsim.netlist.expr import (
     walk,
 )
 from circuitsim.netlist.lexer import Cursor, Statement, Token, first_word, lex, split_lines
-from circuitsim.netlist.units import looks_numeric, number_problem, parse_number
+from circuitsim.netlist.units import looks_numeric, number_problem, parse_number, signed_tail
 
 SUPPORTED_ELEMENTS = "RCLVIEGBDQXFHAJM"
 UNSUPPORTED_ELEMENTS = {
@@ -586,7 +586,14 @@ class _Parser:
         given = [k for k in keys if k in params]
         if len(given) + len(pos) > 1:
             raise NetlistError(f"{name}: the {unit} is given twice", st.loc)
-        if pos:
+        tail = signed_tail(pos[0].text) if pos and pos[0].kind == "word" else None
+        if tail is not None:  # '1-3k': ngspice 39 keeps the last number, sign included
+            number = parse_number(tail)
+            assert number is not None
+            _warn(f"{name}: ngspice 39 reads the {unit} '{pos[0].text}' as two numbers and keeps the last, "
+                  f"{tail}; write the value meant", st.loc)
+            value = Num(number, st.span(pos[0].end - len(tail), pos[0].end))
+        elif pos:
             value = self.value(pos[0], st, f"the {unit} of {name}")
         elif given:
             value = params.pop(given[0])

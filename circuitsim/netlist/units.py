@@ -82,6 +82,20 @@ def parse_number(text: str) -> float | None:
     return value_of(mantissa, exponent, letters, sign)
 
 
+def signed_tail(text: str) -> str | None:
+    """The number ngspice 39 keeps from two numbers joined by a sign (``1-3k`` -> ``-3k``), else ``None``.
+
+    ngspice 39 reads an R, C or L value such as ``1-3k`` as the two numbers ``1`` and ``-3k`` and keeps
+    the last, sign included (a resistance of -3000 ohms; ``1.5e-3-2m`` is -2 mH, ``1u+2m`` is 2 mH;
+    checked against the binary).  ``None`` where ``text`` is one number, or not exactly two so joined.
+    """
+    if parse_number(text) is not None:
+        return None
+    splits = [i for i in range(1, len(text)) if text[i] in "+-" and parse_number(text[:i]) is not None
+              and parse_number(text[i:]) is not None]
+    return text[splits[0]:] if len(splits) == 1 else None
+
+
 def number_problem(text: str) -> str:
     """Why ``text`` is not a number, for error messages."""
     if _RKM_RE.fullmatch(text):
