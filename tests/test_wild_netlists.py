@@ -211,6 +211,13 @@ WILD_NETLISTS = [
 ]
 
 
+def _assert_dc_matches(dc: list, at_least: int) -> None:
+    """Every node voltage and source current of ``validate``'s DC table within ngspice's own Newton tolerance."""
+    assert len(dc) >= at_least
+    for d in dc:
+        assert d.ours == pytest.approx(d.ngspice, rel=1e-6, abs=1e-9), (d.name, d.ours, d.ngspice)
+
+
 @pytest.mark.parametrize("name, source, output, bound", WILD_NETLISTS, ids=[w[0] for w in WILD_NETLISTS])
 def test_wild_netlist_validates_against_ngspice(name: str, source: str, output: str, bound: float | None) -> None:
     """``validate`` at 48 kHz x 8 on the file as published: the DC point always, the ESR where bounded."""
@@ -219,38 +226,74 @@ def test_wild_netlist_validates_against_ngspice(name: str, source: str, output: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NetlistWarning)
         report = validate(WILD / name, method="dk", duration=0.01, input_source=source, output_node=output)
-    assert len(report.dc) >= 4
-    for d in report.dc:
-        assert d.ours == pytest.approx(d.ngspice, rel=1e-6, abs=1e-9), (d.name, d.ours, d.ngspice)
+    _assert_dc_matches(report.dc, 4)
     assert all(r.peak > 1e-3 for r in report.signals), report.table()
     if bound is not None:
         assert max(r.esr for r in report.signals) <= bound, report.table()
 
 
-@pytest.mark.parametrize("name, source, output", [w[:3] for w in WILD_NETLISTS if w[3] is None],
-                         ids=[w[0] for w in WILD_NETLISTS if w[3] is None])
-def test_wild_hard_clipping_converges_to_ngspice(name: str, source: str, output: str) -> None:
-    """Where the ESR is the trapezoidal error itself, doubling the rate shrinks it as a second-order method does."""
+# A deck that ngspice 39 itself finishes only at looser tolerances than validate()'s: at reltol 1e-6 (and 1e-5) its
+# transient stops at t ~ 2e-16 s ("Timestep too small") on the germanium AC128 card (RC = 1.7 micro-ohm); at these it
+# runs.  Below clipping its output and ours agree to 1e-5; the clipping sweep and 1 V pluck are held to second-order
+# convergence, as above.  (file, input source, output node, the standard signals that stay below hard clipping)
+LOOSE_NGSPICE = {"reltol": 1e-4, "abstol": 1e-12, "vntol": 1e-6}
+WILD_LOOSE = [
+    # grwhitehead/us3213181: the Maestro FZ-1 Fuzz-Tone, three germanium PNPs, a .subckt with bare parameters
+    ("maestro_fuzztone.cir", "Vin", "out", ("sine", "pluck_50mV", "pluck_300mV")),
+]
+CONVERGENCE = [(*w[:3], {}) for w in WILD_NETLISTS if w[3] is None] + [(*w[:3], LOOSE_NGSPICE) for w in WILD_LOOSE]
+
+
+def _esr_against_ngspice(model, name: str, x, fs: float, source: str, output: str, **tols: float) -> float:
+    """ESR of ``model``'s output for input ``x`` (volts at ``fs``) against ngspice's on the same file."""
     import torch
 
-    from circuitsim.signals import log_sweep
     from circuitsim.spice import simulate_ngspice
     from circuitsim.validate import esr
+
+    with torch.no_grad():
+        y = model(torch.as_tensor(x)).numpy()
+    return esr(y, simulate_ngspice(WILD / name, x, fs, source, output, tmax=1 / (16 * fs), **tols))
+
+
+def _wild_model(name: str, fs: float, source: str, output: str):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NetlistWarning)
+        return load(WILD / name, "dk", fs, input_source=source, output_node=output)
+
+
+@pytest.mark.parametrize("name, source, output, tols", CONVERGENCE, ids=[w[0] for w in CONVERGENCE])
+def test_wild_hard_clipping_converges_to_ngspice(name: str, source: str, output: str, tols: dict) -> None:
+    """Where the ESR is the trapezoidal error itself, doubling the rate shrinks it as a second-order method does."""
+    from circuitsim.signals import log_sweep
 
     errors = []
     for fs in (384000.0, 768000.0):
         x = log_sweep(20.0, 20000.0, 0.004, fs, 0.5)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NetlistWarning)
-            model = load(WILD / name, "dk", fs, input_source=source, output_node=output)
-        with torch.no_grad():
-            y = model(torch.as_tensor(x)).numpy()
-        ref = simulate_ngspice(WILD / name, x, fs, source, output, tmax=1 / (16 * fs))
-        errors.append(esr(y, ref))
+        errors.append(_esr_against_ngspice(_wild_model(name, fs, source, output), name, x, fs, source, output, **tols))
     assert errors[1] <= errors[0] / 6, errors
 
 
-@pytest.mark.parametrize("name, source, output", [w[:3] for w in WILD_NETLISTS], ids=[w[0] for w in WILD_NETLISTS])
+@pytest.mark.parametrize("name, source, output, below_clipping", WILD_LOOSE, ids=[w[0] for w in WILD_LOOSE])
+def test_wild_netlist_at_ngspice_loose_tolerances(name: str, source: str, output: str,
+                                                  below_clipping: tuple[str, ...]) -> None:
+    """The DC point as validate() checks it (ngspice's .op runs at the tight tolerances); ESR <= 1e-5 below clipping."""
+    from circuitsim.signals import standard_signals
+    from circuitsim.validate import compare_dc
+
+    fs = 384000.0
+    model = _wild_model(name, fs, source, output)
+    _assert_dc_matches(compare_dc(model, WILD / name), 10)
+    signals = standard_signals(fs, 0.01)
+    errors = {sig: _esr_against_ngspice(model, name, signals[sig], fs, source, output, **LOOSE_NGSPICE)
+              for sig in below_clipping}
+    assert max(errors.values()) <= 1e-5, errors
+
+
+WILD_ALL = [w[:3] for w in WILD_NETLISTS + WILD_LOOSE]
+
+
+@pytest.mark.parametrize("name, source, output", WILD_ALL, ids=[w[0] for w in WILD_ALL])
 def test_wild_netlist_simulates_from_the_command_line(tmp_path: Path, name: str, source: str, output: str) -> None:
     _simulates_from_the_command_line(tmp_path, WILD / name, source, output)
 
@@ -424,10 +467,16 @@ KICAD_SUBCKT_EXPORTS = [
 def kicad_export(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, Path, str, str]:
     """(the published file, the deck instancing it as its repository does, INSTANCE.SOURCE, INSTANCE.NODE)."""
     name, subckt, instance, source, output = request.param
-    deck = tmp_path / f"{instance}.cir"
-    deck.write_text(f"{subckt} instanced as its repository's contrast.cir does\n.include {WILD / name}\n"
-                    f"{instance} {subckt}\nVIN csim_unconnected 0 0\nRunconnected csim_unconnected 0 1k\n.end\n")
+    deck = _instanced(tmp_path, WILD / name, subckt, instance)
     return WILD / name, deck, f"{instance}.{source}", f"{instance}.{output}"
+
+
+def _instanced(tmp_path: Path, published: Path, subckt: str, instance: str) -> Path:
+    """A deck with the one instance line of the repository's contrast.cir (and an unconnected VIN for the harness)."""
+    deck = tmp_path / f"{instance}.cir"
+    deck.write_text(f"{subckt} instanced as its repository's contrast.cir does\n.include {published}\n"
+                    f"{instance} {subckt}\nVIN csim_unconnected 0 0\nRunconnected csim_unconnected 0 1k\n.end\n")
+    return deck
 
 
 def _published_sine(path: Path, source: str) -> tuple[float, float]:
@@ -470,3 +519,19 @@ def test_kicad_subcircuit_export_simulates_from_the_command_line(
     """``circuitsim simulate`` drives a source inside the subcircuit: --input-source INSTANCE.SOURCE."""
     _, deck, source, node = kicad_export
     _simulates_from_the_command_line(tmp_path, deck, source, node)
+
+
+def test_twelve_transistor_big_muff_dc_point_matches_ngspice(tmp_path: Path) -> None:
+    """Two Big Muff channels from the same repository: 12 NPNs, 12 diodes, 9 pots (KiCad export, port-less .subckt).
+
+    Only its DC point is tested: its DK compile takes minutes (benchmarks/bench_big.py times it against ngspice).
+    Its R41 and R67 are written '1-3k', which ngspice 39 reads as -3k; so does circuitsim, with a warning.  The
+    1N914.LIB it includes is a stand-in (the repository never committed its own; see that file).
+    """
+    from circuitsim.validate import compare_dc
+
+    deck = _instanced(tmp_path, WILD / "bigmuff" / "BigMuff-Rams-Head.cir", "BigMuff-Rams-Head", "xbmf")
+    with pytest.warns(NetlistWarning, match="R41: ngspice 39 reads the resistance '1-3k' as two numbers"):
+        model = load(deck, "mna", 48000.0, input_source="xbmf.V2", output_node="xbmf.rams_head_out")
+    assert float(model.circuit.params["XBMF.R41"].value) == -3000.0
+    _assert_dc_matches(compare_dc(model, deck), 80)
