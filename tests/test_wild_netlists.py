@@ -526,7 +526,7 @@ def test_twelve_transistor_big_muff_dc_point_matches_ngspice(tmp_path: Path) -> 
 
     Only its DC point is tested: its DK compile takes minutes (benchmarks/bench_big.py times it against ngspice).
     Its R41 and R67 are written '1-3k', which ngspice 39 reads as -3k; so does circuitsim, with a warning.  The
-    1N914.LIB it includes is a stand-in (the repository never committed its own; see that file).
+    1N914.LIB it includes is a stand-in (its repository has none; see that file).
     """
     from circuitsim.validate import compare_dc
 
