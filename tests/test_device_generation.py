@@ -210,6 +210,12 @@ def test_a_new_family_is_one_registration() -> None:
             np.testing.assert_allclose(j_n, j_t.numpy(), rtol=1e-13, atol=1e-15)  # 1 - tanh^2 cancels
             np.testing.assert_allclose(j_t.numpy(), j_a.numpy(), rtol=1e-12, atol=1e-15)
             assert abs(f_n[2] - 1e-3 * 0.7 * np.tanh(-v / 0.7)) <= 1e-15 * 0.7e-3 + 1e-18  # the reversed one
+            with torch.no_grad():  # autograd off (the DC Newton): the compiled code, batched
+                f_c, j_c = nl.torch_eval(torch.tensor([[v], [0.5 * v]], dtype=F64), theta, jacobian=True)
+            np.testing.assert_array_equal(f_c[0].numpy(), f_n)
+            np.testing.assert_array_equal(j_c[0].numpy(), j_n)
+            np.testing.assert_allclose(f_c[1].numpy(), nl.torch_eval(torch.tensor([0.5 * v], dtype=F64), theta)
+                                       .detach().numpy(), rtol=1e-14, atol=1e-30)
         assert nl.junctions == (0,)
     finally:
         registry._FAMILIES.pop("toy_tanh", None)

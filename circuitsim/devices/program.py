@@ -132,6 +132,27 @@ class npow(sympy.Function):  # noqa: N801
         return npow(a, n) * sympy.log(a)
 
 
+class powdiv(sympy.Function):  # noqa: N801
+    """``b**(e - 1)`` formed as ``w / b`` from ``w = b**e`` (numba only): a power and its derivative
+    then share one ``pow``; at ``b = 0`` it is ``b**(e - 1)`` itself (0 for e > 1, the Koren cut-off)."""
+
+    nargs = 3
+
+
+def shared_powers(d: sympy.Expr) -> sympy.Expr:
+    """``b**(e - 1)`` with a symbolic ``e`` (the derivative of ``b**e``) as :class:`powdiv` of ``b**e``,
+    so that common-subexpression elimination gives the value and its derivative one ``pow``."""
+
+    def hit(x: sympy.Basic) -> bool:
+        return isinstance(x, sympy.Pow) and not x.exp.is_number and x.exp.as_coeff_Add()[0] == -1
+
+    def sub(x: sympy.Pow) -> sympy.Expr:
+        e = x.exp + 1
+        return powdiv(x.base, sympy.Pow(x.base, e), e)
+
+    return d.replace(hit, sub)
+
+
 class _div(sympy.Function):  # noqa: N801
     """``a / b`` kept as a division for printing (see :func:`divisions`)."""
 
@@ -194,6 +215,7 @@ NB_FUNCS: dict[type, str] = {
     limexp_d: "_limexp_d",
     pow1m: "_pow1m",
     npow: "_npow",
+    powdiv: "_powdiv",
 }
 TORCH_FUNCS: dict[type, str] = {
     sympy.exp: "torch.exp",
@@ -288,6 +310,15 @@ class Emitter:
     def _pow(self, base: sympy.Expr, ex: sympy.Expr) -> str:
         b = self(base)
         sq = "torch.sqrt" if self.torch else "math.sqrt"
+        if ex == 1:
+            return b
+        r = float(ex) if ex.is_number else 0.0
+        if not self.torch and (2 * r).is_integer() and not r.is_integer() and abs(r) < 5:
+            # b**(k + 1/2) = b**k sqrt(b) (netlists write 1.5 as a float): a sqrt costs a fraction of
+            # a pow (torch keeps pow: its gradient at b = 0 would be 0 * inf through sqrt)
+            k = int(abs(r) - 0.5)
+            pos = f"{sq}({b})" if k == 0 else f"({self._pow(base, sympy.Integer(k))} * {sq}({b}))"
+            return pos if r > 0 else f"(1.0 / {pos})"
         if ex == 2:
             return f"({b} * {b})"
         if ex == 3:
@@ -350,18 +381,21 @@ def _heaviside(x, h0):
 
 @njit(cache=True, inline="always")
 def _softplus(x):
-    # log(1 + exp(x)) without overflow
-    if x > 0.0:
-        return x + math.log1p(math.exp(-x))
-    return math.log1p(math.exp(x))
+    # log(1 + exp(x)) without overflow; exp(-|x|) unconditionally, so that a softplus and the
+    # sigmoid of its derivative share one exp after inlining
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 
 @njit(cache=True, inline="always")
 def _sigmoid(x):
-    if x >= 0.0:
-        return 1.0 / (1.0 + math.exp(-x))
-    z = math.exp(x)
-    return z / (1.0 + z)
+    z = math.exp(-abs(x))
+    return 1.0 / (1.0 + z) if x >= 0.0 else z / (1.0 + z)
+
+
+@njit(cache=True, inline="always")
+def _powdiv(b, w, e):
+    # b**(e - 1) from w = b**e (program.powdiv)
+    return w / b if b != 0.0 else b ** (e - 1.0)
 
 
 @njit(cache=True, inline="always")
@@ -843,6 +877,8 @@ __all__ = [
     "limexp_d",
     "npow",
     "pow1m",
+    "powdiv",
+    "shared_powers",
     "sigmoid",
     "softplus",
     "torch_call",
