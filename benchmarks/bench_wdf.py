@@ -2,7 +2,8 @@
 
 For each circuit: circuitsim WDF forward (no gradients, best of ``--repeats``), WDF forward +
 backward (every component value learnable, loss mean(y^2)), DK forward and forward + backward on
-the same input in the same process, the largest WDF-DK difference over the output's peak, the
+the same input in the same process (and, where the explicit root applies, DK forward with it switched
+off: Newton on every sample), the largest WDF-DK difference over the output's peak, the
 root solver the WDF used (explicit Wright omega, linear, or Newton on the shared core), and --
 unless ``--no-ngspice`` -- ngspice's own transient-analysis time and the WDF's ESR against it
 (ngspice run exactly as in ``benchmarks/bench_dk.py``).  The published chowdsp_wdf bake-off
@@ -32,6 +33,8 @@ from benchmarks.bench_dk import FS, _f, guitar, ngspice_reference, sine  # noqa:
 from benchmarks.bench_kernel import _best as timed  # noqa: E402
 from benchmarks.report import write_section  # noqa: E402
 from circuitsim.api import load  # noqa: E402
+from circuitsim.kernels import autograd  # noqa: E402
+from circuitsim.kernels.core import KernelOptions  # noqa: E402
 from circuitsim.validate import esr  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +62,23 @@ def _times(model, xt: torch.Tensor, repeats: int) -> tuple[float, float]:  # noq
     return t_fwd, timed(forward_backward, max(repeats - 1, 1))
 
 
+def _newton_forward(model, xt: torch.Tensor, repeats: int) -> float:  # noqa: ANN001
+    """Forward time with the core's explicit root switched off (Newton on every sample)."""
+    saved = autograd.DEFAULT_OPTIONS
+    autograd.DEFAULT_OPTIONS = KernelOptions(explicit=False)
+    try:
+        with torch.no_grad():
+            model(xt[:, :1000])
+        return timed(lambda: _no_grad(model, xt), repeats)
+    finally:
+        autograd.DEFAULT_OPTIONS = saved
+
+
+def _no_grad(model, xt: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    with torch.no_grad():
+        return model(xt)
+
+
 def bench(name: str, x: np.ndarray, args: argparse.Namespace) -> dict:
     path = ROOT / "netlists" / f"{name}.cir"
     n = len(x)
@@ -67,6 +87,7 @@ def bench(name: str, x: np.ndarray, args: argparse.Namespace) -> dict:
     kind, steps = wdf.root_path()
     w_f, w_fb = _times(wdf, xt, args.repeats)
     d_f, d_fb = _times(dk, xt, args.repeats)
+    d_newton = _newton_forward(dk, xt, args.repeats) if kind == "omega" else float("nan")
     with torch.no_grad():
         y_w, y_d = wdf(xt)[0].numpy(), dk(xt)[0].numpy()
     root = {"linear": "linear", "newton": "Newton (shared core)"}.get(kind, "")
@@ -74,7 +95,7 @@ def bench(name: str, x: np.ndarray, args: argparse.Namespace) -> dict:
         root = f"Wright omega ({steps[0]}{' lin.' if steps[1] else ''})"
     row = {
         "circuit": name, "root": root, "fwd": w_f / n * 1e9, "fb": w_fb / n * 1e9, "fb_ratio": w_fb / w_f,
-        "dk_fwd": d_f / n * 1e9, "dk_fb": d_fb / n * 1e9, "vs_dk": d_f / w_f,
+        "dk_fwd": d_f / n * 1e9, "dk_fb": d_fb / n * 1e9, "vs_dk": d_f / w_f, "dk_newton": d_newton / n * 1e9,
         "diff": float(np.max(np.abs(y_w - y_d)) / np.max(np.abs(y_d))),
         "chowdsp": CHOWDSP_NS.get(name, float("nan")), "spice": float("nan"), "esr": float("nan"),
     }
@@ -86,14 +107,14 @@ def bench(name: str, x: np.ndarray, args: argparse.Namespace) -> dict:
 
 def table(rows: list[dict]) -> str:
     head = ("| circuit | WDF root | WDF fwd ns/sample | WDF fwd+bwd ns/sample | fwd+bwd / fwd | DK fwd ns/sample "
-            "| DK fwd+bwd ns/sample | WDF speed-up vs DK | max abs(WDF-DK) / peak | chowdsp_wdf ns/sample (published) "
-            "| ngspice ns/sample | WDF ESR vs ngspice |")
-    lines = [head, "|" + "---|" * 12]
+            "| DK fwd+bwd ns/sample | DK fwd, Newton (explicit root off) | WDF speed-up vs DK | max abs(WDF-DK) / peak "
+            "| chowdsp_wdf ns/sample (published) | ngspice ns/sample | WDF ESR vs ngspice |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         lines.append(
             f"| {r['circuit']} | {r['root']} | {r['fwd']:.0f} | {r['fb']:.0f} | {r['fb_ratio']:.2f} "
-            f"| {r['dk_fwd']:.0f} | {r['dk_fb']:.0f} | {r['vs_dk']:.2f}x | {r['diff']:.1e} | {_f(r['chowdsp'], '.0f')} "
-            f"| {_f(r['spice'], '.0f')} | {_f(r['esr'], '.2e')} |"
+            f"| {r['dk_fwd']:.0f} | {r['dk_fb']:.0f} | {_f(r['dk_newton'], '.0f')} | {r['vs_dk']:.2f}x "
+            f"| {r['diff']:.1e} | {_f(r['chowdsp'], '.0f')} | {_f(r['spice'], '.0f')} | {_f(r['esr'], '.2e')} |"
         )
     return "\n".join(lines)
 

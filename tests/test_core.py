@@ -46,7 +46,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------- the hooks (numba templates)
 
 
-def fm_prepare(theta, lc):
+def fm_prepare(P, theta, lc):
     nl_prepare(theta, lc)
 
 

@@ -26,6 +26,7 @@ import torch
 
 from circuitsim.kernels import statespace as ss
 from circuitsim.kernels.autograd import NewtonError, run_state_space, theta_gradient
+from circuitsim.kernels.explicit_root import OMEGA_TOL, S_BV
 from circuitsim.kernels.nonlinearity import (
     BJTBlock,
     DiodeBlock,
@@ -293,19 +294,51 @@ def test_stream_equals_one_shot(mixed):
 
 @pytest.mark.parametrize("fs", [384e3, 48e3])
 def test_clipper_vs_brentq(clipper, fs):
+    """The explicit Wright-omega root (no Newton iteration) and Newton (explicit=False), each
+    against a per-sample brentq solve of the clipper's KCL."""
     t = np.arange(600) / fs
     sig = 4.0 * np.sin(2 * np.pi * 1500 * t) * np.exp(-t * 2000) + 0.8 * np.sin(2 * np.pi * 7000 * t)
-    y, _, stats = run_state_space(
-        [torch.tensor(m) for m in clipper_matrices(fs)],
-        clipper_theta(),
-        torch.tensor(sig[None, :, None]),
-        torch.zeros(1, 1, dtype=DT),
-        clipper,
-    )
     ref = clipper_brentq(sig, fs)
-    assert rel(y[0, :, 0], ref) < 1e-10
     assert np.abs(ref).max() > 0.55  # the diodes conduct
-    assert stats["samples"] == 600 and stats["iterations"] >= 600
+    for explicit in (True, False):
+        y, _, stats = run_state_space(
+            [torch.tensor(m) for m in clipper_matrices(fs)],
+            clipper_theta(),
+            torch.tensor(sig[None, :, None]),
+            torch.zeros(1, 1, dtype=DT),
+            clipper,
+            options=ss.KernelOptions(explicit=explicit),
+        )
+        assert rel(y[0, :, 0], ref) < 1e-10, explicit
+        assert stats["samples"] == 600
+        assert stats["iterations"] == 0 if explicit else stats["iterations"] >= 600
+
+
+def test_explicit_root_plan_and_fallback(clipper):
+    """The plan follows the values (docs/wdf.md eq. (10)); where the explicit root does not apply
+    (K not of the form -R s, a breakdown) Newton runs.  The explicit root equals Newton within
+    its error bound OMEGA_TOL (volts), here with a 100 kV step too."""
+    fs = 384e3
+    mats = clipper_matrices(fs)
+    theta = clipper_theta().numpy()
+    assert ss.explicit_plan(clipper, mats[8], theta) == (2, True)  # one omega + one linearised correction
+    big = clipper_theta(1e-6).numpy()  # R IsS / VS no longer tiny: the full fixed point, more evaluations
+    steps = ss.explicit_plan(clipper, mats[8], big)
+    assert steps is not None and steps[0] > 2 and not steps[1]
+    skew = mats[8] * np.array([[1.0, 1.01]])
+    assert ss.explicit_plan(clipper, skew, theta) is None
+    bv = theta.copy()
+    bv[S_BV] = 5.0  # a breakdown voltage: not a plain diode
+    assert ss.explicit_plan(clipper, mats[8], bv) is None
+    sig = np.concatenate([np.linspace(0, 3, 40), 1e5 * np.ones(3), np.linspace(3, -3, 40)])
+    for K, th, explicit in ((mats[8], theta, True), (skew, theta, False), (mats[8], big, True)):
+        m = (*mats[:8], K)
+        a = ss.forward(clipper, m, th, sig[None, :, None], np.zeros((1, 1)), save=False)
+        b = ss.forward(clipper, m, th, sig[None, :, None], np.zeros((1, 1)), save=False,
+                       options=ss.KernelOptions(explicit=False))
+        assert a.failed is None and b.failed is None
+        assert (a.stats[0, ss.ST_ITER] == 0) == explicit and b.stats[0, ss.ST_ITER] > len(sig)
+        assert float(np.abs(a.y - b.y).max()) <= OMEGA_TOL
 
 
 def test_fallbacks_still_converge(clipper):
@@ -317,8 +350,8 @@ def test_fallbacks_still_converge(clipper):
     mats = clipper_matrices(fs)
     theta = clipper_theta().numpy()
     for opts, which in (
-        (ss.KernelOptions(max_iter=1), ss.ST_DAMPED),
-        (ss.KernelOptions(max_iter=1, fallback_iter=3), ss.ST_HOMOTOPY),
+        (ss.KernelOptions(max_iter=1, explicit=False), ss.ST_DAMPED),
+        (ss.KernelOptions(max_iter=1, fallback_iter=3, explicit=False), ss.ST_HOMOTOPY),
     ):
         res = ss.forward(clipper, mats, theta, sig[None, :, None], np.zeros((1, 1)), options=opts, save=False)
         assert res.failed is None

@@ -21,6 +21,9 @@ from circuitsim.formulations.dk import DKModule
 from circuitsim.formulations.wdf import WDFModule
 from circuitsim.formulations.wdf.oracle import simulate_oracle
 from circuitsim.formulations.wdf.tree import Leaf
+from circuitsim.kernels import autograd
+from circuitsim.kernels.core import KernelOptions
+from circuitsim.kernels.explicit_root import OMEGA_TOL
 from circuitsim.netlist import NetlistError, parse_string
 from circuitsim.signals import standard_signals
 
@@ -222,7 +225,7 @@ def test_load_and_cli_accept_method_wdf(tmp_path: Path) -> None:
 def test_wright_omega_against_scipy() -> None:
     from scipy.special import wrightomega
 
-    from circuitsim.formulations.wdf.fast import wright_omega
+    from circuitsim.kernels.explicit_root import wright_omega
 
     xs = np.concatenate([np.linspace(-740, -2, 2001), np.linspace(-2, 1, 2001), np.logspace(0, 12, 2001),
                          np.linspace(-40, 80, 4001)])
@@ -231,10 +234,20 @@ def test_wright_omega_against_scipy() -> None:
     assert float(np.max(np.abs(got - ref) / ref)) < 1e-14
 
 
+def _newton_only(monkeypatch: pytest.MonkeyPatch, model, x: torch.Tensor) -> np.ndarray:  # noqa: ANN001
+    """``model(x)`` with the core's explicit root switched off (Newton on every sample)."""
+    with monkeypatch.context() as mp:
+        mp.setattr(autograd, "DEFAULT_OPTIONS", KernelOptions(explicit=False))
+        with torch.no_grad():
+            y = model(x).numpy()
+        assert model.diagnostics.newton_iterations > 0
+    return y
+
+
 @pytest.mark.parametrize("stem", ["diode_clipper", "ts808_clipping"])
-def test_explicit_root_is_used_and_exact(stem: str) -> None:
-    """The diode pairs take the explicit Wright-omega root (no Newton) and still equal DK at 1e-9,
-    from a whisper to a 10 V overdrive."""
+def test_explicit_root_is_used_and_exact(stem: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The diode pairs take the explicit Wright-omega root (no Newton iteration) and equal Newton on
+    the same core within the root's error bound, and DK at 1e-9, from a whisper to a 10 V overdrive."""
     path = ROOT / "netlists" / f"{stem}.cir"
     wdf, dk = load(path, "wdf", FS), load(path, "dk", FS)
     kind, steps = wdf.root_path()
@@ -243,11 +256,36 @@ def test_explicit_root_is_used_and_exact(stem: str) -> None:
     for amp in (1e-3, 0.3, 10.0):
         x = amp * torch.sin(2 * torch.pi * 1500.0 * t) * torch.linspace(0, 1, 4000, dtype=torch.float64)
         with torch.no_grad():
-            assert _rel(wdf(x).numpy(), dk(x).numpy()) < 1e-9, amp
+            y = wdf(x).numpy()
+            assert wdf.diagnostics.newton_iterations == 0
+            assert _rel(y, dk(x).numpy()) < 1e-9, amp
+        assert float(np.abs(y - _newton_only(monkeypatch, wdf, x)).max()) <= 10 * OMEGA_TOL, amp
     with torch.no_grad():  # streaming in blocks gives the one long call
         y1, st = wdf.stream(x[:1500])
         y2, _ = wdf.stream(x[1500:], st)
         assert _rel(torch.cat([y1, y2]).numpy(), wdf(x).numpy()) < 1e-13
+
+
+def test_single_diode_takes_the_explicit_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One diode (a half-wave clipper): forward-biased on the omega branch, reverse-biased through
+    the fixed point of eq. (10); equal to Newton within the error bound on both half-waves."""
+    text = """half-wave clipper
+VIN in 0 DC 0
+R1 in out 2.2k
+C1 out 0 10n
+D1 out 0 DX
+.model DX D(Is=2.52n N=1.752)
+.end
+"""
+    wdf = _from_text(text, FS, WDFModule)
+    kind, steps = wdf.root_path()
+    assert kind == "omega" and steps[0] >= 2  # the reverse current needs a correction
+    x = 4.0 * torch.sin(torch.linspace(0, 30, 3000, dtype=torch.float64))
+    with torch.no_grad():
+        y = wdf(x).numpy()
+        assert wdf.diagnostics.newton_iterations == 0
+    assert y.min() < -3.0 and y.max() < 0.8  # blocks one half-wave, clips the other
+    assert float(np.abs(y - _newton_only(monkeypatch, wdf, x)).max()) <= 10 * OMEGA_TOL
 
 
 def test_breakdown_diode_falls_back_to_newton() -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from circuitsim.kernels import core
+from circuitsim.kernels import codegen, core
 from circuitsim.kernels.core import ST_DAMPED, ST_HOMOTOPY, ST_ITER, ST_MAXITER, KernelOptions
 from circuitsim.kernels.nonlinearity import Nonlinearity
 from circuitsim.kernels.statespace import check_matrices
@@ -34,6 +34,7 @@ from circuitsim.solvers.newton import NewtonError as _NewtonError
 DTYPE = torch.float64
 MATRIX_NAMES = ("A", "B", "C", "D", "E", "F", "G", "H", "K")
 THETA_CHUNK = 1 << 15  # samples per torch_eval call when forming dL/dtheta
+DEFAULT_OPTIONS = KernelOptions()  # the options of run_step / run_state_space when none are given
 
 
 class NewtonError(_NewtonError):
@@ -201,7 +202,7 @@ def run_step(module: ModuleType, lin: Sequence[torch.Tensor], P: Sequence[torch.
         raise ValueError(f"expected the 8 linear maps A..H, got {len(lin)}")
     if x0.ndim == 1:
         x0 = x0.expand(u.shape[0], x0.shape[0])
-    spec = StepSpec(module, options or KernelOptions(), z_init, sample_rate, sample_offset)
+    spec = StepSpec(module, options or DEFAULT_OPTIONS, z_init, sample_rate, sample_offset)
     mats = (*lin, *P)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (theta, u, x0, *mats)):
         y, xT, warm, st = StepFunction.apply(spec, theta, u, x0, *mats)
@@ -239,7 +240,7 @@ def run_state_space(matrices: Sequence[torch.Tensor] | Mapping[str, torch.Tensor
     mats = _matrices(matrices)
     check_matrices(nonlinearity, mats, theta.numel())
     return run_step(
-        nonlinearity.module, mats[:8], mats[8:], theta, u, x0,
+        codegen.dk_module(nonlinearity), mats[:8], mats[8:], theta, u, x0,
         sample_rate=sample_rate, z_init=v_init, options=options, sample_offset=sample_offset,
     )
 

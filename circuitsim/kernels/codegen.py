@@ -19,9 +19,13 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from circuitsim.kernels import core, linalg
 from circuitsim.kernels.core import StepFormulation
+
+if TYPE_CHECKING:
+    from circuitsim.kernels.nonlinearity import Nonlinearity
 
 _INLINE = '@njit(cache=True, inline="always")'
 _IMPORT = re.compile(r"^(?:from\s+(circuitsim[\w.]*)\s+import\s+(\([^)]*\)|[^\n]+)|import\s+(circuitsim[\w.]*))", re.M)
@@ -60,10 +64,19 @@ def _templates(module: ModuleType, names: Iterable[str], decorator: str) -> str:
     return "".join(f"\n\n{decorator}\n{inspect.getsource(getattr(module, n))}" for n in names)
 
 
+# constants a formulation may leave out (docs/architecture.md, "Plugging a formulation into the core")
+_DEFAULT_CONSTANTS = "FM_EXPLICIT = 0\nFM_LC = N_LC\n"
+
+
 def formulation_source(step: StepFormulation) -> str:
-    """The formulation's constants and hooks, each hook compiled ``inline="always"``."""
-    hooks = "".join(f"\n\n{_INLINE}\n{inspect.getsource(h)}" for h in step.hooks)
-    return f"\n# ---- formulation {step.name}\n{step.constants}\n{hooks}\n"
+    """The formulation's constants and hooks, each hook compiled ``inline="always"``.
+
+    A formulation without ``fm_solve`` gets the core's default (never solves) and ``FM_EXPLICIT = 0``.
+    """
+    names = {h.__name__ for h in step.hooks}
+    hooks = (*step.hooks, *(h for h in (core.fm_solve,) if h.__name__ not in names))
+    code = "".join(f"\n\n{_INLINE}\n{inspect.getsource(h)}" for h in hooks)
+    return f"\n# ---- formulation {step.name}\n{_DEFAULT_CONSTANTS}{step.constants}\n{code}\n"
 
 
 def core_source() -> str:
@@ -102,4 +115,18 @@ def step_module(nb_source: str, step: StepFormulation | None = None) -> ModuleTy
     return load_generated(source, deps)
 
 
-__all__ = ["core_source", "formulation_source", "source_dependencies", "step_module"]
+def dk_module(nl: Nonlinearity) -> ModuleType:
+    """The generated module of ``nl`` and the DK formulation, with the explicit diode root where ``nl``
+    has the structure for it (:func:`circuitsim.kernels.statespace.dk_step`).
+
+    It is kept as ``nl``'s module (``Nonlinearity.module``); a module already set there (built
+    first through that property, or swapped in by a benchmark) is used as it is.
+    """
+    if nl._module is None:
+        from circuitsim.kernels.statespace import dk_step
+
+        nl._module = step_module(nl.nb_source, dk_step(nl))
+    return nl._module
+
+
+__all__ = ["core_source", "dk_module", "formulation_source", "source_dependencies", "step_module"]

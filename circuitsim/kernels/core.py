@@ -18,12 +18,19 @@ formulation supplies, as numba templates (see :class:`StepFormulation`):
 * ``fm_eval(P, p, z, theta, phi, dphi, g, M, work)`` -- ``phi``, ``dphi = dphi/dz``, the
   residual ``g`` and the Newton matrix ``M = -dg/dz``; returns ``|g|^2``;
 * ``fm_limit(P, zold, znew, lc, work)`` -- step limiting (SPICE junction limiting for DK);
-* ``fm_prepare(theta, lc)`` -- constants of the limiting;
+* ``fm_prepare(P, theta, lc)`` -- constants of the limiting (and of ``fm_solve``) into ``lc``, once
+  per batch item;
 * ``fm_vjp(P, z, phi, theta, gphi, w, dP, dtheta, mq, want_theta, work)`` -- at a converged
   ``z``, add the gradient of ``w . r + gphi . phi`` w.r.t. ``P`` (into ``dP``) and ``theta``
   (into ``dtheta``, when ``want_theta``), and write ``mq`` = the cotangent of the device
   outputs ``f`` (saved as ``mu``);
-* the constants ``NZ``, ``NPHI`` and ``FM_WORK`` (length of ``work``, at least ``N_WORK``).
+* optionally ``fm_solve(P, p, z, theta, phi, lc, work)`` -- an explicit solve: write the root
+  ``z`` of ``g(z) = 0`` for ``p`` and ``phi(z)``, return True; or return False, and the core runs
+  its Newton and fallbacks for the sample.  Called instead of the predictor and Newton when the
+  constant ``FM_EXPLICIT`` is 1 (default 0: the branch is compiled away); the adjoint is the
+  same implicit-function adjoint at the saved ``z``, so the solve need not be differentiable;
+* the constants ``NZ``, ``NPHI``, ``FM_WORK`` (length of ``work``, at least ``N_WORK``) and
+  optionally ``FM_EXPLICIT`` and ``FM_LC`` (length of ``lc``, default ``N_LC``).
 
 The core supplies the batched loop over samples; Newton with the tangent predictor
 ``z[n-1] + M^-1 (p[n] - p[n-1])``, the formulation's limiting, and the fallbacks (damped Newton
@@ -82,14 +89,14 @@ from circuitsim.kernels.linalg import (
 # ----------------------------------------------------------------------------- placeholders
 # The generated module defines these (nonlinearity and formulation); here they only let the
 # templates read and lint whole.
-NV = NF = N_WORK = N_LC = NZ = NPHI = FM_WORK = 0
+NV = NF = N_WORK = N_LC = NZ = NPHI = FM_WORK = FM_EXPLICIT = FM_LC = 0
 
 
 def nl_prepare(theta, lc):  # pragma: no cover - replaced in generated code
     raise NotImplementedError
 
 
-def fm_prepare(theta, lc):  # pragma: no cover
+def fm_prepare(P, theta, lc):  # pragma: no cover
     raise NotImplementedError
 
 
@@ -109,13 +116,18 @@ def nl_vjp_theta(v, theta, mu, gtheta, work):  # pragma: no cover
     raise NotImplementedError
 
 
+def fm_solve(P, p, z, theta, phi, lc, work):
+    # the default explicit-solve hook, pasted for formulations without one (FM_EXPLICIT = 0)
+    return False
+
+
 # ----------------------------------------------------------------------------- layout
 # statistics columns
 ST_ITER, ST_MAXITER, ST_DAMPED, ST_HOMOTOPY, ST_FAIL, ST_SAMPLES = range(6)
 N_STATS = 6
 PREDICTORS = {"previous": 0, "linear": 1, "tangent": 2}
 # integer options: iopt[...]
-O_MAXIT, O_FBIT, O_PRED, O_CP, O_SAVE, O_LIMIT, O_GIVEN, O_THETA = range(8)
+O_MAXIT, O_FBIT, O_PRED, O_CP, O_SAVE, O_LIMIT, O_GIVEN, O_THETA, O_EXPLICIT = range(9)
 # forward workspace: wv (vectors), wm (matrices), wi (integers)
 (V_X, V_XN, V_P, V_Z, V_Z1, V_Z2, V_PPREV, V_G, V_DZ, V_ZT, V_PHI, V_WORK, V_LC, V_G2, V_PTMP, V_ZS,
  V_PHI2) = range(17)
@@ -300,6 +312,8 @@ def forward_segment(n0, solved, lin, P, theta, io, wv, wm, wi, fopt, iopt):
     cp = iopt[O_CP]
     save = iopt[O_SAVE] != 0
     use_limit = iopt[O_LIMIT] != 0
+    explicit = FM_EXPLICIT != 0 and iopt[O_EXPLICIT] != 0
+    lc, work = wv[V_LC], wv[V_WORK]
     nx = A.shape[0]
     n_iter = 0
     n_max = counters[1]
@@ -310,18 +324,21 @@ def forward_segment(n0, solved, lin, P, theta, io, wv, wm, wi, fopt, iopt):
         if NZ > 0 and not (solved and n == n0):
             mv(p, G, x, NZ, nx, False)
             mv(p, H, un, NZ, H.shape[1], True)
-            predict(predictor, counters[2] != 0, wv, LU, piv)
-            result = newton_plain(P, theta, wv, wm, wi, fopt[0], fopt[1], max_iter, use_limit)
-            if result == 0:
-                counters[0] += n_iter + max_iter
-                counters[1] = n_max
-                return n
-            n_iter += result
-            if result > n_max:
-                n_max = result
-            counters[2] = 1
+            if explicit and fm_solve(P, p, z, theta, phi, lc, work):
+                counters[2] = 0  # LU is not M at this z: a later Newton sample predicts from z[n-1]
+            else:
+                predict(predictor, counters[2] != 0, wv, LU, piv)
+                result = newton_plain(P, theta, wv, wm, wi, fopt[0], fopt[1], max_iter, use_limit)
+                if result == 0:
+                    counters[0] += n_iter + max_iter
+                    counters[1] = n_max
+                    return n
+                n_iter += result
+                if result > n_max:
+                    n_max = result
+                counters[2] = 1
         elif NZ == 0:
-            fm_eval(P, p, z, theta, phi, dphi, wv[V_G], LU, wv[V_WORK])
+            fm_eval(P, p, z, theta, phi, dphi, wv[V_G], LU, work)
         affine_phi(y[n], D, x, E, un, F, phi)
         affine_phi(xn, A, x, B, un, C, phi)
         copy_into(x, xn, nx)
@@ -340,7 +357,7 @@ def start_item(P, theta, x0, warm_in, wv, wm, wi, given):
     # LU), the LU of M at z[n-1].  Without them, z[-1] = z_init solves g = 0 for p[-1] = -r(z_init).
     LU, piv, counters = wm[M_LU], wi[I_PIV], wi[I_COUNT]
     z1, z2, pprev, g = wv[V_Z1], wv[V_Z2], wv[V_PPREV], wv[V_G]
-    fm_prepare(theta, wv[V_LC])
+    fm_prepare(P, theta, wv[V_LC])
     copy_into(wv[V_X], x0, x0.shape[0])
     copy_into(z1, warm_in[0], NZ)
     if given:
@@ -364,7 +381,7 @@ def forward_item(lin, P, theta, io, x0, xfin, warm_in, warm_out, stats, fopt, io
     nx = lin[0].shape[0]
     T = io[0].shape[0]
     wv = (np.zeros(nx), np.zeros(nx), np.zeros(NZ), np.zeros(NZ), np.zeros(NZ), np.zeros(NZ), np.zeros(NZ),
-          np.zeros(NZ), np.zeros(NZ), np.zeros(NZ), np.zeros(NPHI), np.zeros(FM_WORK), np.zeros(N_LC),
+          np.zeros(NZ), np.zeros(NZ), np.zeros(NZ), np.zeros(NPHI), np.zeros(FM_WORK), np.zeros(FM_LC),
           np.zeros(NZ), np.zeros(NZ), np.zeros(NZ), np.zeros(NPHI))
     wm = (np.zeros((NPHI, NZ)), np.zeros((NZ, NZ)), np.zeros((NPHI, NZ)), np.zeros((NZ, NZ)))
     wi = (np.zeros(NZ, np.int64), np.zeros(3, np.int64))
@@ -526,7 +543,8 @@ class KernelOptions:
     'previous', 'linear' (2 z[n-1] - z[n-2]) or 'tangent' (z[n-1] + M^-1 (p[n] - p[n-1])).
     ``checkpoint``: samples between saved states for the backward pass.  ``limit``: the
     formulation's step limiting (SPICE junction limiting for DK).  ``threads``: batch items
-    run in parallel on up to this many threads (None: all cores).
+    run in parallel on up to this many threads (None: all cores).  ``explicit``: use the
+    formulation's explicit solve (``fm_solve``) where it has one; False runs Newton on every sample.
     """
 
     reltol: float = 1e-10
@@ -537,6 +555,7 @@ class KernelOptions:
     checkpoint: int = 256
     limit: bool = True
     threads: int | None = None
+    explicit: bool = True
 
     def arrays(self, save: bool, given: bool = False, theta_grad: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(fopt, iopt)`` for the kernels: tolerances, and the integer options ``O_*``."""
@@ -546,7 +565,7 @@ class KernelOptions:
             raise ValueError("checkpoint must be >= 1")
         fopt = np.array([self.reltol, self.abstol], dtype=np.float64)
         ints = (self.max_iter, self.fallback_iter, PREDICTORS[self.predictor], self.checkpoint, save,
-                self.limit, given, theta_grad)
+                self.limit, given, theta_grad, self.explicit)
         return fopt, np.array([int(i) for i in ints], dtype=np.int64)
 
 

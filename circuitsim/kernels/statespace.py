@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from circuitsim.kernels import core
+from circuitsim.kernels import codegen, core
 from circuitsim.kernels.core import (  # noqa: F401  (re-exported: the kernels' public names)
     N_STATS,
     PREDICTORS,
@@ -42,13 +42,17 @@ from circuitsim.kernels.core import (  # noqa: F401  (re-exported: the kernels' 
     StepFormulation,
     warm_state,
 )
+from circuitsim.kernels.explicit_root import PLAN_SIZE, diode_pair_spec, pair_root, pair_setup, plan
 from circuitsim.kernels.linalg import borrow, copy_into, mtv, outer_acc  # noqa: F401  (borrow: generated modules)
 
 if TYPE_CHECKING:
     from circuitsim.kernels.nonlinearity import Nonlinearity
 
-# placeholders of the generated module (see circuitsim.kernels.core)
-NV = NF = 0
+# placeholders of the generated module (see circuitsim.kernels.core); XR_SPEC: (output, theta offset)
+# of the diode oriented +1 and of the one oriented -1 on the port (-1: none), XR_PLAN: where the
+# explicit root's plan starts in lc
+NV = NF = N_LC = FM_EXPLICIT = XR_PLAN = 0
+XR_SPEC = (-1, -1, -1, -1)
 
 
 def nl_eval(v, theta, f, J, work):  # pragma: no cover - replaced in generated code
@@ -71,8 +75,10 @@ def nl_vjp_theta(v, theta, mu, gtheta, work):  # pragma: no cover
 # ----------------------------------------------------------------------------- the DK hooks
 
 
-def fm_prepare(theta, lc):
+def fm_prepare(P, theta, lc):
     nl_prepare(theta, lc)
+    if FM_EXPLICIT != 0:  # the explicit root's plan at these values (kernels/explicit_root.py)
+        pair_setup(P[0], theta, XR_SPEC, lc, XR_PLAN)
 
 
 def fm_eval(P, p, z, theta, phi, dphi, g, M, work):
@@ -107,12 +113,59 @@ def fm_vjp(P, z, phi, theta, gphi, w, dP, dtheta, mq, want_theta, work):
         nl_vjp_theta(z, theta, mq, dtheta, work)
 
 
+def fm_solve(P, p, z, theta, phi, lc, work):
+    # a diode or an anti-parallel pair on the one port: v = p + K f(v) solved explicitly with the
+    # Wright omega function (kernels/explicit_root.py, docs/wdf.md eqs. (9)-(10)); False: Newton
+    c = p[0]
+    k = 0 if c >= 0.0 else 1
+    ok, u, i_f, i_r = pair_root(abs(c), lc, XR_PLAN, k)
+    if not ok:
+        return False
+    if k == 0:
+        z[0] = u
+        if XR_SPEC[0] >= 0:
+            phi[XR_SPEC[0]] = i_f
+        if XR_SPEC[2] >= 0:
+            phi[XR_SPEC[2]] = i_r
+    else:
+        z[0] = -u
+        if XR_SPEC[2] >= 0:
+            phi[XR_SPEC[2]] = i_f
+        if XR_SPEC[0] >= 0:
+            phi[XR_SPEC[0]] = i_r
+    return True
+
+
 # fmt: on
-DK_STEP = StepFormulation(
-    name="dk",
-    hooks=(fm_prepare, fm_eval, fm_limit, fm_vjp),
-    constants="NZ = NV\nNPHI = NF\nFM_WORK = N_WORK\n",
+_DK_HOOKS = (fm_prepare, fm_eval, fm_limit, fm_vjp)
+_DK_CONSTANTS = (
+    "NZ = NV\nNPHI = NF\nFM_WORK = N_WORK\nXR_PLAN = 0\nXR_SPEC = (-1, -1, -1, -1)\n"
+    "from circuitsim.kernels.explicit_root import pair_root, pair_setup  # noqa: E402, F401\n"
 )
+DK_STEP = StepFormulation(name="dk", hooks=_DK_HOOKS, constants=_DK_CONSTANTS)
+
+
+def dk_step(nl: Nonlinearity) -> StepFormulation:
+    """DK's hooks for ``nl``: with the explicit diode root (``fm_solve``, ``FM_EXPLICIT = 1``) when ``nl``
+    is at most one diode each way on one port with no charge output
+    (:func:`~circuitsim.kernels.explicit_root.diode_pair_spec`), else :data:`DK_STEP`.
+
+    Whether the values allow it (``K = -R s``, plain diodes, the error bound) is checked by
+    ``fm_prepare`` at the start of every run; where they do not, or where a junction exponent
+    would pass EXP_LIMIT, the core's Newton runs instead.
+    """
+    spec = diode_pair_spec(nl.blocks, nl.n_ports)
+    if spec is None:
+        return DK_STEP
+    consts = _DK_CONSTANTS + f"FM_EXPLICIT = 1\nFM_LC = N_LC + {PLAN_SIZE}\nXR_PLAN = N_LC\nXR_SPEC = {spec!r}\n"
+    return StepFormulation(name="dk_explicit", hooks=(*_DK_HOOKS, fm_solve), constants=consts)
+
+
+def explicit_plan(nl: Nonlinearity, K: np.ndarray, theta: np.ndarray) -> tuple[int, bool] | None:
+    """``(omega evaluations per sample, linearised?)`` of the explicit root DK's kernel takes for
+    ``v = p + K f(v)`` at ``theta``, or None where it runs Newton (see :func:`dk_step`)."""
+    spec = diode_pair_spec(nl.blocks, nl.n_ports)
+    return None if spec is None else plan(K, theta, spec)
 
 
 def _c(a: np.ndarray) -> np.ndarray:
@@ -142,7 +195,7 @@ def forward(nl: Nonlinearity, mats: Sequence[np.ndarray], theta: np.ndarray, u: 
     """
     mats = tuple(_c(m) for m in mats)
     check_matrices(nl, mats, np.size(theta))
-    return core.forward(nl.module, mats[:8], mats[8:], theta, u, x0, v_init, options, save)
+    return core.forward(codegen.dk_module(nl), mats[:8], mats[8:], theta, u, x0, v_init, options, save)
 
 
 def backward(nl: Nonlinearity, mats: Sequence[np.ndarray], theta: np.ndarray, u: np.ndarray, v: np.ndarray,
@@ -154,7 +207,7 @@ def backward(nl: Nonlinearity, mats: Sequence[np.ndarray], theta: np.ndarray, u:
     with ``theta_grad``, ``dtheta`` (``nl_vjp_theta`` at every sample, in the same loop)."""
     mats = tuple(_c(m) for m in mats)
     saved = ForwardResult(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, np.int64), v, checkpoints)
-    return core.backward(nl.module, mats[:8], mats[8:], theta, u, saved, gy, gx_final, options, theta_grad)
+    return core.backward(codegen.dk_module(nl), mats[:8], mats[8:], theta, u, saved, gy, gx_final, options, theta_grad)
 
 
 def theta_vjp(
@@ -165,12 +218,14 @@ def theta_vjp(
     ``v`` (batch, T, Nv) port voltages (volts), ``mu`` (batch, T, Nf) adjoints of ``f``.  The
     gradient is w.r.t. every entry of ``theta``, the derived slots of device vectors included.
     """
-    return core.theta_vjp(nl.module, theta, v, mu, threads)
+    return core.theta_vjp(codegen.dk_module(nl), theta, v, mu, threads)
 
 
 __all__ = [
     "DK_STEP",
     "BackwardResult",
+    "dk_step",
+    "explicit_plan",
     "ForwardResult",
     "KernelOptions",
     "backward",

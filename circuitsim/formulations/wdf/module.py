@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
-from circuitsim.devices.diode import diode_model
 from circuitsim.formulations.base import AbstractCircuitModule, Diagnostics
 from circuitsim.formulations.dk import DKState, record_newton_stats
-from circuitsim.formulations.wdf import fast
 from circuitsim.formulations.wdf.realize import Layout, WDFMatrices, compose, initial_state
 from circuitsim.formulations.wdf.tree import Adaptor, Leaf, WDFTree, build_tree
-from circuitsim.formulations.wdf.waves import Adapted, Adapter, port_pair_sign
+from circuitsim.formulations.wdf.waves import Adapted, Adapter
 from circuitsim.kernels.autograd import run_state_space
-from circuitsim.kernels.nonlinearity import DiodeBlock
+from circuitsim.kernels.statespace import explicit_plan
 from circuitsim.solvers.dc import operating_point
 from circuitsim.system.mna_system import MNAMatrices
 
@@ -50,13 +47,12 @@ class WDFModule(AbstractCircuitModule):
         return m, ad, mats
 
     def _simulate(self, u: torch.Tensor, state: DKState | None) -> tuple[torch.Tensor, DKState]:
+        # every root runs on the shared core: a linear tree with no unknowns, a diode or a pair with
+        # the explicit Wright-omega root (kernels/explicit_root.py), anything else with Newton
         m, ad, w = self.wdf()
         s = self.source_values(m, u)
         diag = Diagnostics(samples=u.shape[1])
         nl = self.topology.nonlinearity
-        path = self.root_path()
-        if path[0] != "newton":
-            return self._simulate_fast(path, m, ad, w, s, state, diag)
         if state is None:
             with torch.no_grad():
                 x_op, diag.operating_point = operating_point(self.topology, m, s[:, 0])
@@ -81,74 +77,18 @@ class WDFModule(AbstractCircuitModule):
         done = (0 if state is None else state.samples) + u.shape[1]
         return y, DKState(final["x"], final.get("v"), done)
 
-    # ------------------------------------------------------------------ specialised loops
-    def _diode_table(self) -> tuple[torch.Tensor, np.ndarray] | None:
-        """(Is, N*Vt, GMIN) per device output and the output signs, when the root admits the explicit
-        Wright-omega solution (one port, at most one plain diode each way, no charge), else None."""
-        topo = self.topology
-        nl = topo.nonlinearity
-        if self.tree.root.kind != "nonlinear" or not 1 <= nl.n_outputs <= 2:
-            return None
-        p_, q_ = self.tree.root.nodes
-        frame = [port_pair_sign(row, p_, q_) for row in topo.ports]  # every port is +-v(p, q) here
-        diodes = [_diode_outputs(b) for b in topo.blocks]
-        if any(d is None or d[1] >= 0 for d in diodes):
-            return None
-        diodes = [(o, q, sg * frame[port]) for o, q, sg, port in diodes]  # sign of vd against v(p, q)
-        if len({d[2] for d in diodes}) != len(diodes):
-            return None
-        rows: list[torch.Tensor | None] = [None] * nl.n_outputs
-        sign = np.zeros(nl.n_outputs)
-        env = self.leaves()
-        for (out_i, _, sg), dev in zip(diodes, topo.devices):
-            d = diode_model(topo._device_params(dev, env))
-            if bool(torch.isfinite(d["BV"])) or float(d["IKF"]) > 0 or float(d["IKR"]) > 0 or float(d["ISR"]) != 0:
-                return None
-            rows[out_i] = torch.stack([d["IS"], d["VTE"], d["GMIN"]])
-            sign[out_i] = sg
-        if any(r is None for r in rows):
-            return None
-        return torch.stack(rows), sign, frame[0]
-
     def root_path(self) -> tuple[str, Any]:
-        """How the root is solved now: ('linear', 0), ('omega', (steps, linearised)) or ('newton', 0)."""
-        if self.topology.nonlinearity.n_ports == 0:
-            return ("linear", 0)
-        table = self.cached("wdf_diodes", self._diode_table)
-        if table is None:
-            return ("newton", 0)
-        _, _, w = self.wdf()
-        dp, sign, frame = table
-        r = -frame * w.K[0].detach().numpy() * sign
-        if not np.allclose(r, r[0], rtol=1e-12, atol=0.0) or not r[0] > 0:
-            return ("newton", 0)
-        steps = fast.omega_steps(float(r[0]), dp.detach().numpy())
-        return ("omega", steps) if steps is not None else ("newton", 0)
+        """How the root is solved now: ('linear', 0), ('omega', (steps, linearised)) or ('newton', 0).
 
-    def _simulate_fast(self, path, m, ad, w, s, state, diag):  # noqa: ANN001, ANN202
-        kind, steps = path
-        if state is None:
-            with torch.no_grad():
-                x_op, diag.operating_point = operating_point(self.topology, m, s[:, 0])
-            x_op = self.topology.implicit_step(m, x_op, m.G, m.Wi, s[:, 0] @ m.Bu.T)
-            nl = self.topology.nonlinearity
-            f_op = nl.torch_eval(x_op @ m.Nv.T, m.theta) if nl.n_outputs else x_op[:, :0]
-            x0 = initial_state(self.tree, self.topology, ad, self.layout, x_op, f_op, self.sample_rate)
-            y0, s_run, done0 = (x_op @ m.out).unsqueeze(1), s[:, 1:], 0
-        else:
-            x0, y0, s_run, done0 = state.q, None, s, state.samples
-        if kind == "linear":
-            y, xT = fast.run_linear(w.as_tuple(), s_run, x0)
-            v_last = None
-        else:
-            dp, sign, frame = self.cached("wdf_diodes", self._diode_table)
-            # the root's port voltage v(p, q) = frame * (device port 0): its row of G, H, K
-            mats = (*w.as_tuple()[:6], frame * w.G[:1], frame * w.H[:1], frame * w.K[:1])
-            y, xT, v_last = fast.run_omega(mats, dp, s_run, x0, sign, steps)
-        if y0 is not None:
-            y = torch.cat([y0, y], dim=1)
-        self.diagnostics = diag
-        return y, DKState(xT, v_last, done0 + s.shape[1])
+        'omega': the core's explicit root (one port, at most one plain diode each way, no charge,
+        an error bound below ``OMEGA_TOL``; :func:`circuitsim.kernels.statespace.explicit_plan`).
+        """
+        nl = self.topology.nonlinearity
+        if nl.n_ports == 0:
+            return ("linear", 0)
+        m, _, w = self.wdf()
+        steps = explicit_plan(nl, w.K.detach().numpy(), m.theta.detach().numpy())
+        return ("omega", steps) if steps is not None else ("newton", 0)
 
     # ------------------------------------------------------------------ describe
     def describe(self) -> str:
@@ -231,15 +171,6 @@ class WDFModule(AbstractCircuitModule):
                    else f"{k} evaluation{'s' if k > 1 else ''}")
             return f"explicit Wright omega, {how} per sample, no Newton"
         return "Newton on the compiled core"
-
-
-def _diode_outputs(blk: Any) -> tuple[int, int, float, int] | None:
-    """(current output, charge output or -1, sign, port) of a diode block of the nonlinearity, else None."""
-    if isinstance(blk, DiodeBlock):
-        return blk.out_i, blk.out_q, float(blk.sign), blk.port
-    if getattr(blk, "family", None) == "diode":  # the generic device block of the shared core
-        return int(blk.outs[0]), int(blk.outs[1]), float(blk.sign), int(blk.ports[0])
-    return None
 
 
 def _elements(a: Adaptor) -> list[str]:
