@@ -208,6 +208,10 @@ WILD_NETLISTS = [
     # KiCad's golden export of its legacy_pspice QA schematic: three NPNs, two LC networks (a high-Q tank:
     # the 0.5-1 V signals swing the output rail to rail, where the trapezoidal error exceeds 1e-5)
     ("kicad_legacy_pspice.spice", "V2", "VOUT", None),
+    # nahorov/Hendrix-Systems-Lab's ngspice decks: a Vox-style inductor wah (0.5 H, treadle pot as two {expr}
+    # resistors over a .param, VCVS buffer) and a Uni-Vibe phase network frozen at one lamp state (.param values)
+    ("hendrix_vox_wah.cir", "Vsig", "OUT", 1e-5),
+    ("hendrix_univibe_frozen.cir", "Vin", "OUT", 1e-5),
 ]
 
 
