@@ -268,13 +268,19 @@ def _wild_model(name: str, fs: float, source: str, output: str):
 
 @pytest.mark.parametrize("name, source, output, tols", CONVERGENCE, ids=[w[0] for w in CONVERGENCE])
 def test_wild_hard_clipping_converges_to_ngspice(name: str, source: str, output: str, tols: dict) -> None:
-    """Where the ESR is the trapezoidal error itself, doubling the rate shrinks it as a second-order method does."""
+    """Where the ESR is the trapezoidal error itself, doubling the rate shrinks it as a second-order method does.
+
+    The DC point is checked too, as validate() does (ngspice's .op runs at the tight tolerances on every row).
+    """
     from circuitsim.signals import log_sweep
+    from circuitsim.validate import compare_dc
 
     errors = []
     for fs in (384000.0, 768000.0):
         x = log_sweep(20.0, 20000.0, 0.004, fs, 0.5)
-        errors.append(_esr_against_ngspice(_wild_model(name, fs, source, output), name, x, fs, source, output, **tols))
+        model = _wild_model(name, fs, source, output)
+        errors.append(_esr_against_ngspice(model, name, x, fs, source, output, **tols))
+    _assert_dc_matches(compare_dc(model, WILD / name), 4)
     assert errors[1] <= errors[0] / 6, errors
 
 
