@@ -1,0 +1,99 @@
+"""The biggest public pedal netlist: first compile, DK forward at 384 kHz, and ngspice's own time on it.
+
+``tests/data/wild/bigmuff/BigMuff-Rams-Head.cir`` (QuickButterfly4571/diypedals-schematic-shares): a KiCad export
+of two Big Muff Ram's Head channels, 12 NPN transistors, 12 1N914 diodes and 9 XSPICE pots, which its author wrapped
+in a port-less ``.subckt`` holding its own supply and ``SIN(0 100m 146)`` input.  It is instanced as the
+repository's contrast.cir does (``xbmf BigMuff-Rams-Head``), plus an ideal buffer ``Eout out 0`` on the channel
+output ``xbmf.rams_head_out`` so that ngspice saves ``v(out)`` for benchmarks/bench_dk.py's :func:`run_ngspice`.
+
+- **first compile**: ``load`` + the first forward call with an empty kernel cache (``CIRCUITSIM_CACHE`` in a
+  temporary folder): sympy code generation and numba compilation, in seconds;
+- **DK forward**: ``--seconds`` of that sine at 48 kHz x 8 driving ``xbmf.V2``, no gradients, best of ``--repeats``;
+- **ngspice**: ``ngspice -b`` on the same deck with the published ``SIN`` source, TMAX = 1/384 kHz and bench_dk's
+  matched-accuracy options; its own "Transient analysis time" (``.options acct``), best of ``--spice-repeats``;
+- the speed ratio (ngspice time / DK time) and the ESR of DK's output against ngspice's at the sample instants.
+
+The compile takes minutes on this circuit, which is why it is a benchmark and not a test (the test suite checks
+only its DC point against ngspice, tests/test_wild_netlists.py).
+
+    python benchmarks/bench_big.py [--seconds 0.1] [--repeats 3] [--spice-repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.bench_dk import FS, TOLS, run_ngspice, sine  # noqa: E402
+from benchmarks.bench_kernel import _best as timed  # noqa: E402  (best of N wall-clock runs)
+from circuitsim.api import load  # noqa: E402
+from circuitsim.netlist import NetlistWarning  # noqa: E402
+from circuitsim.spice import _to_samples  # noqa: E402
+from circuitsim.validate import esr  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PEDAL = ROOT / "tests" / "data" / "wild" / "bigmuff" / "BigMuff-Rams-Head.cir"
+AMPLITUDE, FREQ = 0.1, 146.0  # the file's own V2: SIN( 0 100m 146 0 0 0 ), volts and hertz
+
+
+def deck(n: int) -> str:
+    """The pedal instanced as contrast.cir does, with ngspice's matched-accuracy transient over ``n`` samples."""
+    h = 1.0 / FS
+    opts = " ".join(f"{k}={v!r}" for k, v in TOLS.items())
+    return (f"Big Muff Ram's Head, instanced as its repository's contrast.cir does\n.include {PEDAL}\n"
+            f"xbmf BigMuff-Rams-Head\nEout out 0 xbmf.rams_head_out 0 1\n"
+            f".options {opts} acct\n.save v(out)\n.tran {h!r} {(n - 1) * h!r} 0 {h!r}\n.end\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=0.1, help="signal length (s)")
+    ap.add_argument("--repeats", type=int, default=3, help="DK forward runs (best is reported)")
+    ap.add_argument("--spice-repeats", type=int, default=3, help="ngspice runs (best is reported)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    x = sine(args.seconds, FS, FREQ, AMPLITUDE)
+    with tempfile.TemporaryDirectory(prefix="bench_big_") as tmp:
+        work = Path(tmp)
+        path = work / "bigmuff_top.cir"
+        path.write_text(deck(len(x)))
+        os.environ["CIRCUITSIM_CACHE"] = str(work / "cache")  # an empty kernel cache: the first compile
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NetlistWarning)  # R41/R67 '1-3k', read as ngspice does
+            model = load(path, "dk", FS, input_source="xbmf.V2", output_node="out")
+        u = torch.as_tensor(x)
+        with torch.no_grad():
+            model(u[:64])
+        compile_s = time.perf_counter() - t0
+        print(f"first compile (load + first call, empty cache): {compile_s:.1f} s", flush=True)
+
+        def forward() -> np.ndarray:
+            with torch.no_grad():
+                return model(u).numpy()
+
+        dk_s = timed(forward, args.repeats)
+        y = forward()
+        acct, wall, t, v = run_ngspice(path.read_text(), work, args.spice_repeats)
+    ref = _to_samples(t, v, FS, len(x), "cubic")
+    ns = 1e9 * dk_s / len(x)
+    print(f"DK forward: {dk_s:.3f} s for {args.seconds} s at {FS:.0f} Hz ({ns:.0f} ns/sample, "
+          f"{args.seconds / dk_s:.2f}x real time)")
+    print(f"ngspice: transient analysis {acct:.3f} s (process {wall:.3f} s)")
+    print(f"ratio ngspice / DK: {acct / dk_s:.2f}x;  ESR of DK against ngspice: {esr(y, ref):.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
