@@ -110,6 +110,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         note = playback_note(mean, peak, args.ac_couple is not None)
         if note:
             print(note)
+        substepped = getattr(model.diagnostics, "substepped_total", 0)  # DK: docs/validation.md, "Substepping"
+        if substepped:
+            print(f"note: Newton needed substeps on {substepped} samples at {fs * oversample:g} Hz "
+                  "(docs/validation.md, 'Substepping')")
     return 0
 
 
@@ -171,6 +175,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         input_source=args.input_source,
         output_node=args.output_node,
         dialect=args.dialect,
+        reference_abstol=args.abstol,
     )
     print(report.table())
     if args.plot is not None:
@@ -366,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oversample", type=int, default=8, help="simulation rate = sample rate x N")
     p.add_argument("--duration", type=float, default=0.02, help="seconds of each standard signal")
     p.add_argument("--plot", type=Path, help="also save the waveforms and differences as a PNG")
+    p.add_argument("--abstol", type=float, default=1e-15, metavar="A",
+                   help="ngspice's ABSTOL (amperes) for the reference; 1e-12 where it reports timestep too small")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("fit", help="learn component values from input/output recordings")

@@ -117,6 +117,7 @@ def validate(
     output_node: str = "out",
     reference_tmax: float | None = None,
     dialect: str | None = None,
+    reference_abstol: float = 1e-15,
 ) -> ValidationReport:
     """Run ``netlist`` through circuitsim and ngspice on the standard signals at ``sample_rate*oversample``.
 
@@ -124,6 +125,8 @@ def validate(
     ngspice's own error (its steps do not fall on our sample instants, and the input has a
     kink at every sample) is ESR ~2e-7 on the FMV tone stack; at 1/(16 fs) it has converged,
     so what remains is the error of our trapezoidal discretisation (see docs/validation.md).
+    ``reference_abstol`` is ngspice's ABSTOL (amperes): at 1e-15 ngspice stops with "timestep too
+    small" on the 400 V Mark IIC+ preamp (tests/data/wild/mkiicp_full.net), where 1e-9 runs.
     ``dialect`` as for :func:`circuitsim.load` (None: detected); ngspice runs on a copy rewritten
     for that dialect, never on changed source files (docs/netlists.md).
     """
@@ -138,7 +141,8 @@ def validate(
     report = ValidationReport(str(netlist), method, fs)
     tmax = reference_tmax if reference_tmax is not None else 1.0 / (16 * fs)
     for name, x in standard_signals(fs, duration).items():
-        ref = simulate_ngspice(netlist, x, fs, input_source, output_node, params=params, tmax=tmax, dialect=dialect)
+        ref = simulate_ngspice(netlist, x, fs, input_source, output_node, params=params, tmax=tmax, dialect=dialect,
+                               abstol=reference_abstol)
         with torch.no_grad():
             y = model(torch.as_tensor(x)).numpy()
         report.signals.append(

@@ -29,8 +29,12 @@ import numpy as np
 import torch
 
 from circuitsim.formulations.base import AbstractCircuitModule, Diagnostics
+from circuitsim.kernels.autograd import NewtonError as KernelNewtonError
 from circuitsim.kernels.autograd import run_state_space
+from circuitsim.kernels.core import KernelOptions
 from circuitsim.solvers.dc import operating_point
+from circuitsim.solvers.newton import NewtonError
+from circuitsim.solvers.substep import Boundary, Remap, Runner, SubstepReport, merge_stats, run_substepped
 from circuitsim.system.mna_system import DTYPE, MNAMatrices
 
 
@@ -111,19 +115,77 @@ def dk_matrices(m: MNAMatrices, sample_rate: float, q: torch.Tensor) -> DKMatric
     )
 
 
+# Newton options inside the substepping chain: a sample that damped Newton cannot solve in 50 iterations
+# is cheaper split than iterated (200 iterations of 40 backtracking steps took a minute on one sample of the
+# Mark IIC+ preamp at 96 kHz; docs/validation.md, "Substepping")
+SUBSTEP_OPTIONS = KernelOptions(fallback_iter=50)
+
+
+@dataclass
+class DKDiagnostics(Diagnostics):
+    """DK's diagnostics: the Newton work, and how often a sample had to be split into substeps."""
+
+    substepped: int = 0  # samples of this call that Newton solved only in substeps
+    max_substeps: int = 1  # the finest split used (substeps per sample)
+    substepped_total: int = 0  # substepped samples since the stream started (streaming blocks add up)
+
+
 @dataclass
 class DKState:
-    """Where a block ended: the DK state and the last port voltages (for the Newton predictor)."""
+    """Where a block ended: the DK state and the last port voltages (for the Newton predictor).
+
+    ``charge`` and ``sources`` are what a substep of the next block's first sample needs: the
+    reactive charges ``Qᵀ (Cm x + Wq f)`` (coulombs / webers) and the source values at the last sample.
+    """
 
     q: torch.Tensor
     v: torch.Tensor | None = None
     samples: int = 0  # samples already processed (so errors name the sample of the whole stream)
+    charge: torch.Tensor | None = None
+    sources: torch.Tensor | None = None
+    substepped: int = 0  # substepped samples so far
+
+
+def charge_rows(d: StateSpaceMatrices, sample_rate: float, ports: bool = False) -> StateSpaceMatrices:
+    """``d`` with extra outputs after ``y``: ``c[n] = Qᵀ (Cm x[n] + Wq f[n])`` (coulombs / webers) and,
+    with ``ports``, the port voltages ``v[n]`` (volts).
+
+    The state update is ``q[n] = 4/T c[n] - q[n-1]`` (module doc), so ``c[n] = T/4 ((A + I) q[n-1] +
+    B u[n] + C f[n])``, and ``v[n] = G q[n-1] + H u[n] + K f[n]`` at the solution: rows of the
+    existing matrices, no new solve.
+    """
+    w = 0.25 / sample_rate
+    eye = torch.eye(d.A.shape[0], dtype=DTYPE)
+    rows = [((d.A + eye) * w, d.B * w, d.C * w)] + ([(d.G, d.H, d.K)] if ports else [])
+    D, E, F = (torch.cat([base, *(r[i] for r in rows)]) for i, base in enumerate((d.D, d.E, d.F)))
+    return StateSpaceMatrices(d.A, d.B, d.C, D, E, F, d.G, d.H, d.K)
+
+
+def _check_range(y: torch.Tensor, v: torch.Tensor, bound: float, offset: int, sample_rate: float) -> None:
+    """Raise the kernel's NewtonError at the first sample whose output ``y`` (batch, T) or port voltages
+    ``v`` (batch, T, Nv) are not finite or beyond ``bound`` volts."""
+    bad = ~(y.detach().abs() <= bound) | ~(v.detach().abs() <= bound).all(dim=2)
+    if bool(bad.any()):
+        first = bad.double().argmax(dim=1)
+        b = int(torch.where(bad.any(dim=1), first, bad.shape[1]).argmin())
+        n = offset + int(first[b])
+        raise KernelNewtonError(n, n / sample_rate, b, f"the solution left the circuit's range (|v| > {bound:.3g} V)")
+
+
+def _ports(warm: torch.Tensor | np.ndarray | None) -> torch.Tensor | np.ndarray | None:
+    """The port voltages (batch, Nv) of a warm start (the kernel's warm array holds them in row 0)."""
+    return warm[:, 0, :] if warm is not None and warm.ndim == 3 else warm
 
 
 class DKModule(AbstractCircuitModule):
-    """Nonlinear state-space (DK method) formulation with the compiled per-sample core."""
+    """Nonlinear state-space (DK method) formulation with the compiled per-sample core.
+
+    Where Newton fails after its fallbacks, the sample is split into up to ``max_substeps``
+    trapezoidal substeps (:mod:`circuitsim.solvers.substep`); ``diagnostics.substepped`` counts them.
+    """
 
     method = "dk"
+    max_substeps = 64
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -134,10 +196,57 @@ class DKModule(AbstractCircuitModule):
         m = self.matrices()
         return m, self.cached("dk", lambda: dk_matrices(m, self.sample_rate, self._q))
 
+    def _runner(self, m: MNAMatrices, d: DKMatrices, bound: float, max_split: int, watch: bool
+                ) -> tuple[Runner, Remap]:
+        """The DK run of samples at ``split`` x the rate and the exact state map between two rates.
+
+        A run's last sample also gives the charges ``c`` (:func:`charge_rows`).  With ``h = 2/T c + r``
+        (``r`` the reactive currents, the same at every rate; module doc), the state of the same
+        physical point at the step ``T'`` is ``q' = q + (2/T' - 2/T) c``.
+
+        Where the step can still be split, an output or port voltage beyond ``bound`` volts (or not
+        finite) counts as a Newton failure: the kernel's relative stop ``|dv| <= reltol |v|`` also
+        accepts a Newton that ran away to 1e34 V, after which later samples run on garbage.  At the
+        finest split such a solution is kept (it may be real); only the kernel's failures stay.
+        ``watch`` (the substepping chain): every sample's port voltages come out too, so the first bad
+        sample is found at once; without it (the first try of a block) only the last sample has the
+        extra rows and the ports are checked at the end.
+        """
+        fs, nl, ns = self.sample_rate, self.topology.nonlinearity, d.A.shape[0]
+        mats: dict[int, tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = {}
+
+        def matrices(split: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+            if split not in mats:
+                dd = d if split == 1 else self.cached(f"dk{split}", lambda: dk_matrices(m, split * fs, self._q))
+                mats[split] = (dd.as_tuple(), charge_rows(dd, split * fs, watch).as_tuple())
+            return mats[split]
+
+        def run(split: int, s: torch.Tensor, b: Boundary, offset: int) -> tuple[torch.Tensor, Boundary, dict]:
+            plain, extra = matrices(split)
+            cut = 0 if watch else s.shape[1] - 1  # samples run without the extra rows
+            q, v, ys, stats = b.state, b.warm, [], []
+            for lin, part, first in ((plain, s[:, :cut], offset), (extra, s[:, cut:], offset + cut)):
+                if part.shape[1] == 0:
+                    continue
+                y, final, st = run_state_space(lin, m.theta, part, q, nl, sample_rate=split * fs, v_init=v,
+                                               sample_offset=first, options=SUBSTEP_OPTIONS if watch else None)
+                q, v = final["x"], final["v"]
+                if 2 * split <= max_split:  # without watch: the outputs, and the ports at the end only
+                    ports = y[..., 1 + ns :] if watch else torch.as_tensor(_ports(v)).unsqueeze(1)
+                    _check_range(y[..., 0], ports, bound, first, split * fs)
+                ys.append(y[..., 0])
+                stats.append(st)
+            return torch.cat(ys, dim=1), Boundary(q, y[:, -1, 1 : 1 + ns], v, s[:, -1]), merge_stats(stats)
+
+        def remap(b: Boundary, k_from: int, k_to: int) -> Boundary:
+            return Boundary(b.state + (2.0 * fs * (k_to - k_from)) * b.charge, b.charge, _ports(b.warm), b.sources)
+
+        return run, remap
+
     def _simulate(self, u: torch.Tensor, state: DKState | None) -> tuple[torch.Tensor, DKState]:
         m, d = self.dk()
         s = self.source_values(m, u)
-        diag = Diagnostics(samples=u.shape[1])
+        diag = DKDiagnostics(samples=u.shape[1])
         k2 = 2.0 * self.sample_rate
         if state is None:
             with torch.no_grad():
@@ -145,21 +254,52 @@ class DKModule(AbstractCircuitModule):
             # implicit-function step so the operating point carries its gradient
             x_op = self.topology.implicit_step(m, x_op, m.G, m.Wi, s[:, 0] @ m.Bu.T)
             f_op = self.topology.nonlinearity.torch_eval(x_op @ m.Nv.T, m.theta)
-            h0 = k2 * (x_op @ m.Cm.T + f_op @ m.Wq.T)
-            q0 = h0 @ d.Q
-            y0 = (x_op @ m.out).unsqueeze(1)
-            y, final, stats = run_state_space(
-                d.as_tuple(), m.theta, s[:, 1:], q0, self.topology.nonlinearity,
-                sample_rate=self.sample_rate, v_init=(x_op @ m.Nv.T).detach(), sample_offset=1,
-            )
-            y = torch.cat([y0, y[..., 0]], dim=1)
+            c0 = (x_op @ m.Cm.T + f_op @ m.Wq.T) @ d.Q  # at DC the reactive currents are 0: h0 = 2/T c0
+            start = Boundary(k2 * c0, c0, (x_op @ m.Nv.T).detach(), s[:, 0])
+            head, rest, offset, before = [(x_op @ m.out).unsqueeze(1)], s[:, 1:], 1, 0
         else:
-            y, final, stats = run_state_space(
-                d.as_tuple(), m.theta, s, state.q, self.topology.nonlinearity,
-                sample_rate=self.sample_rate, v_init=state.v, sample_offset=state.samples,
-            )
-            y = y[..., 0]
-        record_newton_stats(diag, stats)
+            start = Boundary(state.q, state.charge, state.v, state.sources)
+            head, rest, offset, before = [], s, state.samples, state.substepped
+        max_split = self.max_substeps if start.charge is not None else 1
+        # an audio circuit's ports and output stay well within 1000 x its sources' and bias volts
+        volts = (s.detach(), torch.as_tensor(_ports(start.warm)))
+        scale = max([1.0, *(float(t.abs().max()) for t in volts if t.numel())])
+        try:  # the whole batch at once; substeps (item by item) only where Newton fails
+            run, _ = self._runner(m, d, 1e3 * scale, max_split, watch=False)
+            y, end, stats = run(1, rest, start, offset) if rest.shape[1] else (rest[..., 0], start, {})
+            report = SubstepReport(stats=[stats])
+        except NewtonError:
+            if max_split == 1:
+                raise
+            run, remap = self._runner(m, d, 1e3 * scale, max_split, watch=True)
+            y, end, report = self._substepped(run, remap, rest, start, offset, max_split)
+        record_newton_stats(diag, merge_stats(report.stats))
+        diag.substepped, diag.max_substeps = report.samples, report.max_split
+        diag.substepped_total = before + report.samples
+        if report.samples:
+            diag.fallbacks.append(f"{report.samples} samples needed substeps (up to {report.max_split} per sample)")
         self.diagnostics = diag
         done = (0 if state is None else state.samples) + u.shape[1]
-        return y, DKState(final["x"], final.get("v"), done)
+        y = torch.cat([*head, y], dim=1)
+        return y, DKState(end.state, end.warm, done, end.charge, end.sources, diag.substepped_total)
+
+    @staticmethod
+    def _substepped(run: Runner, remap: Remap, s: torch.Tensor, start: Boundary, offset: int, max_split: int
+                    ) -> tuple[torch.Tensor, Boundary, SubstepReport]:
+        """Each batch item on its own through :func:`run_substepped` (so items stay independent)."""
+        report, ys, ends = SubstepReport(), [], []
+        for i in range(s.shape[0]):
+            one = Boundary(*(t[i : i + 1] if t is not None else None for t in
+                             (start.state, start.charge, start.warm, start.sources)))
+            y, end, rep = run_substepped(run, remap, s[i : i + 1], one, offset, max_split)
+            ys.append(y)
+            ends.append(end)
+            report.samples += rep.samples
+            report.max_split = max(report.max_split, rep.max_split)
+            report.stats += rep.stats
+        warms = [e.warm for e in ends]
+        if len({tuple(w.shape) for w in warms}) > 1:  # a substepped end holds port voltages only
+            warms = [_ports(w) for w in warms]
+        end = Boundary(*(torch.cat([torch.as_tensor(t) for t in ts]) for ts in
+                         ([e.state for e in ends], [e.charge for e in ends], warms, [e.sources for e in ends])))
+        return torch.cat(ys), end, report
