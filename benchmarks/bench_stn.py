@@ -15,7 +15,7 @@ For each circuit, in one run (torch on one thread):
   kernel-only (DK on pre-up-sampled input, STN ``run_compiled``).
 
     python benchmarks/bench_stn.py [--minutes 5] [--circuits diode_clipper ts808_clipping] [--weights-dir DIR]
-                                   [--activation tanh|rational] [--hidden H]
+                                   [--activation tanh|rational] [--hidden H] [--lookahead A]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import argparse
 import os
 import sys
 import time
+import timeit
 from pathlib import Path
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
@@ -49,12 +50,8 @@ CASES = {
 
 
 def _best(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+    """Fastest of ``repeats`` runs of ``fn()``, seconds."""
+    return min(timeit.repeat(fn, number=1, repeat=repeats))
 
 
 def _dk(dk, x: np.ndarray) -> np.ndarray:  # noqa: ANN001
@@ -76,8 +73,10 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
         f = circuitsim.stn.STNFile.load(path)
     else:
         t = time.perf_counter()
+        chosen = {k: v for k, v in (("activation", args.activation), ("hidden", args.hidden),
+                                    ("lookahead", args.lookahead)) if v is not None}  # else distill's defaults
         f = distill(net, path, minutes=args.minutes, knobs=case["knobs"], input_volts=args.input_volts,
-                    overwrite=True, progress=not args.quiet, activation=args.activation, hidden=args.hidden)
+                    overwrite=True, progress=not args.quiet, **chosen)
         out["distill_s"] = time.perf_counter() - t
     out["training"] = f.metadata["training"]
     stn = load(net, "stn", FS, weights=path)
@@ -116,7 +115,7 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
             dk(xo)
 
     arrays = stn.net.arrays()
-    u = np.pad(x[None] / stn.norm.u_scale, ((0, 0), (1, 1)))
+    u = np.pad(x[None] / stn.norm.u_scale, ((0, 0), (1, stn.net.lookahead)))
     k = stn.knobs().numpy()
     t_dk_k = _best(dk_kernel, args.repeats)
     t_stn_k = _best(lambda: run_compiled(arrays, np.zeros((1, len(stn.state_names))), u, k, stn.activation),
@@ -155,8 +154,9 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="length of each held-out phrase")
     p.add_argument("--speed-seconds", type=float, default=10.0, help="audio for the speed comparison")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--activation", default="tanh", choices=["tanh", "rational"], help="MLP activation")
+    p.add_argument("--activation", default=None, choices=["tanh", "rational"], help="activation (default: distill's)")
     p.add_argument("--hidden", type=int, default=None, help="MLP width (default: distill's)")
+    p.add_argument("--lookahead", type=int, default=None, help="input samples read ahead (default: distill's)")
     p.add_argument("--weights-dir", type=Path, help="reuse NAME.stn files found here (else distil into it)")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args()

@@ -7,8 +7,8 @@ those values) and the network's weights as ``net.*`` parameters.  With autograd 
 trainable weights the forward pass runs the recursion in torch (differentiable); otherwise it runs
 the compiled loop (:mod:`circuitsim.stn.inference`).
 
-The network reads one input sample ahead (``docs/stn.md``), so :meth:`stream` returns one
-sample fewer than it was given on the first block and :meth:`finish_stream` the last one;
+The network reads ``lookahead`` input samples ahead (``docs/stn.md``), so :meth:`stream` returns that
+many samples fewer than it was given on the first block and :meth:`finish_stream` the last ones;
 :func:`circuitsim.api.process_stream` calls it, and the concatenation equals :meth:`forward`.
 """
 
@@ -25,7 +25,7 @@ import torch
 from circuitsim.formulations.base import AbstractCircuitModule
 from circuitsim.stn.fileformat import STNFile, STNFileError
 from circuitsim.stn.inference import run_compiled
-from circuitsim.stn.model import Normalisation, STNNet
+from circuitsim.stn.model import LOOKAHEAD, Normalisation, STNNet
 from circuitsim.stn.teacher import state_rows
 from circuitsim.system.mna_system import DTYPE
 
@@ -34,8 +34,8 @@ from circuitsim.system.mna_system import DTYPE
 class STNState:
     """Where a block ended: normalised state (batch, n_states) and the input samples not yet consumed.
 
-    ``pending`` (batch, 2) holds normalised ``ũ[m-1], ũ[m]`` for the next output sample ``m``
-    (``(batch, 1)`` = ``[ũ[-1] = 0]`` before the first block).
+    ``pending`` (batch, a + 1) holds normalised ``ũ[m-1] .. ũ[m+a-1]`` for the next output sample ``m``
+    (``a`` the look-ahead; ``(batch, 1)`` = ``[ũ[-1] = 0]`` before the first block, fewer while it fills).
     """
 
     x: torch.Tensor
@@ -70,8 +70,11 @@ class STNModule(AbstractCircuitModule):
         self.activation = str(meta.get("activation", "tanh"))
         if self.activation not in ("tanh", "rational"):
             raise STNFileError(f"the STN file's activation '{self.activation}' is not known to this circuitsim")
+        lookahead = int(meta.get("lookahead", LOOKAHEAD))
+        if not lookahead >= 1:
+            raise STNFileError(f"the STN file's lookahead {lookahead} is not a positive number of samples")
         self.net = STNNet(len(names), len(self.knob_names), int(meta["hidden"]), self.norm, dtype=DTYPE,
-                          activation=self.activation)
+                          activation=self.activation, lookahead=lookahead)
         self.net.load_arrays(f.arrays)
         self._warned: set[str] = set()
 
@@ -105,10 +108,10 @@ class STNModule(AbstractCircuitModule):
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.net.parameters())
 
     def _run(self, seq: torch.Tensor, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Emit ``seq.shape[1] - 2`` samples from normalised inputs ``seq`` (batch, P); returns (y volts, x̃)."""
+        """Emit ``seq.shape[1] - 1 - a`` samples from normalised inputs ``seq`` (batch, P); returns (y volts, x̃)."""
         k = self.knobs()
         _, y_dc = self.dc_point()
-        if seq.shape[1] < 3:
+        if seq.shape[1] < self.net.nu:
             return torch.zeros(seq.shape[0], 0, dtype=DTYPE), x0
         if self._differentiable():
             xt, yd = self.net.rollout(x0, seq, k.expand(seq.shape[0], -1))
@@ -122,13 +125,13 @@ class STNModule(AbstractCircuitModule):
             state = STNState(torch.zeros(B, len(self.state_names), dtype=DTYPE), torch.zeros(B, 1, dtype=DTYPE))
         seq = torch.cat([state.pending, u / self.norm.u_scale], dim=1)
         y, x = self._run(seq, state.x)
-        return y, STNState(x, seq[:, -2:] if seq.shape[1] >= 2 else seq, state.samples + y.shape[1])
+        return y, STNState(x, seq[:, 1 - self.net.nu :], state.samples + y.shape[1])
 
     def finish_stream(self, state: Any) -> torch.Tensor:
-        """The output sample(s) still owed at the end of a stream (the look-ahead past the end is 0 V)."""
+        """The output samples still owed at the end of a stream (the look-ahead past the end is 0 V)."""
         if state is None:
             return torch.zeros(0, dtype=DTYPE)
-        seq = torch.cat([state.pending, torch.zeros(state.pending.shape[0], 1, dtype=DTYPE)], dim=1)
+        seq = torch.cat([state.pending, torch.zeros(state.pending.shape[0], self.net.lookahead, dtype=DTYPE)], dim=1)
         y, _ = self._run(seq, state.x)
         return y[0] if y.shape[0] == 1 else y
 
@@ -136,13 +139,13 @@ class STNModule(AbstractCircuitModule):
         """Output volts (batch, time) for input volts (batch, time), from the DC operating point."""
         u, squeeze = self._as_batch(x)
         y, state = self._simulate(u, None)
-        seq = torch.cat([state.pending, torch.zeros(u.shape[0], 1, dtype=DTYPE)], dim=1)
+        seq = torch.cat([state.pending, torch.zeros(u.shape[0], self.net.lookahead, dtype=DTYPE)], dim=1)
         tail, _ = self._run(seq, state.x)
         y = torch.cat([y, tail], dim=1)
         return y[0] if squeeze else y
 
     def stream(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
-        """One block of a long signal; outputs lag the inputs by one sample (see :meth:`finish_stream`)."""
+        """One block of a long signal; outputs lag the inputs by the look-ahead (see :meth:`finish_stream`)."""
         u, squeeze = self._as_batch(x)
         y, state = self._simulate(u, state)
         return (y[0] if squeeze else y), state

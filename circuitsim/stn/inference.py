@@ -24,8 +24,9 @@ def _act(a: float, rational: bool) -> float:  # pragma: no cover - compiled
 
 @numba.njit(cache=True, fastmath=True)
 def _loop(W1xu, c1, W2, b2, W3, Lxu, sigma, xlim, g0, w, x0, u, rational):  # pragma: no cover - compiled
-    B, T = u.shape[0], u.shape[1] - 2
     ns = x0.shape[1]
+    nu = W1xu.shape[1] - ns  # input window ũ[n-1] .. ũ[n+a]
+    B, T = u.shape[0], u.shape[1] - nu + 1
     H = c1.shape[0]
     y = np.empty((B, T))
     xf = np.empty((B, ns))
@@ -37,11 +38,10 @@ def _loop(W1xu, c1, W2, b2, W3, Lxu, sigma, xlim, g0, w, x0, u, rational):  # pr
         for i in range(ns):
             x[i] = x0[b, i]
         for n in range(T):
-            up = u[b, n]
-            un = u[b, n + 1]
-            ul = u[b, n + 2]
-            for j in range(H):  # h1 = tanh(b1 + W1 [x̃, ũ[n-1], ũ[n], ũ[n+1], k̃])
-                a = c1[j] + W1xu[j, ns] * up + W1xu[j, ns + 1] * un + W1xu[j, ns + 2] * ul
+            for j in range(H):  # h1 = tanh(b1 + W1 [x̃, ũ[n-1], ..., ũ[n+a], k̃])
+                a = c1[j]
+                for q in range(nu):
+                    a += W1xu[j, ns + q] * u[b, n + q]
                 for i in range(ns):
                     a += W1xu[j, i] * x[i]
                 h1[j] = _act(a, rational)
@@ -50,9 +50,11 @@ def _loop(W1xu, c1, W2, b2, W3, Lxu, sigma, xlim, g0, w, x0, u, rational):  # pr
                 for i in range(H):
                     a += W2[j, i] * h1[i]
                 h2[j] = _act(a, rational)
-            acc = w[ns] * un
+            acc = w[ns] * u[b, n + 1]
             for s in range(ns):  # d = W3 h2 + L z − g(z_dc), from x̃[n-1] for every state
-                d = Lxu[s, ns] * up + Lxu[s, ns + 1] * un + Lxu[s, ns + 2] * ul - g0[s]
+                d = -g0[s]
+                for q in range(nu):
+                    d += Lxu[s, ns + q] * u[b, n + q]
                 for i in range(ns):
                     d += Lxu[s, i] * x[i]
                 for j in range(H):
@@ -77,22 +79,24 @@ def _rational_np(a: np.ndarray) -> np.ndarray:
 def run_compiled(
     weights: dict[str, np.ndarray], x0: np.ndarray, u: np.ndarray, k: np.ndarray, activation: str = "tanh"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised states ``x0`` (B, n_states), inputs ``u`` (B, T+2), knobs ``k`` (n_knobs,) -> (y − y_dc, x_final).
+    """Normalised states ``x0`` (B, n_states), inputs ``u`` (B, T+1+a), knobs ``k`` (n_knobs,) -> (y − y_dc, x_final).
 
-    ``u[:, j]`` is ``ũ[j-1]``: the sample before the first and the look-ahead after the last included.
+    ``u[:, j]`` is ``ũ[j-1]``: the sample before the first and the ``a`` look-ahead samples after the
+    last included (``a`` follows from the width of ``W1``: n_states + a + 2 + n_knobs columns).
 
     ``weights``: the arrays of :meth:`circuitsim.stn.model.STNNet.arrays`; ``y − y_dc`` in volts.
     """
     W1, b1, W2, b2, W3, L = (np.asarray(weights[n], dtype=np.float64) for n in ("W1", "b1", "W2", "b2", "W3", "L"))
     ns = W3.shape[0]
     k = np.asarray(k, dtype=np.float64).reshape(-1)
-    c1 = b1 + W1[:, ns + 3 :] @ k
+    nw = W1.shape[1] - len(k)  # states and input window
+    c1 = b1 + W1[:, nw:] @ k
     rational = activation == "rational"
     act = _rational_np if rational else np.tanh
     g0 = W3 @ act(b2 + W2 @ act(c1))  # the linear skip's k-part cancels against g(z_dc)
     rB = np.asarray(weights["rB"], dtype=np.float64).reshape(ns + 1, -1)
     w = np.asarray(weights["ra"], dtype=np.float64) + rB @ k
-    return _loop(np.ascontiguousarray(W1[:, : ns + 3]), c1, np.ascontiguousarray(W2), b2, np.ascontiguousarray(W3),
-                 np.ascontiguousarray(L[:, : ns + 3]), np.asarray(weights["sigma"], dtype=np.float64),
+    return _loop(np.ascontiguousarray(W1[:, :nw]), c1, np.ascontiguousarray(W2), b2, np.ascontiguousarray(W3),
+                 np.ascontiguousarray(L[:, :nw]), np.asarray(weights["sigma"], dtype=np.float64),
                  np.asarray(weights.get("x_lim", np.full(ns, np.inf)), dtype=np.float64), g0, w,
                  np.ascontiguousarray(x0, dtype=np.float64), np.ascontiguousarray(u, dtype=np.float64), rational)

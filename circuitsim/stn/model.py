@@ -5,17 +5,19 @@ Coordinates (all normalised, see ``docs/stn.md``)::
     x̃ = (x − x_dc(k)) / s_x      states: deviation from the DC operating point, per-state scale
     ũ = u / u_scale               input volts over the largest training level (--input-volts)
     k̃ = (k − k_mid) / k_half      knobs mapped to [-1, 1] over their training range
-    z = [x̃[n-1], ũ[n-1], ũ[n], ũ[n+1], k̃]  three input samples, one of look-ahead (see below)
+    z = [x̃[n-1], ũ[n-1], ũ[n], ..., ũ[n+a], k̃]  input window with ``a`` samples of look-ahead (see below)
 
-    g(z) = W3 tanh(W2 tanh(W1 z + b1) + b2) + L z          small tanh MLP plus a linear skip
-    x̃[n] = x̃[n-1] + σ ⊙ (g(z) − g([0, 0, 0, 0, k̃]))        σ = s_Δ / s_x (per-state step scale)
+    g(z) = W3 φ(W2 φ(W1 z + b1) + b2) + L z    small MLP (φ = tanh or its Padé approximant) plus a linear skip
+    x̃[n] = x̃[n-1] + σ ⊙ (g(z) − g([0, ..., 0, k̃]))      σ = s_Δ / s_x (per-state step scale)
     y[n] = y_dc(k) + [x̃[n], ũ[n]] · (a + B k̃)               learned linear readout
 
 The input window ``ũ[n-1..n+1]`` is there because the teacher's input between samples ``n-1`` and
 ``n`` is the band-limited (sinc, non-causal) interpolation of the samples around them, and the
 recorded states are band-limited by a linear-phase filter: with ``u[n]`` alone the teacher-forcing
 residual of the diode clipper stayed at 3.6 % of the step variance, with ``u[n-1..n+1]`` it fell
-to about 0.2 % (``docs/stn.md``).  The look-ahead costs one sample of latency.
+to about 0.2 % (``docs/stn.md``).  On the TS-808 clipping stage a second sample of look-ahead
+(``a = 2``, the default) lowers the held-out ESR by about a third (``docs/stn.md``); each costs one
+sample of latency.
 
 Outside the training range the network extrapolates; ``x̃`` is limited to 1.5 times the largest
 ``|x̃|`` seen in training (per state), so the output stays bounded for any input level.
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-NU = 3  # input samples seen per step: ũ[n-1], ũ[n], ũ[n+1]
+LOOKAHEAD = 1  # input samples read ahead when a file does not say (format version 1 files before `lookahead`)
 ACTIVATIONS = ("tanh", "rational")
 PADE_CLIP = 4.97  # where the [7/6] Padé approximant of tanh reaches 1
 
@@ -75,13 +77,17 @@ class STNNet(nn.Module):
     WEIGHTS = ("W1", "b1", "W2", "b2", "W3", "L", "ra", "rB")
 
     def __init__(self, n_states: int, n_knobs: int, hidden: int, norm: Normalisation, dtype=torch.float32,
-                 activation: str = "tanh"):
+                 activation: str = "tanh", lookahead: int = LOOKAHEAD):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation '{activation}' (known: {', '.join(ACTIVATIONS)})")
         self.activation = activation
         self._act = torch.tanh if activation == "tanh" else rational_tanh
-        nz = n_states + NU + n_knobs
+        if lookahead < 1:
+            raise ValueError(f"lookahead must be at least 1 sample, not {lookahead}")
+        self.lookahead = int(lookahead)
+        self.nu = self.lookahead + 2  # input window ũ[n-1] .. ũ[n+lookahead]
+        nz = n_states + self.nu + n_knobs
         self.n_states, self.n_knobs, self.hidden = n_states, n_knobs, hidden
         self.norm = norm
         g = torch.Generator().manual_seed(0)
@@ -107,13 +113,13 @@ class STNNet(nn.Module):
         return h @ self.W3.T + z @ self.L.T
 
     def g0(self, k: torch.Tensor) -> torch.Tensor:
-        """``g`` at the DC point [0, 0, 0, 0, k̃] for knob vector(s) ``k`` (..., n_knobs)."""
-        zeros = torch.zeros(*k.shape[:-1], self.n_states + NU, dtype=k.dtype, device=k.device)
+        """``g`` at the DC point [0, ..., 0, k̃] for knob vector(s) ``k`` (..., n_knobs)."""
+        zeros = torch.zeros(*k.shape[:-1], self.n_states + self.nu, dtype=k.dtype, device=k.device)
         return self.g(torch.cat([zeros, k], dim=-1))
 
     def increment(self, x: torch.Tensor, u: torch.Tensor, k: torch.Tensor,
                   g0: torch.Tensor | None = None) -> torch.Tensor:
-        """``g(z) − g(z_dc)`` in units of ``s_Δ``: ``x`` (..., n_states), ``u`` (..., 3) = ũ[n-1..n+1], ``k``."""
+        """``g(z) − g(z_dc)`` in units of ``s_Δ``: ``x`` (..., n_states), ``u`` (..., nu) = ũ[n-1..n+a], ``k``."""
         z = torch.cat([x, u, k], dim=-1)
         return self.g(z) - (self.g0(k) if g0 is None else g0)
 
@@ -123,25 +129,28 @@ class STNNet(nn.Module):
         return (torch.cat([x, u.unsqueeze(-1)], dim=-1) * w).sum(-1)
 
     def rollout(self, x0: torch.Tensor, u: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the recursion (differentiable): ``x0`` (B, n_states), ``u`` (B, T+2), ``k`` (B, n_knobs).
+        """Run the recursion (differentiable): ``x0`` (B, n_states), ``u`` (B, T+1+a), ``k`` (B, n_knobs).
 
-        ``u[:, j]`` is ``ũ[j-1]``: one sample before the first (0 from the DC point) and one after the
-        last (the look-ahead, 0 at the end of a signal).  Returns
+        ``u[:, j]`` is ``ũ[j-1]``: one sample before the first (0 from the DC point) and ``a`` (the
+        look-ahead) after the last (0 at the end of a signal).  Returns
         states (B, T, n_states), normalised, and output deviations ``y − y_dc`` (B, T) in volts.
         """
-        ns = self.n_states
-        T = u.shape[1] - 2
-        win = torch.stack([u[:, 0:T], u[:, 1 : T + 1], u[:, 2 : T + 2]], dim=-1)  # (B, T, 3): ũ[n-1..n+1]
+        ns, nu = self.n_states, self.nu
+        T = u.shape[1] - nu + 1
+        win = torch.stack([u[:, j : j + T] for j in range(nu)], dim=-1)  # (B, T, nu): ũ[n-1..n+a]
         # the input and knob parts of the first layer and of the skip, for all n at once (same g as below)
-        pre = win @ self.W1[:, ns : ns + NU].T + (k @ self.W1[:, ns + NU :].T + self.b1).unsqueeze(1)
-        lin = win @ self.L[:, ns : ns + NU].T - (self.g0(k) - k @ self.L[:, ns + NU :].T).unsqueeze(1)
-        W1x, Lx = self.W1[:, :ns].T, self.L[:, :ns].T
+        pre = win @ self.W1[:, ns : ns + nu].T + (k @ self.W1[:, ns + nu :].T + self.b1).unsqueeze(1)
+        lin = win @ self.L[:, ns : ns + nu].T - (self.g0(k) - k @ self.L[:, ns + nu :].T).unsqueeze(1)
+        H = self.hidden
+        # one product of x̃[n-1] with the first layer and the (σ-scaled) skip; σ folded into W3 and lin (S2)
+        Wx = torch.cat([self.W1[:, :ns].T, self.L[:, :ns].T * self.sigma], dim=1)
+        W2t, W3s, lin = self.W2.T, self.W3.T * self.sigma, lin * self.sigma
         x = x0
         xs = []
         for n in range(T):
-            h = self._act(self._act(x @ W1x + pre[:, n]) @ self.W2.T + self.b2)
-            x = x + self.sigma * (h @ self.W3.T + x @ Lx + lin[:, n])  # (S2)
-            x = torch.minimum(torch.maximum(x, -self.x_lim), self.x_lim)  # safety limit (never reached in training)
+            a = x @ Wx
+            h = self._act(torch.addmm(self.b2, self._act(a[:, :H] + pre[:, n]), W2t))
+            x = torch.clamp(x + a[:, H:] + h @ W3s + lin[:, n], -self.x_lim, self.x_lim)  # (S2), safety limit
             xs.append(x)
         xt = torch.stack(xs, dim=1)
         kk = k.unsqueeze(1).expand(-1, T, -1)

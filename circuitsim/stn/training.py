@@ -27,12 +27,15 @@ from circuitsim.errors import UsageError
 from circuitsim.stn.excitation import training_segments
 from circuitsim.stn.fileformat import STNFile, netlist_hash
 from circuitsim.stn.inference import run_compiled
-from circuitsim.stn.model import NU, Normalisation, STNNet
+from circuitsim.stn.model import ACTIVATIONS, Normalisation, STNNet
 from circuitsim.stn.teacher import Recording, Teacher, knob_grid
 
 LEVELS_DB = (-40.0, 0.0)
 TEACHER_OVERSAMPLE = 8
 TRIM = 64  # samples dropped at the end of every segment (decimation filter reaching past the end)
+LR1, LR2 = 1e-2, 1e-3  # peak learning rates of stage 1 (teacher forcing) and stage 2 (recursive), cosine to 2 %
+STAGE1_SHARE = 0.6  # share of the training time given to stage 1 (its steps are ~40x cheaper; docs/stn.md)
+WINDOW, WINDOWS = 256, 64  # stage 2: samples per free-running window, windows per step
 
 
 @dataclass
@@ -77,12 +80,12 @@ def _normalise(recs: list[Recording], settings: list[dict[str, float]], norm: No
     return _Data(x[:, :-TRIM], u[:, :-TRIM], y[:, :-TRIM], k.reshape(len(u), -1))
 
 
-def _val_esr(arrays: dict[str, np.ndarray], val: _Data, activation: str = "tanh") -> float:
+def _val_esr(arrays: dict[str, np.ndarray], val: _Data, activation: str, lookahead: int) -> float:
     """Output ESR of the free-running compiled model from the DC point, summed per knob setting then averaged."""
     out = []
     for kv in np.unique(val.k, axis=0):
         rows = np.all(val.k == kv, axis=1)
-        u = np.pad(val.u[rows], ((0, 0), (1, 1)))  # 0 V before the start and after the end
+        u = np.pad(val.u[rows], ((0, 0), (1, lookahead)))  # 0 V before the start and after the end
         y, _ = run_compiled(arrays, np.zeros((rows.sum(), val.x.shape[2])), u, kv, activation)
         out.append(np.sum((y - val.y[rows]) ** 2) / max(np.sum(val.y[rows] ** 2), 1e-300))
     return float(np.mean(out)) if all(np.isfinite(out)) else math.inf
@@ -107,7 +110,8 @@ def distill(
     progress: bool = True,
     overwrite: bool = False,
     max_steps: tuple[int, int] | None = None,
-    activation: str = "tanh",
+    activation: str = "rational",
+    lookahead: int = 2,
 ) -> STNFile:
     """Distil an STN from the netlist's DK model; returns it (and writes ``output`` when given).
 
@@ -115,13 +119,14 @@ def distill(
     training peak at the input (levels ``-40..0`` dB re it).  ``knobs``: ``.param`` names the
     network is conditioned on, with their ranges (default 0..1).  ``params``: ``.param`` values held
     fixed.  ``minutes``: wall-clock budget of the whole distillation.  ``hidden``: MLP width
-    (default 8 + 4 per state, at most 24).  ``settings``: knob settings (default 6 for one knob);
+    (default 8 + 4 per state, at most 16).  ``settings``: knob settings (default 6 for one knob);
     ``seconds``: teacher audio per setting (default 24 s shared over the settings, at least 4 s).
     ``device``: torch device (default CUDA when present, else CPU).  ``max_steps``: (teacher-forcing,
     recursive) step limits, reached before the budget on a fast machine (reproducible runs; the
-    learning-rate schedules then follow the steps).  ``activation``: ``"tanh"`` or ``"rational"`` (its
-    [7/6] Padé approximant, faster in the compiled loop; docs/stn.md).  Ctrl-C during training keeps
-    the best model so far.
+    learning-rate schedules then follow the steps).  ``activation``: ``"rational"`` (default: the [7/6]
+    Padé approximant of tanh, faster in the compiled loop; docs/stn.md) or ``"tanh"``.  ``lookahead``:
+    input samples the network reads ahead (default 2; its latency in samples).  Ctrl-C during training
+    keeps the best model so far.
     """
     from tqdm import tqdm
 
@@ -153,7 +158,7 @@ def distill(
     ranges = {names[k]: v for k, v in ranges.items()}
     knob_names = list(ranges)
     ns = len(teacher.state_names)
-    hidden = int(hidden or min(8 + 4 * ns, 24))
+    hidden = int(hidden or min(8 + 4 * ns, 16))
     n_set = int(settings or (1 if not knob_names else 6 if len(knob_names) == 1 else 4 * 2 ** len(knob_names)))
     per = float(seconds or max(24.0 / n_set, 4.0))
     seg_s = 0.5
@@ -185,22 +190,28 @@ def distill(
     norm.x_lim = 1.5 * np.max(np.abs(dev_x), axis=0) / norm.s_x
     data = _normalise(recs, grid, norm)
     val = _normalise(vrecs, grid, norm)
-    net = STNNet(ns, len(knob_names), hidden, norm, activation=activation).to(dev)
+    if activation not in ACTIVATIONS:
+        raise UsageError(f"unknown activation '{activation}' (known: {', '.join(ACTIVATIONS)})")
+    # trained with torch.tanh whatever the activation: the Padé approximant is within 1e-4 of it but
+    # costs ~12 elementwise torch ops (4x slower steps); validation and the kept model use `activation`
+    net = STNNet(ns, len(knob_names), hidden, norm, activation="tanh", lookahead=lookahead).to(dev)
+    nu = net.nu
 
-    # teacher-forcing samples: z = [x̃[n-1], ũ[n-1], ũ[n], ũ[n+1], k̃] -> (x[n] − x[n-1]) / s_Δ, n = 1 .. T-2
+    # teacher-forcing samples: z = [x̃[n-1], ũ[n-1], ..., ũ[n+a], k̃] -> (x[n] − x[n-1]) / s_Δ, n = 1 .. T-1-a
     B, T = data.u.shape
-    z = np.concatenate([data.x[:, :-2], data.u[:, :-2, None], data.u[:, 1:-1, None], data.u[:, 2:, None],
-                        np.repeat(data.k[:, None], T - 2, axis=1)], axis=2)
-    z = z.reshape(-1, ns + NU + len(knob_names))
-    target = (np.diff(data.x, axis=1)[:, :-1] * (norm.s_x / norm.s_dx)).reshape(-1, ns)
+    m = T - nu + 1
+    z = np.concatenate([data.x[:, :m]] + [data.u[:, q : q + m, None] for q in range(nu)] +
+                       [np.repeat(data.k[:, None], m, axis=1)], axis=2)
+    z = z.reshape(-1, ns + nu + len(knob_names))
+    target = (np.diff(data.x, axis=1)[:, :m] * (norm.s_x / norm.s_dx)).reshape(-1, ns)
     # least squares: linear skip L (on [x̃, ũ]; its k-part cancels against g(z_dc)) and the readout
-    L = np.linalg.lstsq(z[:, : ns + NU], target, rcond=None)[0].T
+    L = np.linalg.lstsq(z[:, : ns + nu], target, rcond=None)[0].T
     feats = np.concatenate([np.concatenate([data.x, data.u[..., None]], axis=2)] +
                            [np.concatenate([data.x, data.u[..., None]], axis=2) * data.k[:, None, j : j + 1]
                             for j in range(len(knob_names))], axis=2).reshape(-1, (ns + 1) * (1 + len(knob_names)))
     r = np.linalg.lstsq(feats, data.y.reshape(-1), rcond=None)[0].reshape(1 + len(knob_names), ns + 1)
     with torch.no_grad():
-        net.L[:, : ns + NU] = torch.as_tensor(L, dtype=net.L.dtype)
+        net.L[:, : ns + nu] = torch.as_tensor(L, dtype=net.L.dtype)
         net.ra.copy_(torch.as_tensor(r[0]))
         if knob_names:
             net.rB.copy_(torch.as_tensor(r[1:].T))
@@ -210,14 +221,14 @@ def distill(
     left = budget - (time.monotonic() - t0) - 5.0  # keep a few seconds for the file
     if left <= 10:
         raise UsageError(f"--minutes {minutes:g} leaves no time to train after {t_teacher:.0f} s of teacher data")
-    t1_end = time.monotonic() + 0.3 * left
+    t1_end = time.monotonic() + STAGE1_SHARE * left
     t2_end = time.monotonic() + left
-    best = {"esr": _val_esr(net.arrays(), val, activation), "arrays": net.arrays(), "stage": "least squares"}
+    best = {"esr": _val_esr(net.arrays(), val, activation, lookahead), "arrays": net.arrays(), "stage": "least squares"}
     log = {"teacher_s": t_teacher, "stage1_steps": 0, "stage2_steps": 0}
     interrupted = False
     lim1, lim2 = (int(max_steps[0]), int(max_steps[1])) if max_steps else (1 << 62, 1 << 62)
     if max_steps:  # the budget is an upper bound then: share it by the step counts' typical costs
-        t1_end = time.monotonic() + left * min(0.5, lim1 / max(lim1 + 20 * lim2, 1))
+        t1_end = time.monotonic() + left * min(0.7, lim1 / max(lim1 + 40 * lim2, 1))
     bar = tqdm(total=int(left), desc="distil", unit="s", disable=not progress,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s {postfix}")
     tick = time.monotonic()
@@ -230,7 +241,7 @@ def distill(
         bar.set_postfix({k: f"{v:.3g}" for k, v in post.items()}, refresh=False)
 
     def keep(stage: str) -> float:
-        e = _val_esr(net.arrays(), val, activation)
+        e = _val_esr(net.arrays(), val, activation, lookahead)
         if e < best["esr"]:
             best.update(esr=e, arrays=net.arrays(), stage=stage)
         return e
@@ -238,7 +249,7 @@ def distill(
     gen = torch.Generator(device=dev).manual_seed(seed)
     try:
         # ------------------------------------------------------------ stage 1: teacher forcing
-        opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+        opt = torch.optim.Adam(net.parameters(), lr=LR1)
         batch = 4096
         n = len(zt)
         step = 0
@@ -247,10 +258,10 @@ def distill(
         while time.monotonic() < t1_end and step < lim1:
             frac = step / lim1 if max_steps else (time.monotonic() - start1) / span1
             for gr in opt.param_groups:
-                gr["lr"] = 3e-3 * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+                gr["lr"] = LR1 * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
             idx = torch.randint(0, n, (batch,), device=dev, generator=gen)
             zb = zt[idx]
-            pred = net.increment(zb[:, :ns], zb[:, ns : ns + NU], zb[:, ns + NU :])
+            pred = net.increment(zb[:, :ns], zb[:, ns : ns + nu], zb[:, ns + nu :])
             loss = torch.mean((pred - tt[idx]) ** 2)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -266,8 +277,8 @@ def distill(
         ut = torch.as_tensor(data.u, dtype=torch.float32, device=dev)
         yt = torch.as_tensor(data.y / norm.s_y, dtype=torch.float32, device=dev)
         kt = torch.as_tensor(data.k, dtype=torch.float32, device=dev)
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        win, nb = 256, 64
+        opt = torch.optim.Adam(net.parameters(), lr=LR2)
+        win, nb = WINDOW, WINDOWS
         step = 0
         start2 = time.monotonic()
         span2 = max(t2_end - start2, 1e-3)
@@ -275,12 +286,13 @@ def distill(
         while time.monotonic() < t2_end and step < lim2:
             frac = step / lim2 if max_steps else (time.monotonic() - start2) / span2
             for gr in opt.param_groups:
-                gr["lr"] = 1e-3 * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+                gr["lr"] = LR2 * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
             rows = torch.randint(0, B, (nb,), device=dev, generator=gen)
-            s0 = torch.randint(1, T - win - 1, (nb,), device=dev, generator=gen)
+            s0 = torch.randint(1, T - win - lookahead, (nb,), device=dev, generator=gen)
             ix = s0[:, None] + torch.arange(win, device=dev)
             x0 = xt[rows, s0 - 1]
-            iu = torch.cat([ix[:, :1] - 1, ix, ix[:, -1:] + 1], dim=1)  # ũ[n-1] .. ũ[n+1] around the window
+            ahead = ix[:, -1:] + torch.arange(1, lookahead + 1, device=dev)
+            iu = torch.cat([ix[:, :1] - 1, ix, ahead], dim=1)  # ũ[n-1] .. ũ[n+a] around the window
             xs, ys = net.rollout(x0, ut[rows[:, None], iu], kt[rows])
             r = rows[:, None]
             loss = torch.mean((xs - xt[r, ix]) ** 2) + torch.mean((ys / norm.s_y - yt[r, ix]) ** 2)
@@ -319,6 +331,7 @@ def distill(
         "training_levels_db": list(LEVELS_DB),
         "hidden": hidden,
         "activation": activation,
+        "lookahead": int(lookahead),
         "normalisation": norm.to_dict(),
         "readout": "learned linear: y = y_dc + [x~, u~] . (ra + rB k~)",
         "training": {**log, "teacher_seconds_of_audio": float(B * T / sample_rate)},
