@@ -1,7 +1,8 @@
 """DK forward and forward+backward ns/sample of whichever circuitsim is on the path: for A/B runs of two checkouts.
 
-0.5 s of a 1 kHz, 0.5 V sine at 384 kHz, one thread, best of N; every component value learnable
-for the backward (loss mean(y^2)).  Run it alternately against an earlier checkout, e.g.::
+0.5 s of a 1 kHz, 0.5 V sine at 384 kHz, one thread, best of N in CPU time of the process (one
+thread: the wall time on an idle machine, and less disturbed by other jobs on a shared one); every
+component value learnable for the backward (loss mean(y^2)).  Run it alternately against an earlier checkout, e.g.::
 
     git worktree add /tmp/base 3152f26
     for i in 1 2; do
@@ -39,13 +40,13 @@ def main(repeats: int, names: list[str]) -> None:
             model(x[:, :2000])  # compile or load the kernel
         best_f = best_b = float("inf")
         for _ in range(repeats):
-            t = time.perf_counter()
+            t = time.process_time()
             with torch.no_grad():
                 model(x)
-            best_f = min(best_f, time.perf_counter() - t)
-            t = time.perf_counter()
+            best_f = min(best_f, time.process_time() - t)
+            t = time.process_time()
             (model(x) ** 2).mean().backward()
-            best_b = min(best_b, time.perf_counter() - t)
+            best_b = min(best_b, time.process_time() - t)
             model.zero_grad()
         n = x.shape[1]
         print(f"{name} fwd {1e9 * best_f / n:.1f} fwdbwd {1e9 * best_b / n:.1f}", flush=True)

@@ -308,7 +308,7 @@ _BJT_SLOT_KEYS = {**{k: BJT_LAYOUT.index(k) for k in ("BF", "BR", "ITF", "XTF", 
                   **{k: len(BJT_PARAM_ORDER) + i for i, k in enumerate(
                       ("ISBE", "ISBC", "ISE", "ISC", "VTF", "VTR", "VTE", "VTC", "IVAF", "IVAR", "IIKF", "IIKR",
                        "NKF", "OVTF", "FCPE", "F1", "F2", "F3", "FCPC", "F5", "F6", "F7", "CZBC", "MJE", "MJC",
-                       "VCRIT"))}}
+                       "VCRIT", "IVTF", "IVTR", "IVTE", "IVTC", "IBF", "IBR", "IVJE", "IVJC", "IF2", "IF6"))}}
 
 
 def _check_slot_gradients(nb: np.ndarray, ref: np.ndarray, what: str) -> None:

@@ -185,6 +185,7 @@ def bjt_model(p: Mapping[str, Tensor | float]) -> dict[str, Tensor]:
     xfc = torch.log(1.0 - fc)
     vje, vjc = g["VJE"], g["VJC"]
     vtf = g["VTF"]
+    f2, f6 = torch.exp((1.0 + mje) * xfc), torch.exp((1.0 + mjc) * xfc)
     return {
         "ISBE": torch.where(both, g["IBE"], isat),
         "ISBC": torch.where(both, g["IBC"], isat),
@@ -198,17 +199,22 @@ def bjt_model(p: Mapping[str, Tensor | float]) -> dict[str, Tensor]:
         "FC": fc, "MJE": mje, "MJC": mjc,
         "FCPE": fc * vje,
         "F1": vje * (1.0 - torch.exp((1.0 - mje) * xfc)) / (1.0 - mje),
-        "F2": torch.exp((1.0 + mje) * xfc),
+        "F2": f2,
         "F3": 1.0 - fc * (1.0 + mje),
         "FCPC": fc * vjc,
         "F5": vjc * (1.0 - torch.exp((1.0 - mjc) * xfc)) / (1.0 - mjc),
-        "F6": torch.exp((1.0 + mjc) * xfc),
+        "F6": f6,
         "F7": 1.0 - fc * (1.0 + mjc),
         # bjtload.c puts XCJC*CJC on b'-c' and the rest on b-c'; with RB = 0, b = b'
         "CZBC": torch.where(g["RB"] == 0.0, g["CJC"], g["CJC"] * g["XCJC"]),
         "VCRIT": VT * torch.log(VT / (ROOT2 * isat)),  # bjttemp.c: Vt, not NF*Vt
         "BF": g["BF"], "BR": g["BR"], "ITF": g["ITF"], "XTF": g["XTF"], "TF": g["TF"], "TR": g["TR"],
         "CJE": g["CJE"], "VJE": vje, "VJC": vjc, "GMIN": _get(p, "GMIN"),
+        # reciprocals the equations multiply by (a division costs a multiplication's latency several
+        # times over in the Newton loop): 1/(NF Vt), 1/(NR Vt), 1/(NE Vt), 1/(NC Vt), 1/BF, 1/BR, ...
+        "IVTF": 1.0 / (g["NF"] * VT), "IVTR": 1.0 / (g["NR"] * VT), "IVTE": 1.0 / (g["NE"] * VT),
+        "IVTC": 1.0 / (g["NC"] * VT), "IBF": 1.0 / g["BF"], "IBR": 1.0 / g["BR"], "IVJE": 1.0 / vje,
+        "IVJC": 1.0 / vjc, "IF2": 1.0 / f2, "IF6": 1.0 / f6,
     }
 
 
@@ -218,10 +224,11 @@ BJT_POLARITY_INDEX: int = 0
 BJT_DERIVED_ORDER: tuple[str, ...] = (
     "ISBE", "ISBC", "ISE_EFF", "ISC_EFF", "VTF_N", "VTR_N", "VTE", "VTC", "IVAF", "IVAR", "IIKF", "IIKR",
     "NKF_EFF", "OVTF", "FCPE", "F1", "F2", "F3", "FCPC", "F5", "F6", "F7", "CZBC", "MJE_EFF", "MJC_EFF",
-    "VCRIT",
+    "VCRIT", "IVTF_N", "IVTR_N", "IVTE", "IVTC", "IBF", "IBR", "IVJE", "IVJC", "IF2", "IF6",
 )
 _DERIVED_KEYS = ("ISBE", "ISBC", "ISE", "ISC", "VTF", "VTR", "VTE", "VTC", "IVAF", "IVAR", "IIKF", "IIKR",
-                 "NKF", "OVTF", "FCPE", "F1", "F2", "F3", "FCPC", "F5", "F6", "F7", "CZBC", "MJE", "MJC", "VCRIT")
+                 "NKF", "OVTF", "FCPE", "F1", "F2", "F3", "FCPC", "F5", "F6", "F7", "CZBC", "MJE", "MJC", "VCRIT",
+                 "IVTF", "IVTR", "IVTE", "IVTC", "IBF", "IBR", "IVJE", "IVJC", "IF2", "IF6")
 BJT_LAYOUT: tuple[str, ...] = BJT_PARAM_ORDER + BJT_DERIVED_ORDER
 # bjt_model key -> slot of the layout, for the keys the equations read
 _SLOT = {**{k: BJT_LAYOUT.index(k) for k in ("BF", "BR", "ITF", "XTF", "TF", "TR", "CJE", "VJE", "VJC", "GMIN")},
@@ -229,7 +236,7 @@ _SLOT = {**{k: BJT_LAYOUT.index(k) for k in ("BF", "BR", "ITF", "XTF", "TF", "TR
 
 
 def bjt_params_torch(p: Mapping[str, Tensor | float], polarity: float) -> Tensor:
-    """The BJT parameter vector (``BJT_LAYOUT``, 60 entries), differentiable in ``p``."""
+    """The BJT parameter vector (``BJT_LAYOUT``, 70 entries), differentiable in ``p``."""
     if float(polarity) not in (1.0, -1.0):
         raise ValueError(f"polarity must be +1 (NPN) or -1 (PNP), got {polarity}")
     raw = [_get(p, k).to(DTYPE).reshape(()) for k in BJT_PARAM_ORDER[1:]]
@@ -252,11 +259,11 @@ def bjt_program(features: frozenset[str]) -> Program:
     b = Program("bjt")
     ve, vc = b.port("vbe"), b.port("vbc")
     P = {k: b.param(k, slot) for k, slot in _SLOT.items() if k != "VCRIT"}  # noqa: N806
-    cbe = pn(b, "cbe", ve, P["ISBE"], P["VTF"])
-    cbc = pn(b, "cbc", vc, P["ISBC"], P["VTR"])
+    cbe = pn(b, "cbe", ve, P["ISBE"], P["VTF"], ivte=P["IVTF"])
+    cbc = pn(b, "cbc", vc, P["ISBC"], P["VTR"], ivte=P["IVTR"])
     # leakage currents carry GMIN (bjtload.c adds CKTgmin to cben and cbcn)
-    cben = P["GMIN"] * ve + (pn(b, "cben0", ve, P["ISE"], P["VTE"]) if "ISE" in features else 0)
-    cbcn = P["GMIN"] * vc + (pn(b, "cbcn0", vc, P["ISC"], P["VTC"]) if "ISC" in features else 0)
+    cben = P["GMIN"] * ve + (pn(b, "cben0", ve, P["ISE"], P["VTE"], ivte=P["IVTE"]) if "ISE" in features else 0)
+    cbcn = P["GMIN"] * vc + (pn(b, "cbcn0", vc, P["ISC"], P["VTC"], ivte=P["IVTC"]) if "ISC" in features else 0)
     cben, cbcn = b.let("cben", cben), b.let("cbcn", cbcn)
     # base charge qb: Early effect q1, high injection q2 (qb = q1 where 1 + 4 q2 <= 0, as bjtload.c)
     q1 = b.let("q1", 1 / (1 - P["IVAF"] * vc - P["IVAR"] * ve))
@@ -266,8 +273,8 @@ def bjt_program(features: frozenset[str]) -> Program:
         qb = b.let("qb", q1 * (1 + sq) / 2)
     else:
         qb = q1
-    b.output("ib", cbe / P["BF"] + cben + cbc / P["BR"] + cbcn)
-    b.output("ic", (cbe - cbc) / qb - cbc / P["BR"] - cbcn)
+    b.output("ib", cbe * P["IBF"] + cben + cbc * P["IBR"] + cbcn)
+    b.output("ic", (cbe - cbc) / qb - cbc * P["IBR"] - cbcn)
     qbe = sympy.S.Zero
     if "TF" in features:  # forward transit charge, XTF/VTF/ITF modification for vbe > 0
         # t = cbe/(cbe + ITF) as its own statement: sympy would otherwise expand t**2 into
@@ -277,10 +284,12 @@ def bjt_program(features: frozenset[str]) -> Program:
         cbe_m = b.let("cbe_m", Piecewise((cbe * (1 + argtf) / qb, ve > 0), (cbe, True)))
         qbe = P["TF"] * cbe_m
     if "CJE" in features:
-        qbe = qbe + depletion(b, "qde", ve, P["CJE"], P["VJE"], P["MJE"], P["FCPE"], P["F1"], P["F2"], P["F3"])
+        qbe = qbe + depletion(b, "qde", ve, P["CJE"], P["VJE"], P["MJE"], P["FCPE"], P["F1"], P["F2"], P["F3"],
+                              (P["IVJE"], P["IF2"]))
     qbc = P["TR"] * cbc if "TR" in features else sympy.S.Zero
     if "CJC" in features:
-        qbc = qbc + depletion(b, "qdc", vc, P["CZBC"], P["VJC"], P["MJC"], P["FCPC"], P["F5"], P["F6"], P["F7"])
+        qbc = qbc + depletion(b, "qdc", vc, P["CZBC"], P["VJC"], P["MJC"], P["FCPC"], P["F5"], P["F6"], P["F7"],
+                              (P["IVJC"], P["IF6"]))
     b.output("qbe", qbe)
     b.output("qbc", qbc)
     return b
@@ -298,22 +307,14 @@ def _qbx_program(features: frozenset[str]) -> Program:
 class BJTFamily(DeviceFamily):
     """The ngspice 39 Gummel-Poon BJT: terminals collector, base, emitter, optional substrate."""
 
-    name = "bjt"
-    letter = "Q"
-    model_types = ("NPN", "PNP")
-    terminals = ("c", "b", "e", "s")
-    series = {"c": "RC", "b": "RB", "e": "RE"}
+    name, letter, model_types = "bjt", "Q", ("NPN", "PNP")
+    terminals, series = ("c", "b", "e", "s"), {"c": "RC", "b": "RB", "e": "RE"}
     ports = (("b", "e"), ("b", "c"))
     outputs = (Output("ib", "b", "e"), Output("ic", "c", "e"), Output("qbe", "b", "e", charge=True),
                Output("qbc", "b", "c", charge=True))
-    defaults = BJT_DEFAULTS
-    aliases = BJT_ALIASES
-    silent = BJT_SILENT
-    unmodelled = BJT_UNMODELLED
-    instance = BJT_INSTANCE
-    scaling = ("AREA", "M", "AREAB", "AREAC")
-    layout = BJT_LAYOUT
-    polarity_slot = "POLARITY"
+    defaults, aliases, silent, unmodelled = BJT_DEFAULTS, BJT_ALIASES, BJT_SILENT, BJT_UNMODELLED
+    instance, scaling = BJT_INSTANCE, ("AREA", "M", "AREAB", "AREAC")
+    layout, polarity_slot = BJT_LAYOUT, "POLARITY"
     # bjtload.c: DEVpnjlim on vbe and vbc with vt = kT/q (not NF Vt) and tVcrit
     limits = (Limit(0, VT, "VCRIT"), Limit(1, VT, "VCRIT"))
     charge_params = frozenset({"CJE", "CJC", "TF", "TR"})
@@ -329,9 +330,6 @@ class BJTFamily(DeviceFamily):
         if g & {"IKF", "IKR", "NKF"}:
             out.add("knee")
         return frozenset(out)
-
-    def sign(self, model_type: str) -> float:
-        return 1.0 if model_type == "NPN" else -1.0
 
     def instance_params(self, p: Mapping[str, Tensor], inst: Mapping[str, Tensor],
                         model_type: str) -> dict[str, Tensor]:

@@ -120,8 +120,10 @@ class DeviceFamily:
 
     # ---- parameters
     def sign(self, model_type: str) -> float:
-        """+1, or -1 where the polarity slot holds -1 (PNP)."""
-        return 1.0
+        """+1, or -1 where the polarity slot holds -1: a family with a polarity slot lists its
+        N-type first and its P-type second in :attr:`model_types` (NPN/PNP, NJF/PJF, NMOS/PMOS)."""
+        flipped = self.polarity_slot is not None and len(self.model_types) > 1 and model_type == self.model_types[1]
+        return -1.0 if flipped else 1.0
 
     def instance_params(self, p: Mapping[str, torch.Tensor], inst: Mapping[str, torch.Tensor],
                         model_type: str) -> dict[str, torch.Tensor]:

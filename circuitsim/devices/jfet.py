@@ -142,9 +142,6 @@ class JFETFamily(DeviceFamily):
     def program(self, features: frozenset[str]) -> Program:
         return jfet_program(features)
 
-    def sign(self, model_type: str) -> float:
-        return 1.0 if model_type == "NJF" else -1.0
-
     def instance_params(self, p: Mapping[str, Tensor], inst: Mapping[str, Tensor],
                         model_type: str) -> dict[str, Tensor]:
         # jfetload.c: BETA, IS, CGS, CGD times AREA; the multiplier M scales every stamp (GMIN too)

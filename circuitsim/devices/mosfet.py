@@ -182,23 +182,14 @@ class MOSFETFamily(DeviceFamily):
                Output("qbs", "b", "s", charge=True), Output("qbd", "b", "d", charge=True),
                Output("qgs", "g", "s", charge=True), Output("qgd", "g", "d", charge=True),
                Output("qgb", "g", "b", charge=True))
-    defaults = MOSFET_DEFAULTS
-    aliases = MOSFET_ALIASES
-    silent = MOSFET_SILENT
-    unmodelled = MOSFET_UNMODELLED
-    instance = MOSFET_INSTANCE
-    scaling = ("W", "L", "M")
-    layout = MOSFET_LAYOUT
-    polarity_slot = "POLARITY"
+    defaults, aliases, silent, unmodelled = MOSFET_DEFAULTS, MOSFET_ALIASES, MOSFET_SILENT, MOSFET_UNMODELLED
+    instance, scaling, layout, polarity_slot = MOSFET_INSTANCE, ("W", "L", "M"), MOSFET_LAYOUT, "POLARITY"
     limits = (Limit(1, VT, "VCRIT"), Limit(2, VT, "VCRIT"))  # mos1load.c: DEVpnjlim on the bulk junctions
     charge_params = frozenset({"CBD", "CBS", "CGSO", "CGDO", "CGBO"})
     all_features = frozenset({"CBD", "CBS", "CGSO", "CGDO", "CGBO"})
 
     def program(self, features: frozenset[str]) -> Program:
         return mosfet_program(features)
-
-    def sign(self, model_type: str) -> float:
-        return 1.0 if model_type == "NMOS" else -1.0
 
     def instance_params(self, p: Mapping[str, Tensor], inst: Mapping[str, Tensor],
                         model_type: str) -> dict[str, Tensor]:
