@@ -130,8 +130,9 @@ def main() -> None:
             "DK's (the previous input sample and the DC point's port voltages and device outputs, for the "
             "midpoint input and the deviation form of docs/phs.md), which is the whole difference on the linear "
             "stages (tens of ns per sample); the energy report adds the step's node voltages and device outputs to "
-            "the kernel's output and the power sums in torch. The bjt_common_emitter stage is refused (junction "
-            "charges, docs/phs.md).\n")
+            "the kernel's output and the power sums in torch. On bjt_common_emitter the junction charges are "
+            "nonlinear storage (docs/phs.md): the step's Newton also solves the two junction voltages at the "
+            "step's end and evaluates their discrete gradients.\n")
 
 
 if __name__ == "__main__":

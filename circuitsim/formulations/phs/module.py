@@ -19,7 +19,6 @@ from circuitsim.formulations.phs.energy import EnergyReport, PowerMap, stored_en
 from circuitsim.formulations.phs.step import StepMatrices, step_matrices, storage_of, storage_values
 from circuitsim.formulations.phs.structure import PHStructure, analyse
 from circuitsim.kernels.autograd import run_state_space
-from circuitsim.netlist import NetlistError
 from circuitsim.solvers.dc import operating_point
 from circuitsim.system.mna_system import DTYPE, MNAMatrices
 
@@ -28,7 +27,7 @@ from circuitsim.system.mna_system import DTYPE, MNAMatrices
 class PHSState:
     """Where a block ended: storage deviation ``δs`` from the DC point, the DC point, warm starts."""
 
-    ds: torch.Tensor  # (batch, ns) storage coordinates minus their DC values (volts, amperes)
+    ds: torch.Tensor  # (batch, ns + 2 nq): linear storage minus its DC values (V, A), junction voltages w, charges Q
     src: torch.Tensor  # (batch, n_sources) source values at the last sample
     op: tuple[torch.Tensor, ...]  # (s_op, src_op, v_op, f_op, x_op) of the DC operating point
     v: torch.Tensor | None = None
@@ -45,13 +44,8 @@ class PHSModule(AbstractCircuitModule):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         topo = self.topology
-        for dev in topo.devices:  # the same test as MNATopology's: the card gives a charge parameter
-            if set(dev.element.model.params) & dev.family.charge_params:
-                raise NetlistError(
-                    f"{dev.element.name}: junction charges are nonlinear storage, which --method phs does not "
-                    "simulate yet (use --method dk, or drop the model's charge parameters)", dev.element.loc)
         self.structure: PHStructure = analyse(topo)
-        self.storage = storage_of(topo)
+        self.storage = storage_of(topo)  # junction charges a storage law cannot model are refused here
         self.record_energy = False
         self.energy_sink: Callable[[EnergyReport], None] | None = None
         self.last_energy: EnergyReport | None = None
@@ -86,6 +80,18 @@ class PHSModule(AbstractCircuitModule):
     def _simulate(self, u: torch.Tensor, state: PHSState | None) -> tuple[torch.Tensor, PHSState]:
         return self.run(u, state)
 
+    def _initial_state(self, m: MNAMatrices, op: tuple[torch.Tensor, ...], s_init: torch.Tensor | None) -> torch.Tensor:
+        """``[δs, w, Q]`` at sample 0: the DC point, or ``s_init`` (linear storage, then junction voltages)."""
+        st = self.storage
+        s_op, v_op = op[0], op[2]
+        s0 = s_op if s_init is None else s_init.to(DTYPE).expand_as(s_op)
+        ds = s0[:, : st.n_linear] - s_op[:, : st.n_linear]
+        if st.charges is None:
+            return ds
+        w0 = s0[:, st.n_linear :]
+        phi = st.charges.step_nl.torch_eval(torch.cat([v_op, w0, w0], dim=-1), m.theta)
+        return torch.cat([ds, w0, phi[:, st.charges.q_index]], dim=-1)
+
     def run(
         self, u: torch.Tensor, state: PHSState | None = None, s_init: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, PHSState]:
@@ -99,11 +105,17 @@ class PHSModule(AbstractCircuitModule):
         src = self.source_values(m, u)
         nl = self.topology.nonlinearity
         batch = u.shape[0]
+        ch = self.storage.charges
+        nl_step = nl if ch is None else ch.step_nl
         if state is None:
             op, diag = self.dc_point(m, src[:, 0])
             s_op, _, v_op, _, x_op = op
-            ds = torch.zeros_like(s_op) if s_init is None else s_init.to(DTYPE).expand_as(s_op) - s_op
-            prev_src, v0, vi0, offset, stored, steps = src[:, 0], v_op.detach(), None, 0, None, src[:, 1:]
+            ds = self._initial_state(m, op, s_init)
+            v0 = v_op.detach()
+            if ch is not None:
+                w0 = ds[:, self.storage.n_linear : self.storage.n_linear + ch.size].detach()
+                v0 = torch.cat([v0, w0, w0], dim=-1)
+            prev_src, vi0, offset, stored, steps = src[:, 0], None, 0, None, src[:, 1:]
         else:
             op, diag = state.op, Diagnostics()
             s_op, _, v_op, _, x_op = op
@@ -118,10 +130,10 @@ class PHSModule(AbstractCircuitModule):
             ds_new, v_end, vi_end = ds, v0, vi0
         else:
             mean = 0.5 * (steps + torch.cat([prev_src.unsqueeze(1), steps[:, :-1]], dim=1)) if energy else None
-            y_op = torch.cat([s_op, op[1]], dim=-1) @ sm.e_out.T  # (batch, 1)
+            y_op = torch.cat([s_op, op[1]], dim=-1) @ sm.e_out.T + op[3] @ sm.f_out_w.T  # (batch, 1)
             u0 = op[1][:, :1]
             x0 = torch.cat([ds, prev_src[:, :1] - u0, op[2], op[3]], dim=-1)
-            ys, final, stats = run_state_space(sm.step, m.theta, steps[..., :1] - u0.unsqueeze(1), x0, nl,
+            ys, final, stats = run_state_space(sm.step, m.theta, steps[..., :1] - u0.unsqueeze(1), x0, nl_step,
                                                sample_rate=self.sample_rate, v_init=v0, sample_offset=k0)
             diag.newton_iterations += int(stats.get("iterations", 0))
             diag.max_iterations = int(stats.get("max_iterations", 0))
@@ -130,7 +142,7 @@ class PHSModule(AbstractCircuitModule):
                 u2 = torch.cat([ys[..., sm.rows["s"]] + s_op.unsqueeze(1), steps], dim=-1)
                 y2, fin2, st2 = run_state_space(
                     sm.instant, m.theta, u2, torch.zeros(batch, 1, dtype=DTYPE), nl, sample_rate=self.sample_rate,
-                    v_init=vi0 if vi0 is not None else v0, sample_offset=k0)
+                    v_init=vi0 if vi0 is not None else v0[:, : len(self.topology.ports)], sample_offset=k0)
                 y_steps, vi_end = y2[..., 0], fin2["v"]
                 diag.newton_iterations += int(st2.get("iterations", 0))
             else:
@@ -138,7 +150,7 @@ class PHSModule(AbstractCircuitModule):
         y = torch.cat([(x_op @ m.out).unsqueeze(1), y_steps], dim=1) if state is None else y_steps
         if energy:
             with torch.no_grad():
-                rep, stored = self._energy(m, c, sm.rows, op, ds if state is None else None, mean, ys, offset, stored)
+                rep, stored = self._energy(m, c, sm.rows, op, ds, state is None, mean, ys, offset, stored)
             if self.energy_sink is not None:
                 self.energy_sink(rep)
             self.last_energy = rep
@@ -146,31 +158,55 @@ class PHSModule(AbstractCircuitModule):
         last_src = src[:, -1] if src.shape[1] else prev_src
         return y, PHSState(ds_new, last_src, op, v_end, vi_end, offset + u.shape[1], stored)
 
-    def _energy(self, m, c, rows, op, ds0, mean, ys, offset, stored):  # noqa: ANN001, ANN202
+    def _energy(self, m, c, rows, op, ds0, first, mean, ys, offset, stored):  # noqa: ANN001, ANN202
         """Energy rows (batch item 0) for this block; returns the report and the last H - H_op (batch,).
 
         ``stored_J`` is the energy stored above the DC operating point, ``H(s) - H(s_op)`` (H is defined up
-        to a constant), computed from the deviations so that a bias does not swamp its last digits.
+        to a constant), computed from the deviations so that a bias does not swamp its last digits; a junction
+        charge adds ``E(w) - E(w_op)`` (docs/phs.md, "Nonlinear storage").  ``ds0`` is the state at the block's
+        start, ``first`` whether the block starts at sample 0 (the DC row).
         """
         pm = self.cached("powermap", lambda: PowerMap(self.topology, self.leaves()))
+        st, ch = self.storage, self.storage.charges
+        ns, nq = st.n_linear, (ch.size if ch is not None else 0)
         c = c.detach()
         s_op, src_op, v_op, f_op, x_op = (t.detach() for t in op)
         T = 1.0 / self.sample_rate
+        theta = m.theta.detach()
+        e_op = ch.energy_nl.torch_eval(s_op[:, ns:], theta) if ch is not None else None
 
-        def h_rel(ds: torch.Tensor) -> torch.Tensor:
-            return stored_energy_delta(ds, s_op.unsqueeze(-2) if ds.ndim == 3 else s_op, c)
+        def h_rel(ds: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:  # ds (..., ns), w (..., nq) volts
+            so = s_op[:, :ns].unsqueeze(-2) if ds.ndim == 3 else s_op[:, :ns]
+            h = stored_energy_delta(ds, so, c)
+            if ch is not None:
+                eo = e_op[:, :nq].unsqueeze(-2) if w.ndim == 3 else e_op[:, :nq]
+                h = h + (ch.energy_nl.torch_eval(w, theta)[..., :nq] - eo).sum(-1)
+            return h
 
+        ds0 = ds0.detach()
+        w_start = ds0[:, ns : ns + nq] if ch is not None else None
         h_rows, d_rows, p_rows = [], [], []
-        if ds0 is not None:  # sample 0: the DC operating point (no storage flow)
-            h_rows.append(h_rel(ds0.detach()).unsqueeze(1))
+        if first:  # sample 0: the DC operating point (no storage flow)
+            h_rows.append(h_rel(ds0[:, :ns], w_start).unsqueeze(1))
             d_rows.append(pm.dissipated(x_op, f_op).unsqueeze(1))
             p_rows.append(pm.ports(x_op, src_op).unsqueeze(1))
         if ys is not None and ys.shape[1]:
             ys = ys.detach()
             xbar = ys[..., rows["x"]] + x_op.unsqueeze(1)
-            h_rows.append(h_rel(ys[..., rows["s"]]))
-            d_rows.append(pm.dissipated(xbar, ys[..., rows["f"]]))
-            p_rows.append(pm.ports(xbar, mean.detach()))
+            s_new = ys[..., rows["s"]]
+            w_new = s_new[..., ns:] + s_op[:, ns:].unsqueeze(1) if ch is not None else None
+            h_rows.append(h_rel(s_new[..., :ns], w_new))
+            # z(w)·w at the step's own w: the currents at the rows' port voltages (the kernel's Newton unknowns
+            # differ from them by its tolerance, enough to flip the sign of a junction's 1e-45 W near v = 0)
+            d_rows.append(pm.dissipated(xbar, self.topology.nonlinearity.torch_eval(xbar @ m.Nv.T.detach(), theta)))
+            pp = pm.ports(xbar, mean.detach())
+            if ch is not None:  # the modulated charge ports: -ē Δ(Q - S(w))/T (docs/phs.md)
+                q_new = ys[..., rows["q"]]
+                q_all = torch.cat([ds0[:, ns + nq :].unsqueeze(1), q_new], dim=1)
+                s_all = ch.energy_nl.torch_eval(torch.cat([w_start.unsqueeze(1), w_new], dim=1), theta)[..., nq:]
+                e_bar = xbar @ ch.rows.T
+                pp = pp - (e_bar * (torch.diff(q_all, dim=1) - torch.diff(s_all, dim=1))).sum(-1) / T
+            p_rows.append(pp)
         H = torch.cat(h_rows, dim=1)
         Pd = torch.cat(d_rows, dim=1)
         Pp = torch.cat(p_rows, dim=1)

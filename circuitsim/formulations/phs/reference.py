@@ -15,12 +15,13 @@ from circuitsim.solvers.newton import NewtonError, newton
 from circuitsim.system.mna_system import DTYPE
 
 
-def _solve(nl, theta, nv, a_mat, w_mat, rhs, z0):  # noqa: ANN001, ANN202
-    """``a_mat z + w_mat f(nv z) = rhs`` by Newton (no grad), then one differentiable Newton step."""
+def _solve(nl, theta, nv, a_mat, w_mat, rhs, z0, off=0.0):  # noqa: ANN001, ANN202
+    """``a_mat z + w_mat f(nv z + off) = rhs`` by Newton (no grad), then one differentiable Newton step."""
     a_d, w_d, nv_d, th_d, rhs_d = (t.detach() for t in (a_mat, w_mat, nv, theta, rhs))
+    off_d = off.detach() if isinstance(off, torch.Tensor) else off
 
     def fn(z):  # noqa: ANN001, ANN202
-        f, jf = nl.torch_eval(z @ nv_d.T, th_d, jacobian=True)
+        f, jf = nl.torch_eval(z @ nv_d.T + off_d, th_d, jacobian=True)
         return z @ a_d.T + f @ w_d.T - rhs_d, a_d + w_d @ jf @ nv_d
 
     with torch.no_grad():
@@ -28,10 +29,30 @@ def _solve(nl, theta, nv, a_mat, w_mat, rhs, z0):  # noqa: ANN001, ANN202
     if not r.converged:
         raise NewtonError(f"reference PH step: residual {r.residual:.3g}", 0, 0.0)
     z = r.x
-    f, jf = nl.torch_eval(z @ nv.T, theta, jacobian=True)
+    f, jf = nl.torch_eval(z @ nv.T + off, theta, jacobian=True)
     res = z @ a_mat.T + f @ w_mat.T - rhs
     jac = (a_mat + w_mat @ jf @ nv).detach()
     return z - torch.linalg.solve(jac, res.unsqueeze(-1)).squeeze(-1)
+
+
+def _charge_step(model, m):  # noqa: ANN001, ANN202
+    """The step's matrices on ``z = [x̄; w_n]`` with junction charges (docs/phs.md, "Nonlinear storage").
+
+    ``A_step x̄ + Wi f(v̄) + Wq (Q(w_n) - Q)/T = rhs`` and ``rows x̄ = ē(w, w_n) = (w_n - g)/2``, with
+    ``[f, f(w_n), g]`` the step nonlinearity at the ports ``[Nv x̄; w_n; w]``.
+    """
+    ch = model.storage.charges
+    n, nq, nf = m.G.shape[0], ch.size, m.Wi.shape[1]
+    nF, np_ = ch.step_nl.n_outputs, m.Nv.shape[0]
+    fs = model.sample_rate
+    zs = lambda *shape: torch.zeros(*shape, dtype=DTYPE)  # noqa: E731
+    wqc = m.Wq[:, ch.outs] * fs
+    w_top = torch.cat([m.Wi, zs(n, nF - nf)], dim=1).index_add(1, torch.tensor(ch.q_index), wqc)
+    w_bot = torch.cat([zs(nq, nF - nq), 0.5 * torch.eye(nq, dtype=DTYPE)], dim=1)
+    a_bot = torch.cat([ch.rows, -0.5 * torch.eye(nq, dtype=DTYPE)], dim=1)
+    nv = torch.cat([torch.cat([m.Nv, zs(np_, nq)], 1), torch.cat([zs(nq, n), torch.eye(nq, dtype=DTYPE)], 1),
+                    zs(nq, n + nq)])
+    return torch.cat([w_top, w_bot]), a_bot, nv, wqc
 
 
 def reference_simulate(model, u: torch.Tensor, s_init: torch.Tensor | None = None) -> torch.Tensor:  # noqa: ANN001
@@ -47,8 +68,16 @@ def reference_simulate(model, u: torch.Tensor, s_init: torch.Tensor | None = Non
     with torch.no_grad():
         x_op, _ = operating_point(topo, m, src[:, 0])
     x = topo.implicit_step(m, x_op, m.G, m.Wi, src[:, 0] @ m.Bu.T)
-    s = x @ a_s if s_init is None else s_init.to(DTYPE).expand(u.shape[0], -1)
+    s_all = x @ a_s if s_init is None else s_init.to(DTYPE).expand(u.shape[0], -1)
+    ns, ch = st.n_linear, st.charges
+    s, a_lin = s_all[:, :ns], a_s[:, :ns]
     a_step = m.G + (2.0 / T) * m.Cm  # eq. PH-1
+    if ch is not None:
+        w_mat, a_bot, nv_c, wqc = _charge_step(model, m)
+        a_c = torch.cat([torch.cat([a_step, torch.zeros(a_step.shape[0], ch.size, dtype=DTYPE)], 1), a_bot])
+        w = s_all[:, ns:]
+        q_prev = ch.step_nl.torch_eval(torch.cat([x @ m.Nv.T, w, w], dim=-1), m.theta)[:, ch.q_index]
+        zc = torch.cat([x.detach(), w.detach()], dim=1)
     mi = torch.zeros(n + r, n + r, dtype=DTYPE) + torch.nn.functional.pad(m.G, (0, r, 0, r))
     mi[:n, n:] = q
     mi[n:, :n] = q.T
@@ -59,10 +88,20 @@ def reference_simulate(model, u: torch.Tensor, s_init: torch.Tensor | None = Non
     z = torch.cat([x.detach(), torch.zeros(u.shape[0], r, dtype=DTYPE)], dim=1)
     for k in range(1, u.shape[1]):
         mean = 0.5 * (src[:, k] + src[:, k - 1])
-        rhs = mean @ m.Bu.T + (2.0 / T) * (s * c) @ a_s.T
-        xbar = _solve(nl, m.theta, m.Nv, a_step, m.Wi, rhs, xbar.detach())
-        s = 2.0 * xbar @ a_s - s  # eq. PH-2: midpoint discrete gradient
-        rhs_i = torch.cat([src[:, k] @ m.Bu.T, s @ st.recon.T], dim=1)  # eq. PH-3
+        rhs = mean @ m.Bu.T + (2.0 / T) * (s * c) @ a_lin.T
+        if ch is None:
+            xbar = _solve(nl, m.theta, m.Nv, a_step, m.Wi, rhs, xbar.detach())
+            s_all = s = 2.0 * xbar @ a_lin - s  # eq. PH-2: midpoint discrete gradient
+        else:  # junction charges: the discrete gradient of H(q) on their end voltages w_n
+            off = torch.cat([torch.zeros(u.shape[0], m.Nv.shape[0] + ch.size, dtype=DTYPE), w], dim=1)
+            rhs_c = torch.cat([rhs + q_prev @ wqc.T, torch.zeros(u.shape[0], ch.size, dtype=DTYPE)], dim=1)
+            zc = _solve(ch.step_nl, m.theta, nv_c, a_c, w_mat, rhs_c, zc.detach(), off)
+            xbar, w_new = zc[:, : a_step.shape[0]], zc[:, a_step.shape[0] :]
+            q_prev = ch.step_nl.torch_eval(zc @ nv_c.T + off, m.theta)[:, ch.q_index]
+            s = 2.0 * xbar @ a_lin - s
+            w = w_new
+            s_all = torch.cat([s, w], dim=1)
+        rhs_i = torch.cat([src[:, k] @ m.Bu.T, s_all @ st.recon.T], dim=1)  # eq. PH-3
         z = _solve(nl, m.theta, nv_ext, mi, wi_ext, rhs_i, z.detach())
         ys.append(z[:, :n] @ m.out)
     return torch.stack(ys, dim=1)

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
+from circuitsim.formulations.phs.charges import Charges, charges_of
 from circuitsim.netlist import NetlistError
 from circuitsim.netlist.expr import TORCH_OPS, evaluate
 from circuitsim.system.mna_system import DTYPE, MNAMatrices, MNATopology, _pair
@@ -48,17 +49,26 @@ from circuitsim.system.mna_system import DTYPE, MNAMatrices, MNATopology, _pair
 
 @dataclass
 class Storage:
-    """The linear storage of a circuit: incidence ``A_s`` (n, ns) and its structural basis."""
+    """The storage of a circuit: incidence ``A_s`` (n, ns + nq) of the capacitors and inductors, then of the
+    junction charges, and its structural basis.  Storage coordinates ``s = A_sᵀ x``: capacitor and junction
+    voltages, inductor currents."""
 
     names: list[str]
-    incidence: torch.Tensor  # (n, ns): capacitor node pairs, inductor branch-current unit vectors
-    inductor: torch.Tensor  # (ns,) bool
+    incidence: torch.Tensor  # (n, ns + nq): capacitor node pairs, inductor branch-current unit vectors, junctions
+    inductor: torch.Tensor  # (ns + nq,) bool
     basis: torch.Tensor  # (n, r) orthonormal basis of range(A_s)
-    recon: torch.Tensor  # (r, ns) with basisᵀ x = recon @ s when s = A_sᵀ x
+    recon: torch.Tensor  # (r, ns + nq) with basisᵀ x = recon @ s when s = A_sᵀ x
+    n_linear: int  # ns: the capacitors and inductors come first
+    charges: Charges | None = None  # the junction charges (nonlinear storage), docs/phs.md
+
+    @property
+    def linear(self) -> torch.Tensor:
+        """``A_s`` of the capacitors and inductors alone (n, ns)."""
+        return self.incidence[:, : self.n_linear]
 
 
 def storage_of(topo: MNATopology) -> Storage:
-    """Capacitors and inductors of the circuit as storage coordinates ``s = A_sᵀ x`` (volts, amperes)."""
+    """Capacitors, inductors and junction charges as storage coordinates ``s = A_sᵀ x`` (volts, amperes)."""
     n = topo.size
     cols, names, ind = [], [], []
     for el in topo.circuit.elements:
@@ -73,6 +83,12 @@ def storage_of(topo: MNATopology) -> Storage:
         cols.append(col)
         names.append(el.name)
         ind.append(el.kind == "L")
+    ns = len(cols)
+    charges = charges_of(topo)
+    if charges is not None:
+        cols.extend(charges.rows)
+        names.extend(charges.names)
+        ind.extend([False] * charges.size)
     a = torch.stack(cols, dim=1) if cols else torch.zeros(n, 0, dtype=DTYPE)
     if cols:
         u, sv, _ = torch.linalg.svd(a, full_matrices=False)
@@ -82,11 +98,11 @@ def storage_of(topo: MNATopology) -> Storage:
         recon = torch.linalg.solve(rr @ rr.T, rr)
     else:
         q, recon = torch.zeros(n, 0, dtype=DTYPE), torch.zeros(0, 0, dtype=DTYPE)
-    return Storage(names, a, torch.tensor(ind, dtype=torch.bool), q, recon)
+    return Storage(names, a, torch.tensor(ind, dtype=torch.bool), q, recon, ns, charges)
 
 
 def storage_values(topo: MNATopology, st: Storage, leaves) -> torch.Tensor:
-    """Signed storage coefficients ``c`` (ns,): farads for capacitors, minus henries for inductors."""
+    """Signed storage coefficients ``c`` (ns,) of the linear storage: farads, minus henries for inductors."""
     vals = []
     for el in topo.circuit.elements:
         if el.kind == "C":
@@ -100,17 +116,19 @@ def storage_values(topo: MNATopology, st: Storage, leaves) -> torch.Tensor:
 class StepMatrices:
     """The PH step and the instant output as state-space matrices (names as in the kernel).
 
-    Step input: the input samples' deviation ``u_n - u_0``; state ``[δs, u_{n-1} - u_0, Nv x_op, f_op]``
-    with ``δs = s - s_op`` (the last two constant per batch item, see :func:`_fold_inputs`).  Output rows:
-    ``y - y_op`` (the output volts at ``t_n`` minus their DC value, when PH-3 is linear), then ``δs_n``
-    (when PH-3 is nonlinear, or for energy), then ``δx̄`` and ``f`` (for energy).
+    Step input: the input samples' deviation ``u_n - u_0``; state ``[δs, w, Q, u_{n-1} - u_0, Nv x_op, f_op]``
+    with ``δs = s - s_op`` of the linear storage, ``w`` and ``Q`` the junction voltages and charges at the
+    step's start (the last two constant per batch item, see :func:`_fold_inputs`).  Output rows: ``y - y_op``
+    (the output volts at ``t_n`` minus their DC value, when PH-3 is linear), then ``[δs_n; w_n - w_op]`` (when
+    PH-3 is nonlinear, or for energy), then ``δx̄``, ``f`` and ``Q_n`` (for energy).
     """
 
     step: tuple[torch.Tensor, ...]
     instant: tuple[torch.Tensor, ...]  # state: one dummy, input [s_n; s(t_n)], y = out · x_n
-    instant_nonlinear: bool  # whether the output at the sample instants depends on f
-    rows: dict[str, slice]  # 'y', 's', 'x', 'f' -> rows of the step output (absent when not produced)
-    e_out: torch.Tensor  # (1, ns + n_sources): out · x_n = e_out @ [s_n; s(t_n)] when PH-3 is linear
+    instant_nonlinear: bool  # whether the output at the sample instants depends on f beyond the junctions' f(w)
+    rows: dict[str, slice]  # 's', 'x', 'f', 'q' -> rows of the step output (absent when not produced)
+    e_out: torch.Tensor  # (1, ns + nq + n_sources): out · x_n = e_out @ [s_n; s(t_n)] + f_out_w @ f(w_n)
+    f_out_w: torch.Tensor  # (1, nf): out · x_n's coefficients of the charged devices' currents at w_n
 
 
 def step_matrices(
@@ -118,60 +136,100 @@ def step_matrices(
 ) -> StepMatrices:
     """Eliminate the MNA unknowns from the step and the instant solve (see the module docstring)."""
     k = 2.0 * sample_rate
-    a_s = st.incidence
-    ns, nu, nf = a_s.shape[1], m.Bu.shape[1], m.Wi.shape[1]
+    ch = st.charges
+    ns, nq = st.n_linear, (ch.size if ch is not None else 0)
+    a_s, nst = st.linear, ns + nq
+    nu, nf = m.Bu.shape[1], m.Wi.shape[1]
     n, np_ = m.G.shape[0], m.Nv.shape[0]
+    nF = ch.step_nl.n_outputs if ch is not None else nf  # the step nonlinearity's outputs
     zs = lambda *shape: torch.zeros(*shape, dtype=DTYPE)  # noqa: E731
+    eye = lambda k_: torch.eye(k_, dtype=DTYPE)  # noqa: E731
 
-    # PH-3, the instant solve: x_n = xs s_n + xu s(t_n) + xf f(v_n)
+    # PH-3, the instant solve: x_n = xs s_n + xu s(t_n) + xf f(v_n), junctions as voltage sources w_n
     q, r = st.basis, st.basis.shape[1]
     mi = torch.cat([torch.cat([m.G, q], 1), torch.cat([q.T, zs(r, r)], 1)])
-    rhs = torch.cat([torch.cat([zs(n, ns), m.Bu, m.Wi], 1), torch.cat([st.recon, zs(r, nu + nf)], 1)])
+    rhs = torch.cat([torch.cat([zs(n, nst), m.Bu, m.Wi], 1), torch.cat([st.recon, zs(r, nu + nf)], 1)])
     try:
         xi = torch.linalg.solve(mi, rhs)[:n]
     except torch.linalg.LinAlgError:
         raise NetlistError("the circuit's instantaneous equations with capacitors as voltage sources and inductors "
                            "as current sources are singular (a node fixed by no resistor, source or capacitor); not "
                            "realizable as a port-Hamiltonian system", None) from None
-    xs, xu, xf = xi[:, :ns], xi[:, ns : ns + nu], -xi[:, ns + nu :]
+    xs, xu, xf = xi[:, :nst], xi[:, nst : nst + nu], -xi[:, nst + nu :]
     hin = m.Nv @ torch.cat([xs, xu], dim=1)
     e_out = (m.out @ torch.cat([xs, xu], dim=1)).unsqueeze(0)
     f_out = (m.out @ xf).unsqueeze(0)
-    instant = (zs(1, 1), zs(1, ns + nu), zs(1, nf), zs(1, 1), e_out, f_out, zs(np_, 1), hin, m.Nv @ xf)
-    # the output ignores f when its coefficients are rounding noise (below 1e-9 V per ampere of device current)
-    nonlinear = nf > 0 and float(f_out.detach().abs().max()) > 1e-9
+    instant = (zs(1, 1), zs(1, nst + nu), zs(1, nf), zs(1, 1), e_out, f_out, zs(np_, 1), hin, m.Nv @ xf)
+    # a charged device's ports are junction voltages w_n at t_n, so its currents there are f(w_n), known from the
+    # step; the output needs a second solve only when it reads another device current (coefficient > 1e-9 V/A)
+    at_w = ch.f_at_w if ch is not None else {}
+    mask = torch.tensor([o in at_w for o in range(nf)], dtype=torch.bool)
+    free = f_out.detach()[0, ~mask]
+    nonlinear = free.numel() > 0 and float(free.abs().max()) > 1e-9
+    f_out_w = torch.where(mask, f_out[0], torch.zeros_like(f_out[0])).unsqueeze(0)
 
     # PH-1 and PH-2 in deviations from the DC point (x_op, f_op), so that no bias-sized terms cancel:
-    # M δx̄ + Wi (f - f_op) = Bu δs̄ + Z δs_{n-1},  δs_n = 2 A_sᵀ δx̄ - δs_{n-1}
+    # M δx̄ + Wi (f - f_op) + Wq (Q_n - Q)/T = Bu δs̄ + Z δs_{n-1},  δs_n = 2 A_sᵀ δx̄ - δs_{n-1}
     cm = (a_s * c) @ a_s.T
-    z = k * (a_s * c)
-    sol = torch.linalg.solve(m.G + k * cm, torch.cat([z, m.Bu, m.Wi], dim=1))
-    pz, pb, pw = sol[:, :ns], sol[:, ns : ns + nu], -sol[:, ns + nu :]
-    A = 2.0 * a_s.T @ pz - torch.eye(ns, dtype=DTYPE)
-    C = 2.0 * a_s.T @ pw
-    nin = 2 * nu + np_ + nf
-    B = torch.cat([2.0 * a_s.T @ pb, zs(ns, nu + np_), -C], dim=1)
+    w_ext = torch.cat([m.Wi, zs(n, nF - nf)], dim=1)
+    wqc = m.Wq[:, ch.outs] * sample_rate if ch is not None else zs(n, 0)
+    if ch is not None:
+        w_ext = w_ext.index_add(1, torch.tensor(ch.q_index), wqc)
+    sol = torch.linalg.solve(m.G + k * cm, torch.cat([k * (a_s * c), m.Bu, w_ext, m.Wi, wqc], dim=1))
+    pz, pb = sol[:, :ns], sol[:, ns : ns + nu]
+    at_f = ns + nu + nF
+    pw, pfop, pq = -sol[:, ns + nu : at_f], sol[:, at_f : at_f + nf], sol[:, at_f + nf :]
+    # δx̄ = Xx [δs; w; Q] + Ux [s̄ - s(0); s(t_n) - s(0); v_op; f_op] + Fx phi
+    xx = torch.cat([pz, zs(n, nq), pq], dim=1)
+    ux = torch.cat([pb, zs(n, nu + np_), pfop], dim=1)
+    sel_vop = torch.cat([zs(np_, 2 * nu), eye(np_), zs(np_, nf)], dim=1)
+    gv, hv, kv = m.Nv @ xx, m.Nv @ ux + sel_vop, m.Nv @ pw
+    a1 = 2.0 * a_s.T @ xx - torch.cat([eye(ns), zs(ns, 2 * nq)], dim=1)
+    b1, c1 = 2.0 * a_s.T @ ux, 2.0 * a_s.T @ pw
+    G_, H_, K_ = [gv], [hv], [kv]
+    A_, B_, C_ = [a1], [b1], [c1]
+    ds_rows = ([a1], [b1], [c1])  # δs_n, then w_n - w_op
+    if ch is not None:  # w_n = 2 v̄_q + g, g = w_n - 2 ē(w, w_n) (docs/phs.md, "Nonlinear storage")
+        pq_sel = zs(nq, np_)
+        for i, port in enumerate(ch.ports):
+            pq_sel[i, port] = float(ch.rows[i] @ m.Nv[port]) / float(m.Nv[port] @ m.Nv[port])  # ±1: orientation
+        eg = torch.cat([zs(nq, nF - nq), eye(nq)], dim=1)
+        eq = zs(nq, nF)
+        eq[torch.arange(nq), torch.tensor(ch.q_index)] = 1.0
+        gw, hw, kw = 2.0 * pq_sel @ gv, 2.0 * pq_sel @ hv, 2.0 * pq_sel @ kv + eg
+        G_ += [gw, torch.cat([zs(nq, ns), eye(nq), zs(nq, nq)], dim=1)]
+        H_ += [hw, zs(nq, 2 * nu + np_ + nf)]
+        K_ += [kw, zs(nq, nF)]
+        A_ += [gw, zs(nq, ns + 2 * nq)]
+        B_ += [hw, zs(nq, 2 * nu + np_ + nf)]
+        C_ += [kw, eq]
+        for lst, val in zip(ds_rows, (gw, hw - pq_sel @ sel_vop, kw)):
+            lst.append(val)
+    A, B, C = torch.cat(A_), torch.cat(B_), torch.cat(C_)
+    ds_d, ds_e, ds_f = (torch.cat(x) for x in ds_rows)
     D, E, F, rows, at = [], [], [], {}, 0
-    if not nonlinear:  # y_n - y_op = es δs_n + eu (s(t_n) - s(0)), y_op = es s_op + eu s(0) added by the caller
-        es, eu = e_out[:, :ns], e_out[:, ns:]
-        D.append(es @ A)
-        E.append(es @ B + torch.cat([zs(1, nu), eu, zs(1, np_ + nf)], dim=1))
-        F.append(es @ C)
+    if not nonlinear:  # y_n - y_op = es (s_n - s_op) + eu (s(t_n) - s(0)) + f_out_w (f(w_n) - f_op)
+        es, eu = e_out[:, :nst], e_out[:, nst:]
+        f_sel = zs(nf, nF)
+        f_sel[torch.arange(nf), torch.tensor([at_w.get(o, o) for o in range(nf)], dtype=torch.long)] = 1.0
+        D.append(es @ ds_d)
+        E.append(es @ ds_e + torch.cat([zs(1, nu), eu, zs(1, np_), -f_out_w], dim=1))
+        F.append(es @ ds_f + f_out_w @ f_sel)
         rows["y"], at = slice(0, 1), 1
     if nonlinear or energy:
-        D.append(A)
-        E.append(B)
-        F.append(C)
-        rows["s"], at = slice(at, at + ns), at + ns
-    if energy:  # rows of δx̄ and of f
-        D += [pz, zs(nf, ns)]
-        E += [torch.cat([pb, zs(n, nu + np_), -pw], dim=1), zs(nf, nin)]
-        F += [pw, torch.eye(nf, dtype=DTYPE)]
-        rows["x"], rows["f"] = slice(at, at + n), slice(at + n, at + n + nf)
-    K = m.Nv @ pw
-    H = torch.cat([m.Nv @ pb, zs(np_, nu), torch.eye(np_, dtype=DTYPE), -K], dim=1)
-    step = _fold_inputs((A, B, C, torch.cat(D), torch.cat(E), torch.cat(F), m.Nv @ pz, H, K), ns, nu, np_ + nf)
-    return StepMatrices(step, instant, nonlinear, rows, e_out)
+        D.append(ds_d)
+        E.append(ds_e)
+        F.append(ds_f)
+        rows["s"], at = slice(at, at + nst), at + nst
+    if energy:  # rows of δx̄, f and Q_n
+        D += [xx, zs(nf + nq, ns + 2 * nq)]
+        E += [ux, zs(nf + nq, 2 * nu + np_ + nf)]
+        F += [pw, torch.cat([eye(nf), zs(nf, nF - nf)], dim=1)] + ([eq] if ch is not None else [])
+        rows["x"], rows["f"], rows["q"] = slice(at, at + n), slice(at + n, at + n + nf), slice(at + n + nf,
+                                                                                              at + n + nf + nq)
+    step = _fold_inputs((A, B, C, torch.cat(D), torch.cat(E), torch.cat(F), torch.cat(G_), torch.cat(H_),
+                         torch.cat(K_)), ns + 2 * nq, nu, np_ + nf)
+    return StepMatrices(step, instant, nonlinear, rows, e_out, f_out_w)
 
 
 def _fold_inputs(mats: tuple[torch.Tensor, ...], ns: int, nu: int, nc: int) -> tuple[torch.Tensor, ...]:

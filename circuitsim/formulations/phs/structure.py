@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from circuitsim.circuit.circuit import GROUND
+from circuitsim.formulations.phs.charges import storage_law
 from circuitsim.netlist import NetlistError
 from circuitsim.system.mna_system import MNATopology
 
@@ -134,8 +135,12 @@ def graph_branches(topo: MNATopology) -> list[Branch]:
                 continue
             label = name if (currents == 1 and not o.charge) else f"{name}.{o.name}"
             if o.charge:
+                law = storage_law(dev.family, o.name, dev.family.features(given))
                 out.append(Branch(label, "storage", "C", t[o.plus], t[o.minus],
-                                  f"{dev.family.name} junction charge, H = ∫ v dq"))
+                                  f"{dev.family.name} junction charge, H(q) = ∫ v dq (discrete gradient)"))
+                if not isinstance(law, str) and law.modulated:  # docs/phs.md, "Nonlinear storage"
+                    out.append(Branch(f"{label}.mod", "port", "I", t[o.plus], t[o.minus],
+                                      "modulated charge (base-charge / high-injection part of the transit charge)"))
             else:
                 out.append(Branch(label, "dissipation", "R", t[o.plus], t[o.minus],
                                   f"{dev.family.name} junction current"))
@@ -208,6 +213,17 @@ def analyse(topo: MNATopology) -> PHStructure:
     def names(rows: list[int]) -> str:
         return ", ".join(branches[r].name for r in rows)
 
+    def dependent(br: Branch, sourced: bool, rows: list[int], words: tuple[str, str, str, str]) -> None:
+        # a capacitor closing a loop of capacitors (an inductor in a cutset of inductors) is a dependent state;
+        # with a source of its own kind there, its voltage (current) is imposed: not realizable (F&H §3.2)
+        rel, what, qty, remedy = words
+        if sourced:
+            raise NetlistError(
+                f"{br.name}: {rel} {what} and {qty} sources ({names(rows)}); its {qty} is imposed by the sources, "
+                f"not realizable as a port-Hamiltonian system (add a {remedy} resistance)", loc.get(br.name))
+        br.dependent = True
+        notes.append(f"{br.name} {rel} {what} ({names(rows)}): a dependent state")
+
     for j, li in enumerate(links):  # fundamental loops: the link plus the tree branches with D[t, j] != 0
         br = branches[li]
         loop = [tree[t] for t in np.nonzero(d_int[:, j])[0]]
@@ -217,13 +233,7 @@ def analyse(topo: MNATopology) -> PHStructure:
                 f"{br.name}: closes a loop of voltage sources and capacitors ({names(loop)}); not realizable as a "
                 "port-Hamiltonian system (add a series resistance)", loc.get(br.name.split(".")[0]))
         if br.kind == "C" and kinds <= {"V", "C"}:
-            if "V" in kinds:
-                raise NetlistError(
-                    f"{br.name}: closes a loop of capacitors and voltage sources ({names(loop)}); its voltage is "
-                    "imposed by the sources, not realizable as a port-Hamiltonian system (add a series resistance)",
-                    loc.get(br.name))
-            br.dependent = True
-            notes.append(f"{br.name} closes a loop of capacitors ({names(loop)}): a dependent state")
+            dependent(br, "V" in kinds, loop, ("closes a loop of", "capacitors", "voltage", "series"))
     for t, ti in enumerate(tree):  # fundamental cutsets: the tree branch plus the links with D[t, l] != 0
         br = branches[ti]
         cut = [links[j] for j in np.nonzero(d_int[t])[0]]
@@ -234,13 +244,7 @@ def analyse(topo: MNATopology) -> PHStructure:
                 "not realizable as a port-Hamiltonian system (add a parallel resistance)",
                 loc.get(br.name))
         if br.kind == "L" and kinds <= {"I", "L"}:
-            if "I" in kinds:
-                raise NetlistError(
-                    f"{br.name}: lies in a cutset of inductors and current sources ({names(cut)}); its current is "
-                    "imposed by the sources, not realizable as a port-Hamiltonian system (add a parallel resistance)",
-                    loc.get(br.name))
-            br.dependent = True
-            notes.append(f"{br.name} lies in a cutset of inductors ({names(cut)}): a dependent state")
+            dependent(br, "I" in kinds, cut, ("lies in a cutset of", "inductors", "current", "parallel"))
     nt, nl = len(tree), len(links)
     J = np.zeros((nt + nl, nt + nl))
     J[:nt, nt:] = -d_int
