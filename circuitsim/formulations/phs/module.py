@@ -19,6 +19,7 @@ from circuitsim.formulations.phs.energy import EnergyReport, PowerMap, stored_en
 from circuitsim.formulations.phs.step import StepMatrices, step_matrices, storage_of, storage_values
 from circuitsim.formulations.phs.structure import PHStructure, analyse
 from circuitsim.kernels.autograd import run_state_space
+from circuitsim.kernels.core import KernelOptions
 from circuitsim.solvers.dc import operating_point
 from circuitsim.system.mna_system import DTYPE, MNAMatrices
 
@@ -133,8 +134,12 @@ class PHSModule(AbstractCircuitModule):
             y_op = torch.cat([s_op, op[1]], dim=-1) @ sm.e_out.T + op[3] @ sm.f_out_w.T  # (batch, 1)
             u0 = op[1][:, :1]
             x0 = torch.cat([ds, prev_src[:, :1] - u0, op[2], op[3]], dim=-1)
+            # with junction charges the end voltages alternate at the Nyquist rate (docs/phs.md), which the tangent
+            # predictor extrapolates the wrong way: the previous sample is the better first guess (21 -> 6 iterations)
+            opts = KernelOptions(predictor="previous") if ch is not None else None
             ys, final, stats = run_state_space(sm.step, m.theta, steps[..., :1] - u0.unsqueeze(1), x0, nl_step,
-                                               sample_rate=self.sample_rate, v_init=v0, sample_offset=k0)
+                                               sample_rate=self.sample_rate, v_init=v0, sample_offset=k0,
+                                               options=opts)
             diag.newton_iterations += int(stats.get("iterations", 0))
             diag.max_iterations = int(stats.get("max_iterations", 0))
             ds_new, v_end = final["x"][:, : ds.shape[1]], final["v"]
