@@ -119,7 +119,7 @@ def distill(
     training peak at the input (levels ``-40..0`` dB re it).  ``knobs``: ``.param`` names the
     network is conditioned on, with their ranges (default 0..1).  ``params``: ``.param`` values held
     fixed.  ``minutes``: wall-clock budget of the whole distillation.  ``hidden``: MLP width
-    (default 8 + 4 per state, at most 16).  ``settings``: knob settings (default 6 for one knob);
+    (default 4 + 4 per state, at most 16).  ``settings``: knob settings (default 6 for one knob);
     ``seconds``: teacher audio per setting (default 24 s shared over the settings, at least 4 s).
     ``device``: torch device (default CUDA when present, else CPU).  ``max_steps``: (teacher-forcing,
     recursive) step limits, reached before the budget on a fast machine (reproducible runs; the
@@ -158,7 +158,7 @@ def distill(
     ranges = {names[k]: v for k, v in ranges.items()}
     knob_names = list(ranges)
     ns = len(teacher.state_names)
-    hidden = int(hidden or min(8 + 4 * ns, 16))
+    hidden = int(hidden or min(4 + 4 * ns, 16))  # 8 for one state, 16 for the TS-808's three (docs/stn.md)
     n_set = int(settings or (1 if not knob_names else 6 if len(knob_names) == 1 else 4 * 2 ** len(knob_names)))
     per = float(seconds or max(24.0 / n_set, 4.0))
     seg_s = 0.5
