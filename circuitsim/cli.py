@@ -150,7 +150,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     out = args.output or args.netlist.with_suffix(".stn")
     result = distill(args.netlist, out, sample_rate=args.sample_rate, input_volts=args.input_volts, knobs=args.knobs,
                      params=_parse_set(args.set), minutes=args.minutes, hidden=args.hidden, device=args.device,
-                     seconds=args.seconds, activation=args.activation,
+                     seconds=args.seconds, activation=args.activation, lookahead=args.lookahead,
                      input_source=args.input_source, output_node=args.output_node, progress=not args.quiet,
                      overwrite=args.overwrite)
     if not args.quiet:
@@ -353,9 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="hold a .param value fixed (repeatable)")
     p.add_argument("--sample-rate", type=float, default=48000.0, help="rate the STN runs at, hertz (teacher: 8x)")
     p.add_argument("--minutes", type=float, default=5.0, help="training budget (wall clock, teacher data included)")
-    p.add_argument("--hidden", type=int, default=None, help="MLP width (default 8 + 4 per state, at most 24)")
-    p.add_argument("--activation", choices=["tanh", "rational"], default="tanh",
-                   help="MLP activation: tanh, or its Padé approximant (faster compiled inference; docs/stn.md)")
+    p.add_argument("--hidden", type=int, default=None, help="MLP width (default 4 + 4 per state, at most 16)")
+    p.add_argument("--activation", choices=["tanh", "rational"], default="rational",
+                   help="MLP activation: the Padé approximant of tanh (default, faster compiled inference) or tanh "
+                        "(docs/stn.md)")
+    p.add_argument("--lookahead", type=int, default=2, metavar="N",
+                   help="input samples the network reads ahead: its latency in samples (default 2; docs/stn.md)")
     p.add_argument("--seconds", type=float, default=None,
                    help="teacher audio per knob setting, seconds (default 24 s shared over the settings, >= 4 s)")
     p.add_argument("--device", default=None, help="torch device for training (default cuda when present, else cpu)")
