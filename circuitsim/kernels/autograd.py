@@ -226,7 +226,7 @@ def _matrices(matrices: Sequence[torch.Tensor] | Mapping[str, torch.Tensor]) -> 
 def run_state_space(matrices: Sequence[torch.Tensor] | Mapping[str, torch.Tensor], theta: torch.Tensor,
         u: torch.Tensor, x0: torch.Tensor, nonlinearity: Nonlinearity, *, sample_rate: float | None = None,
         v_init: torch.Tensor | np.ndarray | None = None, options: KernelOptions | None = None,
-        sample_offset: int = 0
+        sample_offset: int = 0, module: ModuleType | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
     """Run the DK recursion (:mod:`circuitsim.kernels.statespace`) on the core; differentiable.
 
@@ -235,12 +235,14 @@ def run_state_space(matrices: Sequence[torch.Tensor] | Mapping[str, torch.Tensor
     guess (batch, Nv) or the ``final["v"]`` of a previous block (streaming: identical to one
     long run).  Returns ``y`` (batch, T, Ny), ``final = {"x": state (batch, Nx), "v": warm
     start}`` and Newton statistics.  Raises :class:`NewtonError` naming the sample (offset by
-    ``sample_offset``) and the time (when ``sample_rate`` in hertz is given).
+    ``sample_offset``) and the time (when ``sample_rate`` in hertz is given).  ``module``: a
+    generated DK module of ``nonlinearity`` other than its own (``codegen.dk_module``), e.g. one
+    built by ``codegen.step_module(nl.nb_source, statespace.dk_step(nl, max_omega))``.
     """
     mats = _matrices(matrices)
     check_matrices(nonlinearity, mats, theta.numel())
     return run_step(
-        codegen.dk_module(nonlinearity), mats[:8], mats[8:], theta, u, x0,
+        module or codegen.dk_module(nonlinearity), mats[:8], mats[8:], theta, u, x0,
         sample_rate=sample_rate, z_init=v_init, options=options, sample_offset=sample_offset,
     )
 

@@ -51,13 +51,15 @@ MAX_OMEGA_STEPS = 6
 S_IS, S_VTE, S_GMIN = DIODE_LAYOUT.index("IS_EFF"), DIODE_LAYOUT.index("VTE"), DIODE_LAYOUT.index("GMIN")
 S_BV, S_IKF, S_IKR, S_ISR = (DIODE_LAYOUT.index(k) for k in ("BV_EFF", "IKF_EFF", "IKR_EFF", "ISR"))
 
-# plan layout: steps (0 = no explicit root), linearised (0/1), R, 1 + R g, then per diode
-# (direction 0: orientation +1, forward-biased for p >= 0; direction 1: orientation -1)
-# present (0/1), Is, N Vt, GMIN, ln kappa, 1/kappa
-P_STEPS, P_LINEAR, P_R, P_ONERG = range(4)
-D_HAS, D_IS, D_VTE, D_GMIN, D_LNK, D_INVK = range(6)
-DIR_SIZE = 6
-PLAN_SIZE = 4 + 2 * DIR_SIZE
+# plan layout: steps (0 = no explicit root), linearised (0/1), R, 1 + R g, R / (1 + R g), then per
+# diode (direction 0: orientation +1, forward-biased for p >= 0; direction 1: orientation -1)
+# present (0/1), Is, N Vt, GMIN, ln kappa, 1/kappa, kappa, 1/((1 + R g) N Vt), 1/(N Vt), and the
+# last omega evaluation of this direction (argument, value; value -1: none) as the next warm start
+P_STEPS, P_LINEAR, P_R, P_ONERG, P_RG = range(5)
+D_HAS, D_IS, D_VTE, D_GMIN, D_LNK, D_INVK, D_KAPPA, D_SCALE, D_INVV, D_XW, D_W = range(11)
+N_PLAN_HEAD, DIR_SIZE = 5, 11
+PLAN_SIZE = N_PLAN_HEAD + 2 * DIR_SIZE
+WARM_SPAN = 1e-3  # warm start when the argument moved by less than this times (1 + omega)
 
 
 # --------------------------------------------------------------------------- Wright omega
@@ -96,11 +98,12 @@ def omega_guess(x: float) -> float:
 def wright_omega(x: float, w0: float = -1.0) -> float:
     """omega(x) for real x: the solution w of ``w + ln w = x`` (Lambert W of exp(x)).
 
-    ``w0 > 0`` is a warm start; otherwise the regional guess.
+    ``w0 > 0`` is a warm start above -8 (below, the series is exact to rounding); otherwise the
+    regional guess.
     """
     if x < -700.0:
         return math.exp(x)
-    if x < -8.0 and w0 <= 0.0:
+    if x < -8.0:
         # the series' next term is 324/30 z^6: relative error below 11 z^5 < 1e-16 for z = e^x < e^-8
         return omega_guess(x)
     w = w0 if w0 > 0.0 else omega_guess(x)
@@ -139,8 +142,11 @@ def omega_steps(e1: float, lip: float, vmin: float) -> tuple:
 
 
 @njit(cache=True, error_model="numpy")
-def pair_setup(K: np.ndarray, theta: np.ndarray, spec: tuple, X: np.ndarray, o: int) -> int:
+def pair_setup(K: np.ndarray, theta: np.ndarray, spec: tuple, X: np.ndarray, o: int, max_cost: int) -> int:
     """Fill the plan ``X[o : o + PLAN_SIZE]`` of ``v = p + K f(v)``; returns the omega evaluations per sample.
+
+    ``max_cost``: the most omega evaluations per sample worth taking (the linearised corrections
+    count as none); a plan that needs more is refused (Newton is cheaper there: DK's choice).
 
     ``spec = (out_pos, theta_pos, out_neg, theta_neg)``: the output index and theta offset of the
     diode oriented +1 and -1 on the port (-1: none); ``K`` (1, Nf) ohms.  Returns 0 (and writes
@@ -156,7 +162,7 @@ def pair_setup(K: np.ndarray, theta: np.ndarray, spec: tuple, X: np.ndarray, o: 
     vmin = math.inf
     ok = True
     for d in range(2):
-        b = o + 4 + d * DIR_SIZE
+        b = o + N_PLAN_HEAD + d * DIR_SIZE
         out, off = spec[2 * d], spec[2 * d + 1]
         X[b + D_HAS] = 0.0
         if out < 0:
@@ -184,19 +190,40 @@ def pair_setup(K: np.ndarray, theta: np.ndarray, spec: tuple, X: np.ndarray, o: 
     onerg = 1.0 + R * g
     X[o + P_R] = R
     X[o + P_ONERG] = onerg
+    X[o + P_RG] = R / onerg
     for d in range(2):
-        b = o + 4 + d * DIR_SIZE
+        b = o + N_PLAN_HEAD + d * DIR_SIZE
+        X[b + D_W] = -1.0
         if X[b + D_HAS] != 0.0:
-            lnk = math.log(R * X[b + D_IS] / (onerg * X[b + D_VTE]))
-            X[b + D_LNK] = lnk
-            X[b + D_INVK] = math.exp(-lnk)  # exp(u/VP) = omega/kappa
+            kappa = R * X[b + D_IS] / (onerg * X[b + D_VTE])
+            X[b + D_LNK] = math.log(kappa)
+            X[b + D_INVK] = 1.0 / kappa  # exp(u/VP) = omega/kappa
+            X[b + D_KAPPA] = kappa
+            X[b + D_SCALE] = 1.0 / (onerg * X[b + D_VTE])
+            X[b + D_INVV] = 1.0 / X[b + D_VTE]
     steps, linear = omega_steps(R * e1, R * lip, vmin)
+    if (1 if linear else steps) > max_cost:
+        steps = 0
     X[o + P_STEPS] = float(steps)
     X[o + P_LINEAR] = 1.0 if linear else 0.0
     return steps
 
 
 # --------------------------------------------------------------------------- the root
+@njit(cache=True, error_model="numpy", inline="always")
+def _omega_warm(x: float, X: np.ndarray, b: int) -> float:
+    """omega(x) warm-started from direction ``b``'s last evaluation when its argument is within
+    ``WARM_SPAN (1 + omega)`` (|d omega/dx| < 1: one FSC step then ends at machine precision);
+    records this evaluation for the next."""
+    w0 = X[b + D_W]
+    if not abs(x - X[b + D_XW]) < WARM_SPAN * (1.0 + w0):
+        w0 = -1.0
+    w = wright_omega(x, w0)
+    X[b + D_XW] = x
+    X[b + D_W] = w
+    return w
+
+
 @njit(cache=True, error_model="numpy", inline="always")
 def pair_root(c0: float, X: np.ndarray, o: int, k: int) -> tuple:
     """The root in the frame of the forward-biased diode (direction ``k``), ``c0 = |p| >= 0`` volts.
@@ -210,13 +237,13 @@ def pair_root(c0: float, X: np.ndarray, o: int, k: int) -> tuple:
     evaluation, then ``steps - 1`` corrections ``u = u1 - U'(c0) R r(u)`` with
     ``U' = 1 / ((1 + R g)(1 + omega))`` (docs/wdf.md, "Solving the root"); the plan allows it only
     where its bound holds.  Later evaluations start from the previous one, whose argument differs
-    by at most ``R IsS / VP``.
+    by at most ``R IsS / VP``.  ``X`` is written: the warm start of the next sample.
     """
     steps = int(X[o + P_STEPS])
-    bp = o + 4 + k * DIR_SIZE
-    bs = o + 4 + (1 - k) * DIR_SIZE
+    bp = o + N_PLAN_HEAD + k * DIR_SIZE
+    bs = o + N_PLAN_HEAD + (1 - k) * DIR_SIZE
     has_p, has_s = X[bp + D_HAS] != 0.0, X[bs + D_HAS] != 0.0
-    isp, vp, lnk, invk = X[bp + D_IS], X[bp + D_VTE], X[bp + D_LNK], X[bp + D_INVK]
+    isp, vp, lnk, scale = X[bp + D_IS], X[bp + D_VTE], X[bp + D_LNK], X[bp + D_SCALE]
     iss, vs = X[bs + D_IS], X[bs + D_VTE]
     R, onerg = X[o + P_R], X[o + P_ONERG]
     u = 0.0
@@ -226,33 +253,34 @@ def pair_root(c0: float, X: np.ndarray, o: int, k: int) -> tuple:
     if steps == 0:
         return False, u, ex, pn_s
     if X[o + P_LINEAR] != 0.0 and has_p:
-        mu = (c0 + R * isp) * (1.0 / (onerg * vp))
-        w = wright_omega(mu + lnk, w)
+        mu = (c0 + R * isp) * scale
+        w = _omega_warm(mu + lnk, X, bp)
         u1 = vp * (mu - w)
         u = u1
         if has_s:
             q = 1.0 / (w * (1.0 + w))  # one division for both 1/(1 + omega) and 1/omega
-            du = R * (1.0 / onerg) * w * q
+            du = X[o + P_RG] * w * q
+            invs = X[bs + D_INVV]
             # exp(-u1/VS): from omega when both diodes share VS = VP (exp(u1/VP) = omega/kappa)
-            es1 = (1.0 + w) * q / invk if vs == vp else math.exp(-u1 / vs)
+            es1 = (1.0 + w) * q * X[bp + D_KAPPA] if vs == vp else math.exp(-u1 * invs)
             for j in range(steps):
                 if u <= 3.0 * vs:  # exponential branch: exp(-u/VS) = es1 exp(-(u-u1)/VS), |u-u1|/VS < 1e-5
-                    e = -(u - u1) * (1.0 / vs)
+                    e = -(u - u1) * invs
                     pn_s = iss * (es1 * (1.0 + e * (1.0 + 0.5 * e)) - 1.0)
                 else:
                     pn_s = pn(-u, iss, vs)
                 if j == steps - 1:
                     break  # pn_s is now the reverse-biased diode's current at the returned u
                 u = u1 + du * pn_s
-        d = (u - u1) * (1.0 / vp)  # |d| < 1e-5: exp(d) to second order is exact to rounding
-        ex = w * invk * (1.0 + d * (1.0 + 0.5 * d))
+        d = (u - u1) * X[bp + D_INVV]  # |d| < 1e-5: exp(d) to second order is exact to rounding
+        ex = w * X[bp + D_INVK] * (1.0 + d * (1.0 + 0.5 * d))
     else:
         rs = 0.0
-        for _ in range(steps):
+        for j in range(steps):
             c = c0 - R * rs
             if has_p:
-                mu = (c + R * isp) / (onerg * vp)
-                w = wright_omega(mu + lnk, w)
+                mu = (c + R * isp) * scale
+                w = _omega_warm(mu + lnk, X, bp) if j == 0 else wright_omega(mu + lnk, w)
                 u = vp * (mu - w)
             else:
                 u = c / onerg
@@ -261,7 +289,7 @@ def pair_root(c0: float, X: np.ndarray, o: int, k: int) -> tuple:
             rs = -pn(-u, iss, vs)
         pn_s = -rs
         if has_p:
-            ex = w * invk  # exp(u/VP) = omega/kappa at the last evaluation
+            ex = w * X[bp + D_INVK]  # exp(u/VP) = omega/kappa at the last evaluation
     if has_p and u > EXP_LIMIT * vp:
         return False, u, ex, pn_s
     i_f = isp * (ex - 1.0) + X[bp + D_GMIN] * u if has_p else 0.0
@@ -292,11 +320,12 @@ def diode_pair_spec(blocks: Sequence[object], n_ports: int) -> tuple[int, int, i
     return pos[0], pos[1], neg[0], neg[1]
 
 
-def plan(K: np.ndarray, theta: np.ndarray, spec: tuple[int, int, int, int]) -> tuple[int, bool] | None:
+def plan(K: np.ndarray, theta: np.ndarray, spec: tuple[int, int, int, int],
+         max_cost: int = MAX_OMEGA_STEPS) -> tuple[int, bool] | None:
     """``(omega evaluations per sample, linearised?)`` of :func:`pair_setup` at these values, or None."""
     X = np.zeros(PLAN_SIZE)
     K = np.ascontiguousarray(K, dtype=np.float64).reshape(1, -1)
-    steps = pair_setup(K, np.ascontiguousarray(theta, dtype=np.float64).reshape(-1), spec, X, 0)
+    steps = pair_setup(K, np.ascontiguousarray(theta, dtype=np.float64).reshape(-1), spec, X, 0, max_cost)
     return (steps, bool(X[P_LINEAR])) if steps > 0 else None
 
 

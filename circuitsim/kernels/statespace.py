@@ -15,8 +15,11 @@ SPICE junction limiting (``nl_limit``) and the parameter VJP: with the cotangent
 of ``f[n]``, so ``dK += w f[n]'`` and ``dtheta += (df/dtheta at v[n])' mu[n]``.
 
 :func:`forward` and :func:`backward` take the nine matrices ``(A, ..., H, K)`` and the
-:class:`~circuitsim.kernels.nonlinearity.Nonlinearity`; ``Nonlinearity.module`` is the generated
-module of this formulation.
+:class:`~circuitsim.kernels.nonlinearity.Nonlinearity` and run ``codegen.dk_module(nl)``, the
+generated module of this formulation (kept as ``Nonlinearity.module``).  Where the nonlinearity is
+at most one plain diode each way on one port, :func:`dk_step` adds the explicit Wright-omega root
+(``fm_solve``, :mod:`circuitsim.kernels.explicit_root`; docs/wdf.md eqs. (9)-(10)) in front of
+Newton.
 """
 
 from __future__ import annotations
@@ -51,8 +54,11 @@ if TYPE_CHECKING:
 # placeholders of the generated module (see circuitsim.kernels.core); XR_SPEC: (output, theta offset)
 # of the diode oriented +1 and of the one oriented -1 on the port (-1: none), XR_PLAN: where the
 # explicit root's plan starts in lc
-NV = NF = N_LC = FM_EXPLICIT = XR_PLAN = 0
+NV = NF = N_LC = FM_EXPLICIT = XR_PLAN = XR_MAX_COST = 0
 XR_SPEC = (-1, -1, -1, -1)
+# DK takes the explicit root where it costs at most this many Wright-omega evaluations per sample;
+# beyond, its Newton (one or two iterations from the tangent predictor) is faster (benchmarks/bench_wdf.py)
+DK_MAX_OMEGA = 2
 
 
 def nl_eval(v, theta, f, J, work):  # pragma: no cover - replaced in generated code
@@ -78,7 +84,7 @@ def nl_vjp_theta(v, theta, mu, gtheta, work):  # pragma: no cover
 def fm_prepare(P, theta, lc):
     nl_prepare(theta, lc)
     if FM_EXPLICIT != 0:  # the explicit root's plan at these values (kernels/explicit_root.py)
-        pair_setup(P[0], theta, XR_SPEC, lc, XR_PLAN)
+        pair_setup(P[0], theta, XR_SPEC, lc, XR_PLAN, XR_MAX_COST)
 
 
 def fm_eval(P, p, z, theta, phi, dphi, g, M, work):
@@ -145,27 +151,31 @@ _DK_CONSTANTS = (
 DK_STEP = StepFormulation(name="dk", hooks=_DK_HOOKS, constants=_DK_CONSTANTS)
 
 
-def dk_step(nl: Nonlinearity) -> StepFormulation:
+def dk_step(nl: Nonlinearity, max_omega: int = DK_MAX_OMEGA) -> StepFormulation:
     """DK's hooks for ``nl``: with the explicit diode root (``fm_solve``, ``FM_EXPLICIT = 1``) when ``nl``
     is at most one diode each way on one port with no charge output
     (:func:`~circuitsim.kernels.explicit_root.diode_pair_spec`), else :data:`DK_STEP`.
 
     Whether the values allow it (``K = -R s``, plain diodes, the error bound) is checked by
     ``fm_prepare`` at the start of every run; where they do not, or where a junction exponent
-    would pass EXP_LIMIT, the core's Newton runs instead.
+    would pass EXP_LIMIT, the core's Newton runs instead.  ``max_omega``: the most Wright-omega
+    evaluations per sample to take (DK: ``DK_MAX_OMEGA``; the WDF takes every pair, up to
+    ``MAX_OMEGA_STEPS``).
     """
     spec = diode_pair_spec(nl.blocks, nl.n_ports)
     if spec is None:
         return DK_STEP
-    consts = _DK_CONSTANTS + f"FM_EXPLICIT = 1\nFM_LC = N_LC + {PLAN_SIZE}\nXR_PLAN = N_LC\nXR_SPEC = {spec!r}\n"
-    return StepFormulation(name="dk_explicit", hooks=(*_DK_HOOKS, fm_solve), constants=consts)
+    consts = _DK_CONSTANTS + (f"FM_EXPLICIT = 1\nFM_LC = N_LC + {PLAN_SIZE}\nXR_PLAN = N_LC\nXR_SPEC = {spec!r}\n"
+                              f"XR_MAX_COST = {int(max_omega)}\n")
+    return StepFormulation(name=f"dk_explicit{max_omega}", hooks=(*_DK_HOOKS, fm_solve), constants=consts)
 
 
-def explicit_plan(nl: Nonlinearity, K: np.ndarray, theta: np.ndarray) -> tuple[int, bool] | None:
-    """``(omega evaluations per sample, linearised?)`` of the explicit root DK's kernel takes for
-    ``v = p + K f(v)`` at ``theta``, or None where it runs Newton (see :func:`dk_step`)."""
+def explicit_plan(nl: Nonlinearity, K: np.ndarray, theta: np.ndarray, max_omega: int = DK_MAX_OMEGA
+                  ) -> tuple[int, bool] | None:
+    """``(omega evaluations per sample, linearised?)`` of the explicit root that :func:`dk_step`'s kernel
+    takes for ``v = p + K f(v)`` at ``theta`` (volts, ohms), or None where it runs Newton."""
     spec = diode_pair_spec(nl.blocks, nl.n_ports)
-    return None if spec is None else plan(K, theta, spec)
+    return None if spec is None else plan(K, theta, spec, max_omega)
 
 
 def _c(a: np.ndarray) -> np.ndarray:
@@ -224,6 +234,7 @@ def theta_vjp(
 __all__ = [
     "DK_STEP",
     "BackwardResult",
+    "DK_MAX_OMEGA",
     "dk_step",
     "explicit_plan",
     "ForwardResult",

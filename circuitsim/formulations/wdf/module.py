@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -12,9 +13,14 @@ from circuitsim.formulations.wdf.realize import Layout, WDFMatrices, compose, in
 from circuitsim.formulations.wdf.tree import Adaptor, Leaf, WDFTree, build_tree
 from circuitsim.formulations.wdf.waves import Adapted, Adapter
 from circuitsim.kernels.autograd import run_state_space
-from circuitsim.kernels.statespace import explicit_plan
+from circuitsim.kernels.codegen import step_module
+from circuitsim.kernels.explicit_root import MAX_OMEGA_STEPS
+from circuitsim.kernels.statespace import dk_step, explicit_plan
 from circuitsim.solvers.dc import operating_point
 from circuitsim.system.mna_system import MNAMatrices
+
+# the WDF's generated modules by nonlinearity source (the explicit-root structure follows from it)
+_KERNELS: dict[str, ModuleType] = {}
 
 
 class WDFModule(AbstractCircuitModule):
@@ -63,19 +69,27 @@ class WDFModule(AbstractCircuitModule):
             y0 = (x_op @ m.out).unsqueeze(1)
             y, final, stats = run_state_space(
                 w.as_tuple(), m.theta, s[:, 1:], x0, nl, sample_rate=self.sample_rate,
-                v_init=v_op.detach(), sample_offset=1,
+                v_init=v_op.detach(), sample_offset=1, module=self.kernel(),
             )
             y = torch.cat([y0, y[..., 0]], dim=1)
         else:
             y, final, stats = run_state_space(
                 w.as_tuple(), m.theta, s, state.q, nl, sample_rate=self.sample_rate,
-                v_init=state.v, sample_offset=state.samples,
+                v_init=state.v, sample_offset=state.samples, module=self.kernel(),
             )
             y = y[..., 0]
         record_newton_stats(diag, stats)
         self.diagnostics = diag
         done = (0 if state is None else state.samples) + u.shape[1]
         return y, DKState(final["x"], final.get("v"), done)
+
+    def kernel(self) -> ModuleType:
+        """The compiled DK module the WDF runs on: with the explicit root for every diode or pair the
+        bound allows (``MAX_OMEGA_STEPS`` evaluations; DK itself stops at ``DK_MAX_OMEGA``)."""
+        nl = self.topology.nonlinearity
+        if nl.nb_source not in _KERNELS:
+            _KERNELS[nl.nb_source] = step_module(nl.nb_source, dk_step(nl, MAX_OMEGA_STEPS))
+        return _KERNELS[nl.nb_source]
 
     def root_path(self) -> tuple[str, Any]:
         """How the root is solved now: ('linear', 0), ('omega', (steps, linearised)) or ('newton', 0).
@@ -87,7 +101,7 @@ class WDFModule(AbstractCircuitModule):
         if nl.n_ports == 0:
             return ("linear", 0)
         m, _, w = self.wdf()
-        steps = explicit_plan(nl, w.K.detach().numpy(), m.theta.detach().numpy())
+        steps = explicit_plan(nl, w.K.detach().numpy(), m.theta.detach().numpy(), MAX_OMEGA_STEPS)
         return ("omega", steps) if steps is not None else ("newton", 0)
 
     # ------------------------------------------------------------------ describe
