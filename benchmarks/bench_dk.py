@@ -136,11 +136,9 @@ def _saved_bytes(model) -> float:
         return math.nan
 
 
-def bench(name: str, x: np.ndarray, args: argparse.Namespace) -> dict:
-    path = ROOT / "netlists" / f"{name}.cir"
-    n = len(x)
-    model = load(path, "dk", FS)
-    xt = torch.as_tensor(x).unsqueeze(0)
+def forward_backward_times(model, xt: torch.Tensor, repeats: int) -> tuple[float, float]:  # noqa: ANN001
+    """Best-of wall seconds of ``model(xt)`` without gradients, and of forward + backward of mean(y^2)
+    with every component value learnable (after a warm-up that compiles or loads the kernels)."""
     with torch.no_grad():
         model(xt[:, :1000])  # compile (or load from the cache) and warm up
 
@@ -153,10 +151,19 @@ def bench(name: str, x: np.ndarray, args: argparse.Namespace) -> dict:
         y = model(xt)
         (y**2).mean().backward()
 
-    t_fwd = timed(forward, args.repeats)
+    t_fwd = timed(forward, repeats)
     forward_backward()
-    t_bwd = timed(forward_backward, max(args.repeats - 1, 1))
-    y = forward()[0].numpy()
+    return t_fwd, timed(forward_backward, max(repeats - 1, 1))
+
+
+def bench(name: str, x: np.ndarray, args: argparse.Namespace) -> dict:
+    path = ROOT / "netlists" / f"{name}.cir"
+    n = len(x)
+    model = load(path, "dk", FS)
+    xt = torch.as_tensor(x).unsqueeze(0)
+    t_fwd, t_bwd = forward_backward_times(model, xt, args.repeats)
+    with torch.no_grad():
+        y = model(xt)[0].numpy()
     diag = getattr(model, "diagnostics", None)
     row = {
         "circuit": name,
@@ -193,28 +200,40 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=0.5, help="seconds of audio (at 48 kHz x 8)")
-    ap.add_argument("--signal", choices=["sine", "guitar"], default="sine",
+def arguments(doc: str, circuits: list[str], seconds: float, signal: str, repeats: int, spice_repeats: int
+              ) -> argparse.ArgumentParser:
+    """The command line shared by the formulation benchmarks (bench_dk.py, bench_wdf.py), with their defaults."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=seconds, help="seconds of audio (at 48 kHz x 8)")
+    ap.add_argument("--signal", choices=["sine", "guitar"], default=signal,
                     help="sine: ngspice's own SIN source; guitar: plucked notes through XSPICE filesource")
     ap.add_argument("--freq", type=float, default=1000.0, help="sine frequency, hertz")
     ap.add_argument("--amplitude", type=float, default=0.5, help="sine peak, volts")
-    ap.add_argument("--circuits", nargs="*", default=CIRCUITS, help="netlists/<name>.cir to run")
-    ap.add_argument("--no-ngspice", action="store_true", help="DK timings only")
-    ap.add_argument("--repeats", type=int, default=3, help="best of N for DK forward")
-    ap.add_argument("--spice-repeats", type=int, default=3, help="best of N for ngspice")
+    ap.add_argument("--circuits", nargs="*", default=circuits, help="netlists/<name>.cir to run")
+    ap.add_argument("--no-ngspice", action="store_true", help="circuitsim timings only")
+    ap.add_argument("--repeats", type=int, default=repeats, help="best of N (forward)")
+    ap.add_argument("--spice-repeats", type=int, default=spice_repeats, help="best of N for ngspice")
     ap.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md (its own section)")
-    args = ap.parse_args()
+    return ap
+
+
+def run_rows(args: argparse.Namespace, bench_fn, table_fn) -> tuple[list[dict], str]:  # noqa: ANN001
+    """One thread; ``bench_fn(name, x, args)`` per circuit on the chosen signal, each row printed as it
+    comes; returns the rows and ``table_fn(rows)`` (printed too)."""
     torch.set_num_threads(1)
     x = sine(args.seconds, FS, args.freq, args.amplitude) if args.signal == "sine" else guitar(args.seconds, FS)
     rows = []
     for name in args.circuits:
-        rows.append(bench(name, x, args))
-        print(table(rows[-1:]).splitlines()[-1], flush=True)
-    out = table(rows)
-    print()
-    print(out)
+        rows.append(bench_fn(name, x, args))
+        print(table_fn(rows[-1:]).splitlines()[-1], flush=True)
+    out = table_fn(rows)
+    print("\n" + out)
+    return rows, out
+
+
+def main() -> None:
+    args = arguments(__doc__, CIRCUITS, seconds=0.5, signal="sine", repeats=3, spice_repeats=3).parse_args()
+    _, out = run_rows(args, bench, table)
     if args.write:
         flags = [f"--seconds {args.seconds:g}", f"--signal {args.signal}"]
         if args.circuits != CIRCUITS:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.bench_dk import FS, _f, guitar, ngspice_reference, sine  # noqa: E402
+from benchmarks.bench_dk import FS, _f, arguments, forward_backward_times, ngspice_reference, run_rows  # noqa: E402
 from benchmarks.bench_kernel import _best as timed  # noqa: E402
 from benchmarks.report import write_section  # noqa: E402
 from circuitsim.api import load  # noqa: E402
@@ -42,24 +42,6 @@ CIRCUITS = ["diode_clipper", "fmv_tonestack", "ts808_clipping", "bjt_common_emit
 SECTION = "## WDF against DK and ngspice"
 # chowdsp_wdf bake-off (1000 s of 48 kHz audio), published; machine not stated
 CHOWDSP_NS = {"diode_clipper": 2.04 / 48e6 * 1e9, "fmv_tonestack": 0.71 / 48e6 * 1e9}
-
-
-def _times(model, xt: torch.Tensor, repeats: int) -> tuple[float, float]:  # noqa: ANN001
-    with torch.no_grad():
-        model(xt[:, :1000])  # compile (or load from the cache) and warm up
-
-    def forward():
-        with torch.no_grad():
-            return model(xt)
-
-    def forward_backward():
-        model.zero_grad()
-        y = model(xt)
-        (y**2).mean().backward()
-
-    t_fwd = timed(forward, repeats)
-    forward_backward()
-    return t_fwd, timed(forward_backward, max(repeats - 1, 1))
 
 
 def _newton_forward(model, xt: torch.Tensor, repeats: int) -> float:  # noqa: ANN001
@@ -85,8 +67,8 @@ def bench(name: str, x: np.ndarray, args: argparse.Namespace) -> dict:
     xt = torch.as_tensor(x).unsqueeze(0)
     wdf, dk = load(path, "wdf", FS), load(path, "dk", FS)
     kind, steps = wdf.root_path()
-    w_f, w_fb = _times(wdf, xt, args.repeats)
-    d_f, d_fb = _times(dk, xt, args.repeats)
+    w_f, w_fb = forward_backward_times(wdf, xt, args.repeats)
+    d_f, d_fb = forward_backward_times(dk, xt, args.repeats)
     d_newton = _newton_forward(dk, xt, args.repeats) if kind == "omega" else float("nan")
     with torch.no_grad():
         y_w, y_d = wdf(xt)[0].numpy(), dk(xt)[0].numpy()
@@ -120,25 +102,8 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=1.0, help="seconds of audio (at 48 kHz x 8)")
-    ap.add_argument("--signal", choices=["sine", "guitar"], default="guitar")
-    ap.add_argument("--freq", type=float, default=1000.0, help="sine frequency, hertz")
-    ap.add_argument("--amplitude", type=float, default=0.5, help="sine peak, volts")
-    ap.add_argument("--circuits", nargs="*", default=CIRCUITS)
-    ap.add_argument("--no-ngspice", action="store_true")
-    ap.add_argument("--repeats", type=int, default=5, help="best of N (forward)")
-    ap.add_argument("--spice-repeats", type=int, default=1)
-    ap.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md (its own section)")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    x = sine(args.seconds, FS, args.freq, args.amplitude) if args.signal == "sine" else guitar(args.seconds, FS)
-    rows = []
-    for name in args.circuits:
-        rows.append(bench(name, x, args))
-        print(table(rows[-1:]).splitlines()[-1], flush=True)
-    out = table(rows)
-    print("\n" + out)
+    args = arguments(__doc__, CIRCUITS, seconds=1.0, signal="guitar", repeats=5, spice_repeats=1).parse_args()
+    _, out = run_rows(args, bench, table)
     if args.write:
         load1 = os.getloadavg()[0]
         what = (f"a {args.freq:g} Hz sine of {args.amplitude:g} V peak" if args.signal == "sine"

@@ -281,13 +281,11 @@ class Nonlinearity:
     @property
     def module(self) -> ModuleType:
         """The generated module of this nonlinearity and the DK formulation on the compiled core
-        (``nl_eval``, ``nl_prepare``, ``nl_limit``, ``nl_vjp_theta``, the loops; see
-        :mod:`circuitsim.kernels.codegen`)."""
-        if self._module is None:
-            from circuitsim.kernels import codegen
+        (``nl_eval``, ``nl_prepare``, ``nl_limit``, ``nl_vjp_theta``, the loops; with the explicit
+        diode root where the structure allows it; see :func:`circuitsim.kernels.codegen.dk_module`)."""
+        from circuitsim.kernels import codegen
 
-            self._module = codegen.step_module(self.nb_source)
-        return self._module
+        return codegen.dk_module(self)
 
     @property
     def numba_eval(self) -> Callable[..., None]:
