@@ -859,22 +859,30 @@ class _Parser:
             _warn(f"{name}: OFF (an initial-guess hint) is accepted but not modelled", st.loc)
         return keep
 
-    def diode(self, name: str, cur: Cursor, st: Statement) -> Element:
-        usage = f"{name} anode cathode model [area]"
-        nodes = self.nodes(cur, st, name, 2, usage)
+    def _model_device(self, name: str, cur: Cursor, st: Statement, letter: str, n_nodes: int, usage: str,
+                      area: bool) -> Element:
+        """``<letter> nodes... model [area] [off] [key=value ...]``: the shape diodes, JFETs and MOSFETs share."""
+        nodes = self.nodes(cur, st, name, n_nodes, usage)
         pos = self._off_flag(self.positionals(cur, st, name), name, st)
         if not pos or pos[0].kind != "word":
             raise NetlistError(f"{name}: missing model name (expected '{usage}')", st.loc)
-        if len(pos) > 2:
-            raise NetlistError(
-                f"{name}: unexpected '{pos[2].text}' (expected '{usage}')", st.loc_at(pos[2].start)
-            )
-        params = self.key_params(cur, st, name, INSTANCE_PARAMS["D"])
+        n_pos = 2 if area else 1
+        if len(pos) > n_pos:
+            raise NetlistError(f"{name}: unexpected '{pos[n_pos].text}' (expected '{usage}')",
+                               st.loc_at(pos[n_pos].start))
+        params = self.key_params(cur, st, name, INSTANCE_PARAMS[letter])
         if len(pos) == 2:
-            if "AREA" in params:
-                raise NetlistError(f"{name}: the area is given twice", st.loc)
-            params["AREA"] = self.value(pos[1], st, f"the area of {name}")
-        return Element(name, "D", nodes, st.loc, model=pos[0].text.upper(), params=params)
+            self._set_area(params, pos[1], st, name)
+        return Element(name, letter, nodes, st.loc, model=pos[0].text.upper(), params=params)
+
+    def _set_area(self, params: dict, tok: Token, st: Statement, name: str) -> None:
+        if "AREA" in params:
+            raise NetlistError(f"{name}: the area is given twice", st.loc)
+        params["AREA"] = self.value(tok, st, f"the area of {name}")
+
+    def diode(self, name: str, cur: Cursor, st: Statement) -> Element:
+        """``D anode cathode model [area] [off] [key=value ...]``."""
+        return self._model_device(name, cur, st, "D", 2, f"{name} anode cathode model [area]", area=True)
 
     def bjt(self, name: str, cur: Cursor, st: Statement) -> Element:
         usage = f"{name} collector base emitter [substrate] model [area]"
@@ -897,38 +905,17 @@ class _Parser:
             raise NetlistError(f"{name}: expected a model name, found '{pos[-1].text}'", st.loc)
         params = self.key_params(cur, st, name, INSTANCE_PARAMS["Q"])
         if area is not None:
-            if "AREA" in params:
-                raise NetlistError(f"{name}: the area is given twice", st.loc)
-            params["AREA"] = self.value(area, st, f"the area of {name}")
+            self._set_area(params, area, st, name)
         return Element(name, "Q", nodes, st.loc, model=pos[-1].text.upper(), params=params)
 
     def jfet(self, name: str, cur: Cursor, st: Statement) -> Element:
         """``J d g s model [area] [off] [key=value ...]`` (ngspice manual, JFETs)."""
-        usage = f"{name} drain gate source model [area]"
-        nodes = self.nodes(cur, st, name, 3, usage)
-        pos = self._off_flag(self.positionals(cur, st, name), name, st)
-        if not pos or pos[0].kind != "word":
-            raise NetlistError(f"{name}: missing model name (expected '{usage}')", st.loc)
-        if len(pos) > 2:
-            raise NetlistError(f"{name}: unexpected '{pos[2].text}' (expected '{usage}')", st.loc_at(pos[2].start))
-        params = self.key_params(cur, st, name, INSTANCE_PARAMS["J"])
-        if len(pos) == 2:
-            if "AREA" in params:
-                raise NetlistError(f"{name}: the area is given twice", st.loc)
-            params["AREA"] = self.value(pos[1], st, f"the area of {name}")
-        return Element(name, "J", nodes, st.loc, model=pos[0].text.upper(), params=params)
+        return self._model_device(name, cur, st, "J", 3, f"{name} drain gate source model [area]", area=True)
 
     def mosfet(self, name: str, cur: Cursor, st: Statement) -> Element:
         """``M d g s b model [L=] [W=] [AD= AS= PD= PS= NRD= NRS=] [m=] [off]`` (ngspice manual, MOSFETs)."""
         usage = f"{name} drain gate source bulk model [L=length] [W=width]"
-        nodes = self.nodes(cur, st, name, 4, usage)
-        pos = self._off_flag(self.positionals(cur, st, name), name, st)
-        if not pos or pos[0].kind != "word":
-            raise NetlistError(f"{name}: missing model name (expected '{usage}')", st.loc)
-        if len(pos) > 1:
-            raise NetlistError(f"{name}: unexpected '{pos[1].text}' (expected '{usage}')", st.loc_at(pos[1].start))
-        params = self.key_params(cur, st, name, INSTANCE_PARAMS["M"])
-        return Element(name, "M", nodes, st.loc, model=pos[0].text.upper(), params=params)
+        return self._model_device(name, cur, st, "M", 4, usage, area=False)
 
     def instance(self, name: str, cur: Cursor, st: Statement) -> Element:
         usage = f"{name} nodes... SUBCKT [params: name=value ...]"
