@@ -15,18 +15,35 @@ from circuitsim.formulations.base import AbstractCircuitModule
 from circuitsim.formulations.dk import DKModule
 from circuitsim.formulations.mna import MNAModule
 from circuitsim.formulations.phs import PHSModule
+from circuitsim.formulations.sparse import AUTO_PORTS, SparseModule
 from circuitsim.formulations.stn import STNModule
 from circuitsim.formulations.wdf import WDFModule
 from circuitsim.netlist import parse_file
 
 METHODS: dict[str, type[AbstractCircuitModule]] = {"mna": MNAModule, "dk": DKModule, "wdf": WDFModule,
-                                                 "phs": PHSModule, "stn": STNModule}
-DEFAULT_METHOD = "dk"  # DK handles every circuit MNA does (nonlinear charges included), compiled
+                                                 "phs": PHSModule, "stn": STNModule, "sparse": SparseModule}
+# the default: DK (every circuit MNA handles, compiled), with its sparse Newton solve above AUTO_PORTS
+# ports (choose_method)
+DEFAULT_METHOD = "auto"
 
 
 def register_method(name: str, cls: type[AbstractCircuitModule]) -> None:
     """Make a formulation available to :func:`load` and the CLI under ``name``."""
     METHODS[name] = cls
+
+
+def choose_method(circuit: Circuit, input_source: str | None, output_node: str) -> tuple[str, str]:
+    """The default formulation for ``circuit`` and why: ``"dk"``, or ``"sparse"`` (DK's system with the
+    sparse Newton solve, formulations/sparse.py) when it has more than ``AUTO_PORTS`` nonlinear ports and
+    only device blocks (no behavioural sources)."""
+    from circuitsim.kernels.nonlinearity import DeviceBlock
+    from circuitsim.system.mna_system import MNATopology
+
+    nl = MNATopology(circuit, input_source, output_node).nonlinearity
+    ports = nl.n_ports
+    if ports > AUTO_PORTS and all(isinstance(b, DeviceBlock) for b in nl.blocks):
+        return "sparse", f"sparse: {ports} nonlinear ports > {AUTO_PORTS}"
+    return "dk", f"dk: {ports} nonlinear ports" + ("" if ports <= AUTO_PORTS else ", behavioural sources")
 
 
 def load_circuit(
@@ -55,18 +72,24 @@ def load(
     ``model(x)`` maps a (batch, time) float64 tensor of input volts (driving the
     independent voltage source ``input_source``; without a VIN, the netlist's one LTspice
     ``wavefile=`` source) to the voltage at ``output_node``.  ``weights``: the ``.stn`` file of
-    ``method="stn"`` (docs/stn.md).
+    ``method="stn"`` (docs/stn.md).  ``method="auto"`` (the default) is :func:`choose_method`'s choice,
+    kept with its reason in ``model.choice``.
     """
-    if method not in METHODS:
-        raise UsageError(f"unknown method '{method}' (available: {', '.join(sorted(METHODS))})")
-    cls = METHODS[method]
-    extra = {}
-    if getattr(cls, "takes_weights", False):
-        extra["weights"] = weights
-    elif weights is not None:
+    if method != "auto" and method not in METHODS:
+        raise UsageError(f"unknown method '{method}' (available: auto, {', '.join(sorted(METHODS))})")
+    if weights is not None and (method == "auto" or not getattr(METHODS[method], "takes_weights", False)):
         raise UsageError(f"weights (--weights) apply to method 'stn', not '{method}'")
     circuit = load_circuit(path, params, dialect)
-    return cls(circuit, sample_rate, circuit.input_source_name(input_source), output_node, **extra)
+    source = circuit.input_source_name(input_source)
+    choice = None
+    if method == "auto":
+        method, choice = choose_method(circuit, source, output_node)
+    cls = METHODS[method]
+    extra = {"weights": weights} if getattr(cls, "takes_weights", False) else {}
+    model = cls(circuit, sample_rate, source, output_node, **extra)
+    if choice is not None:
+        model.choice = choice
+    return model
 
 
 def process_stream(

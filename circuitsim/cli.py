@@ -32,7 +32,8 @@ def _add_circuit_options(p: argparse.ArgumentParser) -> None:
     from circuitsim.api import DEFAULT_METHOD, METHODS
 
     p.add_argument("netlist", type=Path, help="SPICE netlist (ngspice, LTspice or PSpice dialect)")
-    p.add_argument("--method", default=DEFAULT_METHOD, choices=sorted(METHODS), help="formulation")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=["auto", *sorted(METHODS)],
+                   help="formulation (default auto: dk, or sparse for circuits with many transistors and diodes)")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="set a .param value (repeatable)")
     p.add_argument("--input-source", default="VIN",
                    help="independent voltage source driven by the input (default VIN, else the wavefile= source)")
@@ -80,7 +81,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     written = 0
     buffered: list[np.ndarray] = []
     with tqdm(total=frames, unit="sample", unit_scale=True, disable=args.quiet,
-              desc=f"simulate ({args.method})") as bar:
+              desc=f"simulate ({model.method})") as bar:
 
         def scaled():
             for block in blocks:
@@ -106,7 +107,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             print(f"normalised the peak to {args.normalize:g} dBFS (gain {gain:+.2f} dB)")
     if not args.quiet:
         mean = total / max(written, 1)
-        print(f"wrote {out}: {written} samples at {fs} Hz, peak {peak:.4g}, mean {mean:.3g} ({args.method})")
+        print(f"wrote {out}: {written} samples at {fs} Hz, peak {peak:.4g}, mean {mean:.3g} "
+              f"({getattr(model, 'choice', model.method)})")
         note = playback_note(mean, peak, args.ac_couple is not None)
         if note:
             print(note)

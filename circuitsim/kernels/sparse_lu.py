@@ -1,0 +1,319 @@
+"""DK's discrete system solved with a sparse Newton: the compiled hooks of ``method="sparse"``.
+
+The residual is DK's, ``g(v) = p + K f(v) - v`` with ``P = (K,)`` (:mod:`circuitsim.kernels.statespace`),
+so the module is a DK module and the core's dense Newton, fallbacks and implicit-function adjoint
+apply to it unchanged.  What differs is how a sample is solved (``fm_solve``, ``FM_EXPLICIT = 1``):
+``K = -Nv M^-1 W`` is dense, but ``M`` (the trapezoidal MNA matrix ``G + 2/T Cm``) is sparse, and
+the push-through identity (Henderson & Searle, SIAM Review 23(1), 1981, eq. (19))::
+
+    (I - K J)^-1 = I - Nv_U (S0 + W_U J Nv_U)^-1 W_U J
+
+turns DK's dense ``Nv x Nv`` Newton matrix ``I - K J`` into the sparse ``S0 + W_U J Nv_U`` on the
+unknowns ``U`` the devices touch, where ``S0`` is the Schur complement of the other unknowns in
+``M`` (computed in torch, :mod:`circuitsim.formulations.sparse`).  Its LU runs in a fill-reducing
+order fixed once in Python (minimum degree, symbolic fill, static diagonal pivots), from index
+arrays that are constants of the generated module: the code below does not grow with the circuit.
+A zero or non-finite pivot, a non-finite step or no convergence returns False, and the core's
+dense Newton (with its fallbacks) solves that sample.
+
+The device outputs come from the family's generated functions called in a loop over the instances
+of each variant (:func:`device_loops`), so the compiled code grows with the number of device
+*variants*, not instances.  Everything here except :func:`device_loops` and :func:`constants` is a
+numba template pasted into the generated module by :mod:`circuitsim.kernels.codegen`.
+
+``theta`` carries, after the device parameters (from ``SP_X0``): a fingerprint of ``K`` (the
+matrices the sparse factorisation was computed for; any other ``K``, e.g. a substep's, turns the
+sparse solve off for the run), ``reltol``, ``abstol``, then ``S0`` at the fill positions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from circuitsim.kernels.linalg import scaled_step
+
+# placeholders of the generated module (see circuitsim.kernels.core); the module's constants define them
+NV = NF = NZ = SP_N = SP_NJ = SP_NLIM = SP_X0 = SP_NFILL = SP_MAXIT = 0
+W_A = W_JV = W_JE = W_G = W_B = W_DZ = W_ZT = W_ZP = W_PP = W_FLAG = LC_OK = 0
+_I = np.zeros(1, np.int64)
+_F = np.zeros(1)
+SP_LPTR = SP_LROW = SP_UPTR = SP_UCOL = SP_FILLPOS = ST_POS = ST_SLOT = BW_ROW = BW_SLOT = _I
+NVP_PTR = NVP_NODE = JS_OUT = JS_PORT = LIM_PORT = LIM_VT = LIM_VC = LIM_POL = _I
+ST_COEF = BW_COEF = NVP_COEF = LIM_VTC = LIM_SGN = _F
+
+
+def sp_devices(v, theta, f, jv):  # pragma: no cover - generated (device_loops)
+    raise NotImplementedError
+
+
+def _pnjlim(vnew, vold, vt, vcrit):  # pragma: no cover - the nonlinearity's helper
+    raise NotImplementedError
+
+
+# fmt: off
+# ----------------------------------------------------------------------------- inlined templates
+
+
+def sp_factor(a):
+    # LU of the dense-stored a (SP_N x SP_N, row-major) in place, in elimination order 0..n-1 and
+    # only over the symbolic fill pattern: for pivot k, rows SP_LROW and columns SP_UCOL of its
+    # L column and U row (right-looking Gaussian elimination, Golub & Van Loan alg. 3.2.1 restricted
+    # to the pattern); static pivots, False on a zero or non-finite one
+    n = SP_N
+    for k in range(n):
+        piv = a[k * n + k]
+        if not (abs(piv) > 0.0 and abs(piv) < math.inf):
+            return False
+        inv = 1.0 / piv
+        for e in range(SP_LPTR[k], SP_LPTR[k + 1]):
+            i = SP_LROW[e]
+            lik = a[i * n + k] * inv
+            a[i * n + k] = lik
+            for q in range(SP_UPTR[k], SP_UPTR[k + 1]):
+                j = SP_UCOL[q]
+                a[i * n + j] -= lik * a[k * n + j]
+    return True
+
+
+def sp_solve(a, b):
+    # b <- (L U)^-1 b with the factors of sp_factor
+    n = SP_N
+    for k in range(n):
+        bk = b[k]
+        for e in range(SP_LPTR[k], SP_LPTR[k + 1]):
+            i = SP_LROW[e]
+            b[i] -= a[i * n + k] * bk
+    for k in range(n - 1, -1, -1):
+        s = b[k]
+        for q in range(SP_UPTR[k], SP_UPTR[k + 1]):
+            j = SP_UCOL[q]
+            s -= a[k * n + j] * b[j]
+        b[k] = s / a[k * n + k]
+
+
+def sp_assemble(theta, a, jv):
+    # a = S0 + W_U J Nv_U at the fill positions (S0 from theta, the device stamps from the J slots)
+    for e in range(SP_NFILL):
+        a[SP_FILLPOS[e]] = theta[SP_X0 + 3 + e]
+    for e in range(ST_POS.shape[0]):
+        a[ST_POS[e]] += ST_COEF[e] * jv[ST_SLOT[e]]
+
+
+def sp_direction(a, jv, g, b, dz):
+    # dz = (I - K J)^-1 g = g - Nv_U (S0 + W_U J Nv_U)^-1 W_U J g (push-through; a holds the LU)
+    for r in range(SP_N):
+        b[r] = 0.0
+    for e in range(BW_ROW.shape[0]):
+        s = BW_SLOT[e]
+        b[BW_ROW[e]] += BW_COEF[e] * jv[s] * g[JS_PORT[s]]
+    sp_solve(a, b)
+    for i in range(NV):
+        s = g[i]
+        for e in range(NVP_PTR[i], NVP_PTR[i + 1]):
+            s -= NVP_COEF[e] * b[NVP_NODE[e]]
+        dz[i] = s
+
+
+def sp_residual(K, p, z, phi, g):
+    # g = p + K f - v (DK's residual, statespace.fm_eval); returns |g|^2
+    n2 = 0.0
+    for i in range(NV):
+        s = p[i] - z[i]
+        for k in range(NF):
+            s += K[i, k] * phi[k]
+        g[i] = s
+        n2 += s * s
+    return n2
+
+
+def sp_limit(zold, znew, lc):
+    # SPICE junction limiting (DEVpnjlim) of every junction port, in the device frame, in the
+    # nonlinearity's order (kernels/nonlinearity.py's nl_limit as a loop over LIM_*)
+    for i in range(SP_NLIM):
+        k = LIM_PORT[i]
+        s = lc[3 * i + 2]
+        znew[k] = s * _pnjlim(s * znew[k], s * zold[k], lc[3 * i], lc[3 * i + 1])
+
+
+# ----------------------------------------------------------------------------- hooks
+
+
+def fm_prepare(P, theta, lc):
+    # the limiting constants (vt, vcrit, frame sign per junction), and whether K is the one the
+    # sparse factorisation in theta was computed for (LC_OK)
+    for i in range(SP_NLIM):
+        lc[3 * i] = theta[LIM_VT[i]] if LIM_VT[i] >= 0 else LIM_VTC[i]
+        lc[3 * i + 1] = theta[LIM_VC[i]]
+        lc[3 * i + 2] = (theta[LIM_POL[i]] if LIM_POL[i] >= 0 else 1.0) * LIM_SGN[i]
+    K = P[0]
+    fp = 0.0
+    scale = 0.0
+    for i in range(NV):
+        for k in range(NF):
+            w = 1.0 + ((i * NF + k) % 7)
+            fp += w * K[i, k]
+            scale += w * abs(K[i, k])
+    ref = theta[SP_X0]
+    lc[LC_OK] = 1.0 if abs(fp - ref) <= 1e-9 * scale + 1e-300 else 0.0
+
+
+def fm_eval(P, p, z, theta, phi, dphi, g, M, work):
+    # DK's f, J, g = p + K f - v and M = I - K J, with J from its structural non-zeros (J slots)
+    K = P[0]
+    jv = work[W_JE:W_JE + SP_NJ]
+    sp_devices(z, theta, phi, jv)
+    n2 = sp_residual(K, p, z, phi, g)
+    for i in range(NV):
+        for j in range(NV):
+            M[i, j] = 1.0 if i == j else 0.0
+    for s in range(SP_NJ):
+        dphi[JS_OUT[s], JS_PORT[s]] = 0.0
+    for s in range(SP_NJ):
+        k = JS_OUT[s]
+        j = JS_PORT[s]
+        val = jv[s]
+        dphi[k, j] += val
+        for i in range(NV):
+            M[i, j] -= K[i, k] * val
+    return n2
+
+
+def fm_limit(P, zold, znew, lc, work):
+    sp_limit(zold, znew, lc)
+
+
+def fm_solve(P, p, z, theta, phi, lc, work):
+    # Newton on DK's residual with the sparse direction; the core's stop rule (kernels/core.py,
+    # newton_plain), predictor z[n-1] + (I - K J)^-1 (p[n] - p[n-1]) when this solve gave z[n-1]
+    if lc[LC_OK] == 0.0 or work[W_FLAG] == 0.0:
+        work[W_FLAG] = 1.0  # the first sample is the core's (it has the warm start); then ours
+        return False
+    K = P[0]
+    a = work[W_A:W_A + SP_N * SP_N]
+    jv = work[W_JV:W_JV + SP_NJ]
+    g = work[W_G:W_G + NV]
+    b = work[W_B:W_B + SP_N]
+    dz = work[W_DZ:W_DZ + NV]
+    zt = work[W_ZT:W_ZT + NV]
+    zp = work[W_ZP:W_ZP + NV]
+    pp = work[W_PP:W_PP + NV]
+    reltol = theta[SP_X0 + 1]
+    abstol = theta[SP_X0 + 2]
+    if work[W_FLAG] == 2.0:  # a holds the LU and jv the J of the last iteration of the previous sample
+        same = True
+        for i in range(NV):
+            if z[i] != zp[i]:
+                same = False
+        if same:
+            for i in range(NV):
+                zt[i] = p[i] - pp[i]
+            sp_direction(a, jv, zt, b, dz)
+            for i in range(NV):
+                z[i] += dz[i]
+    prev = math.inf
+    for _ in range(SP_MAXIT):
+        sp_devices(z, theta, phi, jv)
+        sp_residual(K, p, z, phi, g)
+        sp_assemble(theta, a, jv)
+        if not sp_factor(a):
+            work[W_FLAG] = 1.0
+            return False
+        sp_direction(a, jv, g, b, dz)
+        step = scaled_step(dz, z, reltol, abstol, NV)
+        if step == math.inf:
+            work[W_FLAG] = 1.0
+            return False
+        rate = step / prev
+        if step <= 1.0 or (prev < math.inf and rate < 0.5 and step * rate <= 1.0 - rate):
+            for s in range(SP_NJ):  # phi += J dz, as the core's accept_step
+                phi[JS_OUT[s]] += jv[s] * dz[JS_PORT[s]]
+            for i in range(NV):
+                z[i] += dz[i]
+                zp[i] = z[i]
+                pp[i] = p[i]
+            work[W_FLAG] = 2.0
+            return True
+        for i in range(NV):
+            zt[i] = z[i] + dz[i]
+        prev = step
+        sp_limit(z, zt, lc)
+        for i in range(NV):
+            if zt[i] != z[i] + dz[i]:
+                prev = math.inf  # a limited step says nothing about the rate
+            z[i] = zt[i]
+    work[W_FLAG] = 1.0
+    return False
+
+
+def nl_eval(v, theta, f, J, work):
+    # the nonlinearity's f and J (Nonlinearity.numba_eval's contract) from the device loops; J's
+    # structural zeros are left as they are (every caller passes zeros); work holds the J slots
+    sp_devices(v, theta, f, work)
+    for s in range(SP_NJ):
+        J[JS_OUT[s], JS_PORT[s]] = 0.0
+    for s in range(SP_NJ):
+        J[JS_OUT[s], JS_PORT[s]] += work[s]
+
+
+# fmt: on
+HOOKS = (sp_factor, sp_solve, sp_assemble, sp_direction, sp_residual, sp_limit, fm_prepare, fm_eval, fm_limit,
+         fm_solve, nl_eval)
+
+
+def _array(name: str, values: Sequence[float] | np.ndarray, dtype: str) -> str:
+    vals = np.asarray(values).reshape(-1)
+    body = ", ".join(repr(int(x)) if dtype == "int64" else repr(float(x)) for x in vals)
+    return f"{name} = np.array([{body}], dtype=np.{dtype})\n"
+
+
+def constants(ints: dict[str, Sequence[int] | np.ndarray], floats: dict[str, Sequence[float] | np.ndarray],
+              scalars: dict[str, int]) -> str:
+    """Module source defining the index arrays (int64), float arrays and integer constants."""
+    return ("".join(f"{k} = {int(v)}\n" for k, v in scalars.items())
+            + "".join(_array(k, v, "int64") for k, v in ints.items())
+            + "".join(_array(k, v, "float64") for k, v in floats.items()))
+
+
+def device_loops(groups: Sequence[dict]) -> str:
+    """``sp_devices(v, theta, f, jv)`` and ``nl_vjp_theta(v, theta, mu, gtheta, work)`` as loops.
+
+    Each group is one generated device function (``fname``, from the family's program) and its
+    instances: ``n``, ``size`` (theta length), ``nport``, ``nout``, ``pol`` (whether it has a
+    polarity slot) and the arrays, defined in the module constants under ``prefix``: ``_OFF`` (theta
+    offsets), ``_POL`` (polarity slots), ``_SGN`` (port signs), ``_PORT`` (n, nport), ``_OUT``
+    (n, nout), ``_JS`` (n, nout * nport: J slot of output k, port j).  The device sees ``s * sign * v``
+    and gives ``f = s f0``, ``df/dv = sign f0'`` (``s`` the polarity), as nonlinearity.py's nl_eval.
+    """
+    ev = ["@njit(cache=True, inline=\"always\")", "def sp_devices(v, theta, f, jv):"]
+    vj = ["@njit(cache=True, inline=\"always\")", "def nl_vjp_theta(v, theta, mu, gtheta, work):"]
+    calls = []
+    for gr in groups:
+        pre, dev, size, npt, no = gr["prefix"], gr["fname"], gr["size"], gr["nport"], gr["nout"]
+        # one compiled (not numba-inlined) call per variant: numba's inliner copies a device's whole IR
+        # into every call site, and the core has several (the sparse solve, Newton, its fallbacks)
+        fn = f"{pre}_dev"
+        ins = ", ".join(f"v{j}" for j in range(npt))
+        mts = ", ".join(f"m{k}" for k in range(no))
+        calls += ["@njit(cache=True)", f"def {fn}({ins}, th):", f"    return {dev}({ins}, th)", "", "",
+                  "@njit(cache=True)", f"def {fn}_vjp({ins}, th, {mts}, gt):", f"    {dev}_vjp({ins}, th, {mts}, gt)",
+                  "", ""]
+        head = [f"    for d in range({pre}_N):", f"        off = {pre}_OFF[d]",
+                f"        s = theta[{pre}_POL[d]]" if gr["pol"] else "        s = 1.0",
+                f"        a = s * {pre}_SGN[d]"]
+        args = ", ".join(f"a * v[{pre}_PORT[d, {j}]]" for j in range(npt))
+        rets = [f"r{i}" for i in range(no * (1 + npt))]
+        ev += head + [f"        {', '.join(rets)}, = {fn}({args}, theta[off:off + {size}])"]
+        ev += [f"        f[{pre}_OUT[d, {k}]] = s * r{k}" for k in range(no)]
+        ev += [f"        jv[{pre}_JS[d, {k * npt + j}]] = {pre}_SGN[d] * r{no + k * npt + j}"
+               for k in range(no) for j in range(npt)]
+        mus = ", ".join(f"s * mu[{pre}_OUT[d, {k}]]" for k in range(no))
+        vj += head + [f"        {fn}_vjp({args}, theta[off:off + {size}], {mus}, gtheta[off:off + {size}])"]
+    ev.append("    return")
+    vj.append("    return")
+    return "\n\n" + "\n".join(calls + ev) + "\n\n\n" + "\n".join(vj) + "\n"
+
+
+__all__ = ["HOOKS", "constants", "device_loops"]

@@ -1,0 +1,118 @@
+"""``method="sparse"``: DK's discrete system with the sparse Newton solve (circuitsim/formulations/sparse.py).
+
+It must give DK's solution (the same residual, solved to the same tolerance), DK's gradients (the same
+implicit-function adjoint), ngspice's waveform on a multi-transistor circuit, and be what ``load`` picks
+by default only above ``AUTO_PORTS`` ports.  Its speed and first compile on the twelve-transistor Big Muff
+are measured in benchmarks/bench_big.py, not here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import circuitsim
+from circuitsim.errors import UsageError
+from circuitsim.formulations.sparse import AUTO_PORTS, SparseModule, minimum_degree
+from circuitsim.spice import simulate_ngspice
+from circuitsim.validate import esr
+
+ROOT = Path(__file__).resolve().parents[1]
+NETLISTS = ROOT / "netlists"
+FS = 96000.0
+
+
+def _sine(n: int, amp: float, freq: float = 440.0) -> torch.Tensor:
+    return torch.tensor(amp * np.sin(2 * np.pi * freq * np.arange(n) / FS))
+
+
+@pytest.mark.parametrize(("name", "amp"), [("bjt_common_emitter", 0.3), ("diode_clipper", 2.0)])
+def test_sparse_equals_dk(name: str, amp: float) -> None:
+    """Same discrete system: the outputs agree to 1e-9 of their range, and the sparse solve did the work
+    (the core's dense Newton ran on the first sample only, with no fallback)."""
+    x = _sine(3000, amp)
+    with torch.no_grad():
+        sp = circuitsim.load(NETLISTS / f"{name}.cir", "sparse", FS)
+        ys = sp(x)
+        dk = circuitsim.load(NETLISTS / f"{name}.cir", "dk", FS)
+        yd = dk(x)
+    assert isinstance(sp, SparseModule)
+    assert float(yd.max() - yd.min()) > 1e-2
+    assert float((ys - yd).abs().max()) <= 1e-9 * float(yd.max() - yd.min())
+    assert not sp.diagnostics.fallbacks
+    # the core counts only its own Newton iterations: those of the first sample
+    assert sp.diagnostics.newton_iterations <= sp.diagnostics.max_iterations
+
+
+def test_sparse_streaming_matches_one_call() -> None:
+    """Blocks through ``stream`` give one long call's output (to the Newton tolerance: each block's first
+    sample is solved by the core's Newton from the warm start)."""
+    x = _sine(2000, 0.3)
+    with torch.no_grad():
+        sp = circuitsim.load(NETLISTS / "bjt_common_emitter.cir", "sparse", FS)
+        y = sp(x)
+        a, st = sp.stream(x[:700])
+        b, _ = sp.stream(x[700:], st)
+    assert float((torch.cat([a, b]) - y).abs().max()) <= 1e-9 * float(y.max() - y.min())
+
+
+def test_sparse_gradients_match_dk() -> None:
+    """The backward pass is the core's implicit-function adjoint on the same residual: gradients of a loss
+    w.r.t. every learnable value agree with DK's to 1e-7 relative."""
+    x = _sine(600, 0.3)
+    grads = []
+    for method in ("sparse", "dk"):
+        model = circuitsim.load(NETLISTS / "bjt_common_emitter.cir", method, FS)
+        loss = (model(x) ** 2).mean()
+        names = [n for n, p in model.values() if p.requires_grad]
+        gs = torch.autograd.grad(loss, [model.parameter(n) for n in names])
+        grads.append(dict(zip(names, (float(g) for g in gs))))
+    for n, g in grads[1].items():
+        assert abs(grads[0][n] - g) <= 1e-7 * max(abs(g), 1e-30) + 1e-300, (n, grads[0][n], g)
+
+
+def test_sparse_matches_ngspice_on_a_two_stage_transistor_circuit(tmp_path: Path) -> None:
+    """Two common-emitter stages coupled by a capacitor (two transistors, five nodes the devices touch):
+    ESR against ngspice at TMAX = T/16 below 1e-5 at 48 kHz x 2."""
+    deck = tmp_path / "two_stage.cir"
+    deck.write_text(
+        "two common-emitter stages\n"
+        "VCC vcc 0 9\nVIN in 0 0\nC1 in b1 1u\nR1 vcc b1 470k\nR2 b1 0 68k\nQ1 c1 b1 e1 QN\nRC1 vcc c1 10k\n"
+        "RE1 e1 0 1k\nCE1 e1 0 10u\nC2 c1 b2 100n\nR3 vcc b2 470k\nR4 b2 0 68k\nQ2 c2 b2 e2 QN\nRC2 vcc c2 10k\n"
+        "RE2 e2 0 1k\nC3 c2 out 1u\nRL out 0 100k\n"
+        ".model QN NPN(IS=1e-14 BF=200 VAF=100 RB=10 RC=1 RE=0.5)\n.end\n"
+    )
+    fs = 96000.0
+    x = 0.02 * np.sin(2 * np.pi * 500 * np.arange(1920) / fs)
+    with torch.no_grad():
+        model = circuitsim.load(deck, "sparse", fs)
+        y = model(torch.as_tensor(x)).numpy()
+    assert len(model.plan.unknowns) >= 5
+    ref = simulate_ngspice(deck, x, fs, "VIN", "out", tmax=1 / (16 * fs))
+    assert np.ptp(ref) > 1e-2
+    assert esr(y, ref) <= 1e-5, esr(y, ref)
+
+
+def test_sparse_refuses_behavioural_sources() -> None:
+    """Behavioural (B / E VALUE=) blocks have no device loop: an explicit 'sparse' says so; the default is DK."""
+    with pytest.raises(UsageError, match="behavioural"):
+        circuitsim.load(NETLISTS / "ts808_clipping.cir", "sparse", FS)
+
+
+def test_default_method_by_size() -> None:
+    """``choose_method``: DK up to AUTO_PORTS ports, sparse above (device blocks only), and the note says so."""
+    from circuitsim.api import choose_method, load_circuit
+
+    circ = load_circuit(NETLISTS / "bjt_common_emitter.cir")
+    method, note = choose_method(circ, "VIN", "out")
+    assert method == "dk" and "dk" in note
+    assert AUTO_PORTS >= 8
+
+
+def test_minimum_degree_orders_a_star_centre_last() -> None:
+    """A star: eliminating a leaf makes no fill, the centre first would join every leaf."""
+    adj = [{1, 2, 3, 4}, {0}, {0}, {0}, {0}]
+    assert minimum_degree(adj)[-1] == 0 or minimum_degree(adj)[-2] == 0
