@@ -32,7 +32,7 @@ def _sine(n: int, amp: float, freq: float = 440.0) -> torch.Tensor:
 @pytest.mark.parametrize(("name", "amp"), [("bjt_common_emitter", 0.3), ("diode_clipper", 2.0)])
 def test_sparse_equals_dk(name: str, amp: float) -> None:
     """Same discrete system: the outputs agree to 1e-9 of their range, and the sparse solve did the work
-    (the core's dense Newton ran on the first sample only, with no fallback)."""
+    (the core's dense Newton ran only on the first sample of each kernel run, with no fallback)."""
     x = _sine(3000, amp)
     with torch.no_grad():
         sp = circuitsim.load(NETLISTS / f"{name}.cir", "sparse", FS)
@@ -43,8 +43,9 @@ def test_sparse_equals_dk(name: str, amp: float) -> None:
     assert float(yd.max() - yd.min()) > 1e-2
     assert float((ys - yd).abs().max()) <= 1e-9 * float(yd.max() - yd.min())
     assert not sp.diagnostics.fallbacks
-    # the core counts only its own Newton iterations: those of the first sample
-    assert sp.diagnostics.newton_iterations <= sp.diagnostics.max_iterations
+    # the core counts only its own Newton iterations; DK runs a call's last sample on its own (dk.py,
+    # _runner: the charge rows), so two kernel runs each begin with one sample of the core's Newton
+    assert sp.diagnostics.newton_iterations <= 2 * sp.diagnostics.max_iterations
 
 
 def test_sparse_streaming_matches_one_call() -> None:
