@@ -1,4 +1,4 @@
-"""The biggest public pedal netlist: first compile, DK forward at 384 kHz, and ngspice's own time on it.
+"""The biggest public pedal netlist: first compile, forward at 384 kHz, and ngspice's own time on it.
 
 ``tests/data/wild/bigmuff/BigMuff-Rams-Head.cir`` (QuickButterfly4571/diypedals-schematic-shares): a KiCad export
 of two Big Muff Ram's Head channels, 12 NPN transistors, 12 1N914 diodes and 9 XSPICE pots, which its author wrapped
@@ -6,17 +6,24 @@ in a port-less ``.subckt`` holding its own supply and ``SIN(0 100m 146)`` input.
 repository's contrast.cir does (``xbmf BigMuff-Rams-Head``), plus an ideal buffer ``Eout out 0`` on the channel
 output ``xbmf.rams_head_out`` so that ngspice saves ``v(out)`` for benchmarks/bench_dk.py's :func:`run_ngspice`.
 
+- **formulation**: ``--method`` (default ``auto``: what ``circuitsim.load`` chooses, ``circuitsim.api.choose_method``;
+  here ``sparse``, DK's system with the sparse Newton solve of circuitsim/formulations/sparse.py), the choice and,
+  for ``sparse``, the size of the sparse solve (unknowns, LU fill, multiply-adds per factorisation);
 - **first compile**: ``load`` + the first forward call with an empty kernel cache (``CIRCUITSIM_CACHE`` in a
   temporary folder): sympy code generation and numba compilation, in seconds;
-- **DK forward**: ``--seconds`` of that sine at 48 kHz x 8 driving ``xbmf.V2``, no gradients, best of ``--repeats``;
+- **forward**: ``--seconds`` of that sine at 48 kHz x 8 driving ``xbmf.V2``, no gradients, best of ``--repeats``;
 - **ngspice**: ``ngspice -b`` on the same deck with the published ``SIN`` source, TMAX = 1/384 kHz and bench_dk's
   matched-accuracy options; its own "Transient analysis time" (``.options acct``), best of ``--spice-repeats``;
-- the speed ratio (ngspice time / DK time) and the ESR of DK's output against ngspice's at the sample instants.
+- the speed ratio (ngspice time / forward time) and the ESR of the output against ngspice's at the sample instants;
+- for ``sparse``: the largest difference from the same model with ``sparse_solve = False`` (every sample solved by
+  the core's dense Newton on DK's exact ``I - K J``, as DK does), relative to the output's range, and that run's
+  time.  (DK's own module, and ``method="mna"``, whose Newton evaluates the devices through it, take half an hour
+  to compile here.)
 
-The compile takes minutes on this circuit, which is why it is a benchmark and not a test (the test suite checks
-only its DC point against ngspice, tests/test_wild_netlists.py).
+DK's own compile takes half an hour on this circuit (``--method dk``), which is why it is a benchmark and not a test
+(the test suite checks its DC point against ngspice, tests/test_wild_netlists.py).
 
-    python benchmarks/bench_big.py [--seconds 0.1] [--repeats 3] [--spice-repeats 3]
+    python benchmarks/bench_big.py [--method auto] [--seconds 0.1] [--repeats 3] [--spice-repeats 3]
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=0.1, help="signal length (s)")
     ap.add_argument("--repeats", type=int, default=3, help="DK forward runs (best is reported)")
     ap.add_argument("--spice-repeats", type=int, default=3, help="ngspice runs (best is reported)")
+    ap.add_argument("--method", default="auto", help="formulation (default: circuitsim.load's automatic choice)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     x = sine(args.seconds, FS, FREQ, AMPLITUDE)
@@ -72,26 +80,41 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NetlistWarning)  # R41/R67 '1-3k', read as ngspice does
-            model = load(path, "dk", FS, input_source="xbmf.V2", output_node="out")
+            model = load(path, args.method, FS, input_source="xbmf.V2", output_node="out")
+        print(f"method {model.method} ({getattr(model, 'choice', 'given')})", flush=True)
+        plan = getattr(model, "plan", None)
+        if plan is not None:
+            n = len(plan.unknowns)
+            print(f"sparse solve: {n} unknowns, LU fill {plan.fill} of {n * n}, {plan.flops} multiply-adds per "
+                  f"factorisation; {model.topology.nonlinearity.n_ports} ports, {model.topology.size} MNA unknowns")
+        load_s = time.perf_counter() - t0
         u = torch.as_tensor(x)
         with torch.no_grad():
             model(u[:64])
         compile_s = time.perf_counter() - t0
-        print(f"first compile (load + first call, empty cache): {compile_s:.1f} s", flush=True)
+        print(f"first compile (load + first call, empty cache): {compile_s:.1f} s (load with the sympy device code "
+              f"{load_s:.1f} s, numba {compile_s - load_s:.1f} s)", flush=True)
 
         def forward() -> np.ndarray:
             with torch.no_grad():
                 return model(u).numpy()
 
-        dk_s = timed(forward, args.repeats)
+        fwd_s = timed(forward, args.repeats)
         y = forward()
+        print(f"forward: {fwd_s:.3f} s for {args.seconds} s at {FS:.0f} Hz ({1e9 * fwd_s / len(x):.0f} ns/sample, "
+              f"{args.seconds / fwd_s:.2f}x real time); Newton: {model.diagnostics}", flush=True)
+        if plan is not None:
+            model.sparse_solve = False
+            dense_s = timed(forward, 1)
+            yd = forward()
+            model.sparse_solve = True
+            rel = float(np.abs(y - yd).max() / np.ptp(yd))
+            print(f"against the core's dense Newton (sparse_solve = False, {1e9 * dense_s / len(x):.0f} ns/sample): "
+                  f"max |difference| / range = {rel:.2e}", flush=True)
         acct, wall, t, v = run_ngspice(path.read_text(), work, args.spice_repeats)
     ref = _to_samples(t, v, FS, len(x), "cubic")
-    ns = 1e9 * dk_s / len(x)
-    print(f"DK forward: {dk_s:.3f} s for {args.seconds} s at {FS:.0f} Hz ({ns:.0f} ns/sample, "
-          f"{args.seconds / dk_s:.2f}x real time)")
     print(f"ngspice: transient analysis {acct:.3f} s (process {wall:.3f} s)")
-    print(f"ratio ngspice / DK: {acct / dk_s:.2f}x;  ESR of DK against ngspice: {esr(y, ref):.2e}")
+    print(f"ratio ngspice / {model.method}: {acct / fwd_s:.2f}x;  ESR against ngspice: {esr(y, ref):.2e}")
     return 0
 
 

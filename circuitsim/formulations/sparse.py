@@ -22,6 +22,7 @@ does not grow with the circuit (:func:`circuitsim.kernels.sparse_lu.device_loops
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import replace
 from types import ModuleType
@@ -261,6 +262,7 @@ class SparseModule(DKModule):
     """DK with the sparse Newton solve (module docstring); ``plan`` holds the structure and its sizes."""
 
     method = "sparse"
+    sparse_solve = True  # False: the core's dense Newton on every sample (same residual; for checks)
 
     def __init__(self, *args, **kwargs):
         AbstractCircuitModule.__init__(self, *args, **kwargs)
@@ -276,9 +278,15 @@ class SparseModule(DKModule):
         self._q = state_basis(topo.assemble(topo.leaf_values()))  # as DKModule.__init__
 
     def dk(self) -> tuple[MNAMatrices, DKMatrices]:
-        """DK's matrices, with ``theta`` extended by the sparse solve's data (:meth:`SparsePlan.extras`)."""
+        """DK's matrices, with ``theta`` extended by the sparse solve's data (:meth:`SparsePlan.extras`).
+
+        With ``sparse_solve = False`` the fingerprint is NaN, so every sample runs the core's dense Newton
+        on DK's exact ``I - K J`` (the check that the sparse direction changes nothing but the speed).
+        """
         m, d = super().dk()
-        extra = self.cached("sparse", lambda: self.plan.extras(m, d.K))
+        extra = self.cached(f"sparse{int(self.sparse_solve)}", lambda: self.plan.extras(m, d.K))
+        if not self.sparse_solve:
+            extra = torch.cat([torch.full((1,), math.nan, dtype=DTYPE), extra[1:]])
         return replace(m, theta=torch.cat([m.theta, extra])), d
 
 
