@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         y = forward()
         print(f"forward: {fwd_s:.3f} s for {args.seconds} s at {FS:.0f} Hz ({1e9 * fwd_s / len(x):.0f} ns/sample, "
               f"{args.seconds / fwd_s:.2f}x real time); Newton: {model.diagnostics}", flush=True)
+        yd = None
         if plan is not None:
             model.sparse_solve = False
             dense_s = timed(forward, 1)
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         acct, wall, t, v = run_ngspice(path.read_text(), work, args.spice_repeats)
     ref = _to_samples(t, v, FS, len(x), "cubic")
     print(f"ngspice: transient analysis {acct:.3f} s (process {wall:.3f} s)")
-    print(f"ratio ngspice / {model.method}: {acct / fwd_s:.2f}x;  ESR against ngspice: {esr(y, ref):.2e}")
+    print(f"ratio ngspice / {model.method}: {acct / fwd_s:.2f}x;  ESR against ngspice: {esr(y, ref):.2e}"
+          + ("" if yd is None else f" (dense Newton: {esr(yd, ref):.2e})"))
     return 0
 
 

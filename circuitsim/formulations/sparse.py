@@ -182,9 +182,6 @@ class SparsePlan:
                     st_pos.append(inv[r] * n + inv[c])
                     st_slot.append(s)
                     st_coef.append(cr * cc)
-        wc_row = [inv[r] for col in w_cols for r, _ in col]
-        wc_out = [o for o, col in enumerate(w_cols) for _ in col]
-        wc_coef = [c for col in w_cols for _, c in col]
         nvp_ptr, nvp_node, nvp_coef = [0], [], []
         for row in nv_rows:
             nvp_node += [inv[c] for c, _ in row]
@@ -199,10 +196,10 @@ class SparsePlan:
             at += size
         ints = {"SP_LPTR": lptr, "SP_LROW": lrow, "SP_UPTR": uptr, "SP_UCOL": ucol, "SP_FILLPOS": self.fill_pos,
                 "ST_POS": st_pos, "ST_SLOT": st_slot, "BW_ROW": bw_row, "BW_SLOT": bw_slot, "NVP_PTR": nvp_ptr,
-                "NVP_NODE": nvp_node, "WC_ROW": wc_row, "WC_OUT": wc_out, "JS_OUT": [o for o, _ in slots],
+                "NVP_NODE": nvp_node, "JS_OUT": [o for o, _ in slots],
                 "JS_PORT": [p for _, p in slots],
                 **{f"LIM_{k}": lim[k] for k in ("PORT", "VT", "VC", "POL")}}
-        floats = {"ST_COEF": st_coef, "BW_COEF": bw_coef, "WC_COEF": wc_coef, "NVP_COEF": nvp_coef,
+        floats = {"ST_COEF": st_coef, "BW_COEF": bw_coef, "NVP_COEF": nvp_coef,
                   "LIM_VTC": lim["VTC"], "LIM_SGN": lim["SGN"]}
         glist = []
         for g_i, gr in enumerate(groups.values()):
@@ -215,7 +212,7 @@ class SparsePlan:
                 ints[f"{pre}_{key}"] = np.asarray(gr[key], dtype=np.int64).reshape(-1)
         scalars = {"NZ": nvv, "NPHI": nl.n_outputs, "SP_N": n, "SP_NJ": nj, "SP_NLIM": nlim, "SP_X0": self.theta0,
                    "SP_NFILL": self.fill, "SP_MAXIT": MAX_ITER, "FM_EXPLICIT": 1,
-                   "FM_LC": 3 * nlim + 1 + n * n, "LC_OK": 3 * nlim, "LC_S0": 3 * nlim + 1, "FM_WORK": at,
+                   "FM_LC": 3 * nlim + 1, "LC_OK": 3 * nlim, "FM_WORK": at,
                    "N_WORK": max(1, nj), **layout,
                    **{f"SPD{i}_N": gr["n"] for i, gr in enumerate(glist)}}
         src = sparse_lu.constants(ints, floats, scalars)
