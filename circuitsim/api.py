@@ -15,7 +15,7 @@ from circuitsim.formulations.base import AbstractCircuitModule
 from circuitsim.formulations.dk import DKModule
 from circuitsim.formulations.mna import MNAModule
 from circuitsim.formulations.phs import PHSModule
-from circuitsim.formulations.sparse import AUTO_PORTS, SparseModule
+from circuitsim.formulations.sparse import AUTO_PORTS, SparseModule, SparseNotApplicable
 from circuitsim.formulations.stn import STNModule
 from circuitsim.formulations.wdf import WDFModule
 from circuitsim.netlist import parse_file
@@ -86,7 +86,12 @@ def load(
         method, choice = choose_method(circuit, source, output_node)
     cls = METHODS[method]
     extra = {"weights": weights} if getattr(cls, "takes_weights", False) else {}
-    model = cls(circuit, sample_rate, source, output_node, **extra)
+    try:
+        model = cls(circuit, sample_rate, source, output_node, **extra)
+    except SparseNotApplicable as exc:
+        if choice is None:
+            raise
+        model, choice = DKModule(circuit, sample_rate, source, output_node), f"dk: {exc}"
     if choice is not None:
         model.choice = choice
     return model

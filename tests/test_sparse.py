@@ -102,9 +102,12 @@ def test_sparse_matches_ngspice_on_a_two_stage_transistor_circuit(tmp_path: Path
     assert esr(y, ref) <= 1e-5, esr(y, ref)
 
 
-def test_sparse_refuses_behavioural_sources() -> None:
-    """Behavioural (B / E VALUE=) blocks have no device loop: an explicit 'sparse' says so; the default is DK."""
+def test_sparse_refuses_what_it_does_not_solve() -> None:
+    """Behavioural (B / E VALUE=) blocks have no device loop, and an ideal source between device nodes leaves the
+    other unknowns unsolvable on their own: an explicit 'sparse' says so."""
     with pytest.raises(UsageError, match="behavioural"):
+        circuitsim.load(NETLISTS / "triode_common_cathode.cir", "sparse", FS)
+    with pytest.raises(UsageError, match="not solvable on their own"):
         circuitsim.load(NETLISTS / "ts808_clipping.cir", "sparse", FS)
 
 

@@ -68,12 +68,21 @@ def minimum_degree(adj: list[set[int]]) -> list[int]:
     return order
 
 
+class SparseNotApplicable(UsageError):
+    """The circuit has a structure the sparse solve does not handle (``load``'s automatic choice takes DK)."""
+
+
 def _schur(M: torch.Tensor, keep: np.ndarray, drop: np.ndarray) -> torch.Tensor:
     """``M_kk - M_kd M_dd^-1 M_dk``: the system on ``keep`` after eliminating ``drop``."""
     kk = M[keep][:, keep]
     if drop.size == 0:
         return kk
-    return kk - M[keep][:, drop] @ torch.linalg.solve(M[drop][:, drop], M[drop][:, keep])
+    try:
+        return kk - M[keep][:, drop] @ torch.linalg.solve(M[drop][:, drop], M[drop][:, keep])
+    except RuntimeError as exc:  # torch's LinAlgError
+        raise SparseNotApplicable(
+            "method 'sparse': the unknowns no device touches are not solvable on their own (as with an ideal "
+            "voltage or controlled source between device nodes); use method 'dk'") from exc
 
 
 class SparsePlan:
@@ -86,8 +95,8 @@ class SparsePlan:
     def __init__(self, topo: MNATopology, m: MNAMatrices, sample_rate: float):
         nl = topo.nonlinearity
         if any(not isinstance(b, DeviceBlock) for b in nl.blocks):
-            raise UsageError("method 'sparse' solves device blocks only; this circuit has behavioural sources "
-                             "(use method 'dk')")
+            raise SparseNotApplicable("method 'sparse' solves device blocks only; this circuit has behavioural "
+                                      "sources (use method 'dk')")
         self.sample_rate = float(sample_rate)
         self.theta0 = int(m.theta.numel())
         nv_m = m.Nv.detach().numpy()
@@ -287,4 +296,4 @@ class SparseModule(DKModule):
         return replace(m, theta=torch.cat([m.theta, extra])), d
 
 
-__all__ = ["AUTO_PORTS", "SparseModule", "SparsePlan", "fingerprint", "minimum_degree"]
+__all__ = ["AUTO_PORTS", "SparseModule", "SparseNotApplicable", "SparsePlan", "fingerprint", "minimum_degree"]

@@ -288,19 +288,12 @@ def device_loops(groups: Sequence[dict]) -> str:
     (n, nout), ``_JS`` (n, nout * nport: J slot of output k, port j).  The device sees ``s * sign * v``
     and gives ``f = s f0``, ``df/dv = sign f0'`` (``s`` the polarity), as nonlinearity.py's nl_eval.
     """
-    ev = ["@njit(cache=True, inline=\"always\")", "def sp_devices(v, theta, f, jv):"]
-    vj = ["@njit(cache=True, inline=\"always\")", "def nl_vjp_theta(v, theta, mu, gtheta, work):"]
-    calls = []
+    # compiled once and called (not numba-inlined): the core has five call sites (the sparse solve, Newton,
+    # both damped-Newton evaluations, the start) and numba's inliner would copy every device variant into each
+    ev = ["@njit(cache=True)", "def sp_devices(v, theta, f, jv):"]
+    vj = ["@njit(cache=True)", "def nl_vjp_theta(v, theta, mu, gtheta, work):"]
     for gr in groups:
-        pre, dev, size, npt, no = gr["prefix"], gr["fname"], gr["size"], gr["nport"], gr["nout"]
-        # one compiled (not numba-inlined) call per variant: numba's inliner copies a device's whole IR
-        # into every call site, and the core has several (the sparse solve, Newton, its fallbacks)
-        fn = f"{pre}_dev"
-        ins = ", ".join(f"v{j}" for j in range(npt))
-        mts = ", ".join(f"m{k}" for k in range(no))
-        calls += ["@njit(cache=True)", f"def {fn}({ins}, th):", f"    return {dev}({ins}, th)", "", "",
-                  "@njit(cache=True)", f"def {fn}_vjp({ins}, th, {mts}, gt):", f"    {dev}_vjp({ins}, th, {mts}, gt)",
-                  "", ""]
+        pre, fn, size, npt, no = gr["prefix"], gr["fname"], gr["size"], gr["nport"], gr["nout"]
         head = [f"    for d in range({pre}_N):", f"        off = {pre}_OFF[d]",
                 f"        s = theta[{pre}_POL[d]]" if gr["pol"] else "        s = 1.0",
                 f"        a = s * {pre}_SGN[d]"]
@@ -314,7 +307,7 @@ def device_loops(groups: Sequence[dict]) -> str:
         vj += head + [f"        {fn}_vjp({args}, theta[off:off + {size}], {mus}, gtheta[off:off + {size}])"]
     ev.append("    return")
     vj.append("    return")
-    return "\n\n" + "\n".join(calls + ev) + "\n\n\n" + "\n".join(vj) + "\n"
+    return "\n\n" + "\n".join(ev) + "\n\n\n" + "\n".join(vj) + "\n"
 
 
 __all__ = ["HOOKS", "constants", "device_loops"]
