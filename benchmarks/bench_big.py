@@ -14,7 +14,8 @@ output ``xbmf.rams_head_out`` so that ngspice saves ``v(out)`` for benchmarks/be
 - **forward**: ``--seconds`` of that sine at 48 kHz x 8 driving ``xbmf.V2``, no gradients, best of ``--repeats``;
 - **ngspice**: ``ngspice -b`` on the same deck with the published ``SIN`` source, TMAX = 1/384 kHz and bench_dk's
   matched-accuracy options; its own "Transient analysis time" (``.options acct``), best of ``--spice-repeats``;
-- the speed ratio (ngspice time / forward time) and the ESR of the output against ngspice's at the sample instants;
+- the speed ratio (ngspice time / forward time; and, since a shared machine stretches both wall clocks, the ratio of
+  the two processes' CPU times) and the ESR of the output against ngspice's at the sample instants;
 - for ``sparse``: the largest difference from the same model with ``sparse_solve = False`` (every sample solved by
   the core's dense Newton on DK's exact ``I - K J``, as DK does), relative to the output's range, and that run's
   time.  (DK's own module, and ``method="mna"``, whose Newton evaluates the devices through it, take half an hour
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -115,11 +117,15 @@ def main(argv: list[str] | None = None) -> int:
             rel = float(np.abs(y - yd).max() / np.ptp(yd))
             print(f"against the core's dense Newton (sparse_solve = False, {1e9 * dense_s / len(x):.0f} ns/sample): "
                   f"max |difference| / range = {rel:.2e}", flush=True)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         acct, wall, t, v = run_ngspice(path.read_text(), work, args.spice_repeats)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spice_cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / args.spice_repeats
     ref = _to_samples(t, v, FS, len(x), "cubic")
-    print(f"ngspice: transient analysis {acct:.3f} s (process {wall:.3f} s)")
-    print(f"ratio ngspice / {model.method}: {acct / fwd_s:.2f}x (against its CPU time: {acct / fwd_cpu:.2f}x);  "
-          f"ESR against ngspice: {esr(y, ref):.2e}"
+    print(f"ngspice: transient analysis {acct:.3f} s (process {wall:.3f} s; process CPU time {spice_cpu:.3f} s, "
+          f"mean of {args.spice_repeats})")
+    print(f"ratio ngspice / {model.method}: {acct / fwd_s:.2f}x (CPU time against CPU time: "
+          f"{spice_cpu / fwd_cpu:.2f}x);  ESR against ngspice: {esr(y, ref):.2e}"
           + ("" if yd is None else f" (dense Newton: {esr(yd, ref):.2e})"))
     return 0
 

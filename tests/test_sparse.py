@@ -48,6 +48,16 @@ def test_sparse_equals_dk(name: str, amp: float) -> None:
     assert sp.diagnostics.newton_iterations <= 2 * sp.diagnostics.max_iterations
 
 
+def test_sparse_runs_a_linear_circuit() -> None:
+    """No device, no unknowns of the sparse solve (the FMV tone stack): the same output as DK's."""
+    x = _sine(1000, 0.5)
+    with torch.no_grad():
+        ys = circuitsim.load(NETLISTS / "fmv_tonestack.cir", "sparse", FS)(x)
+        yd = circuitsim.load(NETLISTS / "fmv_tonestack.cir", "dk", FS)(x)
+    assert float(yd.max() - yd.min()) > 1e-2
+    assert float((ys - yd).abs().max()) <= 1e-12 * float(yd.max() - yd.min())
+
+
 def test_sparse_streaming_matches_one_call() -> None:
     """Blocks through ``stream`` give one long call's output (to the Newton tolerance: each block's first
     sample is solved by the core's Newton from the warm start)."""

@@ -112,7 +112,7 @@ class SparsePlan:
         # same structure (a pattern that is too sparse would only slow Newton: the residual is exact)
         rng = np.random.default_rng(0)
         pats = []
-        for trial in range(3):
+        for trial in range(3 if keep else 0):  # (a linear circuit has no U)
             G, C = m.G.detach().clone(), m.Cm.detach().clone()
             if trial:
                 G = G * torch.as_tensor(np.exp(rng.uniform(-1, 1, G.shape)))
