@@ -203,33 +203,38 @@ class SparsePlan:
                            ("W_ZT", nvv), ("W_ZP", nvv), ("W_PP", nvv), ("W_FLAG", 1)):
             layout[name] = at
             at += size
-        ints = {"SP_LPTR": lptr, "SP_LROW": lrow, "SP_UPTR": uptr, "SP_UCOL": ucol, "SP_FILLPOS": self.fill_pos,
+        ints: dict = {"SP_LPTR": lptr, "SP_LROW": lrow, "SP_UPTR": uptr, "SP_UCOL": ucol, "SP_FILLPOS": self.fill_pos,
                 "ST_POS": st_pos, "ST_SLOT": st_slot, "BW_ROW": bw_row, "BW_SLOT": bw_slot, "NVP_PTR": nvp_ptr,
                 "NVP_NODE": nvp_node, "JS_OUT": [o for o, _ in slots],
                 "JS_PORT": [p for _, p in slots],
                 **{f"LIM_{k}": lim[k] for k in ("PORT", "VT", "VC", "POL")}}
         floats = {"ST_COEF": st_coef, "BW_COEF": bw_coef, "NVP_COEF": nvp_coef,
                   "LIM_VTC": lim["VTC"], "LIM_SGN": lim["SGN"]}
+        # the nonlinearity's part: the device loops, their index arrays and the J slots (device_loops)
+        nl_ints: dict = {"JS_OUT": ints.pop("JS_OUT"), "JS_PORT": ints.pop("JS_PORT")}
+        nl_floats: dict = {}
         glist = []
         for g_i, gr in enumerate(groups.values()):
             pre = f"SPD{g_i}"
             gr["prefix"], gr["n"] = pre, len(gr["OFF"])
             glist.append(gr)
-            ints.update({f"{pre}_OFF": gr["OFF"], f"{pre}_POL": gr["POL"]})
-            floats[f"{pre}_SGN"] = gr["SGN"]
+            nl_ints.update({f"{pre}_OFF": gr["OFF"], f"{pre}_POL": gr["POL"]})
+            nl_floats[f"{pre}_SGN"] = gr["SGN"]
             for key in ("PORT", "OUT", "JS"):
-                ints[f"{pre}_{key}"] = np.asarray(gr[key], dtype=np.int64).reshape(-1)
-        scalars = {"NZ": nvv, "NPHI": nl.n_outputs, "SP_N": n, "SP_NJ": nj, "SP_NLIM": nlim, "SP_X0": self.theta0,
-                   "SP_NFILL": self.fill, "SP_MAXIT": MAX_ITER, "FM_EXPLICIT": 1,
-                   "FM_LC": 3 * nlim + 1, "LC_OK": 3 * nlim, "FM_WORK": at,
-                   "N_WORK": max(1, nj), **layout,
-                   **{f"SPD{i}_N": gr["n"] for i, gr in enumerate(glist)}}
-        src = sparse_lu.constants(ints, floats, scalars)
+                nl_ints[f"{pre}_{key}"] = np.asarray(gr[key], dtype=np.int64).reshape(-1)
+        nl_scalars = {"SP_NJ": nj, "N_WORK": max(1, nj), **{f"SPD{i}_N": gr["n"] for i, gr in enumerate(glist)}}
+        nl_src = sparse_lu.constants(nl_ints, nl_floats, nl_scalars)
         # 2-D index arrays: the loops read PREFIX_PORT[d, j]
-        src += "".join(f"{gr['prefix']}_{key} = {gr['prefix']}_{key}.reshape({gr['n']}, {w})\n"
-                       for gr in glist for key, w in (("PORT", gr["nport"]), ("OUT", gr["nout"]),
-                                                      ("JS", gr["nout"] * gr["nport"])))
-        src += sparse_lu.device_loops(glist)
+        nl_src += "".join(f"{gr['prefix']}_{key} = {gr['prefix']}_{key}.reshape({gr['n']}, {w})\n"
+                          for gr in glist for key, w in (("PORT", gr["nport"]), ("OUT", gr["nout"]),
+                                                         ("JS", gr["nout"] * gr["nport"])))
+        nl_src += sparse_lu.device_loops(glist)
+        self.nl_source = (nl.nb_source + "\n\n# ---- method 'sparse': the device loops, in place of nl_eval and "
+                          "nl_vjp_theta above\n" + nl_src)
+        scalars = {"NZ": nvv, "NPHI": nl.n_outputs, "SP_N": n, "SP_NLIM": nlim, "SP_X0": self.theta0,
+                   "SP_NFILL": self.fill, "SP_MAXIT": MAX_ITER, "FM_EXPLICIT": 1,
+                   "FM_LC": 3 * nlim + 1, "LC_OK": 3 * nlim, "FM_WORK": at, **layout}
+        src = sparse_lu.constants(ints, floats, scalars)
         self.step = StepFormulation("sparse", (*sparse_lu.HOOKS, statespace.fm_vjp), src)
         self._nl = nl
         self._module: ModuleType | None = None
@@ -243,7 +248,7 @@ class SparsePlan:
     def module(self) -> ModuleType:
         """The generated module (a DK module: ``P = (K,)``, ``z = v``, ``phi = f``) with the sparse solve."""
         if self._module is None:
-            self._module = codegen.step_module(self._nl.nb_source, self.step)
+            self._module = codegen.step_module(self.nl_source, self.step)
         return self._module
 
     def extras(self, m: MNAMatrices, K: torch.Tensor) -> torch.Tensor:
@@ -278,7 +283,9 @@ class SparseModule(DKModule):
         # unrolled code takes minutes on a big circuit
         topo._solvable_checked = True
         self.plan = SparsePlan(topo, topo.assemble(topo.leaf_values()), self.sample_rate)
-        # every DK entry point (run_state_space, the operating point's eval_batch) runs this module
+        # the nonlinearity's own module (its batch evaluation: the DC point) evaluates with the loops, and
+        # every DK entry point (run_state_space, statespace.forward/backward) runs the sparse module
+        topo.nonlinearity.nb_source = self.plan.nl_source
         topo.nonlinearity._module = self.plan.module
         topo._solvable_checked = False
         self._q = state_basis(topo.assemble(topo.leaf_values()))  # as DKModule.__init__

@@ -28,6 +28,7 @@ sparse solve off for the run), ``reltol``, ``abstol``, then ``S0`` at the fill p
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 
@@ -261,7 +262,7 @@ def nl_eval(v, theta, f, J, work):
 
 # fmt: on
 HOOKS = (sp_factor, sp_solve, sp_assemble, sp_direction, sp_residual, sp_limit, fm_prepare, fm_eval,
-         fm_limit, fm_solve, nl_eval)
+         fm_limit, fm_solve)
 
 
 def _array(name: str, values: Sequence[float] | np.ndarray, dtype: str) -> str:
@@ -279,7 +280,11 @@ def constants(ints: dict[str, Sequence[int] | np.ndarray], floats: dict[str, Seq
 
 
 def device_loops(groups: Sequence[dict]) -> str:
-    """``sp_devices(v, theta, f, jv)`` and ``nl_vjp_theta(v, theta, mu, gtheta, work)`` as loops.
+    """``sp_devices(v, theta, f, jv)``, ``nl_vjp_theta(v, theta, mu, gtheta, work)`` and ``nl_eval`` as loops.
+
+    Appended to the nonlinearity's source (``Nonlinearity.nb_source``), they replace its unrolled
+    ``nl_eval`` and ``nl_vjp_theta`` there (numba compiles only what is called, and a later definition
+    wins), so its batch evaluation for the DC point and the formulation module use the loops.
 
     Each group is one generated device function (``fname``, from the family's program) and its
     instances: ``n``, ``size`` (theta length), ``nport``, ``nout``, ``pol`` (whether it has a
@@ -307,7 +312,8 @@ def device_loops(groups: Sequence[dict]) -> str:
         vj += head + [f"        {fn}_vjp({args}, theta[off:off + {size}], {mus}, gtheta[off:off + {size}])"]
     ev.append("    return")
     vj.append("    return")
-    return "\n\n" + "\n".join(ev) + "\n\n\n" + "\n".join(vj) + "\n"
+    nle = f"@njit(cache=True, inline=\"always\")\n{inspect.getsource(nl_eval)}"
+    return "\n\n" + "\n".join(ev) + "\n\n\n" + "\n".join(vj) + "\n\n\n" + nle
 
 
 __all__ = ["HOOKS", "constants", "device_loops"]
