@@ -212,6 +212,11 @@ WILD_NETLISTS = [
     # resistors over a .param, VCVS buffer) and a Uni-Vibe phase network frozen at one lamp state (.param values)
     ("hendrix_vox_wah.cir", "Vsig", "OUT", 1e-5),
     ("hendrix_univibe_frozen.cir", "Vin", "OUT", 1e-5),
+    # mainster/LTspiceWorkspace: LTspice IV exports of a course's lab stages (title '* Z:\\...\\x.asc', LTspice's
+    # standard.bjt line, ';op' lines, 'µ', .backanno), each powered by the course's vdc_single subcircuit with an
+    # undeclared V=10V over its own '.param v=0', included as 'EIT_sub\\vdc_single.sub' (Vdc_single.sub beside them)
+    ("eit_ltspice/kollektorschaltung_skript.net", "V1", "out", 1e-5),  # emitter follower
+    ("eit_ltspice/q1e-stufe.net", "v1", "out", None),  # common emitter, gain ~60, drawn for a 1 mV sine
 ]
 
 
@@ -402,6 +407,21 @@ def test_ltspice_wavefile_source_is_the_input_of_simulate(tmp_path: Path) -> Non
     assert rc == 0
     y, _ = read_wav(out)
     assert np.all(np.isfinite(y)) and np.ptp(y[2400:]) > 1.0  # the stage's gain is about 60
+
+
+def test_instance_parameter_overrides_the_subcircuits_own_param(tmp_path: Path) -> None:
+    """LTspice: 'XU1 a vdc_single V=10V' into '.subckt vdc_single 1 / .param v=0' gives 10 V; without V= the
+    subcircuit's own .param holds (0 V).  ngspice, on the copy that declares 'params: v=1', does the same."""
+    (tmp_path / "Vdc_single.sub").write_text((WILD / "eit_ltspice" / "Vdc_single.sub").read_text())
+    path = tmp_path / "two.net"
+    path.write_text("* Z:\\\\x\\\\two.asc\nXU1 a vdc_single V=10V\nXU2 b vdc_single\nXU3 c vdc_single V={2*k}\n"
+                    "R1 a b 1k\nR2 b 0 2k\nR3 a c 3k\nR4 c 0 1k\nVIN in 0 0\nR5 in out 1k\nR6 out 0 1k\n.param k=3\n"
+                    ".lib EIT_sub\\\\vdc_single.sub\n.backanno\n.end\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NetlistWarning)
+        assert _dc_matches(path) >= 4
+        v = load(path, "mna", 48000.0).dc_voltages(0.0)
+    assert v["v(a)"] == pytest.approx(10.0) and v["v(b)"] == 0.0 and v["v(c)"] == pytest.approx(6.0)
 
 
 # TI's TL072 Boyle macromodel as published (tests/data/wild/TL072.lib: PJF input pair, diodes, E/F POLY,
