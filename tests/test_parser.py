@@ -1157,7 +1157,8 @@ def test_ltspice_library_names_match_as_on_windows(tmp_path: Path, where: str) -
     folder.mkdir(exist_ok=True)
     (folder / "Vdc_single.sub").write_text(".subckt vdc_single 1\nv1 1 0 dc={v}\n.param v=0\n.ends\n")
     main = tmp_path / "q.net"
-    main.write_text("* Z:\\home\\q.asc\nXU1 plus vdc_single V=5V\nR1 plus 0 1k\n.lib EIT_sub\\vdc_single.sub\n.backanno\n")
+    main.write_text("* Z:\\home\\q.asc\nXU1 plus vdc_single V=5V\nR1 plus 0 1k\n"
+                    ".lib EIT_sub\\vdc_single.sub\n.backanno\n")
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         net = parse_file(main)
