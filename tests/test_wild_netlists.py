@@ -242,7 +242,6 @@ def test_wild_netlist_validates_against_ngspice(name: str, source: str, output: 
                                                 tols: dict[str, float]) -> None:
     """``validate`` at 48 kHz x 8 on the file as published: the DC point, and ESR <= 1e-5 on every standard signal
     but the listed ones, which must meet it at 4x the rate after a >= 20x drop (the trapezoidal error's signature)."""
-    from circuitsim.signals import standard_signals
     from circuitsim.validate import validate
 
     with warnings.catch_warnings():
@@ -252,32 +251,43 @@ def test_wild_netlist_validates_against_ngspice(name: str, source: str, output: 
     print(report.table())
     _assert_dc_matches(report.dc, 4)
     assert all(r.peak > 1e-3 for r in report.signals), report.table()
-    fs = 4 * report.sim_rate
+    _hold_to_the_rule(name, source, output, {r.name: r.esr for r in report.signals}, limited, report.sim_rate, tols)
+
+
+def _hold_to_the_rule(name: str, source: str, output: str, errors: dict[str, float], limited: tuple[str, ...],
+                      fs: float, tols: dict[str, float], tmax_div: int = 16) -> None:
+    """ESR <= 1e-5 at ``fs`` for every signal but ``limited``; those <= 1e-5 at 4 fs after a >= 20x drop."""
+    from circuitsim.signals import standard_signals
+
     model = None
-    for r in report.signals:
-        if r.esr <= 1e-5:
+    for sig, e in errors.items():
+        if e <= 1e-5:
             continue
-        assert r.name in limited, f"{r.name}: ESR {r.esr:.3e} > 1e-5 at 48 kHz x 8\n{report.table()}"
-        model = model or _wild_model(name, fs, source, output)
-        fine = _esr_against_ngspice(model, name, standard_signals(fs, 0.01)[r.name], fs, source, output, **tols)
-        print(f"{r.name}: ESR {r.esr:.3e} at 48 kHz x 8, {fine:.3e} at 4x the rate")
-        assert fine <= 1e-5 and fine <= r.esr / 20, f"{r.name}: ESR {r.esr:.3e} at 48 kHz x 8, {fine:.3e} at 4x"
+        assert sig in limited, f"{sig}: ESR {e:.3e} > 1e-5 at {fs:g} Hz ({errors})"
+        model = model or _wild_model(name, 4 * fs, source, output)
+        x = standard_signals(4 * fs, 0.01)[sig]
+        fine = _esr_against_ngspice(model, name, x, 4 * fs, source, output, tmax_div=tmax_div, **tols)
+        print(f"{sig}: ESR {e:.3e} at {fs:g} Hz, {fine:.3e} at 4x the rate")
+        assert fine <= 1e-5 and fine <= e / 20, f"{sig}: ESR {e:.3e} at {fs:g} Hz, {fine:.3e} at 4x the rate"
 
 
-# A deck that ngspice 39 itself finishes only at looser tolerances than validate()'s: at reltol 1e-6 (and 1e-5) its
-# transient stops at t ~ 2e-16 s ("Timestep too small") on the germanium AC128 card (RC = 1.7 micro-ohm); at these it
-# runs.  Below clipping its output and ours agree to 1e-5; the clipping sweep and 1 V pluck are held to second-order
-# convergence, as above.  (file, input source, output node, the standard signals that stay below hard clipping)
+# A deck that ngspice 39 itself finishes only at looser tolerances than validate()'s: at reltol 1e-6 (and 1e-5) with
+# abstol 1e-15, vntol 1e-9 its transient stops at t ~ 2e-16 s ("Timestep too small") on the germanium AC128 card
+# (RC = 1.7 micro-ohm); at these it runs.  At reltol 1e-4 ngspice's own step is bound by TMAX: on the clipping sweep
+# its output moves by ESR 2.9e-4 from TMAX = 1/(16 fs) to 1/(64 fs) and by 1.5e-5 more to 1/(256 fs), so the
+# reference runs at 1/(64 fs) (docs/validation.md).  Against it the clipping sweep and 1 V pluck exceed 1e-5 at
+# 48 kHz x 8 (3.6e-5, 1.3e-5) and meet it at 4x the rate (8.1e-7, 7.6e-8).  (file, input, output, those signals)
 LOOSE_NGSPICE = {"reltol": 1e-4, "abstol": 1e-12, "vntol": 1e-6}
 WILD_LOOSE = [
     # grwhitehead/us3213181: the Maestro FZ-1 Fuzz-Tone, three germanium PNPs, a .subckt with bare parameters
-    ("maestro_fuzztone.cir", "Vin", "out", ("sine", "pluck_50mV", "pluck_300mV")),
+    ("maestro_fuzztone.cir", "Vin", "out", HARD),
 ]
-CONVERGENCE = [(*w[:3], LOOSE_NGSPICE) for w in WILD_LOOSE]
 
 
-def _esr_against_ngspice(model, name: str, x, fs: float, source: str, output: str, **tols: float) -> float:
-    """ESR of ``model``'s output for input ``x`` (volts at ``fs``) against ngspice's on the same file."""
+def _esr_against_ngspice(model, name: str, x, fs: float, source: str, output: str, tmax_div: int = 16,
+                         **tols: float) -> float:
+    """ESR of ``model``'s output for input ``x`` (volts at ``fs``) against ngspice's on the same file, whose
+    largest step is TMAX = 1/(tmax_div fs)."""
     import torch
 
     from circuitsim.spice import simulate_ngspice
@@ -285,7 +295,7 @@ def _esr_against_ngspice(model, name: str, x, fs: float, source: str, output: st
 
     with torch.no_grad():
         y = model(torch.as_tensor(x)).numpy()
-    return esr(y, simulate_ngspice(WILD / name, x, fs, source, output, tmax=1 / (16 * fs), **tols))
+    return esr(y, simulate_ngspice(WILD / name, x, fs, source, output, tmax=1 / (tmax_div * fs), **tols))
 
 
 def _wild_model(name: str, fs: float, source: str, output: str):
@@ -294,38 +304,20 @@ def _wild_model(name: str, fs: float, source: str, output: str):
         return load(WILD / name, "dk", fs, input_source=source, output_node=output)
 
 
-@pytest.mark.parametrize("name, source, output, tols", CONVERGENCE, ids=[w[0] for w in CONVERGENCE])
-def test_wild_hard_clipping_converges_to_ngspice(name: str, source: str, output: str, tols: dict) -> None:
-    """Where the ESR is the trapezoidal error itself, doubling the rate shrinks it as a second-order method does.
-
-    The DC point is checked too, as validate() does (ngspice's .op runs at the tight tolerances on every row).
-    """
-    from circuitsim.signals import log_sweep
-    from circuitsim.validate import compare_dc
-
-    errors = []
-    for fs in (384000.0, 768000.0):
-        x = log_sweep(20.0, 20000.0, 0.004, fs, 0.5)
-        model = _wild_model(name, fs, source, output)
-        errors.append(_esr_against_ngspice(model, name, x, fs, source, output, **tols))
-    _assert_dc_matches(compare_dc(model, WILD / name), 4)
-    assert errors[1] <= errors[0] / 6, errors
-
-
-@pytest.mark.parametrize("name, source, output, below_clipping", WILD_LOOSE, ids=[w[0] for w in WILD_LOOSE])
+@pytest.mark.parametrize("name, source, output, limited", WILD_LOOSE, ids=[w[0] for w in WILD_LOOSE])
 def test_wild_netlist_at_ngspice_loose_tolerances(name: str, source: str, output: str,
-                                                  below_clipping: tuple[str, ...]) -> None:
-    """The DC point as validate() checks it (ngspice's .op runs at the tight tolerances); ESR <= 1e-5 below clipping."""
+                                                  limited: tuple[str, ...]) -> None:
+    """The DC point as validate() checks it (ngspice's .op runs at the tight tolerances), and the standard signals
+    at 48 kHz x 8 against ngspice at its loose tolerances and TMAX = 1/(64 fs), held to the rule above."""
     from circuitsim.signals import standard_signals
     from circuitsim.validate import compare_dc
 
     fs = 384000.0
     model = _wild_model(name, fs, source, output)
     _assert_dc_matches(compare_dc(model, WILD / name), 10)
-    signals = standard_signals(fs, 0.01)
-    errors = {sig: _esr_against_ngspice(model, name, signals[sig], fs, source, output, **LOOSE_NGSPICE)
-              for sig in below_clipping}
-    assert max(errors.values()) <= 1e-5, errors
+    errors = {sig: _esr_against_ngspice(model, name, x, fs, source, output, tmax_div=64, **LOOSE_NGSPICE)
+              for sig, x in standard_signals(fs, 0.01).items()}
+    _hold_to_the_rule(name, source, output, errors, limited, fs, LOOSE_NGSPICE, tmax_div=64)
 
 
 WILD_ALL = [w[:3] for w in WILD_NETLISTS + WILD_LOOSE]
