@@ -40,10 +40,10 @@ def choose_method(circuit: Circuit, input_source: str | None, output_node: str) 
     from circuitsim.system.mna_system import MNATopology
 
     nl = MNATopology(circuit, input_source, output_node).nonlinearity
-    ports = nl.n_ports
-    if ports > AUTO_PORTS and all(isinstance(b, DeviceBlock) for b in nl.blocks):
-        return "sparse", f"sparse: {ports} nonlinear ports > {AUTO_PORTS}"
-    return "dk", f"dk: {ports} nonlinear ports" + ("" if ports <= AUTO_PORTS else ", behavioural sources")
+    ports = f"{nl.n_ports} nonlinear port{'' if nl.n_ports == 1 else 's'}"
+    if nl.n_ports > AUTO_PORTS and all(isinstance(b, DeviceBlock) for b in nl.blocks):
+        return "sparse", f"sparse: {ports} > {AUTO_PORTS}"
+    return "dk", f"dk: {ports}" + ("" if nl.n_ports <= AUTO_PORTS else ", behavioural sources")
 
 
 def load_circuit(
