@@ -10,7 +10,6 @@ sample rate and ngspice see the same signal.
 from __future__ import annotations
 
 import numpy as np
-import scipy.signal
 
 from circuitsim.audio import resample_to
 from circuitsim.errors import UsageError
@@ -112,6 +111,7 @@ def karplus_strong(
         y[lo : lo + period] = decay * 0.5 * (y[lo - period : lo] + y[lo - period - 1 : lo - 1])
     y = y[1 : n + 1]
     if cutoff < 0.5 * internal_rate:
+        import scipy.signal  # here, not at module level: it costs ~30 MB and 0.6 s at start-up
         y = scipy.signal.sosfilt(scipy.signal.butter(4, cutoff, fs=internal_rate, output="sos"), y)
     if sample_rate != internal_rate:
         y = resample_to(y, internal_rate, sample_rate)

@@ -1149,6 +1149,26 @@ def test_ltspice_library_path_falls_back_to_the_file_next_to_the_netlist(tmp_pat
     assert "12AX7" in net.subckts and Path(net.subckts["12AX7"].loc.file) == tmp_path / "koren.lib"
 
 
+@pytest.mark.parametrize("where", ["beside", "folder"])
+def test_ltspice_library_names_match_as_on_windows(tmp_path: Path, where: str) -> None:
+    """'.lib EIT_sub\\vdc_single.sub' finds EIT_sub/Vdc_single.sub or Vdc_single.sub beside the netlist:
+    a relative path written with backslashes, and a name that differs only in case (LTspice's Windows)."""
+    folder = tmp_path / "EIT_sub" if where == "folder" else tmp_path
+    folder.mkdir(exist_ok=True)
+    (folder / "Vdc_single.sub").write_text(".subckt vdc_single 1\nv1 1 0 dc={v}\n.param v=0\n.ends\n")
+    main = tmp_path / "q.net"
+    main.write_text("* Z:\\home\\q.asc\nXU1 plus vdc_single V=5V\nR1 plus 0 1k\n"
+                    ".lib EIT_sub\\vdc_single.sub\n.backanno\n")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        net = parse_file(main)
+    assert Path(net.subckts["VDC_SINGLE"].loc.file) == folder / "Vdc_single.sub"
+    assert any("reading" in str(w.message) and "Vdc_single.sub" in str(w.message) for w in seen)
+    (folder / "VDC_SINGLE.SUB").write_text("* a second file that matches but for case: ambiguous\n")
+    with pytest.raises(NetlistError, match=r"library file 'EIT_sub\\vdc_single.sub' not found"):
+        parse_file(main)
+
+
 def test_missing_ltspice_standard_library_is_skipped_with_a_warning(tmp_path: Path) -> None:
     """LTspice writes '.lib C:\\...\\lib\\cmp\\standard.bjt' into every export; absent here, it is skipped."""
     main = tmp_path / "t.net"

@@ -36,13 +36,15 @@ def test_fuzz_face_dc_point_matches_ngspice(method):
 
 @pytest.mark.parametrize("method", ["mna", "dk"])
 def test_fuzz_face_transient_converges_to_ngspice(method):
-    """The high-gain fuzz shows the trapezoidal error itself: ESR 2.5e-5 at 384 kHz, ~10x less at 768 kHz.
+    """The high-gain fuzz shows the trapezoidal error itself: ESR 2.4e-5 at 384 kHz, 2.6e-6 at 768 kHz, 1.3e-7 at
+    1.536 MHz (DK; the reference moves by 1e-8 at TMAX/4).
 
-    Halving the step must shrink the difference from ngspice as a second-order method does
-    (ESR ~ T^4 in the limit, >= 6x measured per halving); a modelling error would not shrink.
+    So it is held to the foundation issue's rule for that case (tests/test_ngspice_acceptance.py): ESR <= 1e-5
+    at 4x the rate and a >= 20x drop, as a second-order method's error falls (ESR ~ T^4: 256x in the limit);
+    a modelling error would not shrink.
     """
     errors = []
-    for fs in (FS, 2 * FS):
+    for fs in (FS, 4 * FS):
         x = 0.05 * karplus_strong(110.0, 0.003, fs, seed=3)
         model = load(NETLIST, method, fs, params={"fuzz": 0.2})
         with torch.no_grad():
@@ -51,7 +53,7 @@ def test_fuzz_face_transient_converges_to_ngspice(method):
         assert np.ptp(ref) > 0.1  # the fuzz really amplifies the 50 mV pluck
         errors.append(esr(y, ref))
     assert errors[0] <= 1e-4, errors
-    assert errors[1] <= errors[0] / 6, errors
+    assert errors[1] <= 1e-5 and errors[1] <= errors[0] / 20, errors
 
 
 def test_fuzz_face_dk_equals_mna():

@@ -191,27 +191,42 @@ def test_negative_capacitance_warns_naming_the_element(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- public netlists, run unchanged
 
-# (file in tests/data/wild, input source, output node, the ESR bound at 48 kHz x 8 or None where the
-# circuit's own discretisation error is larger: a high-gain stage driven to hard clipping by the 0.5-1 V
-# standard signals, 20-400x the 0.25-10 mV the netlists were drawn for; those are held to second-order
-# convergence instead, as tests/test_third_party_netlist.py does for the fuzz face)
+# (file in tests/data/wild, input source, output node, the standard signals whose ESR at 48 kHz x 8 may exceed 1e-5,
+# ngspice's tolerances).  Every other signal must meet ESR <= 1e-5 at 48 kHz x 8.  The listed ones are the
+# trapezoidal rule's own error (docs/validation.md, "Netlists from the wild"): the reference has converged (TMAX
+# 1/(64 fs) or reltol 1e-7 move it by far less), and the ESR falls 10-25x per doubling of the rate (16x is second
+# order), so they are held to the foundation issue's rule for that case (tests/test_ngspice_acceptance.py):
+# ESR <= 1e-5 at 4x the rate and a >= 20x drop.  Most are high-gain stages driven to hard clipping by the
+# 0.5-1 V standard signals, 20-400x the 0.25-10 mV they were drawn for; legacy_pspice's is its LC resonance.
+HARD = ("sweep", "pluck_1V")
 WILD_NETLISTS = [
-    ("ece341_diode.sp", "vin", "node2", 1e-5),
-    ("ece341_bjt_amplifier.sp", "vac", "vd", 1e-5),
-    ("kicad_npn_ce_amp.cir", "V2", "/out", None),
-    ("ece341_bjt_tran.sp", "VIN", "out", None),
+    ("ece341_diode.sp", "vin", "node2", (), {}),
+    ("ece341_bjt_amplifier.sp", "vac", "vd", (), {}),
+    ("kicad_npn_ce_amp.cir", "V2", "/out", HARD, {}),
+    ("ece341_bjt_tran.sp", "VIN", "out", HARD, {}),
     # level-1 MOSFETs with ngspice's default card (.model NMOS NMOS): common source, drain (bulk tied to the
     # source) and gate stages from one public repository
-    ("mos_common_source.sp", "Vsig", "vo", 1e-5),
-    ("mos_common_drain.sp", "Vsig", "vo", 1e-5),
-    ("mos_common_gate.sp", "Vsig", "vo", 1e-5),
-    # KiCad's golden export of its legacy_pspice QA schematic: three NPNs, two LC networks (a high-Q tank:
-    # the 0.5-1 V signals swing the output rail to rail, where the trapezoidal error exceeds 1e-5)
-    ("kicad_legacy_pspice.spice", "V2", "VOUT", None),
+    ("mos_common_source.sp", "Vsig", "vo", (), {}),
+    ("mos_common_drain.sp", "Vsig", "vo", (), {}),
+    ("mos_common_gate.sp", "Vsig", "vo", (), {}),
+    # KiCad's golden export of its legacy_pspice QA schematic: three NPNs and two 100 mH LC networks.  Its excess is
+    # not clipping (at a tenth of the level the ESR is as large): the trapezoidal rule's frequency warping,
+    # tan(wT/2)/(wT/2) - 1 = 5.6e-4 at the 5 kHz resonance, which the resonance's Q turns into ESR ~2.5e-5
+    ("kicad_legacy_pspice.spice", "V2", "VOUT", ("sine", "sweep", "pluck_50mV"), {}),
     # nahorov/Hendrix-Systems-Lab's ngspice decks: a Vox-style inductor wah (0.5 H, treadle pot as two {expr}
     # resistors over a .param, VCVS buffer) and a Uni-Vibe phase network frozen at one lamp state (.param values)
-    ("hendrix_vox_wah.cir", "Vsig", "OUT", 1e-5),
-    ("hendrix_univibe_frozen.cir", "Vin", "OUT", 1e-5),
+    ("hendrix_vox_wah.cir", "Vsig", "OUT", (), {}),
+    ("hendrix_univibe_frozen.cir", "Vin", "OUT", (), {}),
+    # mainster/LTspiceWorkspace: LTspice IV exports of a course's lab stages (title '* Z:\\...\\x.asc', LTspice's
+    # standard.bjt line, ';op' lines, 'µ', .backanno), each powered by the course's vdc_single subcircuit with an
+    # undeclared V=10V over its own '.param v=0', included as 'EIT_sub\\vdc_single.sub' (Vdc_single.sub beside them)
+    ("eit_ltspice/kollektorschaltung_skript.net", "V1", "out", (), {}),  # emitter follower
+    ("eit_ltspice/q1e-stufe.net", "v1", "out", ("sweep",), {}),  # common emitter, gain ~60, drawn for a 1 mV sine
+    # JamesDunne/mkiicp: the LTspice Mark IIC+ preamp, six Koren triodes, output wout.  ngspice needs ABSTOL 1e-9
+    # here (at 1e-15 it stops with "timestep too small" at node N004), and at 4x the rate VNTOL 1e-6 (at 1e-9 the
+    # sweep stops so at 14.6 us); references at those settings and at TMAX/2, TMAX/4 or reltol 1e-5 agree to 3e-8
+    ("mkiicp_full.net", "V1", "wout", ("sweep", "pluck_50mV", "pluck_300mV", "pluck_1V"),
+     {"abstol": 1e-9, "vntol": 1e-6}),
 ]
 
 
@@ -222,34 +237,57 @@ def _assert_dc_matches(dc: list, at_least: int) -> None:
         assert d.ours == pytest.approx(d.ngspice, rel=1e-6, abs=1e-9), (d.name, d.ours, d.ngspice)
 
 
-@pytest.mark.parametrize("name, source, output, bound", WILD_NETLISTS, ids=[w[0] for w in WILD_NETLISTS])
-def test_wild_netlist_validates_against_ngspice(name: str, source: str, output: str, bound: float | None) -> None:
-    """``validate`` at 48 kHz x 8 on the file as published: the DC point always, the ESR where bounded."""
+@pytest.mark.parametrize("name, source, output, limited, tols", WILD_NETLISTS, ids=[w[0] for w in WILD_NETLISTS])
+def test_wild_netlist_validates_against_ngspice(name: str, source: str, output: str, limited: tuple[str, ...],
+                                                tols: dict[str, float]) -> None:
+    """``validate`` at 48 kHz x 8 on the file as published: the DC point, and ESR <= 1e-5 on every standard signal
+    but the listed ones, which must meet it at 4x the rate after a >= 20x drop (the trapezoidal error's signature)."""
     from circuitsim.validate import validate
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NetlistWarning)
-        report = validate(WILD / name, method="dk", duration=0.01, input_source=source, output_node=output)
+        report = validate(WILD / name, method="dk", duration=0.01, input_source=source, output_node=output,
+                          reference_abstol=tols.get("abstol", 1e-15))
+    print(report.table())
     _assert_dc_matches(report.dc, 4)
     assert all(r.peak > 1e-3 for r in report.signals), report.table()
-    if bound is not None:
-        assert max(r.esr for r in report.signals) <= bound, report.table()
+    _hold_to_the_rule(name, source, output, {r.name: r.esr for r in report.signals}, limited, report.sim_rate, tols)
 
 
-# A deck that ngspice 39 itself finishes only at looser tolerances than validate()'s: at reltol 1e-6 (and 1e-5) its
-# transient stops at t ~ 2e-16 s ("Timestep too small") on the germanium AC128 card (RC = 1.7 micro-ohm); at these it
-# runs.  Below clipping its output and ours agree to 1e-5; the clipping sweep and 1 V pluck are held to second-order
-# convergence, as above.  (file, input source, output node, the standard signals that stay below hard clipping)
+def _hold_to_the_rule(name: str, source: str, output: str, errors: dict[str, float], limited: tuple[str, ...],
+                      fs: float, tols: dict[str, float], tmax_div: int = 16) -> None:
+    """ESR <= 1e-5 at ``fs`` for every signal but ``limited``; those <= 1e-5 at 4 fs after a >= 20x drop."""
+    from circuitsim.signals import standard_signals
+
+    model = None
+    for sig, e in errors.items():
+        if e <= 1e-5:
+            continue
+        assert sig in limited, f"{sig}: ESR {e:.3e} > 1e-5 at {fs:g} Hz ({errors})"
+        model = model or _wild_model(name, 4 * fs, source, output)
+        x = standard_signals(4 * fs, 0.01)[sig]
+        fine = _esr_against_ngspice(model, name, x, 4 * fs, source, output, tmax_div=tmax_div, **tols)
+        print(f"{sig}: ESR {e:.3e} at {fs:g} Hz, {fine:.3e} at 4x the rate")
+        assert fine <= 1e-5 and fine <= e / 20, f"{sig}: ESR {e:.3e} at {fs:g} Hz, {fine:.3e} at 4x the rate"
+
+
+# A deck that ngspice 39 itself finishes only at looser tolerances than validate()'s: at reltol 1e-6 (and 1e-5) with
+# abstol 1e-15, vntol 1e-9 its transient stops at t ~ 2e-16 s ("Timestep too small") on the germanium AC128 card
+# (RC = 1.7 micro-ohm); at these it runs.  At reltol 1e-4 ngspice's own step is bound by TMAX: on the clipping sweep
+# its output moves by ESR 2.9e-4 from TMAX = 1/(16 fs) to 1/(64 fs) and by 1.5e-5 more to 1/(256 fs), so the
+# reference runs at 1/(64 fs) (docs/validation.md).  Against it the clipping sweep and 1 V pluck exceed 1e-5 at
+# 48 kHz x 8 (3.6e-5, 1.3e-5) and meet it at 4x the rate (8.1e-7, 7.6e-8).  (file, input, output, those signals)
 LOOSE_NGSPICE = {"reltol": 1e-4, "abstol": 1e-12, "vntol": 1e-6}
 WILD_LOOSE = [
     # grwhitehead/us3213181: the Maestro FZ-1 Fuzz-Tone, three germanium PNPs, a .subckt with bare parameters
-    ("maestro_fuzztone.cir", "Vin", "out", ("sine", "pluck_50mV", "pluck_300mV")),
+    ("maestro_fuzztone.cir", "Vin", "out", HARD),
 ]
-CONVERGENCE = [(*w[:3], {}) for w in WILD_NETLISTS if w[3] is None] + [(*w[:3], LOOSE_NGSPICE) for w in WILD_LOOSE]
 
 
-def _esr_against_ngspice(model, name: str, x, fs: float, source: str, output: str, **tols: float) -> float:
-    """ESR of ``model``'s output for input ``x`` (volts at ``fs``) against ngspice's on the same file."""
+def _esr_against_ngspice(model, name: str, x, fs: float, source: str, output: str, tmax_div: int = 16,
+                         **tols: float) -> float:
+    """ESR of ``model``'s output for input ``x`` (volts at ``fs``) against ngspice's on the same file, whose
+    largest step is TMAX = 1/(tmax_div fs)."""
     import torch
 
     from circuitsim.spice import simulate_ngspice
@@ -257,7 +295,7 @@ def _esr_against_ngspice(model, name: str, x, fs: float, source: str, output: st
 
     with torch.no_grad():
         y = model(torch.as_tensor(x)).numpy()
-    return esr(y, simulate_ngspice(WILD / name, x, fs, source, output, tmax=1 / (16 * fs), **tols))
+    return esr(y, simulate_ngspice(WILD / name, x, fs, source, output, tmax=1 / (tmax_div * fs), **tols))
 
 
 def _wild_model(name: str, fs: float, source: str, output: str):
@@ -266,38 +304,20 @@ def _wild_model(name: str, fs: float, source: str, output: str):
         return load(WILD / name, "dk", fs, input_source=source, output_node=output)
 
 
-@pytest.mark.parametrize("name, source, output, tols", CONVERGENCE, ids=[w[0] for w in CONVERGENCE])
-def test_wild_hard_clipping_converges_to_ngspice(name: str, source: str, output: str, tols: dict) -> None:
-    """Where the ESR is the trapezoidal error itself, doubling the rate shrinks it as a second-order method does.
-
-    The DC point is checked too, as validate() does (ngspice's .op runs at the tight tolerances on every row).
-    """
-    from circuitsim.signals import log_sweep
-    from circuitsim.validate import compare_dc
-
-    errors = []
-    for fs in (384000.0, 768000.0):
-        x = log_sweep(20.0, 20000.0, 0.004, fs, 0.5)
-        model = _wild_model(name, fs, source, output)
-        errors.append(_esr_against_ngspice(model, name, x, fs, source, output, **tols))
-    _assert_dc_matches(compare_dc(model, WILD / name), 4)
-    assert errors[1] <= errors[0] / 6, errors
-
-
-@pytest.mark.parametrize("name, source, output, below_clipping", WILD_LOOSE, ids=[w[0] for w in WILD_LOOSE])
+@pytest.mark.parametrize("name, source, output, limited", WILD_LOOSE, ids=[w[0] for w in WILD_LOOSE])
 def test_wild_netlist_at_ngspice_loose_tolerances(name: str, source: str, output: str,
-                                                  below_clipping: tuple[str, ...]) -> None:
-    """The DC point as validate() checks it (ngspice's .op runs at the tight tolerances); ESR <= 1e-5 below clipping."""
+                                                  limited: tuple[str, ...]) -> None:
+    """The DC point as validate() checks it (ngspice's .op runs at the tight tolerances), and the standard signals
+    at 48 kHz x 8 against ngspice at its loose tolerances and TMAX = 1/(64 fs), held to the rule above."""
     from circuitsim.signals import standard_signals
     from circuitsim.validate import compare_dc
 
     fs = 384000.0
     model = _wild_model(name, fs, source, output)
     _assert_dc_matches(compare_dc(model, WILD / name), 10)
-    signals = standard_signals(fs, 0.01)
-    errors = {sig: _esr_against_ngspice(model, name, signals[sig], fs, source, output, **LOOSE_NGSPICE)
-              for sig in below_clipping}
-    assert max(errors.values()) <= 1e-5, errors
+    errors = {sig: _esr_against_ngspice(model, name, x, fs, source, output, tmax_div=64, **LOOSE_NGSPICE)
+              for sig, x in standard_signals(fs, 0.01).items()}
+    _hold_to_the_rule(name, source, output, errors, limited, fs, LOOSE_NGSPICE, tmax_div=64)
 
 
 WILD_ALL = [w[:3] for w in WILD_NETLISTS + WILD_LOOSE]
@@ -402,6 +422,40 @@ def test_ltspice_wavefile_source_is_the_input_of_simulate(tmp_path: Path) -> Non
     assert rc == 0
     y, _ = read_wav(out)
     assert np.all(np.isfinite(y)) and np.ptp(y[2400:]) > 1.0  # the stage's gain is about 60
+
+
+@pytest.mark.parametrize("name, source, limited", [("kollektorschaltung_skript.net", "V1", ()),
+                                                   ("q1e-stufe.net", "v1", ("sweep",))])
+def test_ltspice_lab_exports_validate_from_the_command_line(capsys: pytest.CaptureFixture, name: str, source: str,
+                                                            limited: tuple[str, ...]) -> None:
+    """``circuitsim validate`` on the LTspice IV exports as published: five signals, ESR <= 1e-5 but where listed."""
+    import re
+
+    from circuitsim.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NetlistWarning)
+        rc = main(["validate", str(WILD / "eit_ltspice" / name), "--method", "dk", "--input-source", source,
+                   "--output-node", "out", "--duration", "0.01"])
+    out = capsys.readouterr().out
+    rows = dict(re.findall(r"^(sine|sweep|pluck_\w+)\s+(\S+)", out, re.M))
+    assert rc == 0 and len(rows) == 5 and "DC operating point: " in out, out
+    assert all(float(e) <= 1e-5 for sig, e in rows.items() if sig not in limited), out
+
+
+def test_instance_parameter_overrides_the_subcircuits_own_param(tmp_path: Path) -> None:
+    """LTspice: 'XU1 a vdc_single V=10V' into '.subckt vdc_single 1 / .param v=0' gives 10 V; without V= the
+    subcircuit's own .param holds (0 V).  ngspice, on the copy that declares 'params: v=1', does the same."""
+    (tmp_path / "Vdc_single.sub").write_text((WILD / "eit_ltspice" / "Vdc_single.sub").read_text())
+    path = tmp_path / "two.net"
+    path.write_text("* Z:\\\\x\\\\two.asc\nXU1 a vdc_single V=10V\nXU2 b vdc_single\nXU3 c vdc_single V={2*k}\n"
+                    "R1 a b 1k\nR2 b 0 2k\nR3 a c 3k\nR4 c 0 1k\nVIN in 0 0\nR5 in out 1k\nR6 out 0 1k\n.param k=3\n"
+                    ".lib EIT_sub\\\\vdc_single.sub\n.backanno\n.end\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NetlistWarning)
+        assert _dc_matches(path) >= 4
+        v = load(path, "mna", 48000.0).dc_voltages(0.0)
+    assert v["v(a)"] == pytest.approx(10.0) and v["v(b)"] == 0.0 and v["v(c)"] == pytest.approx(6.0)
 
 
 # TI's TL072 Boyle macromodel as published (tests/data/wild/TL072.lib: PJF input pair, diodes, E/F POLY,

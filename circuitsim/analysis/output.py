@@ -21,7 +21,6 @@ import math
 from collections.abc import Iterable, Iterator
 
 import numpy as np
-import scipy.signal
 
 from circuitsim.circuit.circuit import Circuit
 from circuitsim.errors import UsageError
@@ -63,6 +62,7 @@ class DCBlocker:
         if self.zi is None:
             # direct form II transposed state for x[-1] = x[0], y[-1] = 0: z = b1 x[-1] - a1 y[-1]
             self.zi = np.array([self.b[1] * x[0]])
+        import scipy.signal  # here, not at module level: it costs ~30 MB and 0.6 s at start-up
         y, self.zi = scipy.signal.lfilter(self.b, self.a, x, zi=self.zi)
         return y
 

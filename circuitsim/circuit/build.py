@@ -276,10 +276,14 @@ class _Builder:
                 child.env[key] = self.value(el.params[key], prefix + key, frame, el.loc, ParamKind.LEARNABLE)
             else:
                 child.env[key] = self.value(default, prefix + key, child, sub.loc or el.loc, ParamKind.LEARNABLE)
+        passed = set()
         for key, expr in el.params.items():  # LTspice/PSpice: parameters the .subckt line does not declare
             if key not in sub.defaults:
                 child.env[key] = self.value(expr, prefix + key, frame, el.loc, ParamKind.LEARNABLE)
-        self.define_params(sub.params, child, ParamKind.LEARNABLE)
+                passed.add(key)
+        # a .param inside the subcircuit of a name the instance passes is that parameter's default, which the
+        # instance overrides (LTspice: 'XU1 plus vdc_single V=10V' into '.subckt vdc_single 1 / .param v=0')
+        self.define_params([p for p in sub.params if p.name not in passed], child, ParamKind.LEARNABLE)
         self.scope(child, depth + 1)
 
     def potentiometer(self, el: Element, frame: _Frame, name: str, nodes: tuple[int, ...]) -> None:

@@ -61,7 +61,28 @@ def source_dependencies(sources: Iterable[str]) -> list[Path]:
 
 
 def _templates(module: ModuleType, names: Iterable[str], decorator: str) -> str:
-    return "".join(f"\n\n{decorator}\n{inspect.getsource(getattr(module, n))}" for n in names)
+    return "".join(f"\n\n{decorator}\n{_cold(n, inspect.getsource(getattr(module, n)))}" for n in names)
+
+
+# The cold templates (the fallbacks, the start of a batch item) run a few times per item, not per
+# sample: they call the formulation's evaluation through one shared non-inlined copy, so numba
+# types and lowers the device equations once for all of them instead of once per call site
+# (half the first compile of a BJT circuit went to newton_damped's two inlined copies).
+_COLD_TEMPLATES = ("newton_damped", "start_item")
+_COLD_HOOKS = ("fm_eval",)
+_COLD_CALL = re.compile(r"\b(" + "|".join(_COLD_HOOKS) + r")\(")
+
+
+def _cold(name: str, source: str) -> str:
+    return _COLD_CALL.sub(r"\1_cold(", source) if name in _COLD_TEMPLATES else source
+
+
+def _cold_wrappers() -> str:
+    out = []
+    for name in _COLD_HOOKS:
+        args = ", ".join(inspect.signature(getattr(core, name)).parameters)
+        out.append(f"\n\n@njit(cache=True)\ndef {name}_cold({args}):\n    return {name}({args})\n")
+    return "".join(out)
 
 
 # constants a formulation may leave out (docs/architecture.md, "Plugging a formulation into the core")
@@ -75,7 +96,7 @@ def formulation_source(step: StepFormulation) -> str:
     """
     names = {h.__name__ for h in step.hooks}
     hooks = (*step.hooks, *(h for h in (core.fm_solve,) if h.__name__ not in names))
-    code = "".join(f"\n\n{_INLINE}\n{inspect.getsource(h)}" for h in hooks)
+    code = "".join(f"\n\n{_INLINE}\n{inspect.getsource(h)}" for h in hooks) + _cold_wrappers()
     return f"\n# ---- formulation {step.name}\n{_DEFAULT_CONSTANTS}{step.constants}\n{code}\n"
 
 
@@ -89,7 +110,8 @@ def core_source() -> str:
         + _templates(linalg, linalg.TEMPLATES, _INLINE)
         + f"\n\n# ---- core\n{consts}\n"
         + _templates(core, core.INLINE_TEMPLATES, _INLINE)
-        + "".join(f"\n\n@njit(cache=True{opts})\n{inspect.getsource(getattr(core, n))}" for n, opts in core.TEMPLATES)
+        + "".join(f"\n\n@njit(cache=True{opts})\n{_cold(n, inspect.getsource(getattr(core, n)))}"
+                  for n, opts in core.TEMPLATES)
         + "\n"
     )
 

@@ -383,10 +383,11 @@ def start_item(P, theta, x0, warm_in, wv, wm, wi, given):
         copy_into(pprev, warm_in[2], NZ)
         for i in range(NZ):
             piv[i] = np.int64(warm_in[3, i])
-        LU[:, :] = warm_in[4:]
+        for i in range(NZ):
+            copy_into(LU[i], warm_in[4 + i], NZ)
         counters[2] = 1 if NZ > 0 and warm_in[3, 0] >= 0.0 else 0
     elif NZ > 0:
-        pprev[:] = 0.0
+        pprev.fill(0.0)
         fm_eval(P, pprev, z1, theta, wv[V_PHI], wm[M_DPHI], g, LU, wv[V_WORK])
         for i in range(NZ):
             z2[i] = z1[i]
@@ -409,7 +410,7 @@ def forward_item(lin, P, theta, io, x0, xfin, warm_in, warm_out, stats, fopt, io
     n_damped = 0
     n_homotopy = 0
     fail = -1
-    n = 0
+    n = np.int64(0)  # not Literal[int](0): numba would compile forward_segment twice
     solved = False
     while True:
         n = forward_segment(n, solved, lin, P, theta, io, wv, wm, wi, fopt, iopt)
@@ -437,7 +438,8 @@ def forward_item(lin, P, theta, io, x0, xfin, warm_in, warm_out, stats, fopt, io
         copy_into(warm_out[r], wv[k], NZ)
     for i in range(NZ):
         warm_out[3, i] = np.float64(wi[I_PIV][i]) if counters[2] != 0 else -1.0
-    warm_out[4:] = wm[M_LU]
+    for i in range(NZ):
+        copy_into(warm_out[4 + i], wm[M_LU][i], NZ)
     stats[ST_ITER] = counters[0]
     stats[ST_MAXITER] = counters[1]
     stats[ST_DAMPED] = n_damped
@@ -512,7 +514,7 @@ def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv):
                 mtv(zbar, dphis[k], gphi, NPHI, NZ, False)  # w = M^-T dphi' gphi
                 copy_matrix(Mt, Ms[k], True)
                 if not solve_into(Mt, piv, zbar, w, NZ):
-                    w[:] = math.nan  # a singular M has no implicit derivative
+                    w.fill(math.nan)  # a singular M has no implicit derivative
             fm_vjp(P, ztraj[n], phis[k], theta, gphi, w, dP, dtheta, mq, want_theta, work)
             if want_mu:
                 copy_into(mu[n], mq, NF)

@@ -298,10 +298,11 @@ class Nonlinearity:
     def eval_batch(self, v: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Compiled ``f`` (B, Nf) and ``J`` (B, Nf, Nv) at port voltages ``v`` (B, Nv) volts, in one call.
 
-        Uses the formulation module when it is already built, else a module of the nonlinearity
-        alone (its ``nl_eval`` compiles in about a second, then loads from the disk cache).
+        Runs in the module of the nonlinearity alone (its ``nl_eval`` compiles in about a second, then
+        loads from the disk cache), whether or not a formulation module is built: compiling it a
+        second time there would cost as much again.
         """
-        mod = self._module if self._module is not None else load_generated(self.nb_source)
+        mod = load_generated(self.nb_source)
         v = np.ascontiguousarray(v, dtype=np.float64).reshape(-1, self.n_ports)
         f = np.zeros((v.shape[0], self.n_outputs))
         jac = np.zeros((v.shape[0], self.n_outputs, self.n_ports))

@@ -130,15 +130,35 @@ def library_path(including: str, name: str) -> str | None:
     Relative paths are relative to the including file.  A path that does not exist here (LTspice
     writes its own library folders, ``C:\\Users\\...\\lib\\sub\\koren.lib``) falls back to the
     same file name next to the including file, which is where a published netlist keeps it.
+    A relative path written with backslashes (``EIT_sub\\vdc_single.sub``) is also tried with
+    slashes, and file names match without regard to case when only one file matches (LTspice
+    runs on Windows, whose file names are case-insensitive: ``vdc_single.sub`` finds
+    ``Vdc_single.sub``).
     """
-    path = _Parser.resolve(including, name)
-    if os.path.isfile(path):
-        return path
+    tries = [name]
+    if "\\" in name and not re.match(r"[A-Za-z]:", name):
+        tries.append(name.replace("\\", "/"))
     base = re.split(r"[\\/]", name)[-1]
     if base and base != name:
-        near = _Parser.resolve(including, base)
-        if os.path.isfile(near):
-            return near
+        tries.append(base)
+    for candidate in tries:
+        found = _existing(_Parser.resolve(including, candidate))
+        if found is not None:
+            return found
+    return None
+
+
+def _existing(path: str) -> str | None:
+    """``path`` if it is a file, else the one file in its folder whose name equals it but for case."""
+    if os.path.isfile(path):
+        return path
+    folder, leaf = os.path.split(path)
+    try:
+        matches = [f for f in os.listdir(folder or ".") if f.lower() == leaf.lower()]
+    except OSError:
+        return None
+    if len(matches) == 1 and os.path.isfile(os.path.join(folder, matches[0])):
+        return os.path.join(folder, matches[0])
     return None
 
 

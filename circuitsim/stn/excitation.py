@@ -11,7 +11,6 @@ with other seeds, pitches and envelopes) for held-out scoring.
 from __future__ import annotations
 
 import numpy as np
-import scipy.signal
 
 from circuitsim.signals import fade_in, karplus_strong, log_sweep
 
@@ -65,6 +64,7 @@ def _sweep(rng: np.random.Generator, n: int, fs: float) -> np.ndarray:
 def _noise(rng: np.random.Generator, n: int, fs: float) -> np.ndarray:
     w = rng.standard_normal(n)
     lo, hi = float(rng.uniform(20, 500)), float(rng.uniform(2000, min(HF_LIMIT, 0.45 * fs)))
+    import scipy.signal  # here, not at module level: it costs ~30 MB and 0.6 s at start-up
     w = scipy.signal.sosfilt(scipy.signal.butter(2, [lo, hi], btype="band", fs=fs, output="sos"), w)
     env = np.zeros(n)
     pos = 0
