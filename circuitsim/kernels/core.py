@@ -35,7 +35,8 @@ formulation supplies, as numba templates (see :class:`StepFormulation`):
 The core supplies the batched loop over samples; Newton with the tangent predictor
 ``z[n-1] + M^-1 (p[n] - p[n-1])``, the formulation's limiting, and the fallbacks (damped Newton
 with backtracking from ``z[n-1]``, then homotopy in ``p`` from ``p[n-1]``); the saved
-trajectory (``z`` per sample and a state checkpoint every ``checkpoint`` samples); and the
+trajectory (``z`` per sample, and every state while they fit ``KernelOptions.state_budget``, else a
+state checkpoint every ``checkpoint`` samples); and the
 discrete adjoint at the converged solutions (implicit function theorem, never through the
 iterations).  Since ``dg/dp = I``, a perturbation gives ``dz = M^-1 (dp + dr)`` and, with the
 cotangent ``gphi = F' ybar[n] + C' xbar[n+1]`` of ``phi[n]``::
@@ -47,6 +48,11 @@ cotangent ``gphi = F' ybar[n] + C' xbar[n+1]`` of ``phi[n]``::
     dA += xbar[n+1] x[n]'   dB += xbar[n+1] u[n]'   dC += xbar[n+1] phi[n]'
     dD += ybar[n] x[n]'     dE += ybar[n] u[n]'     dF += ybar[n] phi[n]'
     dG += w x[n]'           dH += w u[n]'
+
+The outer products are summed per block of ``checkpoint`` samples as three matrix products (the
+cotangents ``(xbar[n+1], ybar[n], w[n])`` of the block against its ``x[n]``, ``u[n]``, ``phi[n]``;
+:func:`backward_core`), so the per-sample loop runs only the serial part: ``w``, ``fm_vjp`` and
+``xbar[n]``.
 
 The loop bodies below are plain Python templates: :mod:`circuitsim.kernels.codegen` pastes
 them, with the formulation's hooks and the nonlinearity (``nl_eval`` ...), into one generated
