@@ -660,8 +660,9 @@ class ForwardResult:
 @dataclass
 class BackwardResult:
     """Gradients from :func:`backward`: ``dmats`` = those of ``lin`` then of ``P`` (summed over the
-    batch), ``du``, ``dx0``, ``mu = dL/df`` (batch, T, Nf) and, when asked for, ``dtheta`` (summed
-    over the batch; w.r.t. every theta entry, the derived slots of device vectors included)."""
+    batch), ``du`` (batch, T, Nu), ``dx0``, ``mu = dL/df`` (batch, T, Nf) and, when asked for, ``dtheta``
+    (summed over the batch; w.r.t. every theta entry, the derived slots of device vectors included).
+    ``du`` and ``mu`` have no samples (batch, 0, .) where ``backward`` was told not to form them."""
 
     dmats: tuple[np.ndarray, ...]
     du: np.ndarray
