@@ -45,6 +45,7 @@ import torch  # noqa: E402
 from benchmarks.bench_kernel import _best as timed  # noqa: E402  (best of N wall-clock runs)
 from benchmarks.report import write_section  # noqa: E402
 from circuitsim.api import load  # noqa: E402
+from circuitsim.kernels import autograd, core  # noqa: E402
 from circuitsim.signals import karplus_strong  # noqa: E402
 from circuitsim.spice import _common_edits, _Netlist, _read_raw, _to_samples  # noqa: E402
 from circuitsim.validate import esr  # noqa: E402
@@ -128,12 +129,16 @@ def ngspice_reference(path: Path, x: np.ndarray, signal: str, freq: float, ampli
     return acct, wall, _to_samples(t, y, FS, n, "cubic")
 
 
-def _saved_bytes(model) -> float:
-    """Bytes saved per sample for backward: port voltages and inputs, a state checkpoint per 256 samples."""
+def _saved_bytes(model, n: int) -> float:
+    """Bytes saved per sample for backward over ``n`` samples: port voltages and inputs, and every state
+    (within ``KernelOptions.state_budget``) or a state checkpoint per ``checkpoint`` samples."""
     try:
-        return 8 * (len(model.topology.ports) + len(model.topology.sources)) + 8 * model._q.shape[1] / 256
+        nx = model._q.shape[1]
+        ports = 8 * (len(model.topology.ports) + len(model.topology.sources))
     except AttributeError:  # another formulation's internals: not known here
         return math.nan
+    opts = autograd.DEFAULT_OPTIONS
+    return ports + 8 * nx * core.saved_states(opts, core.save_mode(opts, True, 1, n, nx), n) / n
 
 
 def forward_backward_times(model, xt: torch.Tensor, repeats: int) -> tuple[float, float]:  # noqa: ANN001
@@ -171,7 +176,7 @@ def bench(name: str, x: np.ndarray, args: argparse.Namespace) -> dict:
         "fb_ns": t_bwd / n * 1e9,
         "rt": (n / FS) / t_fwd,
         "fb_ratio": t_bwd / t_fwd,
-        "bytes": _saved_bytes(model),
+        "bytes": _saved_bytes(model, n),
         "iters": diag.mean_iterations if diag is not None else math.nan,
         "spice_ns": math.nan, "spice_wall_ns": math.nan, "ratio": math.nan, "esr": math.nan,
     }

@@ -1,4 +1,5 @@
-"""Gradients: MNA (plain torch autograd) against finite differences, and DK's compiled adjoint against MNA.
+"""Gradients: MNA (plain torch autograd) against finite differences, and DK's compiled adjoint against MNA
+(with every state saved and with checkpoints only) and against the plain-torch recursion.
 
 MNA runs the per-sample Newton in torch and attaches the implicit-function gradient with one
 Newton step at each converged solution, so autograd through it is an independent oracle for
@@ -17,6 +18,13 @@ from circuitsim.api import load
 from circuitsim.circuit.build import build_circuit
 from circuitsim.formulations.dk import DKModule
 from circuitsim.formulations.mna import MNAModule
+from circuitsim.kernels import autograd
+from circuitsim.kernels import statespace as ss
+from circuitsim.kernels.autograd import run_state_space
+from circuitsim.kernels.core import KernelOptions
+from circuitsim.kernels.devices import diode_params_vector
+from circuitsim.kernels.nonlinearity import DiodeBlock, build_nonlinearity
+from circuitsim.kernels.reference import reference_state_space
 from circuitsim.netlist import parse_string
 
 ROOT = Path(__file__).resolve().parents[1] / "netlists"
@@ -94,6 +102,74 @@ R2 out 0 10k
     ids=["clipper", "ts808", "bjt", "triode", "fmv", "rlc"],
 )
 def test_dk_adjoint_matches_mna_autograd(netlist, names, amp):
+    _dk_against_mna(netlist, names, amp)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [KernelOptions(checkpoint=7, state_budget=0), KernelOptions(checkpoint=7)],
+    ids=["checkpoints", "every-state"],
+)
+@pytest.mark.parametrize(
+    "netlist,names,amp",
+    [
+        ("diode_clipper", ["R1", "C1", "D1N914.IS", "D1N914.N"], 1.0),
+        ("bjt_common_emitter", ["Q2N3904.IS", "Q2N3904.BF", "RC"], 0.05),
+        ("fmv_tonestack", ["treble", "bass", "R4", "C2"], 0.5),
+    ],
+    ids=["clipper", "bjt", "fmv"],
+)
+def test_dk_adjoint_in_both_saving_modes(netlist, names, amp, options, monkeypatch):
+    """Blocks of 7 samples (120 = 17 x 7 + 1: a one-sample last block), with every state saved and
+    with only a checkpoint per block (state_budget=0: the backward recomputes the states)."""
+    monkeypatch.setattr(autograd, "DEFAULT_OPTIONS", options)
+    _dk_against_mna(netlist, names, amp)
+
+
+@pytest.mark.parametrize(
+    "budget,checkpoint,rows",
+    [(64000, 64, 1000), (63999, 64, 16), (0, 1000, 1)],
+    ids=["every-state", "checkpoints", "one-checkpoint"],
+)
+def test_saved_states_stay_within_the_budget(budget, checkpoint, rows):
+    """Saved bytes per sample: 8 (Nz + Nx) with every state (here 8 * 2 * 1000 * 4 = 64000 bytes of
+    states), 8 Nz + 8 Nx / checkpoint above the budget; the gradients equal those of the plain-torch
+    recursion (kernels/reference.py)."""
+    nl = build_nonlinearity([DiodeBlock(port=0, out_i=0)], 1, 1)
+    rng = np.random.default_rng(3)
+    nx, T, batch = 4, 1000, 2
+    a = rng.standard_normal((nx, nx))
+    A = 0.9 * a / np.abs(np.linalg.eigvals(a)).max()
+    # one diode port v = p + K f(v) with K < 0 (a resistance to ground), p = G x + H u volts
+    mats = [A, 0.1 * rng.standard_normal((nx, 1)), 1e2 * rng.standard_normal((nx, 1)), rng.standard_normal((1, nx)),
+            rng.standard_normal((1, 1)), 1e2 * rng.standard_normal((1, 1)), 0.1 * rng.standard_normal((1, nx)),
+            np.array([[0.5]]), np.array([[-1e3]])]
+    theta = torch.tensor(diode_params_vector({"IS": 2.52e-9, "N": 1.752}))  # 1N914: f moves y by ~2.5%
+    u = np.sin(np.arange(T) * 0.05)[None, :, None].repeat(batch, 0) * np.array([1.0, 0.7])[:, None, None]
+    x0 = np.zeros((batch, nx))
+    opts = KernelOptions(checkpoint=checkpoint, state_budget=budget)
+    res = ss.forward(nl, mats, theta.numpy(), u, x0, options=opts)
+    assert res.checkpoints.shape == (batch, rows, nx)
+    assert res.v.shape == (batch, T, 1)
+    assert (res.checkpoints.nbytes + res.v.nbytes) / (batch * T) == 8 * 1 + 8 * nx * rows / T
+    assert res.checkpoints.nbytes <= max(budget, 8 * batch * nx * -(-T // checkpoint))
+    wy = torch.tensor(np.random.default_rng(5).standard_normal((batch, T, 1)))
+
+    def grads(run):
+        mt = [torch.tensor(m, requires_grad=True) for m in mats]
+        th = theta.clone().requires_grad_(True)
+        ut = torch.tensor(u, requires_grad=True)
+        y, xT = run(mt, th, ut, torch.tensor(x0))
+        return torch.autograd.grad((wy * y).sum() + xT.sum(), mt + [th, ut])
+
+    g_nb = grads(lambda mt, th, ut, x: (lambda r: (r[0], r[1]["x"]))(run_state_space(mt, th, ut, x, nl, options=opts)))
+    g_ref = grads(lambda mt, th, ut, x: reference_state_space(mt, th, ut, x, nl)[:2])
+    for name, gn, gr in zip(list("ABCDEFGHK") + ["theta", "u"], g_nb, g_ref):
+        assert torch.count_nonzero(gr) > 0, name
+        assert float((gn - gr).abs().max() / gr.abs().max()) < 1e-7, name
+
+
+def _dk_against_mna(netlist, names, amp):
     if "\n" in netlist:
         circuit = build_circuit(parse_string(netlist))
     else:

@@ -163,12 +163,13 @@ class StepFunction(torch.autograd.Function):
         spec = ctx.spec
         gy_np = np.zeros(saved.y.shape) if gy is None else _np(gy)
         gx_np = None if gx is None else _np(gx)
-        want_theta = bool(ctx.needs_input_grad[1])
+        need = ctx.needs_input_grad
+        want_theta = bool(need[1])
         res = core.backward(
-            spec.module, mats[: spec.n_lin], mats[spec.n_lin :], th, un, saved, gy_np, gx_np, spec.options, want_theta
+            spec.module, mats[: spec.n_lin], mats[spec.n_lin :], th, un, saved, gy_np, gx_np, spec.options, want_theta,
+            want_du=bool(need[2]), want_mu=False,
         )
         (theta,) = ctx.saved_tensors
-        need = ctx.needs_input_grad
         return (
             None,
             torch.from_numpy(res.dtheta).to(theta.dtype).reshape(theta.shape) if want_theta else None,

@@ -35,7 +35,8 @@ formulation supplies, as numba templates (see :class:`StepFormulation`):
 The core supplies the batched loop over samples; Newton with the tangent predictor
 ``z[n-1] + M^-1 (p[n] - p[n-1])``, the formulation's limiting, and the fallbacks (damped Newton
 with backtracking from ``z[n-1]``, then homotopy in ``p`` from ``p[n-1]``); the saved
-trajectory (``z`` per sample and a state checkpoint every ``checkpoint`` samples); and the
+trajectory (``z`` per sample, and every state while they fit ``KernelOptions.state_budget``, else a
+state checkpoint every ``checkpoint`` samples); and the
 discrete adjoint at the converged solutions (implicit function theorem, never through the
 iterations).  Since ``dg/dp = I``, a perturbation gives ``dz = M^-1 (dp + dr)`` and, with the
 cotangent ``gphi = F' ybar[n] + C' xbar[n+1]`` of ``phi[n]``::
@@ -47,6 +48,11 @@ cotangent ``gphi = F' ybar[n] + C' xbar[n+1]`` of ``phi[n]``::
     dA += xbar[n+1] x[n]'   dB += xbar[n+1] u[n]'   dC += xbar[n+1] phi[n]'
     dD += ybar[n] x[n]'     dE += ybar[n] u[n]'     dF += ybar[n] phi[n]'
     dG += w x[n]'           dH += w u[n]'
+
+The outer products are summed per block of ``checkpoint`` samples as three matrix products (the
+cotangents ``(xbar[n+1], ybar[n], w[n])`` of the block against its ``x[n]``, ``u[n]``, ``phi[n]``;
+:func:`backward_core`), so the per-sample loop runs only the serial part: ``w``, ``fm_vjp`` and
+``xbar[n]``.
 
 The loop bodies below are plain Python templates: :mod:`circuitsim.kernels.codegen` pastes
 them, with the formulation's hooks and the nonlinearity (``nl_eval`` ...), into one generated
@@ -74,14 +80,17 @@ from types import ModuleType
 import numpy as np
 
 from circuitsim.kernels.linalg import (
+    BLOCK_TEMPLATES,
     borrow,
     copy_into,
     copy_matrix,
+    gram_acc,
     lu_factor,
     lu_solve,
+    mtm_block,
     mtv,
     mv,
-    outer_acc,
+    rows_to_columns,
     scaled_step,
     solve_into,
 )
@@ -133,7 +142,9 @@ O_MAXIT, O_FBIT, O_PRED, O_CP, O_SAVE, O_LIMIT, O_GIVEN, O_THETA, O_EXPLICIT = r
  V_PHI2) = range(17)
 M_DPHI, M_LU, M_DPHI2, M_M2 = range(4)
 I_PIV, I_COUNT = range(2)  # counters: iterations, max iterations, "LU holds M of the last sample"
-LAYOUT_PREFIXES = ("ST_", "O_", "V_", "M_", "I_")
+# iopt[O_SAVE]: nothing saved, z and a state every iopt[O_CP] samples, z and every state
+SAVE_NONE, SAVE_CHECKPOINTS, SAVE_EVERY = range(3)
+LAYOUT_PREFIXES = ("ST_", "O_", "V_", "M_", "I_", "SAVE_")
 
 
 # fmt: off
@@ -153,11 +164,20 @@ def affine_phi(out, M1, a, M2, b, M3, phi):
         out[i] = s
 
 
-def affine_w(out, M1, a, M2, b, M3, w):
-    # out = M1' a + M2' b + M3' w (adjoints of x[n] and u[n] from xbar[n+1], ybar[n], w[n])
-    mtv(out, M1, a, M1.shape[0], M1.shape[1], False)
-    mtv(out, M2, b, M2.shape[0], M2.shape[1], True)
-    mtv(out, M3, w, NZ, M3.shape[1], True)
+def affine_w(out, cols, kc, M1, a, M2, b, M3, w):
+    # out = M1' a + M2' b + M3' w (the adjoint xbar[n] from xbar[n+1], ybar[n], w[n]), also written
+    # to column kc of cols; one pass with the terms in a last: a is the loop-carried xbar, so only
+    # its products wait for the previous sample
+    for j in range(M1.shape[1]):
+        s = 0.0
+        for i in range(M2.shape[0]):
+            s += M2[i, j] * b[i]
+        for i in range(NZ):
+            s += M3[i, j] * w[i]
+        for i in range(M1.shape[0]):
+            s += M1[i, j] * a[i]
+        out[j] = s
+        cols[j, kc] = s
 
 
 def accept_step(z, phi, dphi, dz):
@@ -309,8 +329,10 @@ def forward_segment(n0, solved, lin, P, theta, io, wv, wm, wi, fopt, iopt):
     dphi, LU, piv, counters = wm[M_DPHI], wm[M_LU], wi[I_PIV], wi[I_COUNT]
     max_iter = iopt[O_MAXIT]
     predictor = iopt[O_PRED]
-    cp = iopt[O_CP]
-    save = iopt[O_SAVE] != 0
+    save = iopt[O_SAVE] != SAVE_NONE
+    ck = 1 if iopt[O_SAVE] == SAVE_EVERY else iopt[O_CP]  # samples between saved states
+    ci = (n0 + ck - 1) // ck  # row of the next saved state, at sample n_ck = ci ck (no division per sample)
+    n_ck = ci * ck
     use_limit = iopt[O_LIMIT] != 0
     explicit = FM_EXPLICIT != 0 and iopt[O_EXPLICIT] != 0
     lc, work = wv[V_LC], wv[V_WORK]
@@ -319,8 +341,10 @@ def forward_segment(n0, solved, lin, P, theta, io, wv, wm, wi, fopt, iopt):
     n_max = counters[1]
     for n in range(n0, u.shape[0]):
         un = u[n]
-        if save and n % cp == 0:
-            copy_into(ckpt[n // cp], x, nx)
+        if save and n == n_ck:
+            copy_into(ckpt[ci], x, nx)
+            ci += 1
+            n_ck += ck
         if NZ > 0 and not (solved and n == n0):
             mv(p, G, x, NZ, nx, False)
             mv(p, H, un, NZ, H.shape[1], True)
@@ -430,72 +454,102 @@ def forward_item(lin, P, theta, io, x0, xfin, warm_in, warm_out, stats, fopt, io
     stats[ST_SAMPLES] = T if fail < 0 else fail
 
 
-def backward_core(lin, P, theta, io, dlin, dP, gvec, iopt, bv, bm, b3, piv):
-    # one batch item of the adjoint (module docstring), every array borrowed as in forward_segment:
-    # per checkpoint block, recompute x, phi, dphi and M forward from the saved z (no Newton), then
-    # run the block backwards.  p (bv[4]) must be zeros.
-    A, B, C, D, E, F, G, H = borrow(lin)
-    dA, dB, dC, dD, dE, dF, dG, dH = borrow(dlin)
+def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv):
+    # One batch item of the adjoint (module docstring), every array borrowed as in forward_segment.
+    # Blocks of iopt[O_CP] samples, last first.  Forward over the block: phi, dphi and M (fm_eval at
+    # the saved z) and, where only checkpoints are saved, the states x[n] recomputed from the block's
+    # checkpoint.  Backwards over the block, sample by sample, only what is serial: w, fm_vjp and
+    # xbar[n] = A' xbar[n+1] + D' ybar + G' w.  The cotangents l[n] = (xbar[n+1], ybar[n], w[n]) are
+    # the columns of lT, x[n], u[n], phi[n] those of xT, uT, phiT; the block's sums of outer products
+    # (dA = sum xbar[n+1] x[n]', ..., dH = sum w[n] u[n]') are then lT xT', lT uT', lT phiT', whose row
+    # blocks are (dA; dD; dG), (dB; dE; dH), (dC; dF; -), and ubar[n] = B' xbar[n+1] + E' ybar + H' w
+    # is R' l[n] with R = (B; E; H).  p (bv[2]) must be zeros.
+    A, C, D, F, G, R = borrow(lin)
+    gX, gU, gPhi = borrow(gmat)
     u, ztraj, ckpt, gy, du, mu = borrow(io)
     gx, dx0, dtheta = borrow(gvec)
-    x, xn, xbar, xbn, p, g, gphi, zbar, w, mq, work = borrow(bv)
-    xs, phis, Mt = borrow(bm)
+    x, xn, p, g, gphi, zbar, w, mq, work = borrow(bv)
+    xT, uT, phiT, lT, duT, phis, Mt, xb2 = borrow(bm)
     dphis, Ms = borrow(b3)
     P = borrow(P)
     dP = borrow(dP)
     theta = borrow(theta)
     piv = borrow(piv)
-    cp = iopt[O_CP]
+    blk = iopt[O_CP]
+    every = iopt[O_SAVE] == SAVE_EVERY
     want_theta = iopt[O_THETA] != 0
+    want_du = du.shape[0] != 0
+    want_mu = mu.shape[0] != 0
     T = u.shape[0]
     nx = A.shape[0]
-    nu = B.shape[1]
+    nu = R.shape[1]
     ny = D.shape[0]
-    copy_into(xbar, gx, nx)
-    for c in range((T + cp - 1) // cp - 1, -1, -1):
-        n0 = c * cp
-        n1 = min(T, n0 + cp)
-        copy_into(x, ckpt[c], nx)
-        for n in range(n0, n1):
-            copy_into(xs[n - n0], x, nx)
-            # phi, dphi and M = -dr/dz do not depend on p (g = p + r(z)): p stays 0 here
-            fm_eval(P, p, ztraj[n], theta, phis[n - n0], dphis[n - n0], g, Ms[n - n0], work)
-            affine_phi(xn, A, x, B, u[n], C, phis[n - n0])
-            copy_into(x, xn, nx)
-        for n in range(n1 - 1, n0 - 1, -1):
-            k = n - n0
-            un, yb, xk, phik = u[n], gy[n], xs[k], phis[k]
+    B = R[:nx]
+    lY = lT[nx:]  # the ybar rows of lT
+    cur = 0  # xbar[n+1] is xb2[cur]; xbar[n] goes to the other row (no copy in the loop-carried chain)
+    copy_into(xb2[cur], gx, nx)
+    for c in range((T + blk - 1) // blk - 1, -1, -1):
+        n0 = c * blk
+        n1 = min(T, n0 + blk)
+        L = n1 - n0
+        if not every:
+            copy_into(x, ckpt[c], nx)
+        if NZ > 0 or NPHI > 0 or not every:
+            for k in range(L):
+                n = n0 + k
+                # phi, dphi and M = -dr/dz do not depend on p (g = p + r(z)): p stays 0 here
+                fm_eval(P, p, ztraj[n], theta, phis[k], dphis[k], g, Ms[k], work)
+                if not every:
+                    for i in range(nx):
+                        xT[i, k] = x[i]
+                    affine_phi(xn, A, x, B, u[n], C, phis[k])
+                    copy_into(x, xn, nx)
+        if every:
+            rows_to_columns(xT, ckpt, n0, L)
+        rows_to_columns(uT, u, n0, L)
+        rows_to_columns(phiT, phis, 0, L)
+        rows_to_columns(lY, gy, n0, L)
+        for i in range(nx):
+            lT[i, L - 1] = xb2[cur, i]
+        for k in range(L - 1, -1, -1):
+            n = n0 + k
+            yb, xbar, xbn = gy[n], xb2[cur], xb2[1 - cur]
             mtv(gphi, F, yb, ny, NPHI, False)  # gphi = F' ybar + C' xbar
             mtv(gphi, C, xbar, nx, NPHI, True)
-            mtv(zbar, dphis[k], gphi, NPHI, NZ, False)  # w = M^-T dphi' gphi
-            copy_matrix(Mt, Ms[k], True)
-            if not solve_into(Mt, piv, zbar, w, NZ):
-                w.fill(math.nan)  # a singular M has no implicit derivative
-            fm_vjp(P, ztraj[n], phik, theta, gphi, w, dP, dtheta, mq, want_theta, work)
-            copy_into(mu[n], mq, NF)
-            # outer products with the sample's x, u, phi
-            outer_acc(dA, xbar, xk, nx, nx)
-            outer_acc(dB, xbar, un, nx, nu)
-            outer_acc(dC, xbar, phik, nx, NPHI)
-            outer_acc(dD, yb, xk, ny, nx)
-            outer_acc(dE, yb, un, ny, nu)
-            outer_acc(dF, yb, phik, ny, NPHI)
-            outer_acc(dG, w, xk, NZ, nx)
-            outer_acc(dH, w, un, NZ, nu)
-            affine_w(du[n], B, xbar, E, yb, H, w)  # ubar[n] = B' xbar + E' ybar + H' w
-            affine_w(xbn, A, xbar, D, yb, G, w)  # xbar[n] = A' xbar[n+1] + D' ybar + G' w
-            copy_into(xbar, xbn, nx)
-    copy_into(dx0, xbar, nx)
+            if NZ > 0:
+                mtv(zbar, dphis[k], gphi, NPHI, NZ, False)  # w = M^-T dphi' gphi
+                copy_matrix(Mt, Ms[k], True)
+                if not solve_into(Mt, piv, zbar, w, NZ):
+                    w.fill(math.nan)  # a singular M has no implicit derivative
+            fm_vjp(P, ztraj[n], phis[k], theta, gphi, w, dP, dtheta, mq, want_theta, work)
+            if want_mu:
+                copy_into(mu[n], mq, NF)
+            for i in range(NZ):
+                lT[nx + ny + i, k] = w[i]
+            # xbar[n] = A' xbar[n+1] + D' ybar + G' w, also into column k - 1 (l[n-1]; column blk: spare)
+            affine_w(xbn, lT, k - 1 if k > 0 else blk, A, xbar, D, yb, G, w)
+            cur = 1 - cur
+        gram_acc(gX, lT, xT, L)
+        gram_acc(gU, lT, uT, L)
+        gram_acc(gPhi, lT, phiT, L)
+        if want_du:
+            mtm_block(duT, R, lT, L)
+            for k in range(L):
+                for j in range(nu):
+                    du[n0 + k, j] = duT[j, k]
+    copy_into(dx0, xb2[cur], nx)
 
 
-def backward_item(lin, P, theta, io, dlin, dP, gvec, iopt):
-    nx = lin[0].shape[0]
-    cp = iopt[O_CP]
-    bv = (np.zeros(nx), np.zeros(nx), np.zeros(nx), np.zeros(nx), np.zeros(NZ), np.zeros(NZ), np.zeros(NPHI),
-          np.zeros(NZ), np.zeros(NZ), np.zeros(NF), np.zeros(FM_WORK))
-    bm = (np.zeros((cp, nx)), np.zeros((cp, NPHI)), np.zeros((NZ, NZ)))
-    b3 = (np.zeros((cp, NPHI, NZ)), np.zeros((cp, NZ, NZ)))
-    backward_core(lin, P, theta, io, dlin, dP, gvec, iopt, bv, bm, b3, np.zeros(NZ, np.int64))
+def backward_item(lin, P, theta, io, gmat, dP, gvec, iopt):
+    nx, ny, nu = lin[0].shape[0], lin[2].shape[0], lin[5].shape[1]
+    blk = iopt[O_CP]
+    ndu = blk if io[4].shape[0] != 0 else 0
+    bv = (np.zeros(nx), np.zeros(nx), np.zeros(NZ), np.zeros(NZ), np.zeros(NPHI), np.zeros(NZ), np.zeros(NZ),
+          np.zeros(NF), np.zeros(FM_WORK))
+    bm = (np.zeros((nx, blk)), np.zeros((nu, blk)), np.zeros((NPHI, blk)), np.zeros((nx + ny + NZ, blk + 1)),
+          np.zeros((nu, ndu)), np.zeros((blk, NPHI)), np.zeros((NZ, NZ)), np.zeros((2, nx)))
+    b3 = (np.zeros((blk, NPHI, NZ)), np.zeros((blk, NZ, NZ)))
+    backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, np.zeros(NZ, np.int64))
 
 
 def theta_vjp_item(theta, vtraj, mu, dtheta):
@@ -507,7 +561,9 @@ def theta_vjp_item(theta, vtraj, mu, dtheta):
 
 # fmt: on
 INLINE_TEMPLATES = ("affine_phi", "affine_w", "accept_step", "predict", "newton_plain", "start_item")
+_FASTMATH = ', fastmath={"reassoc", "contract"}'  # linalg.BLOCK_TEMPLATES: sums that vectorise
 TEMPLATES: tuple[tuple[str, str], ...] = (
+    *((name, _FASTMATH) for name in BLOCK_TEMPLATES),
     ("newton_damped", ""),
     ("homotopy", ""),
     ("forward_segment", ""),
@@ -543,7 +599,11 @@ class KernelOptions:
     estimate of the next iterate is below that).  ``max_iter``: plain Newton iterations before
     the fallbacks; ``fallback_iter``: iterations of each damped solve.  ``predictor``:
     'previous', 'linear' (2 z[n-1] - z[n-2]) or 'tangent' (z[n-1] + M^-1 (p[n] - p[n-1])).
-    ``checkpoint``: samples between saved states for the backward pass.  ``limit``: the
+    ``checkpoint``: samples per block of the backward pass, and between saved states where not every
+    state is saved.  ``state_budget``: bytes of states a forward run with ``save`` may keep (8 Nx per
+    sample and batch item); within it every state is saved and the backward recomputes none, above
+    it one state per ``checkpoint`` samples is kept (8 Nx / checkpoint bytes per sample) and the
+    backward recomputes each block's states from its checkpoint.  ``limit``: the
     formulation's step limiting (SPICE junction limiting for DK).  ``threads``: batch items
     run in parallel on up to this many threads (None: all cores).  ``explicit``: use the
     formulation's explicit solve (``fm_solve``) where it has one; False runs Newton on every sample.
@@ -555,12 +615,14 @@ class KernelOptions:
     fallback_iter: int = 200
     predictor: str = "tangent"
     checkpoint: int = 256
+    state_budget: int = 1 << 28
     limit: bool = True
     threads: int | None = None
     explicit: bool = True
 
-    def arrays(self, save: bool, given: bool = False, theta_grad: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """``(fopt, iopt)`` for the kernels: tolerances, and the integer options ``O_*``."""
+    def arrays(self, save: int, given: bool = False, theta_grad: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(fopt, iopt)`` for the kernels: tolerances, and the integer options ``O_*`` (``save``:
+        ``SAVE_NONE``, ``SAVE_CHECKPOINTS`` or ``SAVE_EVERY``)."""
         if self.predictor not in PREDICTORS:
             raise ValueError(f"predictor must be one of {sorted(PREDICTORS)}, not {self.predictor!r}")
         if self.checkpoint < 1:
@@ -581,7 +643,9 @@ class ForwardResult:
     warm: np.ndarray  # (batch, 4 + Nz, Nz) Newton warm start for the next block
     stats: np.ndarray  # (batch, N_STATS) int64
     v: np.ndarray | None = None  # (batch, T, Nz) the unknowns z (DK: port voltages), saved for backward
-    checkpoints: np.ndarray | None = None  # (batch, ceil(T / checkpoint), Nx) states
+    # (batch, T, Nx) every state x[n] (within KernelOptions.state_budget), else (batch, ceil(T / checkpoint),
+    # Nx) the states x[0], x[checkpoint], ...
+    checkpoints: np.ndarray | None = None
 
     @property
     def failed(self) -> tuple[int, int] | None:
@@ -596,8 +660,9 @@ class ForwardResult:
 @dataclass
 class BackwardResult:
     """Gradients from :func:`backward`: ``dmats`` = those of ``lin`` then of ``P`` (summed over the
-    batch), ``du``, ``dx0``, ``mu = dL/df`` (batch, T, Nf) and, when asked for, ``dtheta`` (summed
-    over the batch; w.r.t. every theta entry, the derived slots of device vectors included)."""
+    batch), ``du`` (batch, T, Nu), ``dx0``, ``mu = dL/df`` (batch, T, Nf) and, when asked for, ``dtheta``
+    (summed over the batch; w.r.t. every theta entry, the derived slots of device vectors included).
+    ``du`` and ``mu`` have no samples (batch, 0, .) where ``backward`` was told not to form them."""
 
     dmats: tuple[np.ndarray, ...]
     du: np.ndarray
@@ -666,6 +731,20 @@ def warm_state(v_init: np.ndarray | None, batch: int, nz: int) -> tuple[np.ndarr
     return warm, 0
 
 
+def save_mode(options: KernelOptions, save: bool, batch: int, T: int, nx: int) -> int:
+    """What a forward run keeps for the backward: ``SAVE_NONE``; ``SAVE_EVERY`` (every state) when
+    its ``8 batch T nx`` bytes fit ``options.state_budget``; else ``SAVE_CHECKPOINTS``."""
+    if not save:
+        return SAVE_NONE
+    return SAVE_EVERY if 8 * batch * T * nx <= options.state_budget else SAVE_CHECKPOINTS
+
+
+def saved_states(options: KernelOptions, mode: int, T: int) -> int:
+    """Rows of ``ForwardResult.checkpoints`` per batch item for a save ``mode`` over ``T`` samples."""
+    cp = options.checkpoint
+    return {SAVE_NONE: 0, SAVE_EVERY: T, SAVE_CHECKPOINTS: (T + cp - 1) // cp}[mode]
+
+
 def forward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarray], theta: np.ndarray,
         u: np.ndarray, x0: np.ndarray, z_init: np.ndarray | None = None, options: KernelOptions | None = None,
         save: bool = True
@@ -674,7 +753,8 @@ def forward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarra
 
     ``module``: the generated module (:func:`circuitsim.kernels.codegen.step_module`); ``lin``:
     ``(A, ..., H)``; ``P``: the formulation's matrices.  ``save=True`` also returns the trajectory
-    of ``z`` and state checkpoints for :func:`backward`.  Pass ``ForwardResult.warm`` and
+    of ``z`` and the states for :func:`backward` (every state within ``options.state_budget``,
+    else one per ``options.checkpoint`` samples).  Pass ``ForwardResult.warm`` and
     ``x_final`` of one block as ``z_init`` and ``x0`` of the next for streaming: the result is
     identical to one long run.  Newton failures are reported in ``stats`` (never raised).
     """
@@ -686,11 +766,11 @@ def forward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarra
     batch, T = u.shape[:2]
     nz, nx, ny = module.NZ, lin[0].shape[0], lin[3].shape[0]
     warm, given = warm_state(z_init, batch, nz)
-    fopt, iopt = options.arrays(save, bool(given))
-    cp = options.checkpoint
+    mode = save_mode(options, save, batch, T, nx)
+    fopt, iopt = options.arrays(mode, bool(given))
     y = np.zeros((batch, T, ny))
-    ztraj = np.zeros((batch, T if save else 0, nz))
-    ckpt = np.zeros((batch, (T + cp - 1) // cp if save else 0, nx))
+    ztraj = np.empty((batch, T if save else 0, nz))  # every row written by the run (np.empty: no page zeroing)
+    ckpt = np.empty((batch, saved_states(options, mode, T), nx))
     xfin = np.zeros((batch, nx))
     warm_out = np.zeros_like(warm)
     stats = np.zeros((batch, N_STATS), dtype=np.int64)
@@ -706,38 +786,53 @@ def forward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarra
 
 def backward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarray], theta: np.ndarray,
         u: np.ndarray, saved: ForwardResult, gy: np.ndarray, gx_final: np.ndarray | None = None,
-        options: KernelOptions | None = None, theta_grad: bool = False
+        options: KernelOptions | None = None, theta_grad: bool = False, want_du: bool = True, want_mu: bool = True
 ) -> BackwardResult:
     """Adjoint of :func:`forward` (module docstring) from the ``saved`` trajectory, given ``gy =
     dL/dy`` (batch, T, Ny) and optionally ``gx_final = dL/dx[T]`` (batch, Nx).  With ``theta_grad``
-    the loop also accumulates ``dtheta = dL/dtheta`` through the formulation's ``fm_vjp``."""
+    the loop also accumulates ``dtheta = dL/dtheta`` through the formulation's ``fm_vjp``.
+    ``want_du`` / ``want_mu`` False: ``du`` / ``mu`` are not formed (returned as zeros, (batch, 0, .)).
+    ``options``: those of the forward run (its ``checkpoint`` says where the saved states lie)."""
     options = options or KernelOptions()
     lin = tuple(_c(m) for m in lin)
     P = tuple(_c(m) for m in P)
     u, theta = _c(u), _c(theta).reshape(-1)
     batch, T = u.shape[:2]
-    nx = lin[0].shape[0]
+    A, B, C, D, E, F, G, H = lin
+    nx, nu, ny, nz, nphi = A.shape[0], B.shape[1], D.shape[0], module.NZ, module.NPHI
     gy = _c(gy)
     gx = np.zeros((batch, nx)) if gx_final is None else _c(gx_final)
-    _, iopt = options.arrays(True, theta_grad=theta_grad)
-    dlin = tuple(np.zeros((batch,) + m.shape) for m in lin)
+    # the kernel's cotangent rows l[n] = (xbar[n+1], ybar[n], w[n]) and R = (B; E; H): ubar[n] = R' l[n]
+    q = nx + ny + nz
+    R = np.ascontiguousarray(np.concatenate([B, E, H], axis=0))
+    gmat = (np.zeros((batch, q, nx)), np.zeros((batch, q, nu)), np.zeros((batch, q, nphi)))
     dP = tuple(np.zeros((batch,) + m.shape) for m in P)
-    du = np.zeros((batch, T, lin[1].shape[1]))
+    du = np.zeros((batch, T if want_du else 0, nu))
     dx0 = np.zeros((batch, nx))
-    mu = np.zeros((batch, T, module.NF))
+    mu = np.zeros((batch, T if want_mu else 0, module.NF))
     dtheta = np.zeros((batch, theta.size if theta_grad else 0))
     if T > 0:
-        assert saved.v is not None and saved.checkpoints is not None, "forward(save=True) is needed"
+        if saved.v is None or saved.checkpoints is None:
+            raise ValueError("backward needs the trajectory of forward(save=True)")
+        mode = SAVE_EVERY if saved.checkpoints.shape[1] == T else SAVE_CHECKPOINTS
+        if saved.checkpoints.shape[1] != saved_states(options, mode, T):
+            raise ValueError(f"{saved.checkpoints.shape[1]} saved states do not fit {T} samples with "
+                             f"checkpoint={options.checkpoint}: pass the forward run's options")
+        _, iopt = options.arrays(mode, theta_grad=theta_grad)
         zt, ck = _c(saved.v), _c(saved.checkpoints)
         items = [
-            (lin, P, theta, (u[b], zt[b], ck[b], gy[b], du[b], mu[b]), tuple(d[b] for d in dlin),
+            ((A, C, D, F, G, R), P, theta, (u[b], zt[b], ck[b], gy[b], du[b], mu[b]), tuple(g[b] for g in gmat),
              tuple(d[b] for d in dP), (gx[b], dx0[b], dtheta[b]), iopt)
             for b in range(batch)
         ]
         run_items(module.backward_item, items, options.threads)
     else:
         dx0 = gx.copy()
-    dmats = tuple(d.sum(0) for d in dlin + dP)
+    gX, gU, gPhi = (g.sum(0) for g in gmat)
+    rows = (slice(0, nx), slice(nx, nx + ny), slice(nx + ny, q))  # xbar, ybar, w
+    dlin = (gX[rows[0]], gU[rows[0]], gPhi[rows[0]], gX[rows[1]], gU[rows[1]], gPhi[rows[1]], gX[rows[2]],
+            gU[rows[2]])
+    dmats = tuple(np.ascontiguousarray(d) for d in dlin) + tuple(d.sum(0) for d in dP)
     return BackwardResult(dmats, du, dx0, mu, dtheta.sum(0) if theta_grad else None)
 
 
