@@ -618,7 +618,8 @@ BA4558_STAGES = {
                               "VCC vcc 0 9\nVREF ref 0 4.5\nVIN in ref 0\nR1 in p 1k\nR4 n m 4.7k\nC3 m ref 47n\n"
                               "R6 n f 51k\nR7 f out 100k\nC4 n out 51p\nD1 n out D1N914\nD2 out n D1N914\n"
                               "X1 p n vcc 0 out ba4558r_sub\nRL out ref 10k\n"
-                              ".model D1N914 D(IS=2.52n RS=0.568 N=1.752 CJO=4p M=0.4 TT=20n)\n", ()),
+                              ".model D1N914 D(IS=2.52n RS=0.568 N=1.752 CJO=4p M=0.4 TT=20n)\n",
+                              ("sweep", "pluck_300mV", "pluck_1V")),
 }
 
 
@@ -694,8 +695,8 @@ def test_ba4558_macromodel_as_published_matches_ngspice(tmp_path: Path, stage: s
             assert fine <= 1e-5 and fine <= errors[sig] / 20, (sig, errors[sig], fine)
     if stage == "dual_x20_9V_clipping":  # the 1 V pluck asks for 20 V: the output stops short of the 9 V rails
         assert 6.0 < max(r.peak for r in report.signals) < 9.0
-    if stage == "tube_screamer_clipper":  # gain 33 in band, the diodes hold the swing to about a volt
-        assert 0.3 < max(r.peak for r in report.signals) < 1.5
+    if stage == "tube_screamer_clipper":  # gain 33 in band; out = in + the feedback, which the diodes hold under 1 V
+        assert 0.5 < max(r.peak for r in report.signals) < 2.0
 
 
 def _ba4558_esr_at(path: Path, fs: float, sig: str) -> float:
