@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from circuitsim.errors import CircuitsimError, UsageError
+from circuitsim.netlist.parser import PSPICE_TC
 
 __all__ = [
     "SpiceError",
@@ -360,7 +361,8 @@ def _dialect_rewrite(nl: _Netlist, st: _Stmt) -> str | None:
     - ``pwr(x, y)`` is |x|^y there, ngspice's ``pow``; their ``pwrs`` is ngspice's signed ``pwr``;
     - a ``.subckt`` gets a ``params:`` declaration of what its instances pass (default 1);
     - a word value in a ``.model`` card (``mfg=OnSemi``) is quoted: ngspice 39 then ignores it;
-    - a ``wavefile=`` source is 0 V (as the input, the transient replaces it by the audio).
+    - a ``wavefile=`` source is 0 V (as the input, the transient replaces it by the audio);
+    - PSpice's ``TC=a[,b]`` on R, C, L is ``tc1=a tc2=b`` (ngspice reads that spelling outside its PSpice mode).
     """
     if nl.dialect == "ngspice":
         return None
@@ -372,6 +374,8 @@ def _dialect_rewrite(nl: _Netlist, st: _Stmt) -> str | None:
         new = text + (" " if re.search(r"\bparams:", text, re.IGNORECASE) else " params: ") + extra
     elif kw[:1] == "v" and re.search(r"\bwavefile\s*=", text, re.IGNORECASE) and len(st.tokens) >= 3:
         new = f"{st.tokens[0]} {st.tokens[1]} {st.tokens[2]} DC 0"  # the input: replaced for a transient
+    elif kw[:1] in ("r", "c", "l") and PSPICE_TC.search(text):
+        new = PSPICE_TC.sub(lambda m: f"tc1={m[1]}" + (f" tc2={m[3]}" if m[3] else ""), text)
     elif kw == ".model":
         new = _MODEL_WORD.sub(
             lambda m: m.group(0) if m.group(2).lower() in nl.words else f'{m.group(1)}"{m.group(2)}"', text

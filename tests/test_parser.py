@@ -1179,3 +1179,83 @@ def test_missing_ltspice_standard_library_is_skipped_with_a_warning(tmp_path: Pa
     assert list(net.models) == ["NPN"]
     with pytest.raises(NetlistError, match=r"library file 'C:\\x\\other.lib' not found"):
         parse_string("t\n.lib C:\\x\\other.lib\n", str(tmp_path / "u.cir"))
+
+
+# ---------------------------------------------------------------- PSpice temperature coefficients
+
+# (element line, TC1, TC2 by hand, whether ngspice 39 reads it outside its PSpice mode).  PSpice writes 'TC=a,b' on
+# R, C and L (ROHM's BA4558 macromodel: 'R_R27 a b 10 TC=0.001,0', 'C_C3 a b 33.5p TC=0,0'); ngspice 39 reads
+# 'TC=a b' and 'TC=a, b' on R itself and the rest only in its PSpice mode
+TC_SPELLINGS = [
+    ("R1 a 0 10 TC=0.001", 1e-3, 0.0, True),
+    ("R2 a 0 10 TC=0.001 0.0001", 1e-3, 1e-4, True),
+    ("R3 a 0 10 TC=0.001, 0.0001", 1e-3, 1e-4, True),
+    ("R4 a 0 10 TC = 0.002 3e-5 m=2", 2e-3, 3e-5, True),
+    ("R5 a 0 10 TC=0.001,0.0001", 1e-3, 1e-4, False),
+    ("R6 a 0 10 TC=-0.0015,0", -1.5e-3, 0.0, False),
+    ("R7 a 0 10 TC=0.001 ,0.0001", 1e-3, 1e-4, False),
+    ("C1 a 0 30p TC=0,0", 0.0, 0.0, False),
+    ("C2 a 0 30p TC=0.001", 1e-3, 0.0, False),
+    ("C3 a 0 30p TC=0.001 2e-6", 1e-3, 2e-6, False),
+    ("L1 a b1 1m TC=0.004,5e-6", 4e-3, 5e-6, False),
+]
+
+
+def _ngspice_tc(tmp_path: Path, lines: list[str], behaviour: str | None) -> str:
+    """ngspice's output for ``print @X[tc1] @X[tc2]`` of each element line (``set ngbehavior=`` when given)."""
+    names = [ln.split()[0].lower() for ln in lines]
+    deck = ["tc probe", "V1 a 0 1", "Rb1 b1 0 1", *lines, ".control", "set numdgt=15", "op"]
+    deck += [f"print @{n}[tc1] @{n}[tc2]" for n in names] + [".endc", ".end", ""]
+    (tmp_path / "tc.cir").write_text("\n".join(deck))
+    (tmp_path / ".spiceinit").write_text(f"set ngbehavior={behaviour}\n" if behaviour else "")
+    out = subprocess.run(["ngspice", "-b", "tc.cir"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    return out.stdout + out.stderr
+
+
+@pytest.mark.requires_ngspice
+def test_pspice_temperature_coefficients_read_as_ngspice_does(tmp_path: Path) -> None:
+    """TC1 and TC2 as ngspice 39 reads each spelling in its PSpice mode (ngbehavior=psa), the PSpice dialect's,
+    and, for those it reads outside that mode, as it reads them there: the ngspice dialect's."""
+    for behaviour, dialect, rows in (("psa", "pspice", TC_SPELLINGS),
+                                     (None, "ngspice", [r for r in TC_SPELLINGS if r[3]])):
+        out = _ngspice_tc(tmp_path, [r[0] for r in rows], behaviour)
+        got = {m.group(1).upper(): (float(m.group(2)), float(m.group(3)))
+               for m in re.finditer(r"^@(\w+)\[tc1\] = (\S+)\n@\w+\[tc2\] = (\S+)", out, re.M)}
+        assert len(got) == len(rows), out
+        net = parse_string("t\nV1 a 0 1\nRb1 b1 0 1\n" + "\n".join(r[0] for r in rows) + "\n", "t.cir",
+                           dialect=dialect)
+        for line, tc1, tc2, _ in rows:
+            name = line.split()[0].upper()
+            params = find(net, name).params
+            ours = (num(params["TC1"]), num(params["TC2"]) if "TC2" in params else 0.0)
+            assert ours == pytest.approx((tc1, tc2), rel=1e-15) == got[name], (behaviour, line)
+
+
+@pytest.mark.requires_ngspice
+@pytest.mark.parametrize("line, tc1, tc2, ngspice_reads", TC_SPELLINGS, ids=[r[0].split()[0] for r in TC_SPELLINGS])
+def test_pspice_temperature_coefficients_outside_the_pspice_dialect(tmp_path: Path, line: str, tc1: float,
+                                                                    tc2: float, ngspice_reads: bool) -> None:
+    """What ngspice 39 rejects outside its PSpice mode is a one-line error in the ngspice dialect (naming the line and
+    --dialect pspice), and without a dialect switches the reading to pspice with a one-line note."""
+    from circuitsim.netlist.errors import DialectNote
+
+    out = _ngspice_tc(tmp_path, [line], None)
+    assert ("unknown parameter" not in out) == ngspice_reads, out
+    text = f"t\nV1 a 0 1\nRb1 b1 0 1\n{line}\n"
+    if ngspice_reads:
+        assert parse_string(text, "t.cir", dialect="ngspice").dialect == "ngspice"
+        return
+    with pytest.raises(NetlistError, match=r"is PSpice syntax, which ngspice 39 rejects outside its PSpice mode") as e:
+        parse_string(text, "t.cir", dialect="ngspice")
+    assert str(e.value).startswith("t.cir:4: ") and "\n" not in str(e.value) and "--dialect pspice" in str(e.value)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        net = parse_string(text, "t.cir")
+    notes = [str(w.message) for w in seen if issubclass(w.category, DialectNote)]
+    assert net.dialect == "pspice" and notes == [net.dialect_note]
+    assert net.dialect_note.startswith("t.cir:4: reading as pspice (detected from 'TC=")
+
+
+def test_pspice_tc_given_with_tc1_is_given_twice() -> None:
+    with pytest.raises(NetlistError, match=r"t.cir:2: R1: parameter 'TC1' is given twice"):
+        parse_string("t\nR1 a 0 10 TC1=0.001 TC=0.002\n", "t.cir")

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from circuitsim.api import load
-from circuitsim.netlist import NetlistWarning
+from circuitsim.netlist import NetlistError, NetlistWarning
+from circuitsim.solvers.newton import NewtonError
 from circuitsim.spice import operating_point_ngspice
 
 pytestmark = pytest.mark.requires_ngspice
@@ -599,3 +600,151 @@ def test_twelve_transistor_big_muff_dc_point_matches_ngspice(tmp_path: Path) -> 
         model = load(deck, "mna", 48000.0, input_source="xbmf.V2", output_node="xbmf.rams_head_out")
     assert float(model.circuit.params["XBMF.R41"].value) == -3000.0
     _assert_dc_matches(compare_dc(model, deck), 80)
+
+
+# ROHM's BA4558R macromodel as KiCad's Q17 demo ships it (tests/data/wild/BA4558R_Rev002.lib: 14 BJTs with area
+# factors per half, a G source, a current source written '1uAdc', models inside the .SUBCKT, nodes '+IN'/'-IN',
+# PSpice's 'TC=a,b', which makes it read as the pspice dialect, as ngspice reads it in its PSpice mode), .included
+# unchanged by stages written here: one half inverting x10 on +-15 V; the dual with its second half a grounded
+# follower (as a datasheet ties off an unused half), x20 on +-9 V and clipping; a Tube-Screamer-style
+# non-inverting stage (R4 4.7k + 47n to the 4.5 V reference, 51k + 100k of the drive pot, 51p and two 1N914 in the
+# feedback) on a 9 V single supply.  (title, body, the signals held to the 4x-rate rule)
+BA4558_STAGES = {
+    "x10_15V": ("BA4558 inverting x10 on +-15 V\n", "VCC vcc 0 15\nVEE vee 0 -15\nVIN in 0 0\nR1 in n 10k\n"
+                "R2 n out 100k\nX1 0 n vcc vee out ba4558r_sub\nRL out 0 10k\n", ()),
+    "dual_x20_9V_clipping": ("BA4558R dual, inverting x20 on +-9 V, clipping; the other half a grounded follower\n",
+                             "VCC vcc 0 9\nVEE vee 0 -9\nVIN in 0 0\nR1 in n 10k\nR2 n out 200k\n"
+                             "X1 out n 0 vee 0 o2 o2 vcc BA4558R\nRL out 0 10k\n", ()),
+    "tube_screamer_clipper": ("BA4558 Tube-Screamer-style clipping stage, 1N914 pair in the feedback, 9 V single\n",
+                              "VCC vcc 0 9\nVREF ref 0 4.5\nVIN in ref 0\nR1 in p 1k\nR4 n m 4.7k\nC3 m ref 47n\n"
+                              "R6 n f 51k\nR7 f out 100k\nC4 n out 51p\nD1 n out D1N914\nD2 out n D1N914\n"
+                              "X1 p n vcc 0 out ba4558r_sub\nRL out ref 10k\n"
+                              ".model D1N914 D(IS=2.52n RS=0.568 N=1.752 CJO=4p M=0.4 TT=20n)\n",
+                              ("sweep", "pluck_300mV", "pluck_1V")),
+}
+
+
+def _ba4558_stage(tmp_path: Path, stage: str) -> Path:
+    title, body, _ = BA4558_STAGES[stage]
+    path = tmp_path / f"ba4558_{stage}.cir"
+    path.write_text(f"{title}.include {WILD / 'BA4558R_Rev002.lib'}\n{body}.end\n")
+    return path
+
+
+def _ngspice_pspice_mode_op(path: Path, tmp_path: Path) -> dict[str, float]:
+    """ngspice 39's own operating point of ``path`` unchanged, in its PSpice mode for included files
+    (``set ngbehavior=ps`` in .spiceinit, as KiCad runs it), at validate()'s tolerances: name -> value."""
+    import re
+    import subprocess
+
+    run = tmp_path / "pspice_mode"
+    run.mkdir()
+    (run / ".spiceinit").write_text("set ngbehavior=ps\n")
+    deck = run / "deck.cir"
+    deck.write_text(path.read_text().replace(".end\n", ".options reltol=1e-6 abstol=1e-15 vntol=1e-9\n.control\n"
+                                             "set numdgt=15\nop\nprint all\n.endc\n.end\n"))
+    out = subprocess.run(["ngspice", "-b", str(deck)], capture_output=True, text=True, timeout=120, cwd=run).stdout
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\S+) = (\S+)$", out, re.M)}
+
+
+@pytest.mark.parametrize("stage", list(BA4558_STAGES))
+def test_ba4558_validation_copy_reads_as_ngspice_pspice_mode(tmp_path: Path, stage: str) -> None:
+    """ngspice's copy of the stage (includes inlined, 'TC=a,b' written tc1= tc2=) has the operating point that
+    ngspice 39 gives the unchanged files in its PSpice mode: the reference circuitsim is compared with is that."""
+    path = _ba4558_stage(tmp_path, stage)
+    ours = operating_point_ngspice(path)
+    theirs = _ngspice_pspice_mode_op(path, tmp_path)
+    compared = 0
+    for key, value in theirs.items():
+        name = key.replace("#branch", "").lower()
+        name = f"i({name})" if key.endswith("#branch") else name
+        if name in ours:
+            assert ours[name] == pytest.approx(value, rel=1e-12, abs=1e-15), (key, ours[name], value)
+            compared += 1
+    assert compared >= 20, (sorted(ours), sorted(theirs))
+
+
+# The macromodel has nodes joined only through BJT junctions (the input pair's emitters x1.n164947, the mirror
+# x1.n165977, the bias line x1.n168651, the output stage's x1.n227264), which ngspice holds through the GMIN across
+# every junction.  system/checks.py refuses them for every formulation ("M = G + 2/T Cm is singular"), though only DK
+# eliminates through M: MNA's Newton matrix has the device Jacobians, GMIN included.  With that check confined to
+# DK the x10 and Tube-Screamer stages pass on MNA (docs/netlists.md, "Netlists from the wild"); the dual clipping
+# stage then stops with MNA's NewtonError at sample 1629 (4.24 ms) after 22 min; DK itself does not run these (with
+# the junctions' GMIN moved into G its Newton fails at the first sample: K holds 1e12-ohm paths).  Until then:
+# strict xfails on exactly those errors, so a marker must go when its cause does.
+BA4558_REFUSED = pytest.mark.xfail(raises=NetlistError, strict=True,
+                                   reason="system/checks.py refuses junction-only nodes for MNA too")
+BA4558_REFUSED_THEN_NEWTON = pytest.mark.xfail(
+    raises=(NetlistError, NewtonError), strict=True,
+    reason="refused by system/checks.py; with that check confined to DK, MNA's Newton fails at sample 1629")
+BA4558_CASES = [pytest.param(stage, marks=BA4558_REFUSED_THEN_NEWTON if stage.startswith("dual") else BA4558_REFUSED)
+                for stage in BA4558_STAGES]
+
+
+@pytest.mark.parametrize("stage", BA4558_CASES)
+def test_ba4558_macromodel_as_published_matches_ngspice(tmp_path: Path, stage: str) -> None:
+    """``validate`` (MNA) at 48 kHz x 8: the DC point to ngspice's Newton tolerance, and ESR <= 1e-5 on every
+    standard signal but the listed ones, which must meet it at 4x the rate after a >= 20x drop."""
+    from circuitsim.validate import validate
+
+    path = _ba4558_stage(tmp_path, stage)
+    report = validate(path, method="mna", duration=0.01)
+    print(report.table())
+    _assert_dc_matches(report.dc, 20)
+    assert all(r.peak > 1e-3 for r in report.signals), report.table()
+    errors = {r.name: r.esr for r in report.signals}
+    limited = BA4558_STAGES[stage][2]
+    assert all(e <= 1e-5 for sig, e in errors.items() if sig not in limited), report.table()
+    for sig in limited:
+        if errors[sig] > 1e-5:
+            fine = _ba4558_esr_at(path, 4 * report.sim_rate, sig)
+            print(f"{sig}: ESR {errors[sig]:.3e} at {report.sim_rate:g} Hz, {fine:.3e} at 4x the rate")
+            assert fine <= 1e-5 and fine <= errors[sig] / 20, (sig, errors[sig], fine)
+    if stage == "dual_x20_9V_clipping":  # the 1 V pluck asks for 20 V: the output stops short of the 9 V rails
+        assert 6.0 < max(r.peak for r in report.signals) < 9.0
+    if stage == "tube_screamer_clipper":  # gain 33 in band; out = in + the feedback, which the diodes hold under 1 V
+        assert 0.5 < max(r.peak for r in report.signals) < 2.0
+
+
+def _ba4558_esr_at(path: Path, fs: float, sig: str) -> float:
+    """MNA's ESR against ngspice (TMAX = 1/(16 fs)) on the standard signal ``sig`` at ``fs``."""
+    from circuitsim.signals import standard_signals
+
+    model = load(path, "mna", fs)
+    return _esr_against_ngspice(model, str(path), standard_signals(fs, 0.01)[sig], fs, "VIN", "out")
+
+
+@BA4558_REFUSED
+def test_ba4558_stage_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``circuitsim simulate`` and ``circuitsim validate`` (MNA) on the x10 stage as a user would run them."""
+    import re
+
+    import numpy as np
+
+    from circuitsim.audio import read_wav, write_wav
+    from circuitsim.cli import main
+
+    path = _ba4558_stage(tmp_path, "x10_15V")
+    load(path, "mna", 96000.0).dc_voltages(0.0)  # the CLI reports a NetlistError in one line and rc 1: raise it
+    wav, out_wav = tmp_path / "in.wav", tmp_path / "out.wav"
+    write_wav(wav, 0.3 * np.sin(2 * np.pi * 440 * np.arange(2400) / 48000.0), 48000)
+    rc = main(["simulate", str(path), str(wav), "-o", str(out_wav), "--method", "mna", "--oversample", "2", "-q"])
+    y, fs = read_wav(out_wav)
+    assert rc == 0 and fs == 48000 and len(y) == 2400 and np.all(np.isfinite(y))
+    assert np.ptp(y[1200:]) == pytest.approx(6.0, rel=0.02)  # x10 inverting, 0.3 V in: 6 V peak to peak
+    capsys.readouterr()
+    rc = main(["validate", str(path), "--method", "mna", "--duration", "0.01"])
+    out = capsys.readouterr().out
+    rows = dict(re.findall(r"^(sine|sweep|pluck_\w+)\s+(\S+)", out, re.M))
+    assert rc == 0 and len(rows) == 5 and "DC operating point: " in out, out
+    assert all(float(e) <= 1e-5 for e in rows.values()), out
+
+
+def test_ba4558_is_refused_in_one_line_naming_the_junction_only_node(tmp_path: Path) -> None:
+    """Today's behaviour, which the xfails above depend on: a one-line NetlistError naming the input pair's emitter
+    node and its three transistors (not a traceback from inside a formulation)."""
+    with pytest.raises(NetlistError) as err:
+        load(_ba4558_stage(tmp_path, "x10_15V"), "mna", 48000.0).dc_voltages(0.0)  # the first assembly
+    msg = str(err.value)
+    assert "\n" not in msg and "M = G + 2/T Cm is singular" in msg, msg
+    assert "v(x1.n164947)" in msg and all(q in msg for q in ("X1.Q_Q1", "X1.Q_Q2", "X1.Q_Q15")), msg

@@ -76,6 +76,27 @@ _LTSPICE_MARKERS = (
     (re.compile(r"\bwavefile\s*=", re.IGNORECASE), "'wavefile='"),
     (re.compile(r"\bpwrs\s*\(", re.IGNORECASE), "the function pwrs()"),
 )
+#: PSpice's temperature coefficients on R, C, L, 'TC=a[,b]' = 'tc1=a tc2=b' (groups: a, the gap, b).  ngspice 39
+#: reads 'TC=a b' and 'TC=a, b' so on R alone and rejects 'TC=a,b', 'TC=a ,b' ("unknown parameter (b)") and TC on
+#: C, L ("unknown parameter (tc)"); its PSpice mode (ngbehavior=ps for included files, psa for all) reads every one
+#: as tc1, tc2 (checked against the binary: tests/test_parser.py)
+PSPICE_TC = re.compile(
+    r"(?<![\w.])TC\s*=\s*(\{[^{}]*\}|[^\s,=(){}]+)(?:(\s*,\s*|\s+)(\{[^{}]*\}|[^\s,=(){}]+)(?![\w.]*\s*=))?",
+    re.IGNORECASE,
+)
+_NGSPICE_TC_GAP = re.compile(r",?\s+")  # the gaps ngspice 39 itself reads between TC's two values on R
+
+
+def pspice_tc_marker(element: str, text: str) -> re.Match | None:
+    """Where ``text`` (an R, C or L statement) writes TC as only PSpice does (None: as ngspice 39 reads it too)."""
+    m = PSPICE_TC.search(text)
+    if m is None or element[:1].upper() not in "RCL":
+        return None
+    if element[:1].upper() != "R" or (m.group(3) is not None and not _NGSPICE_TC_GAP.fullmatch(m.group(2))):
+        return m
+    return None
+
+
 #: analysis and output commands, kept verbatim in Netlist.controls
 CONTROL_COMMANDS = {
     ".tran", ".ac", ".dc", ".op", ".noise", ".tf", ".sens", ".pz", ".disto", ".four", ".fourier",
@@ -85,8 +106,8 @@ CONTROL_COMMANDS = {
 #: instance parameters accepted per element letter (stored upper case in Element.params)
 INSTANCE_PARAMS = {
     "R": {"TC1", "TC2", "TC", "M", "SCALE", "TEMP", "DTEMP", "AC", "NOISY"},
-    "C": {"IC", "M", "SCALE", "TC1", "TC2", "TEMP", "DTEMP", "RSER", "LSER", "RPAR", "CPAR"},
-    "L": {"IC", "M", "SCALE", "TC1", "TC2", "TEMP", "DTEMP", "NT", "RSER", "RPAR", "CPAR"},
+    "C": {"IC", "M", "SCALE", "TC1", "TC2", "TC", "TEMP", "DTEMP", "RSER", "LSER", "RPAR", "CPAR"},
+    "L": {"IC", "M", "SCALE", "TC1", "TC2", "TC", "TEMP", "DTEMP", "NT", "RSER", "RPAR", "CPAR"},
     "V": {"RSER", "CPAR"},
     "I": {"RSER", "CPAR"},
     "E": set(),
@@ -171,7 +192,7 @@ def ltspice_standard_library(name: str) -> bool:
 
 
 def detect_dialect(statements: list[Statement]) -> tuple[str, Loc, str] | None:
-    """(dialect, where, what) for the first LTspice-only marker in ``statements``, or None."""
+    """(dialect, where, what) for the first LTspice- or PSpice-only marker in ``statements``, or None."""
     for st in statements:
         if st.control:
             continue
@@ -179,6 +200,10 @@ def detect_dialect(statements: list[Statement]) -> tuple[str, Loc, str] | None:
             m = pattern.search(st.text)
             if m is not None:
                 return "ltspice", st.loc_at(m.start()), what
+        name = st.text.split(None, 1)[0]
+        m = pspice_tc_marker(name, st.text)
+        if m is not None:
+            return "pspice", st.loc_at(m.start()), f"'{m.group(0)}' on {name.upper()}"
     return None
 
 
@@ -339,7 +364,8 @@ class _Parser:
         raise NetlistError(f"library section '{section}' not found in '{name}'", st.loc)
 
     def choose_dialect(self, statements: list[Statement]) -> None:
-        """Without an explicit dialect, LTspice's own markers switch to 'ltspice' (with a one-line note)."""
+        """Without an explicit dialect, LTspice's own markers switch to 'ltspice', PSpice's 'TC=a,b' to 'pspice'
+        (with a one-line note)."""
         if not self.auto_dialect:
             return
         found = detect_dialect(statements)
@@ -532,12 +558,38 @@ class _Parser:
                     f"{name}: unknown parameter '{key_tok.text}' (accepted: {accepted})",
                     st.loc_at(key_tok.start),
                 )
-            if key in params:
-                raise NetlistError(
-                    f"{name}: parameter '{key_tok.text}' is given twice", st.loc_at(key_tok.start)
-                )
-            params[key] = self.value(cur.next(), st, f"the value of {key_tok.text}")
+            if key == "TC" and name[:1] in "RCL" and not lower:
+                pairs = self.temperature_coefficients(cur, st, name, key_tok)
+            else:
+                pairs = {key: self.value(cur.next(), st, f"the value of {key_tok.text}")}
+            for k, v in pairs.items():
+                if k in params:
+                    said = key_tok.text if k == key else k
+                    raise NetlistError(f"{name}: parameter '{said}' is given twice", st.loc_at(key_tok.start))
+                params[k] = v
         return params
+
+    def temperature_coefficients(self, cur: Cursor, st: Statement, name: str, key_tok: Token) -> dict[str, Expr]:
+        """``TC=a [b]`` on R, C, L (after the ``=``): TC1 = a (1/degC) and TC2 = b (1/degC^2), as ngspice 39 reads
+        them on R and its PSpice mode on all three (:data:`PSPICE_TC`); in the ngspice dialect what ngspice rejects
+        is an error."""
+        first = cur.next()
+        out = {"TC1": self.value(first, st, f"the value of {key_tok.text}")}
+        second = cur.peek()
+        if first is not None and self.is_value_token(second) and not cur.at_key():
+            assert second is not None
+            cur.next()
+            out["TC2"] = self.value(second, st, f"the second value of {key_tok.text}")
+        if self.dialect == "ngspice":
+            m = pspice_tc_marker(name, st.text[key_tok.start :])
+            if m is not None:
+                said = "tc" if name[0] != "R" else st.text[second.start : second.end] if second else "tc"
+                raise NetlistError(
+                    f"{name}: '{m.group(0)}' is PSpice syntax, which ngspice 39 rejects outside its PSpice mode "
+                    f'("unknown parameter ({said.lower()})"); use --dialect pspice, or write tc1= tc2=',
+                    st.loc_at(key_tok.start),
+                )
+        return out
 
     def node(self, tok: Token, st: Statement, name: str) -> str:
         if tok.kind != "word" or not tok.text:
