@@ -422,7 +422,7 @@ def forward_item(lin, P, theta, io, x0, xfin, warm_in, warm_out, stats, fopt, io
     start_item(P, theta, x0, warm_in, wv, wm, wi, iopt[O_GIVEN] != 0)
     scale = 1.0  # the bound on |z|: KernelOptions.bound x the largest input and starting unknown
     u = io[0]
-    for n in range(T):
+    for n in range(T if NZ > 0 and fopt[F_BOUND] < math.inf else 0):  # (a pass over u: only when used)
         for j in range(u.shape[1]):
             scale = max(scale, abs(u[n, j]))
     for i in range(NZ):
