@@ -196,7 +196,7 @@ class DKModule(AbstractCircuitModule):
         Where the step can still be split, a port voltage beyond ``RANGE`` times the largest source,
         bias or starting port voltage counts as a Newton failure (``KernelOptions.bound``: the relative
         stop ``|dv| <= reltol |v|`` alone also accepts a Newton that ran away to 1e34 V, after which later
-        samples run on garbage); the kernel then tries its fallbacks and reports the sample.  At the
+        samples run on garbage); the kernel reports the sample at once (no fallbacks).  At the
         finest split such a solution is kept (it may be real).  ``watch``: the substepping chain (damped
         Newton stops sooner, ``SUBSTEP_OPTIONS``).  ``head`` (batch, 1): outputs put before the run's
         (the operating point's sample), so that the signal is joined in one copy.
