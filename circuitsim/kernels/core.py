@@ -129,7 +129,7 @@ PREDICTORS = {"previous": 0, "linear": 1, "tangent": 2}
 # integer options: iopt[...]
 O_MAXIT, O_FBIT, O_PRED, O_CP, O_SAVE, O_LIMIT, O_GIVEN, O_THETA, O_EXPLICIT, O_EARLY = range(10)
 # float options: fopt[...] (tolerances in units of z)
-F_RELTOL, F_ABSTOL, F_BOUND = range(3)
+F_RELTOL, F_ABSTOL, F_BOUND, F_UMAX = range(4)
 # forward workspace: wv (vectors), wm (matrices), wi (integers); V_EST: [the quadratic constant c of
 # newton_plain's stop rule, the bound on |z| of this batch item (KernelOptions.bound)]
 (V_X, V_XN, V_P, V_Z, V_Z1, V_Z2, V_PPREV, V_G, V_DZ, V_ZT, V_PHI, V_WORK, V_LC, V_G2, V_PTMP, V_ZS,
@@ -420,14 +420,14 @@ def forward_item(lin, P, theta, io, x0, xfin, warm_in, warm_out, stats, fopt, io
     wi = (np.zeros(NZ, np.int64), np.zeros(4, np.int64))
     counters = wi[I_COUNT]
     start_item(P, theta, x0, warm_in, wv, wm, wi, iopt[O_GIVEN] != 0)
-    scale = 1.0  # the bound on |z|: KernelOptions.bound x the largest input and starting unknown
-    u = io[0]
-    if NZ > 0 and fopt[F_BOUND] < math.inf and u.size > 0:  # only when used; max and min compile to
-        scale = max(scale, u.max(), -u.min())  # predicted branches, where max(scale, abs(u[n, j])) is a
-    # loop-carried chain of ~4 ns a sample
+    # the bound on |z|: KernelOptions.bound x the largest of 1, the item's inputs (fopt[F_UMAX], which
+    # forward() takes with numpy's vectorised max and min: a compiled pass over u, a loop-carried max
+    # chain or numba's NaN-checking array max, costs ~4 ns a sample) and its starting unknowns
+    scale = fopt[F_UMAX]
     for i in range(NZ):
         scale = max(scale, abs(wv[V_Z1][i]))
     wv[V_EST][1] = fopt[F_BOUND] * scale
+    # (the hot loop and the fallbacks)
     use_limit = iopt[O_LIMIT] != 0
     n_damped = 0
     n_homotopy = 0
@@ -614,7 +614,7 @@ class KernelOptions:
             raise ValueError(f"predictor must be one of {sorted(PREDICTORS)}, not {self.predictor!r}")
         if self.checkpoint < 1:
             raise ValueError("checkpoint must be >= 1")
-        fopt = np.array([self.reltol, self.abstol, self.bound], dtype=np.float64)
+        fopt = np.array([self.reltol, self.abstol, self.bound, 1.0], dtype=np.float64)
         ints = (self.max_iter, self.fallback_iter, PREDICTORS[self.predictor], self.checkpoint, save,
                 self.limit, given, theta_grad, self.explicit, self.early)
         return fopt, np.array([int(i) for i in ints], dtype=np.int64)
@@ -745,8 +745,14 @@ def forward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarra
     stats = np.zeros((batch, N_STATS), dtype=np.int64)
     if T == 0:
         return ForwardResult(y, x0.copy(), warm, stats, ztraj if save else None, ckpt if save else None)
+    fopts = [fopt] * batch
+    if math.isfinite(options.bound) and nz > 0 and u.size:  # each item's largest input, for the bound on |z|
+        fopts = [fopt.copy() for _ in range(batch)]
+        for b, f in enumerate(fopts):
+            f[F_UMAX] = max(1.0, float(u[b].max()), -float(u[b].min()))
     items = [
-        (lin, P, theta, (u[b], y[b], ztraj[b], ckpt[b]), x0[b], xfin[b], warm[b], warm_out[b], stats[b], fopt, iopt)
+        (lin, P, theta, (u[b], y[b], ztraj[b], ckpt[b]), x0[b], xfin[b], warm[b], warm_out[b], stats[b], fopts[b],
+         iopt)
         for b in range(batch)
     ]
     run_items(module.forward_item, items, options.threads)
