@@ -51,7 +51,9 @@ from circuitsim.spice import _common_edits, _Netlist, _read_raw, _to_samples  # 
 from circuitsim.validate import esr  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CIRCUITS = ["diode_clipper", "ts808_clipping", "bjt_common_emitter", "triode_common_cathode"]
+# every netlist in netlists/ (issue 12: >= 30x ngspice on each)
+CIRCUITS = ["diode_clipper", "ts808_clipping", "bjt_common_emitter", "triode_common_cathode", "fmv_tonestack",
+            "ts808_tone", "ts808", "opamp_rails"]
 FS = 48000 * 8
 TOLS = {"reltol": 1e-6, "abstol": 1e-15, "vntol": 1e-9}
 SECTION = "## DK against ngspice"

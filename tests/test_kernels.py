@@ -543,10 +543,50 @@ def test_newton_failure_names_the_sample():
     assert (e.sample, e.batch) == (112, 1)
     assert e.time == pytest.approx(112 / 48000.0)
     assert str(e).startswith("Newton failed at sample 112 (t = 0.00233333333 s)")
-    # below the fold the same system is solved exactly: v = 1 - sqrt(1 - 2p)
-    y, _, _ = run_state_space(mats, torch.zeros(0, dtype=DT), u[:1], torch.zeros(1, 1, dtype=DT), nl)
+    # below the fold the same system is solved exactly (v = 1 - sqrt(1 - 2p)) by the strict stop rule, and
+    # to the tolerance (reltol 1e-10 on v: 2e-10 on y = v^2/2) with the early accept (the default)
     p = 0.02 * n
-    assert rel(y[0, :, 0], (1 - np.sqrt(1 - 2 * p)) ** 2 / 2) < 1e-12
+    exact = (1 - np.sqrt(1 - 2 * p)) ** 2 / 2
+    for opts, tol in ((ss.KernelOptions(early=False), 1e-12), (None, 2e-10)):
+        y, _, _ = run_state_space(mats, torch.zeros(0, dtype=DT), u[:1], torch.zeros(1, 1, dtype=DT), nl, options=opts)
+        assert rel(y[0, :, 0], exact) < tol
+
+
+def test_bound_rejects_solutions_out_of_range():
+    """KernelOptions.bound: a Newton solution beyond bound x max(1, |u|, |z_init|) is a failure.
+
+    v = p + v^2/2 solves to v = 1 - sqrt(1 - 2p) (the other root 1 + sqrt(1 - 2p) is larger still):
+    with bound 0.5 (|u| <= 0.38 < 1) the first sample whose root passes 0.5 V, p > 3/8, is reported
+    at once (no fallbacks); without a bound every sample is solved.
+    """
+    v0 = sp.Symbol("v0", real=True)
+    nl = build_nonlinearity([ExprBlock(v0**2 / 2, ports=((v0, 0),), out=0)], 1, 1)
+    one, zero = np.ones((1, 1)), np.zeros((1, 1))
+    mats = (0.5 * one, zero, zero, zero, zero, one, zero, one, one)
+    p = 0.02 * np.arange(20)
+    u = p[None, :, None]
+    for bound, fail in ((0.5, int(np.argmax(p > 0.375))), (math.inf, -1)):
+        res = ss.forward(nl, mats, np.zeros(0), u, np.zeros((1, 1)), options=ss.KernelOptions(bound=bound), save=True)
+        assert res.stats[0, ss.ST_FAIL] == fail and res.stats[0, ss.ST_DAMPED] == 0
+        n = len(p) if fail < 0 else fail
+        assert rel(res.v[0, :n, 0], 1 - np.sqrt(1 - 2 * p[:n])) < 1e-10  # reltol
+
+
+def test_early_accept_keeps_the_tolerance(mixed):
+    """The early accept (c |dz|^2 within the tolerance, c measured on recent samples) against the strict
+    stop rule and the torch oracle: fewer iterations, the same solution to the tolerance."""
+    mats = mixed_system()
+    theta = mixed_theta()
+    u = mixed_input(2, 2000)
+    x0 = np.zeros((2, 3))
+    early = ss.forward(mixed, mats, theta.numpy(), u, x0, save=True)
+    strict = ss.forward(mixed, mats, theta.numpy(), u, x0, options=ss.KernelOptions(early=False), save=True)
+    assert early.failed is None and strict.failed is None
+    assert early.stats[:, ss.ST_ITER].sum() < strict.stats[:, ss.ST_ITER].sum()
+    y_ref, _, v_ref = reference_state_space([torch.tensor(m) for m in mats], theta, torch.tensor(u), torch.tensor(x0),
+                                            mixed)
+    assert rel(strict.y, y_ref) < 1e-10 and rel(early.y, y_ref) < 1e-10
+    assert rel(early.v, v_ref) < 1e-10
 
 
 def test_linear_system_without_ports():

@@ -23,13 +23,14 @@ see "Plugging a formulation into the core" in ``docs/architecture.md``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from circuitsim.formulations.base import AbstractCircuitModule, Diagnostics
-from circuitsim.kernels.autograd import NewtonError as KernelNewtonError
+from circuitsim.kernels import autograd
 from circuitsim.kernels.autograd import run_state_space
 from circuitsim.kernels.core import KernelOptions
 from circuitsim.solvers.dc import operating_point
@@ -119,6 +120,8 @@ def dk_matrices(m: MNAMatrices, sample_rate: float, q: torch.Tensor) -> DKMatric
 # is cheaper split than iterated (200 iterations of 40 backtracking steps took a minute on one sample of the
 # Mark IIC+ preamp at 96 kHz; docs/validation.md, "Substepping")
 SUBSTEP_OPTIONS = KernelOptions(fallback_iter=50)
+# an audio circuit's port voltages stay well within this many times its largest source or bias voltage
+RANGE = 1e3
 
 
 @dataclass
@@ -146,30 +149,16 @@ class DKState:
     substepped: int = 0  # substepped samples so far
 
 
-def charge_rows(d: StateSpaceMatrices, sample_rate: float, ports: bool = False) -> StateSpaceMatrices:
-    """``d`` with extra outputs after ``y``: ``c[n] = Qᵀ (Cm x[n] + Wq f[n])`` (coulombs / webers) and,
-    with ``ports``, the port voltages ``v[n]`` (volts).
+def charge_rows(d: StateSpaceMatrices, sample_rate: float) -> StateSpaceMatrices:
+    """``d`` with extra outputs after ``y``: ``c[n] = Qᵀ (Cm x[n] + Wq f[n])`` (coulombs / webers).
 
     The state update is ``q[n] = 4/T c[n] - q[n-1]`` (module doc), so ``c[n] = T/4 ((A + I) q[n-1] +
-    B u[n] + C f[n])``, and ``v[n] = G q[n-1] + H u[n] + K f[n]`` at the solution: rows of the
-    existing matrices, no new solve.
+    B u[n] + C f[n])``: rows of the existing matrices, no new solve.
     """
     w = 0.25 / sample_rate
     eye = torch.eye(d.A.shape[0], dtype=DTYPE)
-    rows = [((d.A + eye) * w, d.B * w, d.C * w)] + ([(d.G, d.H, d.K)] if ports else [])
-    D, E, F = (torch.cat([base, *(r[i] for r in rows)]) for i, base in enumerate((d.D, d.E, d.F)))
+    D, E, F = (torch.cat([base, extra]) for base, extra in ((d.D, (d.A + eye) * w), (d.E, d.B * w), (d.F, d.C * w)))
     return StateSpaceMatrices(d.A, d.B, d.C, D, E, F, d.G, d.H, d.K)
-
-
-def _check_range(y: torch.Tensor, v: torch.Tensor, bound: float, offset: int, sample_rate: float) -> None:
-    """Raise the kernel's NewtonError at the first sample whose output ``y`` (batch, T) or port voltages
-    ``v`` (batch, T, Nv) are not finite or beyond ``bound`` volts."""
-    bad = ~(y.detach().abs() <= bound) | ~(v.detach().abs() <= bound).all(dim=2)
-    if bool(bad.any()):
-        first = bad.double().argmax(dim=1)
-        b = int(torch.where(bad.any(dim=1), first, bad.shape[1]).argmin())
-        n = offset + int(first[b])
-        raise KernelNewtonError(n, n / sample_rate, b, f"the solution left the circuit's range (|v| > {bound:.3g} V)")
 
 
 def _ports(warm: torch.Tensor | np.ndarray | None) -> torch.Tensor | np.ndarray | None:
@@ -196,7 +185,7 @@ class DKModule(AbstractCircuitModule):
         m = self.matrices()
         return m, self.cached("dk", lambda: dk_matrices(m, self.sample_rate, self._q))
 
-    def _runner(self, m: MNAMatrices, d: DKMatrices, bound: float, max_split: int, watch: bool
+    def _runner(self, m: MNAMatrices, d: DKMatrices, max_split: int, watch: bool, head: torch.Tensor | None = None
                 ) -> tuple[Runner, Remap]:
         """The DK run of samples at ``split`` x the rate and the exact state map between two rates.
 
@@ -204,39 +193,39 @@ class DKModule(AbstractCircuitModule):
         (``r`` the reactive currents, the same at every rate; module doc), the state of the same
         physical point at the step ``T'`` is ``q' = q + (2/T' - 2/T) c``.
 
-        Where the step can still be split, an output or port voltage beyond ``bound`` volts (or not
-        finite) counts as a Newton failure: the kernel's relative stop ``|dv| <= reltol |v|`` also
-        accepts a Newton that ran away to 1e34 V, after which later samples run on garbage.  At the
-        finest split such a solution is kept (it may be real); only the kernel's failures stay.
-        ``watch`` (the substepping chain): every sample's port voltages come out too, so the first bad
-        sample is found at once; without it (the first try of a block) only the last sample has the
-        extra rows and the ports are checked at the end.
+        Where the step can still be split, a port voltage beyond ``RANGE`` times the largest source,
+        bias or starting port voltage counts as a Newton failure (``KernelOptions.bound``: the relative
+        stop ``|dv| <= reltol |v|`` alone also accepts a Newton that ran away to 1e34 V, after which later
+        samples run on garbage); the kernel reports the sample at once (no fallbacks).  At the
+        finest split such a solution is kept (it may be real).  ``watch``: the substepping chain (damped
+        Newton stops sooner, ``SUBSTEP_OPTIONS``).  ``head`` (batch, 1): outputs put before the run's
+        (the operating point's sample), so that the signal is joined in one copy.
         """
         fs, nl, ns = self.sample_rate, self.topology.nonlinearity, d.A.shape[0]
         mats: dict[int, tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = {}
+        base = SUBSTEP_OPTIONS if watch else autograd.DEFAULT_OPTIONS  # (read per call: benchmarks swap it)
 
         def matrices(split: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
             if split not in mats:
                 dd = d if split == 1 else self.cached(f"dk{split}", lambda: dk_matrices(m, split * fs, self._q))
-                mats[split] = (dd.as_tuple(), charge_rows(dd, split * fs, watch).as_tuple())
+                mats[split] = (dd.as_tuple(), charge_rows(dd, split * fs).as_tuple())
             return mats[split]
 
         def run(split: int, s: torch.Tensor, b: Boundary, offset: int) -> tuple[torch.Tensor, Boundary, dict]:
             plain, extra = matrices(split)
-            cut = 0 if watch else s.shape[1] - 1  # samples run without the extra rows
-            q, v, ys, stats = b.state, b.warm, [], []
+            cut = s.shape[1] - 1  # samples run without the extra rows: all but the last
+            options = replace(base, bound=RANGE if 2 * split <= max_split else math.inf)
+            q, v, ys, stats = b.state, b.warm, [] if head is None else [head], []
             for lin, part, first in ((plain, s[:, :cut], offset), (extra, s[:, cut:], offset + cut)):
                 if part.shape[1] == 0:
                     continue
                 y, final, st = run_state_space(lin, m.theta, part, q, nl, sample_rate=split * fs, v_init=v,
-                                               sample_offset=first, options=SUBSTEP_OPTIONS if watch else None)
+                                               sample_offset=first, options=options)
                 q, v = final["x"], final["v"]
-                if 2 * split <= max_split:  # without watch: the outputs, and the ports at the end only
-                    ports = y[..., 1 + ns :] if watch else torch.as_tensor(_ports(v)).unsqueeze(1)
-                    _check_range(y[..., 0], ports, bound, first, split * fs)
                 ys.append(y[..., 0])
                 stats.append(st)
-            return torch.cat(ys, dim=1), Boundary(q, y[:, -1, 1 : 1 + ns], v, s[:, -1]), merge_stats(stats)
+            y_all = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
+            return y_all, Boundary(q, y[:, -1, 1 : 1 + ns], v, s[:, -1]), merge_stats(stats)
 
         def remap(b: Boundary, k_from: int, k_to: int) -> Boundary:
             return Boundary(b.state + (2.0 * fs * (k_to - k_from)) * b.charge, b.charge, _ports(b.warm), b.sources)
@@ -256,23 +245,24 @@ class DKModule(AbstractCircuitModule):
             f_op = self.topology.nonlinearity.torch_eval(x_op @ m.Nv.T, m.theta)
             c0 = (x_op @ m.Cm.T + f_op @ m.Wq.T) @ d.Q  # at DC the reactive currents are 0: h0 = 2/T c0
             start = Boundary(k2 * c0, c0, (x_op @ m.Nv.T).detach(), s[:, 0])
-            head, rest, offset, before = [(x_op @ m.out).unsqueeze(1)], s[:, 1:], 1, 0
+            head, rest, offset, before = (x_op @ m.out).unsqueeze(1), s[:, 1:], 1, 0
         else:
             start = Boundary(state.q, state.charge, state.v, state.sources)
-            head, rest, offset, before = [], s, state.samples, state.substepped
+            head, rest, offset, before = None, s, state.samples, state.substepped
         max_split = self.max_substeps if start.charge is not None else 1
-        # an audio circuit's ports and output stay well within 1000 x its sources' and bias volts
-        volts = (s.detach(), torch.as_tensor(_ports(start.warm)))
-        scale = max([1.0, *(float(t.abs().max()) for t in volts if t.numel())])
         try:  # the whole batch at once; substeps (item by item) only where Newton fails
-            run, _ = self._runner(m, d, 1e3 * scale, max_split, watch=False)
+            run, _ = self._runner(m, d, max_split, watch=False, head=head)
             y, end, stats = run(1, rest, start, offset) if rest.shape[1] else (rest[..., 0], start, {})
+            if not rest.shape[1] and head is not None:
+                y = head
             report = SubstepReport(stats=[stats])
         except NewtonError:
             if max_split == 1:
                 raise
-            run, remap = self._runner(m, d, 1e3 * scale, max_split, watch=True)
+            run, remap = self._runner(m, d, max_split, watch=True)
             y, end, report = self._substepped(run, remap, rest, start, offset, max_split)
+            if head is not None:
+                y = torch.cat([head, y], dim=1)
         record_newton_stats(diag, merge_stats(report.stats))
         diag.substepped, diag.max_substeps = report.samples, report.max_split
         diag.substepped_total = before + report.samples
@@ -280,7 +270,6 @@ class DKModule(AbstractCircuitModule):
             diag.fallbacks.append(f"{report.samples} samples needed substeps (up to {report.max_split} per sample)")
         self.diagnostics = diag
         done = (0 if state is None else state.samples) + u.shape[1]
-        y = torch.cat([*head, y], dim=1)
         return y, DKState(end.state, end.warm, done, end.charge, end.sources, diag.substepped_total)
 
     @staticmethod

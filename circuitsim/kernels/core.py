@@ -136,15 +136,21 @@ ST_ITER, ST_MAXITER, ST_DAMPED, ST_HOMOTOPY, ST_FAIL, ST_SAMPLES = range(6)
 N_STATS = 6
 PREDICTORS = {"previous": 0, "linear": 1, "tangent": 2}
 # integer options: iopt[...]
-O_MAXIT, O_FBIT, O_PRED, O_CP, O_SAVE, O_LIMIT, O_GIVEN, O_THETA, O_EXPLICIT = range(9)
-# forward workspace: wv (vectors), wm (matrices), wi (integers)
+O_MAXIT, O_FBIT, O_PRED, O_CP, O_SAVE, O_LIMIT, O_GIVEN, O_THETA, O_EXPLICIT, O_EARLY = range(10)
+# float options: fopt[...] (tolerances in units of z)
+F_RELTOL, F_ABSTOL, F_BOUND, F_UMAX = range(4)
+# forward workspace: wv (vectors), wm (matrices), wi (integers); V_EST: [the quadratic constant c of
+# newton_plain's stop rule, the bound on |z| of this batch item (KernelOptions.bound)]
 (V_X, V_XN, V_P, V_Z, V_Z1, V_Z2, V_PPREV, V_G, V_DZ, V_ZT, V_PHI, V_WORK, V_LC, V_G2, V_PTMP, V_ZS,
- V_PHI2) = range(17)
+ V_PHI2, V_EST) = range(18)
+N_EST = 2
 M_DPHI, M_LU, M_DPHI2, M_M2 = range(4)
-I_PIV, I_COUNT = range(2)  # counters: iterations, max iterations, "LU holds M of the last sample"
+I_PIV, I_COUNT = range(2)  # counters: iterations, max iterations, "LU holds M of the last sample", out of bound
+# rows of the warm-start array (batch, W_LU + Nz, Nz): the Newton history carried from block to block
+W_Z1, W_Z2, W_PPREV, W_PIV, W_EST, W_LU = range(6)
 # iopt[O_SAVE]: nothing saved, z and a state every iopt[O_CP] samples, z and every state
 SAVE_NONE, SAVE_CHECKPOINTS, SAVE_EVERY = range(3)
-LAYOUT_PREFIXES = ("ST_", "O_", "V_", "M_", "I_", "SAVE_")
+LAYOUT_PREFIXES = ("ST_", "O_", "F_", "V_", "M_", "I_", "W_", "N_EST", "SAVE_")
 
 
 # fmt: off
@@ -205,13 +211,29 @@ def predict(predictor, have_lu, wv, LU, piv):
         copy_into(z, z1, NZ)
 
 
-def newton_plain(P, theta, wv, wm, wi, reltol, abstol, max_iter, use_limit):
-    # Newton on g(z) = p + r(z) with the formulation's limiting; iterations, or 0 on failure.
-    # Converged when the scaled step max |dz_i| / (reltol |z_i| + abstol) is <= 1, or when the
-    # error estimate of the next iterate rate/(1 - rate) * step is (rate = step_k / step_(k-1),
-    # a contraction estimate; Deuflhard, Newton Methods for Nonlinear Problems, 2004, sec. 2.1).
+def in_bound(z, dz, bound):
+    # every |z_i + dz_i| <= bound: the relative stop alone accepts a Newton run away to 1e34 V
+    for i in range(NZ):
+        if not abs(z[i] + dz[i]) <= bound:
+            return False
+    return True
+
+
+def newton_plain(P, theta, wv, wm, wi, fopt, max_iter, use_limit, early):
+    # Newton on g(z) = p + r(z) with the formulation's limiting; iterations, 0 on failure, -1 for a root beyond
+    # the bound.  Stop rule on the scaled step s_k = max |dz_i| / (reltol |z_i| + abstol) (Deuflhard, Newton
+    # Methods for Nonlinear Problems, 2004, sec. 2.1): z + dz is accepted when s_k <= 1, or when an estimate of
+    # the error of z + dz (the next step) is: rate/(1 - rate) s_k with the contraction rate s_k / s_(k-1),
+    # or, with `early`, c s_k^2 from Newton's local quadratic convergence |dz_(k+1)| <= c |dz_k|^2
+    # (ibid., sec. 2.1.1).  c is the largest s_k / s_(k-1)^2 measured on this sample and the previous ones
+    # (steps below 1e-4 count as 1e-4: rounding is eps / reltol = 2e-6), decaying by 0.999 a sample (a
+    # third after 1000), so that a sample accepted after one step needs a recent measurement; 0: none yet.
+    # An iterate beyond the item's bound est[1] is a failure (the relative test alone accepts a run-away
+    # Newton; KernelOptions.bound).
     p, z, g, dz, zt, phi, work, lc = wv[V_P], wv[V_Z], wv[V_G], wv[V_DZ], wv[V_ZT], wv[V_PHI], wv[V_WORK], wv[V_LC]
-    dphi, LU, piv = wm[M_DPHI], wm[M_LU], wi[I_PIV]
+    dphi, LU, piv, est = wm[M_DPHI], wm[M_LU], wi[I_PIV], wv[V_EST]
+    reltol, abstol, bound = fopt[F_RELTOL], fopt[F_ABSTOL], est[1]
+    c = est[0] * 0.999
     prev = math.inf
     for it in range(1, max_iter + 1):
         fm_eval(P, p, z, theta, phi, dphi, g, LU, work)
@@ -221,7 +243,13 @@ def newton_plain(P, theta, wv, wm, wi, reltol, abstol, max_iter, use_limit):
         if step == math.inf:
             return 0
         rate = step / prev
-        if step <= 1.0 or (prev < math.inf and rate < 0.5 and step * rate <= 1.0 - rate):
+        if prev < math.inf:
+            c = max(c, max(step, 1e-4) / (prev * prev))
+        if (step <= 1.0 or (prev < math.inf and rate < 0.5 and step * rate <= 1.0 - rate)
+                or (early and c > 0.0 and c * step * step <= 1.0)):
+            if not in_bound(z, dz, bound):
+                return -1
+            est[0] = c
             accept_step(z, phi, dphi, dz)
             return it
         for i in range(NZ):
@@ -253,10 +281,12 @@ def newton_damped(P, theta, p, wv, wm, wi, fopt, max_iter, use_limit):
     for it in range(1, max_iter + 1):
         if not solve_into(LU, piv, g, dz, NZ):
             return -it
-        s = scaled_step(dz, z, fopt[0], fopt[1], NZ)
+        s = scaled_step(dz, z, fopt[F_RELTOL], fopt[F_ABSTOL], NZ)
         if s == math.inf:
             return -it
         if s <= 1.0:
+            if not in_bound(z, dz, wv[V_EST][1]):
+                return -it
             accept_step(z, phi, dphi, dz)
             return it
         for i in range(NZ):
@@ -335,6 +365,7 @@ def forward_segment(n0, solved, lin, P, theta, io, wv, wm, wi, fopt, iopt):
     n_ck = ci * ck
     use_limit = iopt[O_LIMIT] != 0
     explicit = FM_EXPLICIT != 0 and iopt[O_EXPLICIT] != 0
+    early = iopt[O_EARLY] != 0
     lc, work = wv[V_LC], wv[V_WORK]
     nx = A.shape[0]
     n_iter = 0
@@ -352,10 +383,10 @@ def forward_segment(n0, solved, lin, P, theta, io, wv, wm, wi, fopt, iopt):
                 counters[2] = 0  # LU is not M at this z: a later Newton sample predicts from z[n-1]
             else:
                 predict(predictor, counters[2] != 0, wv, LU, piv)
-                result = newton_plain(P, theta, wv, wm, wi, fopt[0], fopt[1], max_iter, use_limit)
-                if result == 0:
+                result = newton_plain(P, theta, wv, wm, wi, fopt, max_iter, use_limit, early)
+                if result <= 0:  # counters[3] = 1: the root is beyond the bound (forward_item: no fallbacks)
                     counters[0] += n_iter + max_iter
-                    counters[1] = n_max
+                    counters[1], counters[3] = n_max, -result
                     return n
                 n_iter += result
                 if result > n_max:
@@ -383,15 +414,17 @@ def start_item(P, theta, x0, warm_in, wv, wm, wi, given):
     z1, z2, pprev, g = wv[V_Z1], wv[V_Z2], wv[V_PPREV], wv[V_G]
     fm_prepare(P, theta, wv[V_LC])
     copy_into(wv[V_X], x0, x0.shape[0])
-    copy_into(z1, warm_in[0], NZ)
+    copy_into(z1, warm_in[W_Z1], NZ)
     if given:
-        copy_into(z2, warm_in[1], NZ)
-        copy_into(pprev, warm_in[2], NZ)
+        copy_into(z2, warm_in[W_Z2], NZ)
+        copy_into(pprev, warm_in[W_PPREV], NZ)
         for i in range(NZ):
-            piv[i] = np.int64(warm_in[3, i])
+            piv[i] = np.int64(warm_in[W_PIV, i])
+        if NZ > 0:
+            wv[V_EST][0] = warm_in[W_EST, 0]
         for i in range(NZ):
-            copy_into(LU[i], warm_in[4 + i], NZ)
-        counters[2] = 1 if NZ > 0 and warm_in[3, 0] >= 0.0 else 0
+            copy_into(LU[i], warm_in[W_LU + i], NZ)
+        counters[2] = 1 if NZ > 0 and warm_in[W_PIV, 0] >= 0.0 else 0
     elif NZ > 0:
         pprev.fill(0.0)
         fm_eval(P, pprev, z1, theta, wv[V_PHI], wm[M_DPHI], g, LU, wv[V_WORK])
@@ -407,11 +440,18 @@ def forward_item(lin, P, theta, io, x0, xfin, warm_in, warm_out, stats, fopt, io
     T = io[0].shape[0]
     wv = (np.zeros(nx), np.zeros(nx), np.zeros(NZ), np.zeros(NZ), np.zeros(NZ), np.zeros(NZ), np.zeros(NZ),
           np.zeros(NZ), np.zeros(NZ), np.zeros(NZ), np.zeros(NPHI), np.zeros(FM_WORK), np.zeros(FM_LC),
-          np.zeros(NZ), np.zeros(NZ), np.zeros(NZ), np.zeros(NPHI))
+          np.zeros(NZ), np.zeros(NZ), np.zeros(NZ), np.zeros(NPHI), np.zeros(N_EST))
     wm = (np.zeros((NPHI, NZ)), np.zeros((NZ, NZ)), np.zeros((NPHI, NZ)), np.zeros((NZ, NZ)))
-    wi = (np.zeros(NZ, np.int64), np.zeros(3, np.int64))
+    wi = (np.zeros(NZ, np.int64), np.zeros(4, np.int64))
     counters = wi[I_COUNT]
     start_item(P, theta, x0, warm_in, wv, wm, wi, iopt[O_GIVEN] != 0)
+    # the bound on |z|: KernelOptions.bound x the largest of 1, the item's inputs (fopt[F_UMAX], which
+    # forward() takes with numpy's vectorised max and min: a compiled pass over u, a loop-carried max
+    # chain or numba's NaN-checking array max, costs ~4 ns a sample) and its starting unknowns
+    scale = fopt[F_UMAX]
+    for i in range(NZ):
+        scale = max(scale, abs(wv[V_Z1][i]))
+    wv[V_EST][1] = fopt[F_BOUND] * scale
     use_limit = iopt[O_LIMIT] != 0
     n_damped = 0
     n_homotopy = 0
@@ -420,10 +460,10 @@ def forward_item(lin, P, theta, io, x0, xfin, warm_in, warm_out, stats, fopt, io
     solved = False
     while True:
         n = forward_segment(n, solved, lin, P, theta, io, wv, wm, wi, fopt, iopt)
-        if n >= T:
+        if n >= T or counters[3] != 0:  # done, or a root beyond the bound: a failure without fallbacks
+            fail = n if n < T else -1
             break
-        # fallbacks for sample n (p[n] is set): damped Newton from z[n-1], then homotopy
-        n_damped += 1
+        n_damped += 1  # fallbacks for sample n (p[n] is set): damped Newton from z[n-1], then homotopy
         copy_into(wv[V_Z], wv[V_Z1], NZ)
         it = newton_damped(P, theta, wv[V_P], wv, wm, wi, fopt, iopt[O_FBIT], use_limit)
         if it < 0:
@@ -440,12 +480,14 @@ def forward_item(lin, P, theta, io, x0, xfin, warm_in, warm_out, stats, fopt, io
         counters[2] = 1
         solved = True
     copy_into(xfin, wv[V_X], nx)
-    for r, k in ((0, V_Z1), (1, V_Z2), (2, V_PPREV)):
+    for r, k in ((W_Z1, V_Z1), (W_Z2, V_Z2), (W_PPREV, V_PPREV)):
         copy_into(warm_out[r], wv[k], NZ)
     for i in range(NZ):
-        warm_out[3, i] = np.float64(wi[I_PIV][i]) if counters[2] != 0 else -1.0
+        warm_out[W_PIV, i] = np.float64(wi[I_PIV][i]) if counters[2] != 0 else -1.0
+    if NZ > 0:
+        warm_out[W_EST, 0] = wv[V_EST][0]
     for i in range(NZ):
-        copy_into(warm_out[4 + i], wm[M_LU][i], NZ)
+        copy_into(warm_out[W_LU + i], wm[M_LU][i], NZ)
     stats[ST_ITER] = counters[0]
     stats[ST_MAXITER] = counters[1]
     stats[ST_DAMPED] = n_damped
@@ -560,7 +602,7 @@ def theta_vjp_item(theta, vtraj, mu, dtheta):
 
 
 # fmt: on
-INLINE_TEMPLATES = ("affine_phi", "affine_w", "accept_step", "predict", "newton_plain", "start_item")
+INLINE_TEMPLATES = ("affine_phi", "affine_w", "accept_step", "predict", "in_bound", "newton_plain", "start_item")
 _FASTMATH = ', fastmath={"reassoc", "contract"}'  # linalg.BLOCK_TEMPLATES: sums that vectorise
 TEMPLATES: tuple[tuple[str, str], ...] = (
     *((name, _FASTMATH) for name in BLOCK_TEMPLATES),
@@ -607,6 +649,12 @@ class KernelOptions:
     formulation's step limiting (SPICE junction limiting for DK).  ``threads``: batch items
     run in parallel on up to this many threads (None: all cores).  ``explicit``: use the
     formulation's explicit solve (``fm_solve``) where it has one; False runs Newton on every sample.
+    ``bound``: a Newton solution with some ``|z_i|`` above ``bound`` times the largest of 1, the inputs
+    ``|u|`` and the starting unknowns is a failure, reported at once (no fallbacks: DK splits the step): the
+    relative test alone accepts a Newton that ran away to 1e34 (units of ``z`` per unit of ``u``; DK:
+    volts per volt).  ``early``: the stop rule may also accept ``z + dz`` when ``c |dz|^2``, with ``c`` the
+    constant of Newton's quadratic convergence measured on recent samples, is within the tolerance
+    (``newton_plain``); False: only the step and contraction tests.
     """
 
     reltol: float = 1e-10
@@ -619,6 +667,8 @@ class KernelOptions:
     limit: bool = True
     threads: int | None = None
     explicit: bool = True
+    bound: float = math.inf
+    early: bool = True
 
     def arrays(self, save: int, given: bool = False, theta_grad: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(fopt, iopt)`` for the kernels: tolerances, and the integer options ``O_*`` (``save``:
@@ -627,9 +677,9 @@ class KernelOptions:
             raise ValueError(f"predictor must be one of {sorted(PREDICTORS)}, not {self.predictor!r}")
         if self.checkpoint < 1:
             raise ValueError("checkpoint must be >= 1")
-        fopt = np.array([self.reltol, self.abstol], dtype=np.float64)
+        fopt = np.array([self.reltol, self.abstol, self.bound, 1.0], dtype=np.float64)
         ints = (self.max_iter, self.fallback_iter, PREDICTORS[self.predictor], self.checkpoint, save,
-                self.limit, given, theta_grad, self.explicit)
+                self.limit, given, theta_grad, self.explicit, self.early)
         return fopt, np.array([int(i) for i in ints], dtype=np.int64)
 
 
@@ -640,7 +690,7 @@ class ForwardResult:
 
     y: np.ndarray  # (batch, T, Ny)
     x_final: np.ndarray  # (batch, Nx)
-    warm: np.ndarray  # (batch, 4 + Nz, Nz) Newton warm start for the next block
+    warm: np.ndarray  # (batch, W_LU + Nz, Nz) Newton warm start for the next block (rows W_*)
     stats: np.ndarray  # (batch, N_STATS) int64
     v: np.ndarray | None = None  # (batch, T, Nz) the unknowns z (DK: port voltages), saved for backward
     # (batch, T, Nx) every state x[n] (within KernelOptions.state_budget), else (batch, ceil(T / checkpoint),
@@ -717,8 +767,8 @@ def check_shapes(module: ModuleType, lin: Sequence[np.ndarray], u: np.ndarray, x
 
 def warm_state(v_init: np.ndarray | None, batch: int, nz: int) -> tuple[np.ndarray, int]:
     """The kernel's warm-start array from ``None`` (zeros), unknowns ``(batch|1, Nz)`` or a
-    previous block's ``ForwardResult.warm`` ``(batch, 4 + Nz, Nz)``; and whether it is complete."""
-    warm = np.zeros((batch, 4 + nz, nz))
+    previous block's ``ForwardResult.warm`` ``(batch, W_LU + Nz, Nz)``; and whether it is complete."""
+    warm = np.zeros((batch, W_LU + nz, nz))
     if v_init is None:
         return warm, 0
     v_init = np.asarray(v_init, dtype=np.float64)
@@ -776,8 +826,14 @@ def forward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarra
     stats = np.zeros((batch, N_STATS), dtype=np.int64)
     if T == 0:
         return ForwardResult(y, x0.copy(), warm, stats, ztraj if save else None, ckpt if save else None)
+    fopts = [fopt] * batch
+    if math.isfinite(options.bound) and nz > 0 and u.size:  # each item's largest input, for the bound on |z|
+        fopts = [fopt.copy() for _ in range(batch)]
+        for b, f in enumerate(fopts):
+            f[F_UMAX] = max(1.0, float(u[b].max()), -float(u[b].min()))
     items = [
-        (lin, P, theta, (u[b], y[b], ztraj[b], ckpt[b]), x0[b], xfin[b], warm[b], warm_out[b], stats[b], fopt, iopt)
+        (lin, P, theta, (u[b], y[b], ztraj[b], ckpt[b]), x0[b], xfin[b], warm[b], warm_out[b], stats[b], fopts[b],
+         iopt)
         for b in range(batch)
     ]
     run_items(module.forward_item, items, options.threads)

@@ -62,8 +62,56 @@ def borrow(typingctx, arr):
 # ----------------------------------------------------------------------------- templates
 
 
+def small_inverse(M, n):
+    # M <- M^-1 for n <= 3 by the adjugate over the determinant (Cramer's rule): one division and no
+    # pivoting branches, where the LU's pivot search, swaps and n divisions in a dependency chain cost
+    # more than the arithmetic (benchmarks/bench_kernel.py); False if singular
+    if n == 1:
+        d = M[0, 0]
+        if not (abs(d) > 0.0 and abs(d) < math.inf):
+            return False
+        M[0, 0] = 1.0 / d
+        return True
+    if n == 2:
+        a, b, c, d = M[0, 0], M[0, 1], M[1, 0], M[1, 1]
+        det = a * d - b * c
+        if not (abs(det) > 0.0 and abs(det) < math.inf):
+            return False
+        r = 1.0 / det
+        M[0, 0] = d * r
+        M[0, 1] = -b * r
+        M[1, 0] = -c * r
+        M[1, 1] = a * r
+        return True
+    a, b, c = M[0, 0], M[0, 1], M[0, 2]
+    d, e, f = M[1, 0], M[1, 1], M[1, 2]
+    g, h, k = M[2, 0], M[2, 1], M[2, 2]
+    c0, c1, c2 = e * k - f * h, f * g - d * k, d * h - e * g  # cofactors of the first row
+    det = a * c0 + b * c1 + c * c2
+    if not (abs(det) > 0.0 and abs(det) < math.inf):
+        return False
+    r = 1.0 / det
+    M[0, 0] = c0 * r
+    M[0, 1] = (c * h - b * k) * r
+    M[0, 2] = (b * f - c * e) * r
+    M[1, 0] = c1 * r
+    M[1, 1] = (a * k - c * g) * r
+    M[1, 2] = (c * d - a * f) * r
+    M[2, 0] = c2 * r
+    M[2, 1] = (b * g - a * h) * r
+    M[2, 2] = (a * e - b * d) * r
+    return True
+
+
 def lu_factor(M, piv, n):
-    # in-place LU with partial pivoting, P M = L U (Golub & Van Loan alg. 3.4.1); False if singular
+    # in-place LU with partial pivoting, P M = L U (Golub & Van Loan alg. 3.4.1); False if singular.
+    # The diagonal holds 1/U_kk (the elimination needs it anyway), so that lu_solve multiplies: a
+    # division costs ~14 cycles of latency in the solve's dependency chain, a multiplication 4.
+    # n <= 3 (sizes are compile-time constants): the factors are M^-1 itself (small_inverse).
+    if n <= 3:
+        for k in range(n):
+            piv[k] = k
+        return small_inverse(M, n)
     for k in range(n):
         r = k
         pmax = abs(M[k, k])
@@ -81,6 +129,7 @@ def lu_factor(M, piv, n):
                 M[k, j] = M[r, j]
                 M[r, j] = t
         inv = 1.0 / M[k, k]
+        M[k, k] = inv
         for i in range(k + 1, n):
             lik = M[i, k] * inv
             M[i, k] = lik
@@ -90,7 +139,15 @@ def lu_factor(M, piv, n):
 
 
 def lu_solve(M, piv, b, n):
-    # b <- (P^T L U)^-1 b in place, with the factors of lu_factor (alg. 3.4.2)
+    # b <- (P^T L U)^-1 b in place, with the factors of lu_factor (alg. 3.4.2; diagonal 1/U_kk); n <= 3:
+    # b <- M b with M the inverse
+    if n <= 3:
+        b0 = b[0]
+        b1 = b[1] if n > 1 else 0.0
+        b2 = b[2] if n > 2 else 0.0
+        for i in range(n):
+            b[i] = M[i, 0] * b0 + (M[i, 1] * b1 if n > 1 else 0.0) + (M[i, 2] * b2 if n > 2 else 0.0)
+        return
     for k in range(n):
         r = piv[k]
         if r != k:
@@ -106,20 +163,13 @@ def lu_solve(M, piv, b, n):
         s = b[i]
         for j in range(i + 1, n):
             s -= M[i, j] * b[j]
-        b[i] = s / M[i, i]
+        b[i] = s * M[i, i]
 
 
 def solve_into(M, piv, rhs, out, n):
     # out = M^-1 rhs, factoring M in place (M then holds its LU factors); False if M is singular
     for i in range(n):
         out[i] = rhs[i]
-    if n == 1:
-        m = M[0, 0]
-        piv[0] = 0
-        if not (abs(m) > 0.0 and abs(m) < math.inf):
-            return False
-        out[0] = out[0] / m
-        return True
     if not lu_factor(M, piv, n):
         return False
     lu_solve(M, piv, out, n)
@@ -213,6 +263,7 @@ def mtm_block(out, M, a, L):
 # compiled on their own (not inlined) with fastmath reassociation: listed by the core's TEMPLATES
 BLOCK_TEMPLATES = ("gram_acc", "mtm_block")
 TEMPLATES = (
+    "small_inverse",
     "lu_factor",
     "lu_solve",
     "solve_into",
