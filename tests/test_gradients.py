@@ -147,7 +147,10 @@ def test_saved_states_stay_within_the_budget(budget, checkpoint, rows):
     theta = torch.tensor(diode_params_vector({"IS": 2.52e-9, "N": 1.752}))  # 1N914: f moves y by ~2.5%
     u = np.sin(np.arange(T) * 0.05)[None, :, None].repeat(batch, 0) * np.array([1.0, 0.7])[:, None, None]
     x0 = np.zeros((batch, nx))
-    opts = KernelOptions(checkpoint=checkpoint, state_budget=budget)
+    # the strict stop rule (early=False): this test isolates the saving modes of the backward pass, so both
+    # sides solve to the same tolerance (with the default early accept this stiff random system's Newton
+    # stops up to ~10x reltol short, which moves its gradients by up to 2e-7 of the largest)
+    opts = KernelOptions(checkpoint=checkpoint, state_budget=budget, early=False)
     res = ss.forward(nl, mats, theta.numpy(), u, x0, options=opts)
     assert res.checkpoints.shape == (batch, rows, nx)
     assert res.v.shape == (batch, T, 1)
