@@ -19,6 +19,7 @@ from circuitsim.formulations.sparse import AUTO_PORTS, SparseModule, SparseNotAp
 from circuitsim.formulations.stn import STNModule
 from circuitsim.formulations.wdf import WDFModule
 from circuitsim.netlist import parse_file
+from circuitsim.system.checks import CompanionSingularError
 
 METHODS: dict[str, type[AbstractCircuitModule]] = {"mna": MNAModule, "dk": DKModule, "wdf": WDFModule,
                                                  "phs": PHSModule, "stn": STNModule, "sparse": SparseModule}
@@ -35,7 +36,8 @@ def register_method(name: str, cls: type[AbstractCircuitModule]) -> None:
 def choose_method(circuit: Circuit, input_source: str | None, output_node: str) -> tuple[str, str]:
     """The default formulation for ``circuit`` and why: ``"dk"``, or ``"sparse"`` (DK's system with the
     sparse Newton solve, formulations/sparse.py) when it has more than ``AUTO_PORTS`` nonlinear ports and
-    only device blocks (no behavioural sources)."""
+    only device blocks (no behavioural sources).  :func:`load` falls back to ``"mna"`` where DK's
+    ``M = G + 2/T Cm`` is singular (a node held only by junctions, system/checks.py)."""
     from circuitsim.kernels.nonlinearity import DeviceBlock
     from circuitsim.system.mna_system import MNATopology
 
@@ -87,11 +89,16 @@ def load(
     cls = METHODS[method]
     extra = {"weights": weights} if getattr(cls, "takes_weights", False) else {}
     try:
-        model = cls(circuit, sample_rate, source, output_node, **extra)
-    except SparseNotApplicable as exc:
+        try:
+            model = cls(circuit, sample_rate, source, output_node, **extra)
+        except SparseNotApplicable as exc:
+            if choice is None:
+                raise
+            model, choice = DKModule(circuit, sample_rate, source, output_node), f"dk: {exc}"
+    except CompanionSingularError:  # nodes held only by junctions: MNA solves them with the junctions' GMIN
         if choice is None:
             raise
-        model, choice = DKModule(circuit, sample_rate, source, output_node), f"dk: {exc}"
+        model, choice = MNAModule(circuit, sample_rate, source, output_node), "mna: M = G + 2/T Cm is singular"
     if choice is not None:
         model.choice = choice
     return model

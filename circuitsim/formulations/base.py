@@ -43,6 +43,8 @@ class AbstractCircuitModule(nn.Module):
     """
 
     method: str = "abstract"
+    #: eliminates with M = G + 2/T Cm alone, which must then be invertible (system/checks.py); MNA does not
+    inverts_companion: bool = True
 
     def __init__(
         self,
@@ -57,6 +59,7 @@ class AbstractCircuitModule(nn.Module):
         self.circuit = circuit
         self.sample_rate = float(sample_rate)
         self.topology = MNATopology(circuit, input_source, output_node)
+        self.topology.inverts_companion = self.inverts_companion
         self.topology.check_waveforms()
         self._leaf_names: list[str] = []
         for name, leaf in circuit.params.items():

@@ -44,6 +44,7 @@ class MNAModule(AbstractCircuitModule):
     torch autograd (the oracle of the compiled formulations)."""
 
     method = "mna"
+    inverts_companion = False  # its Newton matrix holds the devices' conductances, GMIN included
 
     def _simulate(self, u: torch.Tensor, state: MNAState | None = None) -> tuple[torch.Tensor, MNAState]:
         m = self.matrices()

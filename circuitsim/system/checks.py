@@ -8,12 +8,21 @@ is also MNA's Newton matrix at ``f = 0``).  Singular for every step means singul
 unrelated step sizes; the null vector of the (row- and column-equilibrated) matrix names the
 unknowns involved, and through them the elements.
 
-Two matrices are checked:
+Which matrices must be invertible depends on the formulation (``MNATopology.inverts_companion``):
 
-- the companion matrix ``M = G + k Cm`` at ``k = 2/T`` for two step sizes, which DK inverts;
-- the DC matrix ``G + Wi J Nv`` with ``J`` a random stand-in for the device Jacobian (a diode
-  at 0 V can have a zero derivative without the circuit being degenerate), which the DC
-  operating point solves.
+- DK and the formulations built on its state space eliminate with the companion matrix
+  ``M = G + k Cm`` (``k = 2/T``) alone, so it is checked at two step sizes;
+- MNA solves each step with Newton on ``G + k Cm + (Wi + k Wq) J Nv``, the devices' small-signal
+  conductances and capacitances included (GMIN across every junction among them, as ngspice),
+  so that matrix is checked instead, at the same two step sizes.  A node joined only through
+  junctions (ROHM's BA4558R macromodel has four per op-amp) is refused by DK and solved by MNA,
+  as ngspice solves it;
+- every formulation solves the DC operating point on ``G + Wi J Nv``.
+
+``J`` is a random stand-in for the device Jacobian with the pattern it has anywhere (a diode at
+0 V can have a zero derivative without the circuit being degenerate).  A circuit no formulation
+can solve (a floating node, a loop of voltage sources, a cut of capacitors and current sources)
+is singular in every one of these matrices whatever the pattern, and is refused by all of them.
 """
 
 from __future__ import annotations
@@ -91,11 +100,11 @@ def _involved(top: MNATopology, vec: np.ndarray) -> tuple[list[str], list[str]]:
     return unknowns, elements
 
 
-def _describe(top: MNATopology, vec: np.ndarray, what: str) -> NetlistError:
+def _describe(top: MNATopology, vec: np.ndarray, what: str, cls: type[NetlistError] = NetlistError) -> NetlistError:
     unknowns, elements = _involved(top, vec)
     locs = [el.loc for el in top.circuit.elements if el.name in elements]
     shown = ", ".join(elements[:8]) + (" ..." if len(elements) > 8 else "")
-    return NetlistError(
+    return cls(
         f"{what}: the equations of {', '.join(unknowns[:6])} cannot be solved (elements {shown}); "
         "look for a node joined only through nonlinear devices, a loop of voltage sources and inductors, "
         "a cut of current sources and capacitors, or values so far apart (1e-30 ohm next to 1 ohm) that "
@@ -129,14 +138,32 @@ def _jacobian_pattern(top: MNATopology, m: MNAMatrices) -> np.ndarray:
     return np.where(seen, rng.uniform(0.5, 2.0, size=seen.shape) * 1e-3, 0.0)
 
 
-def check_solvable(top: MNATopology, m: MNAMatrices) -> None:
-    """Refuse circuits whose companion matrix or DC matrix is singular at every time step."""
+class CompanionSingularError(NetlistError):
+    """``M = G + 2/T Cm`` is singular at every step: DK cannot eliminate, MNA (with the devices) may still solve."""
+
+
+def check_companion(top: MNATopology, m: MNAMatrices) -> None:
+    """Refuse ``M = G + 2/T Cm`` singular at every step, for a formulation that eliminates with it alone
+    (``top.inverts_companion``); needs no device evaluation."""
+    if not top.inverts_companion:
+        return
     g, cm = m.G.detach().numpy(), m.Cm.detach().numpy()
     vecs = [_singular(g + k * cm) for k in STEP_FACTORS]
     if all(v is not None for v in vecs):
-        raise _describe(top, vecs[0], "no time step can be solved (M = G + 2/T Cm is singular)")
-    wi, nv = m.Wi.detach().numpy(), m.Nv.detach().numpy()
-    dc = g + wi @ _jacobian_pattern(top, m) @ nv
-    vec = _singular(dc)
+        raise _describe(top, vecs[0], "no time step can be solved by a formulation that eliminates with M = G + 2/T Cm "
+                        "(it is singular; method 'mna' counts the devices' conductances too)", CompanionSingularError)
+
+
+def check_solvable(top: MNATopology, m: MNAMatrices) -> None:
+    """Refuse circuits whose DC matrix, or (MNA) Newton matrix at a step, is singular at every time step."""
+    g, cm = m.G.detach().numpy(), m.Cm.detach().numpy()
+    wi, wq, nv = m.Wi.detach().numpy(), m.Wq.detach().numpy(), m.Nv.detach().numpy()
+    jac = _jacobian_pattern(top, m)
+    if not top.inverts_companion:  # MNA: its Newton matrix at a step, G + k Cm + (Wi + k Wq) J Nv
+        vecs = [_singular(g + k * cm + (wi + k * wq) @ jac @ nv) for k in STEP_FACTORS]
+        if all(v is not None for v in vecs):
+            raise _describe(top, vecs[0], "no time step can be solved (G + 2/T Cm with the devices' "
+                                          "conductances is singular)")
+    vec = _singular(g + wi @ jac @ nv)
     if vec is not None:
         raise _describe(top, vec, "no DC operating point (the DC matrix is singular)")

@@ -27,7 +27,7 @@ from circuitsim.kernels.nonlinearity import DeviceBlock, ExprBlock, Nonlinearity
 from circuitsim.netlist import NetlistError
 from circuitsim.netlist.ast import Binary, BranchI, Expr, Name, NodeV, Num
 from circuitsim.netlist.expr import TORCH_OPS, children, evaluate, free_names, to_sympy
-from circuitsim.system.checks import check_finite, check_solvable
+from circuitsim.system.checks import check_companion, check_finite, check_solvable
 
 DTYPE = torch.float64
 Row = tuple[tuple[int, float], ...]  # sparse row/column: (unknown index, coefficient)
@@ -63,6 +63,9 @@ class _Device:
 
 class MNATopology:
     """Structure of a circuit's MNA equations: unknowns, stamps, ports, device outputs."""
+
+    #: the formulation eliminates with M = G + 2/T Cm alone (DK), so the first assembly checks M (system/checks.py)
+    inverts_companion: bool = True
 
     def __init__(self, circuit: Circuit, input_source: str | None = "VIN", output_node: str = "out"):
         self.circuit = circuit
@@ -332,6 +335,9 @@ class MNATopology:
         out[self.output] = 1.0
         mats = MNAMatrices(dense(g_idx, g_val), dense(c_idx, c_val), bu, nv, wi, wq, theta, out, torch.stack(src_vals))
         check_finite(self, mats)  # a value that makes a stamp infinite or NaN: name the element
+        if not getattr(self, "_companion_checked", False):  # DK's M singular at every step: once, no device code
+            self._companion_checked = True
+            check_companion(self, mats)
         if not getattr(self, "_solvable_checked", False):  # singular at every step: once, at the first assembly
             self._solvable_checked = True
             check_solvable(self, mats)
