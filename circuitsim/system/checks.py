@@ -150,8 +150,9 @@ def check_companion(top: MNATopology, m: MNAMatrices) -> None:
     g, cm = m.G.detach().numpy(), m.Cm.detach().numpy()
     vecs = [_singular(g + k * cm) for k in STEP_FACTORS]
     if all(v is not None for v in vecs):
-        raise _describe(top, vecs[0], "no time step can be solved by a formulation that eliminates with M = G + 2/T Cm "
-                        "(it is singular; method 'mna' counts the devices' conductances too)", CompanionSingularError)
+        raise _describe(top, vecs[0], "no time step can be solved (M = G + 2/T Cm is singular, and this "
+                        "formulation eliminates with it alone; method 'mna' counts the devices' conductances too)",
+                        CompanionSingularError)
 
 
 def check_solvable(top: MNATopology, m: MNAMatrices) -> None:
