@@ -273,3 +273,42 @@ def test_jfet_matches_ngspice(name: str) -> None:
     normal = d["@j1[vgs]"] >= d["@j1[vgd]"]
     assert_close(jac[2][0].numpy()[normal] / m, (d["@j1[gm]"] + d["@j1[gds]"])[normal], 1e-9, 1e-18, f"{name} gm")
     assert np.abs(d["@j1[id]"]).max() > 1e-5  # the channel conducts somewhere in the sweep
+
+
+@needs_ngspice
+@pytest.mark.parametrize("name", [n for n, (_, card) in JFET_CARDS.items() if "CGS" in card] + ["pjf_caps"])
+def test_jfet_charges_match_ngspice(name: str) -> None:
+    """The gate charges qgs, qgd (jfetload.c, both sides of FC*PB) and their capacitances against ngspice, to 1e-9.
+
+    ngspice keeps a JFET's charges in its state after a transient step (here 2 ns at constant bias), and puts the
+    capacitances in those slots at .op (jfetload.c, MODEINITSMSIG); the points are reverse-biased, cut-off and
+    forward past FC*PB on each junction (F1, F2, F3's region).
+    """
+    from test_mosfet import _ngspice_ops
+
+    from circuitsim.devices.jfet import JFET_ALIASES
+
+    kind, card = ("PJF", JFET_CARDS["pjf"][1] + " CGS=2p CGD=1.5p FC=0.4") if name == "pjf_caps" else JFET_CARDS[name]
+    s = 1 if kind == "NJF" else -1
+    # (VB is unused: _ngspice_ops alters VD, VG and VB at each point)
+    body = f"VD d 0 0\nVG g 0 0\nVB b 0 0\nRb b 0 1k\nJ1 d g 0 jm area=1.5 m=2\n.model jm {kind}({card})"
+    pts = [(s * vd, s * vg, 0.0) for vd, vg in [(1.5, -0.3), (3.0, -1.0), (-1.0, 0.2), (0.2, 0.5), (-0.5, 0.45),
+                                                (2.0, -2.5)]]
+    vecs = ["@j1[vgs]", "@j1[vgd]", "@j1[qgs]", "@j1[qgd]"]
+    q = dict(zip(vecs, _ngspice_ops(body, pts, vecs, "tran 1n 2n").T))
+    c = dict(zip(vecs, _ngspice_ops(body, pts, vecs).T))
+    fam = registry.family("jfet")
+    p = {JFET_ALIASES.get(k, k): v for k, v in card_params(card, JFET_ALIASES).items()}
+    scaled = fam.instance_params(tensors(p), {"AREA": torch.tensor(1.5, dtype=F64), "M": torch.tensor(2.0, dtype=F64)},
+                                 kind)
+    vec = fam.theta(scaled, kind).numpy()
+    prog, gen, _ = fam.code(None)
+    vt = [torch.tensor(q["@j1[vgs]"]), torch.tensor(q["@j1[vgd]"])]
+    (_, _, _, qgs, qgd), jac = torch_call(gen, prog, vt, slots_of(fam, vec, prog), True)
+    assert_close(qgs.numpy(), q["@j1[qgs]"], 1e-9, 1e-25, f"{name} qgs")
+    assert_close(qgd.numpy(), q["@j1[qgd]"], 1e-9, 1e-25, f"{name} qgd")
+    assert np.array_equal(c["@j1[vgs]"], q["@j1[vgs]"]) and np.array_equal(c["@j1[vgd]"], q["@j1[vgd]"])
+    assert_close(jac[3][0].numpy(), c["@j1[qgs]"], 1e-9, 1e-25, f"{name} cgs")
+    assert_close(jac[4][1].numpy(), c["@j1[qgd]"], 1e-9, 1e-25, f"{name} cgd")
+    # both sides of FC*PB seen (0.35 V for j201, 0.36 V for pjf_caps)
+    assert (np.abs(q["@j1[qgs]"]) > 1e-13).all() and (q["@j1[vgs]"] * s > 0.36).any()

@@ -116,11 +116,12 @@ def test_mosfet_dc_matches_ngspice(name: str, vb: float) -> None:
     assert (~normal).any() and normal.any()
 
 
-def _ngspice_ops(body: str, points: list[tuple[float, float, float]], vecs: list[str]) -> np.ndarray:
-    """ngspice ``.op`` at each (VD, VG, VB) (``alter`` in a control loop); rows of ``vecs``."""
+def _ngspice_ops(body: str, points: list[tuple[float, float, float]], vecs: list[str],
+                 analysis: str = "op") -> np.ndarray:
+    """ngspice ``analysis`` (``.op``) at each (VD, VG, VB) (``alter`` in a control loop); rows of ``vecs``."""
     lines = ["* circuitsim mosfet op test", body, ".control", "set numdgt=17", "option bypass=0"]
     for vd, vg, vb in points:
-        lines += [f"alter VD dc = {vd!r}", f"alter VG dc = {vg!r}", f"alter VB dc = {vb!r}", "op",
+        lines += [f"alter VD dc = {vd!r}", f"alter VG dc = {vg!r}", f"alter VB dc = {vb!r}", analysis,
                   "echo ROW", *(f"print {v}" for v in vecs)]
     lines += [".endc", ".end", ""]
     with tempfile.TemporaryDirectory() as td:
