@@ -560,6 +560,24 @@ CASES = [
         ],
     ),
     Case(
+        "pspice_macromodel",  # as ROHM's BA4558R macromodel writes it (tests/data/wild/BA4558R_Rev002.lib)
+        "t\n.SUBCKT amp +IN -IN VCC VEE OUT\nR_R27 +IN n1 10 TC=0.001,0\nC_C3 n1 -IN 33.5p TC=0,0\n"
+        "I_I5 VEE n2 DC 1uAdc\nQ_Q17 OUT n1 n2 QP3 38.7\n.model QP3 PNP(IS=1e-15 BF=100)\nR1 VCC OUT 1k\n.ENDS\n",
+        [
+            (lambda n: (n.dialect, n.dialect_note), ("pspice", "t.cir:3: reading as pspice (detected from "
+                                                     "'TC=0.001,0' on R_R27; --dialect to override)")),
+            (lambda n: n.subckts["AMP"].ports, ["+in", "-in", "vcc", "vee", "out"]),
+            (lambda n: {k: num(v) for k, v in find(n.subckts["AMP"], "R_R27").params.items()},
+             {"TC1": 1e-3, "TC2": 0.0}),
+            (lambda n: {k: num(v) for k, v in find(n.subckts["AMP"], "C_C3").params.items()},
+             {"TC1": 0.0, "TC2": 0.0}),
+            (lambda n: num(find(n.subckts["AMP"], "I_I5").source.dc), 1e-6),
+            (lambda n: (find(n.subckts["AMP"], "Q_Q17").model, num(find(n.subckts["AMP"], "Q_Q17").params["AREA"])),
+             ("QP3", 38.7)),
+            (lambda n: list(n.subckts["AMP"].models), ["QP3"]),
+        ],
+    ),
+    Case(
         "vendor_model_card",
         "t\n.model 1N4148 D(Is=2.52n Rs=.568 N=1.752 Cjo=4p M=.4 tt=20n Iave=200m Vpk=75 mfg=\"OnSemi\" "
         "type=\"silicon\")\n.model 2N3904 NPN(IS=1E-14 VAF=100 Vceo=40 Icrating=200m mfg=\"NXP\")\n",
