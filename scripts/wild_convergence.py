@@ -37,13 +37,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vntol", type=float, default=1e-9, help="ngspice VNTOL (volts)")
     ap.add_argument("--reltol", type=float, default=1e-6, help="ngspice RELTOL")
     ap.add_argument("--duration", type=float, default=0.01, help="seconds per signal")
+    ap.add_argument("--method", default="dk", help="formulation (auto: MNA where DK's M is singular)")
     args = ap.parse_args(argv)
     tols = {"abstol": args.abstol, "vntol": args.vntol, "reltol": args.reltol}
     factors = [int(f) for f in args.factors.split(",")]
     warnings.simplefilter("ignore")
     for k, factor in enumerate(factors):
         fs = 48000.0 * factor
-        model = load(args.netlist, "dk", fs, input_source=args.source, output_node=args.output)
+        model = load(args.netlist, args.method, fs, input_source=args.source, output_node=args.output)
         signals = standard_signals(fs, args.duration)
         for name in args.signals.split(","):
             x = signals[name]
