@@ -67,3 +67,16 @@ def test_dk_degenerate_mutants_are_netlist_errors(edit: tuple[str, str], message
     assert old in DIODE_CLIPPER
     outcome, detail = run_mutant(DIODE_CLIPPER.replace(old, new), "clipper.cir", method="dk")
     assert outcome == "netlist_error" and message in detail, (outcome, detail)
+
+
+# (reference netlist, seed of tests/fuzz_mutations.mutate): MNA mutants that ended in a traceback.  1464 retypes the
+# emitter resistor of bjt_common_emitter.cir into a -22 V source; plain Newton's first step puts the junctions at
+# -1e289 V, where the compiled device code raised ZeroDivisionError (numba's Python error model) instead of giving
+# the inf/NaN that makes Newton fall back to its junction-limited restart
+MNA_REPLAYS = [("bjt_common_emitter.cir", 1464)]
+
+
+@pytest.mark.parametrize("name, seed", MNA_REPLAYS, ids=[f"{n}-{s}" for n, s in MNA_REPLAYS])
+def test_mna_mutant_replays(name: str, seed: int) -> None:
+    outcome, detail = run_mutant(mutate(TEXTS[name], random.Random(seed)), f"{name}.mutant", method="mna", samples=24)
+    assert outcome == "ok" or (outcome == "other_error" and detail.startswith("NewtonError: ")), (outcome, detail)

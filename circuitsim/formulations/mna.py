@@ -66,7 +66,11 @@ class MNAModule(AbstractCircuitModule):
             """f and df/dv without autograd: the compiled device code (µs) instead of torch ops (~0.3 ms)."""
             if nl.n_outputs == 0:
                 return nl.torch_eval(v, theta_d, jacobian=True)
-            pairs = [nl.eval_numpy(vb, theta_np) for vb in v.numpy()]
+            try:
+                pairs = [nl.eval_numpy(vb, theta_np) for vb in v.numpy()]
+            except ArithmeticError:  # the compiled code raises where torch gives inf/NaN (a step to 1e289 V):
+                nan = torch.full((v.shape[0], nl.n_outputs), float("nan"), dtype=v.dtype)  # Newton falls back
+                return nan, nan.unsqueeze(-1).expand(-1, -1, v.shape[-1])
             return (torch.from_numpy(np.stack([p[0] for p in pairs])),
                     torch.from_numpy(np.stack([p[1] for p in pairs])))
 
