@@ -693,10 +693,11 @@ def test_ba4558_validation_copy_reads_as_ngspice_pspice_mode(tmp_path: Path, sta
 # x1.n165977, the bias line x1.n168651, the output stage's x1.n227264), which ngspice holds through the GMIN across
 # every junction.  MNA's Newton matrix has the device Jacobians, GMIN included, and solves them; DK, which
 # eliminates with M = G + 2/T Cm alone, refuses them in one line (system/checks.py), and load(method="auto")
-# falls back to MNA.  The dual clipping stage stops with MNA's NewtonError at sample 1629 (4.24 ms, measured
-# in an earlier session after 22 min): a strict xfail on exactly that error, so the marker must go when its cause does.
+# falls back to MNA.  The dual clipping stage stops with MNA's NewtonError on the 1 V pluck at sample 606 (1.58 ms,
+# residual 0.095 after 500 iterations; 98 s at load 7): a strict xfail on exactly that error, so the marker must go
+# when its cause does.  The test runs those 2 ms first, so that it fails in a minute rather than after the others.
 BA4558_NEWTON = pytest.mark.xfail(raises=NewtonError, strict=True,
-                                  reason="MNA's Newton does not converge at sample 1629 of the dual clipping stage")
+                                  reason="MNA's Newton does not converge at sample 606 of the dual stage's 1 V pluck")
 BA4558_CASES = [pytest.param(stage, marks=BA4558_NEWTON) if stage.startswith("dual") else stage
                 for stage in BA4558_STAGES]
 
@@ -708,6 +709,13 @@ def test_ba4558_macromodel_as_published_matches_ngspice(tmp_path: Path, stage: s
     from circuitsim.validate import validate
 
     path = _ba4558_stage(tmp_path, stage)
+    if stage == "dual_x20_9V_clipping":  # where MNA's Newton fails today (BA4558_NEWTON): first, to fail fast
+        import torch
+
+        from circuitsim.signals import standard_signals
+
+        with torch.no_grad():
+            load(path, "mna", 384000.0)(torch.as_tensor(standard_signals(384000.0, 0.01)["pluck_1V"][:768]))
     report = validate(path, method="mna", duration=0.01)
     print(report.table())
     _assert_dc_matches(report.dc, 20)
