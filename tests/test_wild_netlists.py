@@ -627,6 +627,14 @@ def test_twelve_transistor_big_muff_dc_point_matches_ngspice(tmp_path: Path) -> 
     _assert_dc_matches(compare_dc(model, deck), 80)
 
 
+def test_twelve_transistor_big_muff_simulates_from_the_command_line(tmp_path: Path) -> None:
+    """``circuitsim simulate`` on the Big Muff export (default method: sparse, 36 ports), driving its own source."""
+    deck = _instanced(tmp_path, WILD / "bigmuff" / "BigMuff-Rams-Head.cir", "BigMuff-Rams-Head", "xbmf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NetlistWarning)
+        _simulates_from_the_command_line(tmp_path, deck, "xbmf.V2", "xbmf.rams_head_out")
+
+
 # ROHM's BA4558R macromodel as KiCad's Q17 demo ships it (tests/data/wild/BA4558R_Rev002.lib: 14 BJTs with area
 # factors per half, a G source, a current source written '1uAdc', models inside the .SUBCKT, nodes '+IN'/'-IN',
 # PSpice's 'TC=a,b', which makes it read as the pspice dialect, as ngspice reads it in its PSpice mode), .included
