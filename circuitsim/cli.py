@@ -33,7 +33,8 @@ def _add_circuit_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("netlist", type=Path, help="SPICE netlist (ngspice, LTspice or PSpice dialect)")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=["auto", *sorted(METHODS)],
-                   help="formulation (default auto: dk, or sparse for circuits with many transistors and diodes)")
+                   help="formulation (default auto: dk, or sparse for circuits with many transistors and diodes, "
+                        "or mna where DK's M = G + 2/T Cm is singular)")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="set a .param value (repeatable)")
     p.add_argument("--input-source", default="VIN",
                    help="independent voltage source driven by the input (default VIN, else the wavefile= source)")
