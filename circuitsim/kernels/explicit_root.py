@@ -87,7 +87,8 @@ def omega_guess(x: float) -> float:
     """Starting value of omega(x) by region (Lawrence et al. 2012): Lambert series, Taylor at 1, asymptotic."""
     if x < -2.0:  # Lambert series of W(e^x): z - z^2 + 3/2 z^3 - 8/3 z^4 + 125/24 z^5
         z = math.exp(x)
-        return z * (1.0 - z * (1.0 - z * (1.5 - z * (8.0 / 3.0 - z * (125.0 / 24.0)))))
+        z2 = z * z  # Estrin's scheme: two multiply-adds less in sequence than Horner's
+        return z * ((1.0 - z) + z2 * ((1.5 - z * (8.0 / 3.0)) + z2 * (125.0 / 24.0)))
     if x <= 1.0:
         y = x - 1.0
         return 1.0 + y * (0.5 + y * (1.0 / 16.0 + y * (-1.0 / 192.0 + y * (-1.0 / 3072.0 + y * (13.0 / 61440.0)))))
@@ -243,11 +244,12 @@ def _expm1_series(t: float, deg: float) -> float:
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _reverse(u: float, s: float, iss: float, vs: float) -> tuple:
+def _reverse(u: float, s: float, iss: float, vs: float, invs: float) -> tuple:
     """The reverse-biased diode's ``r(u) = -pn(-u)`` (amperes) and ``r'(u)`` (siemens): the
-    exponential branch from ``s = exp(-u/VS)``, the cubic one beyond ``3 VS`` (docs/devices.md)."""
+    exponential branch from ``s = exp(-u/VS)`` (``invs = 1/VS``), the cubic one beyond ``3 VS``
+    (docs/devices.md)."""
     if u <= 3.0 * vs:
-        return iss * (1.0 - s), iss * s / vs
+        return iss * (1.0 - s), iss * s * invs
     inv = 1.0 / u
     a = 3.0 * vs * inv / CONST_E
     a3 = a * a * a
@@ -283,25 +285,29 @@ def pair_root(c0: float, X: np.ndarray, o: int, k: int) -> tuple:
     em1 = 0.0  # exp((u - u1)/VP) - 1
     i_r = 0.0
     if X[bs + D_HAS] != 0.0:
-        iss, vs, ris, risv = X[bs + D_IS], X[bs + D_VTE], X[bp + D_RIS], X[bp + D_RISV]
+        iss, vs, invs, ris, risv = X[bs + D_IS], X[bs + D_VTE], X[bs + D_INVV], X[bp + D_RIS], X[bp + D_RISV]
         deg = X[o + P_DEG]
         same = X[bp + D_SAME] != 0.0
         kappa = X[bp + D_KAPPA]
-        es1 = kappa / w if same else math.exp(-u1 / vs)  # exp(-u1/VS)
+        es1 = kappa / w if same else math.exp(-u1 * invs)  # exp(-u1/VS)
         s = es1
         delta = 0.0
-        for j in range(steps):  # Newton on eq. (11) in delta = u - u1 (units of (1 + R g))
-            if j == 0 and same and u1 <= 3.0 * vs:  # h/h' at delta = 0 over one division (times omega)
-                delta = -ris * (w - kappa) / (w * (1.0 + w) + risv * kappa)
-            else:
-                r, rp = _reverse(u, s, 1.0, vs)
-                h = delta + vp * w * em1 + ris * r
-                hp = 1.0 + w * (1.0 + em1) + ris * rp
-                delta -= h / hp
+        j0 = 0
+        if steps > 0 and same and u1 <= 3.0 * vs:  # the first h/h' at delta = 0 over one division (times omega)
+            delta = -ris * (w - kappa) / (w * (1.0 + w) + risv * kappa)
             u = u1 + delta
             em1 = _expm1_series(delta * X[bp + D_INVV], deg)
-            s = es1 * (1.0 + _expm1_series(-delta / vs, deg))
-        r, _ = _reverse(u, s, iss, vs)
+            s = es1 * (1.0 + _expm1_series(-delta * invs, deg))
+            j0 = 1
+        for _ in range(j0, steps):  # Newton on eq. (11) in delta = u - u1 (units of 1 + R g)
+            r, rp = _reverse(u, s, 1.0, vs, invs)
+            h = delta + vp * w * em1 + ris * r
+            hp = 1.0 + w * (1.0 + em1) + ris * rp
+            delta -= h / hp
+            u = u1 + delta
+            em1 = _expm1_series(delta * X[bp + D_INVV], deg)
+            s = es1 * (1.0 + _expm1_series(-delta * invs, deg))
+        r, _ = _reverse(u, s, iss, vs, invs)
         i_r = -r - X[bs + D_GMIN] * u
     if not has_p:
         return True, u, 0.0, i_r
