@@ -15,13 +15,14 @@ the forward-biased diode (``IsP``, ``VP = N Vt``) is on its exponential branch, 
 
     u = VP (mu - omega(mu + ln kappa)),   kappa = R IsP / ((1 + R g) VP),   mu = (c + R IsP) / ((1 + R g) VP)
 
-solves ``u (1 + R g) + R IsP (exp(u/VP) - 1) = c`` exactly (docs/wdf.md eq. (9)).  The
-reverse-biased diode adds ``r(u) = -pn_S(-u)``, which lies in ``[0, IsS)`` with
-``|r'| <= IsS/VS``; it is handled by the fixed point ``u_{k+1} = U(p - R r(u_k))`` from ``r = 0``.
-``|dU/dc| <= 1/(1 + R g)``, so the error after ``k`` omega evaluations is at most
-``R IsS (R IsS / VS)^(k-1)`` volts (docs/wdf.md eq. (10)): :func:`pair_setup` picks the smallest
-``k`` whose bound is below ``OMEGA_TOL``, or none (the caller then runs Newton).  No Newton
-iteration runs.
+solves ``u (1 + R g) + R IsP (exp(u/VP) - 1) = c`` exactly (docs/wdf.md eq. (9)): one omega
+evaluation.  The reverse-biased diode adds ``r(u) = -pn_S(-u)`` in ``[0, IsS)``; Newton on
+``h(delta) = delta + VP omega (exp(delta/VP) - 1) + rho r(u1 + delta)`` (``rho = R/(1 + R g)``,
+eq. (11)) from ``delta = 0`` errs by at most ``C^(2^k - 1) e0^(2^k)`` volts after ``k`` steps,
+``e0 = rho IsS`` (eq. (12)); each step is closed-form, its exponentials those at ``u1`` taken from
+omega (``exp(u1/VP) = omega/kappa``, ``exp(-u1/VS) = kappa/omega`` for equal ``N Vt``) times Taylor
+series in ``delta``.  :func:`pair_setup` picks the smallest ``k`` whose bound is below
+``OMEGA_TOL``, or none (the caller then runs Newton).  No Newton iteration of the core runs.
 
 Wright omega (Lawrence, Corless & Jeffrey, ACM TOMS 38(3), 2012, "Algorithm 917"): the
 series/asymptotic starting values of their regions, then the fourth-order Fritsch-Shafer-Crowley
