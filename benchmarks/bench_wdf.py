@@ -74,7 +74,7 @@ def bench(name: str, x: np.ndarray, args: argparse.Namespace) -> dict:
         y_w, y_d = wdf(xt)[0].numpy(), dk(xt)[0].numpy()
     root = {"linear": "linear", "newton": "Newton (shared core)"}.get(kind, "")
     if kind == "omega":
-        root = f"Wright omega ({steps[0]}{' lin.' if steps[1] else ''})"
+        root = f"Wright omega + {steps[0] - 1} corr."  # one evaluation, closed-form Newton corrections
     row = {
         "circuit": name, "root": root, "fwd": w_f / n * 1e9, "fb": w_fb / n * 1e9, "fb_ratio": w_fb / w_f,
         "dk_fwd": d_f / n * 1e9, "dk_fb": d_fb / n * 1e9, "vs_dk": d_f / w_f, "dk_newton": d_newton / n * 1e9,
