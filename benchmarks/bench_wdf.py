@@ -10,7 +10,14 @@ unless ``--no-ngspice`` -- ngspice's own transient-analysis time and the WDF's E
 figures (1000 s of 48 kHz audio: diode clipper 2.04 s, Bassman tone stack 0.71 s, machine not
 stated) are printed beside ours as ns/sample.
 
+``--split`` instead times the compiled core alone (CPU time, best of ``--repeats``, the variants
+interleaved) on each circuit whose WDF takes the explicit root: with that root, with the core's
+Newton (explicit root off) and with a trivial root (``fm_solve`` below: ``v = p``, currents
+proportional to it, the same loop-carried dependence), so the root's share of a sample is
+explicit-root minus trivial-root time and the rest is the core's loop over the linear maps.
+
     python benchmarks/bench_wdf.py [--seconds 1] [--signal sine|guitar] [--circuits ...] [--no-ngspice] [--write]
+    python benchmarks/bench_wdf.py --split [--circuits diode_clipper ts808_clipping] [--repeats 9]
 """
 
 from __future__ import annotations
@@ -29,12 +36,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.bench_dk import FS, _f, arguments, forward_backward_times, ngspice_reference, run_rows  # noqa: E402
+from benchmarks.bench_dk import (  # noqa: E402
+    FS,
+    _f,
+    arguments,
+    forward_backward_times,
+    guitar,
+    ngspice_reference,
+    run_rows,
+    sine,
+)
 from benchmarks.bench_kernel import _best as timed  # noqa: E402
 from benchmarks.report import write_section  # noqa: E402
 from circuitsim.api import load  # noqa: E402
-from circuitsim.kernels import autograd  # noqa: E402
-from circuitsim.kernels.core import KernelOptions  # noqa: E402
+from circuitsim.kernels import autograd, codegen, core  # noqa: E402
+from circuitsim.kernels.core import KernelOptions, StepFormulation  # noqa: E402
+from circuitsim.kernels.explicit_root import MAX_OMEGA_STEPS  # noqa: E402
+from circuitsim.kernels.statespace import dk_step  # noqa: E402
 from circuitsim.validate import esr  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +92,7 @@ def bench(name: str, x: np.ndarray, args: argparse.Namespace) -> dict:
         y_w, y_d = wdf(xt)[0].numpy(), dk(xt)[0].numpy()
     root = {"linear": "linear", "newton": "Newton (shared core)"}.get(kind, "")
     if kind == "omega":
-        root = f"Wright omega ({steps[0]}{' lin.' if steps[1] else ''})"
+        root = f"Wright omega + {steps[0] - 1} corr."  # one evaluation, closed-form Newton corrections
     row = {
         "circuit": name, "root": root, "fwd": w_f / n * 1e9, "fb": w_fb / n * 1e9, "fb_ratio": w_fb / w_f,
         "dk_fwd": d_f / n * 1e9, "dk_fb": d_fb / n * 1e9, "vs_dk": d_f / w_f, "dk_newton": d_newton / n * 1e9,
@@ -85,6 +103,54 @@ def bench(name: str, x: np.ndarray, args: argparse.Namespace) -> dict:
         acct, _, ref = ngspice_reference(path, x, args.signal, args.freq, args.amplitude, args.spice_repeats)
         row.update(spice=acct / n * 1e9, esr=esr(y_w, ref))
     return row
+
+
+NPHI = 0  # placeholder: the generated module's device-output count, read by fm_solve there
+
+
+def fm_solve(P, p, z, theta, phi, lc, work):  # noqa: ANN001, ANN201 - the trivial root's hook (generated code)
+    # v = p, every device output proportional to it: the loop-carried p -> phi -> x dependence of a
+    # root with none of its arithmetic (--split)
+    z[0] = p[0]
+    for k in range(NPHI):
+        phi[k] = 1e-9 * p[0]
+    return True
+
+
+def split(name: str, x: np.ndarray, repeats: int) -> dict | None:
+    """ns/sample of the compiled core on ``name``'s WDF maps: explicit root, Newton, trivial root."""
+    wdf = load(ROOT / "netlists" / f"{name}.cir", "wdf", FS)
+    if wdf.root_path()[0] != "omega":
+        return None
+    xt = torch.as_tensor(x).unsqueeze(0)
+    with torch.no_grad():
+        m, _, w = wdf.wdf()
+        mats = [t.numpy() for t in w.as_tuple()]
+        u = np.ascontiguousarray(wdf.source_values(m, xt).numpy())
+        theta = m.theta.numpy()
+    nl = wdf.topology.nonlinearity
+    base = dk_step(nl, MAX_OMEGA_STEPS)
+    trivial = codegen.step_module(nl.nb_source, StepFormulation(
+        name="trivial_root", hooks=(*base.hooks[:-1], fm_solve), constants=base.constants))
+    x0 = np.zeros((1, mats[0].shape[0]))
+    runs = {"explicit": (wdf.kernel(), KernelOptions()), "newton": (wdf.kernel(), KernelOptions(explicit=False)),
+            "trivial": (trivial, KernelOptions())}
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats + 1):  # the first round compiles or loads the modules
+        for k, (mod, opts) in runs.items():
+            t0 = time.process_time()
+            core.forward(mod, mats[:8], mats[8:], theta, u, x0, None, opts, save=False)
+            best[k] = min(best[k], time.process_time() - t0)
+    ns = {k: v / len(x) * 1e9 for k, v in best.items()}
+    return {"circuit": name, **ns, "root": ns["explicit"] - ns["trivial"]}
+
+
+def split_table(rows: list[dict]) -> str:
+    lines = ["| circuit | core, explicit root | core, Newton | core, trivial root | explicit root's share |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['circuit']} | {r['explicit']:.1f} | {r['newton']:.1f} | {r['trivial']:.1f} | {r['root']:.1f} |"
+              for r in rows]
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -102,7 +168,15 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    args = arguments(__doc__, CIRCUITS, seconds=1.0, signal="guitar", repeats=5, spice_repeats=1).parse_args()
+    ap = arguments(__doc__, CIRCUITS, seconds=1.0, signal="guitar", repeats=5, spice_repeats=1)
+    ap.add_argument("--split", action="store_true", help="time the core alone: explicit root, Newton, trivial root")
+    args = ap.parse_args()
+    if args.split:
+        torch.set_num_threads(1)
+        x = guitar(args.seconds, FS) if args.signal == "guitar" else sine(args.seconds, FS, args.freq, args.amplitude)
+        rows = [r for r in (split(c, x, args.repeats) for c in args.circuits) if r is not None]
+        print(f"ns/sample (CPU time), load average {os.getloadavg()[0]:.1f}\n" + split_table(rows))
+        return
     _, out = run_rows(args, bench, table)
     if args.write:
         load1 = os.getloadavg()[0]

@@ -320,16 +320,16 @@ def test_clipper_vs_brentq(clipper, fs):
 
 
 def test_explicit_root_plan_and_fallback(clipper):
-    """The plan follows the values (docs/wdf.md eq. (10)); where the explicit root does not apply
-    (K not of the form -R s, a breakdown, more omega evaluations than DK takes) Newton runs.  The
+    """The plan follows the values (docs/wdf.md eq. (12)); where the explicit root does not apply
+    (K not of the form -R s, a breakdown, a costlier root than DK takes) Newton runs.  The
     explicit root equals Newton within its error bound OMEGA_TOL (volts), here with a 100 kV step too."""
     fs = 384e3
     mats = clipper_matrices(fs)
     theta = clipper_theta().numpy()
-    assert ss.explicit_plan(clipper, mats[8], theta) == (2, True)  # one omega + one linearised correction
-    big = clipper_theta(1e-6).numpy()  # R IsS / VS no longer tiny: the full fixed point, more evaluations
+    assert ss.explicit_plan(clipper, mats[8], theta) == (2, True)  # one omega + one closed-form Newton correction
+    big = clipper_theta(1e-6).numpy()  # R IsS / VS no longer tiny: more Newton corrections (eq. (12))
     steps = ss.explicit_plan(clipper, mats[8], big, MAX_OMEGA_STEPS)
-    assert steps is not None and steps[0] > ss.DK_MAX_OMEGA and not steps[1]
+    assert steps is not None and steps[0] > ss.DK_MAX_OMEGA and steps[1]
     assert ss.explicit_plan(clipper, mats[8], big) is None  # DK's Newton is cheaper there
     skew = mats[8] * np.array([[1.0, 1.01]])
     assert ss.explicit_plan(clipper, skew, theta) is None

@@ -15,13 +15,14 @@ the forward-biased diode (``IsP``, ``VP = N Vt``) is on its exponential branch, 
 
     u = VP (mu - omega(mu + ln kappa)),   kappa = R IsP / ((1 + R g) VP),   mu = (c + R IsP) / ((1 + R g) VP)
 
-solves ``u (1 + R g) + R IsP (exp(u/VP) - 1) = c`` exactly (docs/wdf.md eq. (9)).  The
-reverse-biased diode adds ``r(u) = -pn_S(-u)``, which lies in ``[0, IsS)`` with
-``|r'| <= IsS/VS``; it is handled by the fixed point ``u_{k+1} = U(p - R r(u_k))`` from ``r = 0``.
-``|dU/dc| <= 1/(1 + R g)``, so the error after ``k`` omega evaluations is at most
-``R IsS (R IsS / VS)^(k-1)`` volts (docs/wdf.md eq. (10)): :func:`pair_setup` picks the smallest
-``k`` whose bound is below ``OMEGA_TOL``, or none (the caller then runs Newton).  No Newton
-iteration runs.
+solves ``u (1 + R g) + R IsP (exp(u/VP) - 1) = c`` exactly (docs/wdf.md eq. (9)): one omega
+evaluation.  The reverse-biased diode adds ``r(u) = -pn_S(-u)`` in ``[0, IsS)``; Newton on
+``h(delta) = delta + VP omega (exp(delta/VP) - 1) + rho r(u1 + delta)`` (``rho = R/(1 + R g)``,
+eq. (11)) from ``delta = 0`` errs by at most ``C^(2^k - 1) e0^(2^k)`` volts after ``k`` steps,
+``e0 = rho IsS`` (eq. (12)); each step is closed-form, its exponentials those at ``u1`` taken from
+omega (``exp(u1/VP) = omega/kappa``, ``exp(-u1/VS) = kappa/omega`` for equal ``N Vt``) times Taylor
+series in ``delta``.  :func:`pair_setup` picks the smallest ``k`` whose bound is below
+``OMEGA_TOL``, or none (the caller then runs Newton).  No Newton iteration of the core runs.
 
 Wright omega (Lawrence, Corless & Jeffrey, ACM TOMS 38(3), 2012, "Algorithm 917"): the
 series/asymptotic starting values of their regions, then the fourth-order Fritsch-Shafer-Crowley
@@ -51,15 +52,16 @@ MAX_OMEGA_STEPS = 6
 S_IS, S_VTE, S_GMIN = DIODE_LAYOUT.index("IS_EFF"), DIODE_LAYOUT.index("VTE"), DIODE_LAYOUT.index("GMIN")
 S_BV, S_IKF, S_IKR, S_ISR = (DIODE_LAYOUT.index(k) for k in ("BV_EFF", "IKF_EFF", "IKR_EFF", "ISR"))
 
-# plan layout: steps (0 = no explicit root), linearised (0/1), R, 1 + R g, R / (1 + R g), then per
-# diode (direction 0: orientation +1, forward-biased for p >= 0; direction 1: orientation -1)
-# present (0/1), Is, N Vt, GMIN, ln kappa, 1/kappa, kappa, 1/((1 + R g) N Vt), 1/(N Vt), and the
-# last omega evaluation of this direction (argument, value; value -1: none) as the next warm start
-P_STEPS, P_LINEAR, P_R, P_ONERG, P_RG = range(5)
-D_HAS, D_IS, D_VTE, D_GMIN, D_LNK, D_INVK, D_KAPPA, D_SCALE, D_INVV, D_XW, D_W = range(11)
-N_PLAN_HEAD, DIR_SIZE = 5, 11
+# plan layout: Newton corrections per sample (-1: no explicit root), the degree of their series,
+# then per direction (0: the diode oriented +1 forward-biased, for p >= 0; 1: the one oriented -1)
+# the forward diode's present (0/1), Is, N Vt, GMIN, 1/(N Vt), kappa, 1/kappa, 1/((1 + R g) N Vt),
+# the offsets of x and u (eq. (9)), 1/(1 + R g), and the reverse diode's rho IsS, rho IsS / VS
+# (rho = R/(1 + R g)) and "VS = VP" (0/1)
+P_STEPS, P_DEG = range(2)
+(D_HAS, D_IS, D_VTE, D_GMIN, D_INVV, D_KAPPA, D_INVK, D_SCALE, D_XOFF, D_UOFF, D_A1, D_RIS, D_RISV,
+ D_SAME) = range(14)
+N_PLAN_HEAD, DIR_SIZE = 2, 14
 PLAN_SIZE = N_PLAN_HEAD + 2 * DIR_SIZE
-WARM_SPAN = 1e-3  # warm start when the argument moved by less than this times (1 + omega)
 
 
 # --------------------------------------------------------------------------- Wright omega
@@ -81,15 +83,35 @@ def _omega_refine(x: float, w: float) -> float:
     return w
 
 
+# cubic fits of omega on [2^k, 2^(k+1)), k = 0..5, in t = x - centre: (centre, c0, c1, c2, c3) each.
+# Least-squares Chebyshev fits with weight 1/omega (numpy.polynomial.Chebyshev.fit, 4000 Chebyshev
+# points against scipy.special.wrightomega); relative error below 6e-5 (tests/test_wdf.py), so one
+# Fritsch-Shafer-Crowley step from them reaches machine precision (|r| < 2e-4 (1 + w) in _omega_refine)
+_CUBIC = (
+    1.5, 1.2649591511034701, 0.5584894478514655, 0.05445235745822342, -0.0053781824792884,
+    3.0, 2.207900556244987, 0.6883151394217268, 0.03376593148503712, -0.0037646701236826734,
+    6.0, 4.496453245524742, 0.8182438736775355, 0.01397071074269244, -0.0012820162280850805,
+    12.0, 9.724870724278912, 0.9069518466574252, 0.0041450273743830835, -0.00023670222795249232,
+    24.0, 20.957030604500453, 0.9545720035747303, 0.0010493364940966626, -3.203205449038156e-05,
+    48.0, 44.210553022504214, 0.9779381781956317, 0.0002540259157512434, -3.9155827471520446e-06,
+)
+
+
 @njit(cache=True, inline="always", error_model="numpy")
 def omega_guess(x: float) -> float:
-    """Starting value of omega(x) by region (Lawrence et al. 2012): Lambert series, Taylor at 1, asymptotic."""
+    """Starting value of omega(x) by region: Lambert series, Taylor at 1 (Lawrence et al. 2012), the
+    cubic fits ``_CUBIC`` on [1, 64) (no logarithm), asymptotic above."""
     if x < -2.0:  # Lambert series of W(e^x): z - z^2 + 3/2 z^3 - 8/3 z^4 + 125/24 z^5
         z = math.exp(x)
-        return z * (1.0 - z * (1.0 - z * (1.5 - z * (8.0 / 3.0 - z * (125.0 / 24.0)))))
+        z2 = z * z  # Estrin's scheme: two multiply-adds less in sequence than Horner's
+        return z * ((1.0 - z) + z2 * ((1.5 - z * (8.0 / 3.0)) + z2 * (125.0 / 24.0)))
     if x <= 1.0:
         y = x - 1.0
         return 1.0 + y * (0.5 + y * (1.0 / 16.0 + y * (-1.0 / 192.0 + y * (-1.0 / 3072.0 + y * (13.0 / 61440.0)))))
+    if x < 64.0:
+        b = 0 if x < 2.0 else 5 if x < 4.0 else 10 if x < 8.0 else 15 if x < 16.0 else 20 if x < 32.0 else 25
+        t = x - _CUBIC[b]
+        return _CUBIC[b + 1] + t * (_CUBIC[b + 2] + t * (_CUBIC[b + 3] + t * _CUBIC[b + 4]))
     lx = math.log(x)
     return x - lx + lx / x
 
@@ -121,50 +143,62 @@ def pn(vd: float, isat: float, vte: float) -> float:
 
 # --------------------------------------------------------------------------- the plan
 @njit(cache=True, error_model="numpy")
-def omega_steps(e1: float, lip: float, vmin: float) -> tuple:
-    """(omega evaluations per sample, linearised?) for an error bound below OMEGA_TOL volts; (0, False): none.
+def newton_steps(e0: float, vmin: float) -> tuple:
+    """(Newton corrections per sample, series degree) for an error bound below OMEGA_TOL volts; (-1, 0): none.
 
-    Full fixed point: error ``<= e1 L^(k-1)`` with ``e1 = R IsS``, ``L = R IsS / VS`` (eq. (10),
-    maxima over the diodes).  Linearised corrections around the first omega solution add the
-    Taylor remainder ``E2 = (R IsS)^2 / (2 VP)`` (``|U''| <= 1/VP``): error ``<= e1 L^(k-1) + E2 / (1 - L)``;
-    used when that meets the tolerance and ``R IsS / VP < 1e-5`` (so the second-order exp update of
-    :func:`pair_root` is exact to rounding).  ``vmin``: the smallest ``N Vt``, volts.
+    ``e0 = R IsS / (1 + R g)`` bounds the first omega solution's error (volts, the largest IsS of the
+    pair), ``vmin`` the smallest ``N Vt``.  Newton on eq. (11) from it: ``e_k <= C^(2^k - 1) e0^(2^k)``
+    with ``C = (exp(2 e0/vmin) / vmin + e0 exp(2 e0/vmin) / vmin^2) / 2`` (docs/wdf.md eq. (12)),
+    when ``C e0 < 1``.  The exponentials of a correction are Taylor series of degree 3, 5 or 7 in
+    ``|delta| / VT <= 3 e0 / vmin``, chosen so the remainder is below 3e-17 relative (rounding).
     """
-    e2 = e1 * e1 / (2.0 * vmin)
-    if lip < 1.0 and e1 / vmin < 1e-5:
-        for k in range(1, MAX_OMEGA_STEPS + 1):
-            if e1 * lip ** (k - 1) + e2 / (1.0 - lip) <= OMEGA_TOL:
-                return k, True
-    for k in range(1, MAX_OMEGA_STEPS + 1):
-        if e1 * lip ** (k - 1) <= OMEGA_TOL:
-            return k, False
-    return 0, False
+    dmax = 3.0 * e0 / vmin
+    if dmax <= 1e-4:
+        deg = 3
+    elif dmax <= 5e-3:
+        deg = 5
+    elif dmax <= 2e-2:
+        deg = 7
+    else:
+        return -1, 0
+    growth = math.exp(2.0 * e0 / vmin)
+    C = 0.5 * growth * (1.0 / vmin + e0 / (vmin * vmin))
+    if not C * e0 < 1.0:
+        return -1, 0
+    err = e0
+    for k in range(MAX_OMEGA_STEPS):
+        if err <= OMEGA_TOL:
+            return k, deg
+        err = C * err * err
+    return -1, 0
 
 
 @njit(cache=True, error_model="numpy")
 def pair_setup(K: np.ndarray, theta: np.ndarray, spec: tuple, X: np.ndarray, o: int, max_cost: int) -> int:
-    """Fill the plan ``X[o : o + PLAN_SIZE]`` of ``v = p + K f(v)``; returns the omega evaluations per sample.
+    """Fill the plan ``X[o : o + PLAN_SIZE]`` of ``v = p + K f(v)``; returns its cost (0: no explicit root).
 
-    ``max_cost``: the most omega evaluations per sample worth taking (the linearised corrections
-    count as none); a plan that needs more is refused (Newton is cheaper there: DK's choice).
+    The cost is one omega evaluation plus the Newton corrections of the reverse-biased diode
+    (eqs. (11)-(12)); ``max_cost``: the most worth taking (a plan that costs more is refused: DK's
+    Newton from the tangent predictor is cheaper there).
 
     ``spec = (out_pos, theta_pos, out_neg, theta_neg)``: the output index and theta offset of the
     diode oriented +1 and -1 on the port (-1: none); ``K`` (1, Nf) ohms.  Returns 0 (and writes
-    ``steps = 0``) unless ``K[0, o] = -R s_o`` with one ``R > 0``, every diode is plain at these
-    values (no breakdown, knee or recombination current) and a bound of eq. (10) meets ``OMEGA_TOL``.
+    ``steps = -1``) unless ``K[0, o] = -R s_o`` with one ``R > 0``, every diode is plain at these
+    values (no breakdown, knee or recombination current) and the bound of eq. (12) meets ``OMEGA_TOL``.
     """
-    X[o + P_STEPS] = 0.0
-    X[o + P_LINEAR] = 0.0
+    X[o + P_STEPS] = -1.0
     R = -1.0
     g = 0.0
-    e1 = 0.0
-    lip = 0.0
+    ismax = 0.0
     vmin = math.inf
     ok = True
     for d in range(2):
         b = o + N_PLAN_HEAD + d * DIR_SIZE
         out, off = spec[2 * d], spec[2 * d + 1]
         X[b + D_HAS] = 0.0
+        X[b + D_IS] = 0.0
+        X[b + D_GMIN] = 0.0
+        X[b + D_VTE] = 1.0
         if out < 0:
             continue
         r = -K[0, out] if d == 0 else K[0, out]
@@ -182,46 +216,64 @@ def pair_setup(K: np.ndarray, theta: np.ndarray, spec: tuple, X: np.ndarray, o: 
         X[b + D_VTE] = vte
         X[b + D_GMIN] = theta[off + S_GMIN]
         g += theta[off + S_GMIN]
-        e1 = max(e1, isat)
-        lip = max(lip, isat / vte)
+        ismax = max(ismax, isat)
         vmin = min(vmin, vte)
     if not (ok and R > 0.0 and R < math.inf):
         return 0
     onerg = 1.0 + R * g
-    X[o + P_R] = R
-    X[o + P_ONERG] = onerg
-    X[o + P_RG] = R / onerg
+    rho = R / onerg
     for d in range(2):
         b = o + N_PLAN_HEAD + d * DIR_SIZE
-        X[b + D_W] = -1.0
+        bs = o + N_PLAN_HEAD + (1 - d) * DIR_SIZE
+        vp, isp, vs, iss = X[b + D_VTE], X[b + D_IS], X[bs + D_VTE], X[bs + D_IS]
+        X[b + D_INVV] = 1.0 / vp
+        X[b + D_A1] = 1.0 / onerg
+        X[b + D_SCALE] = 1.0 / (onerg * vp)
+        X[b + D_RIS] = rho * iss  # the reverse-biased diode of this frame
+        X[b + D_RISV] = rho * iss / vs
         if X[b + D_HAS] != 0.0:
-            kappa = R * X[b + D_IS] / (onerg * X[b + D_VTE])
-            X[b + D_LNK] = math.log(kappa)
-            X[b + D_INVK] = 1.0 / kappa  # exp(u/VP) = omega/kappa
+            kappa = rho * isp / vp
             X[b + D_KAPPA] = kappa
-            X[b + D_SCALE] = 1.0 / (onerg * X[b + D_VTE])
-            X[b + D_INVV] = 1.0 / X[b + D_VTE]
-    steps, linear = omega_steps(R * e1, R * lip, vmin)
-    if (1 if linear else steps) > max_cost:
-        steps = 0
+            X[b + D_INVK] = 1.0 / kappa  # exp(u/VP) = omega/kappa
+            X[b + D_XOFF] = rho * isp / vp + math.log(kappa)  # x = c/((1 + R g) VP) + XOFF
+            X[b + D_UOFF] = R * isp  # u1 = (c + R IsP)/(1 + R g) - VP omega
+        else:
+            X[b + D_KAPPA] = X[b + D_INVK] = X[b + D_XOFF] = X[b + D_UOFF] = 0.0
+        # the first correction in one division: both diodes present with VS = VP (exp(-u1/VS) = kappa/omega)
+        X[b + D_SAME] = 1.0 if X[b + D_HAS] != 0.0 and X[bs + D_HAS] != 0.0 and vs == vp else 0.0
+    # a single diode has a reverse half-wave too: that frame has no forward diode (omega = 0)
+    steps, deg = newton_steps(rho * ismax, vmin)
+    cost = 1 + steps
+    if steps < 0 or cost > max_cost:
+        return 0
     X[o + P_STEPS] = float(steps)
-    X[o + P_LINEAR] = 1.0 if linear else 0.0
-    return steps
+    X[o + P_DEG] = float(deg)
+    return cost
 
 
 # --------------------------------------------------------------------------- the root
 @njit(cache=True, error_model="numpy", inline="always")
-def _omega_warm(x: float, X: np.ndarray, b: int) -> float:
-    """omega(x) warm-started from direction ``b``'s last evaluation when its argument is within
-    ``WARM_SPAN (1 + omega)`` (|d omega/dx| < 1: one FSC step then ends at machine precision);
-    records this evaluation for the next."""
-    w0 = X[b + D_W]
-    if not abs(x - X[b + D_XW]) < WARM_SPAN * (1.0 + w0):
-        w0 = -1.0
-    w = wright_omega(x, w0)
-    X[b + D_XW] = x
-    X[b + D_W] = w
-    return w
+def _expm1_series(t: float, deg: float) -> float:
+    """exp(t) - 1 by its Taylor series of degree 3, 5 or 7 (the plan's choice for its bound on |t|)."""
+    if deg == 3.0:
+        return t * (1.0 + t * 0.5 * (1.0 + t * (1.0 / 3.0)))
+    if deg == 5.0:
+        return t * (1.0 + t * 0.5 * (1.0 + t * (1.0 / 3.0) * (1.0 + t * 0.25 * (1.0 + t * 0.2))))
+    return t * (1.0 + t * 0.5 * (1.0 + t * (1.0 / 3.0) * (1.0 + t * 0.25 * (1.0 + t * 0.2 * (
+        1.0 + t * (1.0 / 6.0) * (1.0 + t * (1.0 / 7.0)))))))
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _reverse(u: float, s: float, iss: float, vs: float, invs: float) -> tuple:
+    """The reverse-biased diode's ``r(u) = -pn(-u)`` (amperes) and ``r'(u)`` (siemens): the
+    exponential branch from ``s = exp(-u/VS)`` (``invs = 1/VS``), the cubic one beyond ``3 VS``
+    (docs/devices.md)."""
+    if u <= 3.0 * vs:
+        return iss * (1.0 - s), iss * s * invs
+    inv = 1.0 / u
+    a = 3.0 * vs * inv / CONST_E
+    a3 = a * a * a
+    return iss * (1.0 - a3), 3.0 * iss * a3 * inv
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -233,67 +285,56 @@ def pair_root(c0: float, X: np.ndarray, o: int, k: int) -> tuple:
     other one (it sees ``-u``).  ``ok`` is False where the plan has no explicit root or the
     junction exponent would pass EXP_LIMIT (the device equations continue linearly there).
 
-    Full mode: ``steps`` omega evaluations of the fixed point.  Linearised mode: one omega
-    evaluation, then ``steps - 1`` corrections ``u = u1 - U'(c0) R r(u)`` with
-    ``U' = 1 / ((1 + R g)(1 + omega))`` (docs/wdf.md, "Solving the root"); the plan allows it only
-    where its bound holds.  Later evaluations start from the previous one, whose argument differs
-    by at most ``R IsS / VP``.  ``X`` is written: the warm start of the next sample.
+    One omega evaluation gives ``u1`` without the reverse-biased diode (eq. (9)); the plan's
+    ``steps`` Newton corrections on eq. (11) add it, every exponential there from ``omega``
+    (``exp(u1/VP) = omega/kappa``, and ``exp(-u1/VS) = kappa/omega`` for identical ``VT``) times a
+    Taylor series in the correction (docs/wdf.md, "Solving the root").
     """
     steps = int(X[o + P_STEPS])
     bp = o + N_PLAN_HEAD + k * DIR_SIZE
     bs = o + N_PLAN_HEAD + (1 - k) * DIR_SIZE
-    has_p, has_s = X[bp + D_HAS] != 0.0, X[bs + D_HAS] != 0.0
-    isp, vp, lnk, scale = X[bp + D_IS], X[bp + D_VTE], X[bp + D_LNK], X[bp + D_SCALE]
-    iss, vs = X[bs + D_IS], X[bs + D_VTE]
-    R, onerg = X[o + P_R], X[o + P_ONERG]
-    u = 0.0
-    w = -1.0
-    ex = 0.0
-    pn_s = 0.0
-    if steps == 0:
-        return False, u, ex, pn_s
-    if X[o + P_LINEAR] != 0.0 and has_p:
-        mu = (c0 + R * isp) * scale
-        w = _omega_warm(mu + lnk, X, bp)
-        u1 = vp * (mu - w)
-        u = u1
-        if has_s:
-            q = 1.0 / (w * (1.0 + w))  # one division for both 1/(1 + omega) and 1/omega
-            du = X[o + P_RG] * w * q
-            invs = X[bs + D_INVV]
-            # exp(-u1/VS): from omega when both diodes share VS = VP (exp(u1/VP) = omega/kappa)
-            es1 = (1.0 + w) * q * X[bp + D_KAPPA] if vs == vp else math.exp(-u1 * invs)
-            for j in range(steps):
-                if u <= 3.0 * vs:  # exponential branch: exp(-u/VS) = es1 exp(-(u-u1)/VS), |u-u1|/VS < 1e-5
-                    e = -(u - u1) * invs
-                    pn_s = iss * (es1 * (1.0 + e * (1.0 + 0.5 * e)) - 1.0)
-                else:
-                    pn_s = pn(-u, iss, vs)
-                if j == steps - 1:
-                    break  # pn_s is now the reverse-biased diode's current at the returned u
-                u = u1 + du * pn_s
-        d = (u - u1) * X[bp + D_INVV]  # |d| < 1e-5: exp(d) to second order is exact to rounding
-        ex = w * X[bp + D_INVK] * (1.0 + d * (1.0 + 0.5 * d))
-    else:
-        rs = 0.0
-        for j in range(steps):
-            c = c0 - R * rs
-            if has_p:
-                mu = (c + R * isp) * scale
-                w = _omega_warm(mu + lnk, X, bp) if j == 0 else wright_omega(mu + lnk, w)
-                u = vp * (mu - w)
-            else:
-                u = c / onerg
-            if not has_s:
-                break
-            rs = -pn(-u, iss, vs)
-        pn_s = -rs
-        if has_p:
-            ex = w * X[bp + D_INVK]  # exp(u/VP) = omega/kappa at the last evaluation
-    if has_p and u > EXP_LIMIT * vp:
-        return False, u, ex, pn_s
-    i_f = isp * (ex - 1.0) + X[bp + D_GMIN] * u if has_p else 0.0
-    return True, u, i_f, pn_s - X[bs + D_GMIN] * u
+    if steps < 0:
+        return False, 0.0, 0.0, 0.0
+    has_p = X[bp + D_HAS] != 0.0
+    w = 0.0
+    if has_p:
+        w = wright_omega(c0 * X[bp + D_SCALE] + X[bp + D_XOFF])
+    vp = X[bp + D_VTE]
+    u1 = (c0 + X[bp + D_UOFF]) * X[bp + D_A1] - vp * w  # eq. (9), VP mu = (c + R IsP) / (1 + R g)
+    u = u1
+    em1 = 0.0  # exp((u - u1)/VP) - 1
+    i_r = 0.0
+    if X[bs + D_HAS] != 0.0:
+        iss, vs, invs, ris, risv = X[bs + D_IS], X[bs + D_VTE], X[bs + D_INVV], X[bp + D_RIS], X[bp + D_RISV]
+        deg = X[o + P_DEG]
+        same = X[bp + D_SAME] != 0.0
+        kappa = X[bp + D_KAPPA]
+        es1 = kappa / w if same else math.exp(-u1 * invs)  # exp(-u1/VS)
+        s = es1
+        delta = 0.0
+        j0 = 0
+        if steps > 0 and same and u1 <= 3.0 * vs:  # the first h/h' at delta = 0 over one division (times omega)
+            delta = -ris * (w - kappa) / (w * (1.0 + w) + risv * kappa)
+            u = u1 + delta
+            em1 = _expm1_series(delta * X[bp + D_INVV], deg)
+            s = es1 * (1.0 + _expm1_series(-delta * invs, deg))
+            j0 = 1
+        for _ in range(j0, steps):  # Newton on eq. (11) in delta = u - u1 (units of 1 + R g)
+            r, rp = _reverse(u, s, 1.0, vs, invs)
+            h = delta + vp * w * em1 + ris * r
+            hp = 1.0 + w * (1.0 + em1) + ris * rp
+            delta -= h / hp
+            u = u1 + delta
+            em1 = _expm1_series(delta * X[bp + D_INVV], deg)
+            s = es1 * (1.0 + _expm1_series(-delta * invs, deg))
+        r, _ = _reverse(u, s, iss, vs, invs)
+        i_r = -r - X[bs + D_GMIN] * u
+    if not has_p:
+        return True, u, 0.0, i_r
+    if u > EXP_LIMIT * vp:
+        return False, u, 0.0, i_r
+    ex = w * X[bp + D_INVK] * (1.0 + em1)  # exp(u/VP)
+    return True, u, X[bp + D_IS] * (ex - 1.0) + X[bp + D_GMIN] * u, i_r
 
 
 # --------------------------------------------------------------------------- which nonlinearities
@@ -322,11 +363,12 @@ def diode_pair_spec(blocks: Sequence[object], n_ports: int) -> tuple[int, int, i
 
 def plan(K: np.ndarray, theta: np.ndarray, spec: tuple[int, int, int, int],
          max_cost: int = MAX_OMEGA_STEPS) -> tuple[int, bool] | None:
-    """``(omega evaluations per sample, linearised?)`` of :func:`pair_setup` at these values, or None."""
+    """``(cost, closed form?)`` of :func:`pair_setup` at these values, or None: the cost is one omega
+    evaluation plus the Newton corrections, all in closed form (no further omega or Newton iteration)."""
     X = np.zeros(PLAN_SIZE)
     K = np.ascontiguousarray(K, dtype=np.float64).reshape(1, -1)
-    steps = pair_setup(K, np.ascontiguousarray(theta, dtype=np.float64).reshape(-1), spec, X, 0, max_cost)
-    return (steps, bool(X[P_LINEAR])) if steps > 0 else None
+    cost = pair_setup(K, np.ascontiguousarray(theta, dtype=np.float64).reshape(-1), spec, X, 0, max_cost)
+    return (cost, True) if cost > 0 else None
 
 
 __all__ = [
@@ -334,7 +376,7 @@ __all__ = [
     "OMEGA_TOL",
     "PLAN_SIZE",
     "diode_pair_spec",
-    "omega_steps",
+    "newton_steps",
     "pair_root",
     "pair_setup",
     "plan",

@@ -18,7 +18,7 @@ of ``f[n]``, so ``dK += w f[n]'`` and ``dtheta += (df/dtheta at v[n])' mu[n]``.
 :class:`~circuitsim.kernels.nonlinearity.Nonlinearity` and run ``codegen.dk_module(nl)``, the
 generated module of this formulation (kept as ``Nonlinearity.module``).  Where the nonlinearity is
 at most one plain diode each way on one port, :func:`dk_step` adds the explicit Wright-omega root
-(``fm_solve``, :mod:`circuitsim.kernels.explicit_root`; docs/wdf.md eqs. (9)-(10)) in front of
+(``fm_solve``, :mod:`circuitsim.kernels.explicit_root`; docs/wdf.md eqs. (9), (11)-(12)) in front of
 Newton.
 """
 
@@ -56,7 +56,8 @@ if TYPE_CHECKING:
 # explicit root's plan starts in lc
 NV = NF = N_LC = FM_EXPLICIT = XR_PLAN = XR_MAX_COST = 0
 XR_SPEC = (-1, -1, -1, -1)
-# DK takes the explicit root where it costs at most this many Wright-omega evaluations per sample;
+# DK takes the explicit root where it costs at most this much per sample (one Wright-omega evaluation
+# plus its closed-form Newton corrections, kernels/explicit_root.py);
 # beyond, its Newton (one or two iterations from the tangent predictor) is faster (benchmarks/bench_wdf.py)
 DK_MAX_OMEGA = 2
 
@@ -121,7 +122,7 @@ def fm_vjp(P, z, phi, theta, gphi, w, dP, dtheta, mq, want_theta, work):
 
 def fm_solve(P, p, z, theta, phi, lc, work):
     # a diode or an anti-parallel pair on the one port: v = p + K f(v) solved explicitly with the
-    # Wright omega function (kernels/explicit_root.py, docs/wdf.md eqs. (9)-(10)); False: Newton
+    # Wright omega function (kernels/explicit_root.py, docs/wdf.md eqs. (9), (11)-(12)); False: Newton
     c = p[0]
     k = 0 if c >= 0.0 else 1
     ok, u, i_f, i_r = pair_root(abs(c), lc, XR_PLAN, k)

@@ -85,17 +85,18 @@ class WDFModule(AbstractCircuitModule):
 
     def kernel(self) -> ModuleType:
         """The compiled DK module the WDF runs on: with the explicit root for every diode or pair the
-        bound allows (``MAX_OMEGA_STEPS`` evaluations; DK itself stops at ``DK_MAX_OMEGA``)."""
+        bound allows (cost up to ``MAX_OMEGA_STEPS``; DK itself stops at ``DK_MAX_OMEGA``)."""
         nl = self.topology.nonlinearity
         if nl.nb_source not in _KERNELS:
             _KERNELS[nl.nb_source] = step_module(nl.nb_source, dk_step(nl, MAX_OMEGA_STEPS))
         return _KERNELS[nl.nb_source]
 
     def root_path(self) -> tuple[str, Any]:
-        """How the root is solved now: ('linear', 0), ('omega', (steps, linearised)) or ('newton', 0).
+        """How the root is solved now: ('linear', 0), ('omega', (cost, True)) or ('newton', 0).
 
         'omega': the core's explicit root (one port, at most one plain diode each way, no charge,
-        an error bound below ``OMEGA_TOL``; :func:`circuitsim.kernels.statespace.explicit_plan`).
+        an error bound below ``OMEGA_TOL``; :func:`circuitsim.kernels.statespace.explicit_plan`):
+        ``cost`` is one Wright-omega evaluation plus ``cost - 1`` closed-form Newton corrections.
         """
         nl = self.topology.nonlinearity
         if nl.n_ports == 0:
@@ -180,10 +181,9 @@ class WDFModule(AbstractCircuitModule):
         """How the root is solved, in words (describe)."""
         kind, steps = self.root_path()
         if kind == "omega":
-            k, lin = steps
-            how = (f"1 evaluation + {k - 1} linearised correction{'s' if k > 2 else ''}" if lin and k > 1
-                   else f"{k} evaluation{'s' if k > 1 else ''}")
-            return f"explicit Wright omega, {how} per sample, no Newton"
+            k = steps[0] - 1
+            how = f"1 evaluation + {k} closed-form Newton correction{'s' if k != 1 else ''}" if k else "1 evaluation"
+            return f"explicit Wright omega, {how} per sample, no Newton iteration"
         return "Newton on the compiled core"
 
 

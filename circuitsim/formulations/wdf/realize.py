@@ -35,6 +35,7 @@ from circuitsim.formulations.wdf.waves import (
     Adapted,
     Propagation,
     _contract,
+    _signed,
     _stack,
     down_pass,
     node_voltage,
@@ -82,7 +83,7 @@ def root_pass(tree: WDFTree, topo: MNATopology, ad: Adapted, pr: Propagation, sr
     if root.kind in ("nonlinear", "source"):
         p_, q_ = root.nodes
         child, s = root.child
-        a = s * pr.alpha[id(child)]
+        a = _signed(pr.alpha[id(child)], s)
         R = ad.root_R
         if root.kind == "source":
             vs = sum(float(sg) * src[lf.channel] for lf, sg in root.chain)
@@ -90,7 +91,7 @@ def root_pass(tree: WDFTree, topo: MNATopology, ad: Adapted, pr: Propagation, sr
             K = torch.zeros(0, nf, dtype=DTYPE)
 
             def finish(f: torch.Tensor) -> torch.Tensor:
-                down_pass(tree, ad, pr, child, s * (2.0 * vs - a), src)
+                down_pass(tree, ad, pr, child, _signed(2.0 * vs - a, s), src)
                 pr.known.append((p_, q_, vs))
                 for lf, _ in root.chain:
                     pr.known.append((lf.nodes[0], lf.nodes[1], src[lf.channel]))
@@ -106,14 +107,14 @@ def root_pass(tree: WDFTree, topo: MNATopology, ad: Adapted, pr: Propagation, sr
 
         def finish(f: torch.Tensor) -> torch.Tensor:
             v = v0 - R * _contract(c * w, f)
-            down_pass(tree, ad, pr, child, s * (2.0 * v - a), src)
+            down_pass(tree, ad, pr, child, _signed(2.0 * v - a, s), src)
             pr.known.append((p_, q_, v))
             return v
 
         return p, K, finish
     jn = root.junction
     dt = ad.root
-    waves = _stack([pr.alpha[id(c)] * s for c, s in jn.children], like)
+    waves = _stack([_signed(pr.alpha[id(c)], s) for c, s in jn.children], like)
     z0 = _contract(dt.Zp, waves) + _contract(dt.Zs, src) + _contract(dt.Zq, sigma)
     p = _contract(dt.Nv, z0)
     K = dt.Nv @ dt.Zf
@@ -123,7 +124,7 @@ def root_pass(tree: WDFTree, topo: MNATopology, ad: Adapted, pr: Propagation, sr
         record_nodes(jn, dt, z, pr)
         vp = _contract(dt.Pt, z)
         for k, (c, s) in enumerate(jn.children):
-            down_pass(tree, ad, pr, c, s * (2.0 * vp[k] - waves[k]), src)
+            down_pass(tree, ad, pr, c, _signed(2.0 * vp[k] - waves[k], s), src)
         return vp
 
     return p, K, finish

@@ -315,7 +315,7 @@ def up_pass(tree: WDFTree, ad: Adapted, leaf_wave: Callable[[Leaf], torch.Tensor
     for lf in tree.leaves:
         pr.alpha[id(lf)] = leaf_wave(lf)
     for a in tree.adaptors:
-        al = [pr.alpha[id(c)] * s for c, s in a.children]
+        al = [_signed(pr.alpha[id(c)], s) for c, s in a.children]
         if a.kind == "series":
             pr.alpha[id(a)] = sum(al)
         elif a.kind == "parallel":
@@ -330,7 +330,14 @@ def up_pass(tree: WDFTree, ad: Adapted, leaf_wave: Callable[[Leaf], torch.Tensor
 
 def _contract(coef: torch.Tensor, waves: torch.Tensor) -> torch.Tensor:
     """``sum_k coef[..., k] waves[k]`` for waves (m, *shape)."""
+    if waves.ndim <= 2:  # one matmul node under autograd (tensordot records view/permute/mm)
+        return coef @ waves
     return torch.tensordot(coef, waves, dims=([coef.ndim - 1], [0]))
+
+
+def _signed(t: torch.Tensor, s: int) -> torch.Tensor:
+    """``s t`` for an orientation ``s = ±1``: no operation (no autograd node) where ``s = 1``."""
+    return t if s > 0 else -t
 
 
 def down_pass(tree: WDFTree, ad: Adapted, pr: Propagation, item, incident: torch.Tensor,  # noqa: ANN001
@@ -346,20 +353,20 @@ def down_pass(tree: WDFTree, ad: Adapted, pr: Propagation, item, incident: torch
         loop = incident - pr.alpha[id(a)]
         cf = ad.coeff[id(a)]
         for k, (c, s) in enumerate(a.children):
-            down_pass(tree, ad, pr, c, al[k] + (s * cf[k]) * loop, src)
+            down_pass(tree, ad, pr, c, al[k] + _signed(cf[k], s) * loop, src)
     elif a.kind == "parallel":
         tot = incident + pr.alpha[id(a)]
         for k, (c, s) in enumerate(a.children):
-            down_pass(tree, ad, pr, c, s * tot - al[k], src)
+            down_pass(tree, ad, pr, c, _signed(tot, s) - al[k], src)
     else:
         d = ad.rtype[id(a)]
         m = len(a.children)
-        waves = _stack([pr.alpha[id(c)] * s for c, s in a.children] + [incident], src[0])
+        waves = _stack([_signed(pr.alpha[id(c)], s) for c, s in a.children] + [incident], src[0])
         out = _contract(d.S[:m], waves) + _contract(d.T[:m], src)
         z = _contract(d.Zp, waves) + _contract(d.Zs, src)
         record_nodes(a, d, z, pr)
         for k, (c, s) in enumerate(a.children):
-            down_pass(tree, ad, pr, c, s * out[k], src)
+            down_pass(tree, ad, pr, c, _signed(out[k], s), src)
 
 
 def record_nodes(a: Adaptor, d: RTypeData, z: torch.Tensor, pr: Propagation) -> None:
