@@ -158,11 +158,33 @@ def discrete_gradient(law: Law, wp: sympy.Expr, w: sympy.Expr) -> sympy.Expr:
     return Piecewise(((w + wp) / 2, Abs(d) < DELTA_GUARD), (direct, True))
 
 
-def step_block(law: Law, sign: float, w: int, wp: int, out: int, theta: int) -> ExprBlock:
-    """``f[out] = w - 2 ē(wp, w)`` in the circuit frame (``sign`` = the device polarity, ±1)."""
-    a, b = sympy.Symbol("w", real=True), sympy.Symbol("wp", real=True)
-    expr = a - 2 * sign * discrete_gradient(law, sign * b, sign * a)
-    return ExprBlock(expr, ((a, w), (b, wp)), tuple((s, theta + k) for s, k in law.params), out)
+RHO0 = 0.75  # gain of the alternation damping: rho = 1/2 (the effort at the step's end) on a pure alternation
+EPS_DAMP = 1e-9  # volts: increments below this leave the damping at 0
+
+
+def damping(w, wp, wpp):  # noqa: ANN001, ANN201
+    """``ρ ≥ 0`` of the damped discrete gradient (docs/phs.md, "Alternation damping"): sympy or torch values.
+
+    With ``Δ = w - w⁻`` and ``Δ⁻ = w⁻ - w⁻⁻``: ``ρ = RHO0 (Δ - Δ⁻)² / ((Δ - Δ⁻)² + Δ² + Δ⁻² + ε²)``, 2 RHO0/3
+    on a Nyquist-rate alternation (``Δ = -Δ⁻``) and ``O(T²)`` on a smooth trajectory (``Δ - Δ⁻ = O(T²)``,
+    ``Δ = O(T)``), so the effort's change ``ρ Δ`` is ``O(T³)`` there and the step stays second order.
+    """
+    d, dp = w - wp, wp - wpp
+    dd = d - dp
+    return RHO0 * dd**2 / (dd**2 + d**2 + dp**2 + EPS_DAMP**2)
+
+
+def step_block(law: Law, sign: float, w: int, wp: int, wpp: int, out: int, theta: int) -> ExprBlock:
+    """``f[out] = w - 2 (ē(wp, w) + ρ (w - wp))`` in the circuit frame (``sign`` = the device polarity, ±1)."""
+    a, b, c = sympy.Symbol("w", real=True), sympy.Symbol("wp", real=True), sympy.Symbol("wpp", real=True)
+    expr = a - 2 * (sign * discrete_gradient(law, sign * b, sign * a) + damping(a, b, c) * (a - b))
+    return ExprBlock(expr, ((a, w), (b, wp), (c, wpp)), tuple((s, theta + k) for s, k in law.params), out)
+
+
+def damped_block(s: int, sp: int, spp: int, out: int) -> ExprBlock:
+    """``f[out] = -2 ρ (s - sp)`` (volts): a damped capacitor's end value ``s = 2 v̄ - sp + f[out]``."""
+    a, b, c = sympy.Symbol("s", real=True), sympy.Symbol("sp", real=True), sympy.Symbol("spp", real=True)
+    return ExprBlock(-2 * damping(a, b, c) * (a - b), ((a, s), (b, sp), (c, spp)), (), out)
 
 
 def energy_blocks(law: Law, sign: float, w: int, out_e: int, out_s: int, theta: int) -> tuple[ExprBlock, ExprBlock]:
@@ -177,11 +199,14 @@ def energy_blocks(law: Law, sign: float, w: int, out_e: int, out_s: int, theta: 
 class Charges:
     """The junction charges of a circuit as storage, and the nonlinearities of the step that carries them.
 
-    ``step_nl`` reads the ports ``[v̄ (np), w (nq), w⁻ (nq)]`` -- the device ports at the step, the junction
-    voltages of the charges at the step's end and at its start -- and writes ``[f (nf), fw (nw), g (nq)]``:
-    the circuit's device currents at ``v̄`` (charge outputs unused, 0), every output of each charged device at
-    its end voltages ``w`` (currents and charges), and ``g = w - 2 ē(w⁻, w)``.  ``energy_nl`` reads ``w`` and
-    writes ``[E(w) (nq), S(w) (nq)]``.
+    ``step_nl`` reads the ports ``[v̄ (np), w (nq), w⁻ (nq), w⁻⁻ (nq), s (nd), s⁻ (nd), s⁻⁻ (nd)]`` -- the
+    device ports at the step, the junction voltages of the charges at the step's end, start and the start of the
+    previous step, then the same three values of the damped capacitors' voltages (deviations from the DC point)
+    -- and writes ``[f (nf), fw (nw), g (nq), h (nd)]``: the circuit's device currents at ``v̄`` (charge outputs
+    unused, 0), every output of each charged device at its end voltages ``w`` (currents and charges),
+    ``g = w - 2 (ē(w⁻, w) + ρ (w - w⁻))`` and ``h = -2 ρ (s - s⁻)`` (docs/phs.md, "Alternation damping").
+    ``energy_nl`` reads ``w`` and writes ``[E(w) (nq), S(w) (nq)]``.  With damped capacitors and no junction
+    charge, ``nq = 0``.
     """
 
     names: list[str]
@@ -192,11 +217,17 @@ class Charges:
     f_at_w: dict[int, int]  # topology current output of a charged device -> its value at w in the step outputs
     modulated: list[bool]  # the device's charge has a modulated part (a port) beyond the storage law
     step_nl: Nonlinearity
-    energy_nl: Nonlinearity
+    energy_nl: Nonlinearity | None
+    n_damped: int = 0  # damped linear capacitors (Storage.damped)
 
     @property
     def size(self) -> int:
         return len(self.names)
+
+    def step_ports(self, v: torch.Tensor, w: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
+        """The step nonlinearity's ports at rest: device ports ``v``, junction voltages ``w`` and damped
+        capacitor deviations ``sd`` equal at the step's ends (..., np + 3 nq + 3 nd)."""
+        return torch.cat([v, w, w, w, sd, sd, sd], dim=-1)
 
 
 _BUILT: dict[tuple, Nonlinearity] = {}
@@ -210,8 +241,9 @@ def _build(blocks: tuple, n_ports: int, n_outputs: int) -> Nonlinearity:
     return _BUILT[key]
 
 
-def charges_of(topo: MNATopology) -> Charges | None:
-    """The charge storage of ``topo`` (None without junction charges); NetlistError for a charge it cannot model."""
+def charges_of(topo: MNATopology, n_damped: int = 0) -> Charges | None:
+    """The charge storage of ``topo`` and the step nonlinearity with ``n_damped`` damped capacitors (None
+    without either); NetlistError for a charge it cannot model."""
     np_, nf = len(topo.ports), len(topo.outputs)
     dev_blocks = [b for b in topo.blocks if isinstance(b, DeviceBlock)]
     charged = []
@@ -235,7 +267,7 @@ def charges_of(topo: MNATopology) -> Charges | None:
             raise NetlistError(f"{dev.element.name}: junction charges on some of its junctions only are not modelled "
                                "as port-Hamiltonian storage (use --method dk)", dev.element.loc)
         charged.append((dev, blk, laws))
-    if not charged:
+    if not charged and not n_damped:
         return None
     nq = sum(len(laws) for _, _, laws in charged)
     step_blocks: list = []
@@ -274,12 +306,16 @@ def charges_of(topo: MNATopology) -> Charges | None:
         step_blocks.append(DeviceBlock(blk.family, tuple(w_ports), w_outs, blk.theta, 1.0, blk.features))
         at += len(blk.outs)
     for i, (law, sign, theta) in enumerate(laws_in_order):
-        step_blocks.append(step_block(law, sign, np_ + i, np_ + nq + i, at + i, theta))
+        step_blocks.append(step_block(law, sign, np_ + i, np_ + nq + i, np_ + 2 * nq + i, at + i, theta))
         energy_blocks_.extend(energy_blocks(law, sign, i, i, nq + i, theta))
-    step_nl = _build(tuple(step_blocks), np_ + 2 * nq, at + nq)
-    energy_nl = _build(tuple(energy_blocks_), nq, 2 * nq)
-    return Charges(names, torch.stack(rows), outs, ports, q_index, f_at_w, modulated, step_nl, energy_nl)
+    nd, base = n_damped, np_ + 3 * nq
+    for i in range(nd):
+        step_blocks.append(damped_block(base + i, base + nd + i, base + 2 * nd + i, at + nq + i))
+    step_nl = _build(tuple(step_blocks), base + 3 * nd, at + nq + nd)
+    energy_nl = _build(tuple(energy_blocks_), nq, 2 * nq) if nq else None
+    rows_t = torch.stack(rows) if rows else torch.zeros(0, topo.size, dtype=DTYPE)
+    return Charges(names, rows_t, outs, ports, q_index, f_at_w, modulated, step_nl, energy_nl, nd)
 
 
-__all__ = ["DELTA_GUARD", "Charges", "Law", "charges_of", "discrete_gradient", "energy", "energy_blocks",
-           "step_block", "storage_law"]
+__all__ = ["DELTA_GUARD", "RHO0", "Charges", "Law", "charges_of", "damped_block", "damping", "discrete_gradient",
+           "energy", "energy_blocks", "step_block", "storage_law"]
