@@ -158,33 +158,39 @@ def discrete_gradient(law: Law, wp: sympy.Expr, w: sympy.Expr) -> sympy.Expr:
     return Piecewise(((w + wp) / 2, Abs(d) < DELTA_GUARD), (direct, True))
 
 
-RHO0 = 0.75  # gain of the alternation damping: rho = 1/2 (the effort at the step's end) on a pure alternation
+RHO0 = 0.75  # gain of the alternation damping (docs/phs.md, "Alternation damping")
 EPS_DAMP = 1e-9  # volts: increments below this leave the damping at 0
+HISTORY = 3  # previous values of a damped storage coordinate that the step reads
 
 
-def damping(w, wp, wpp):  # noqa: ANN001, ANN201
-    """``ρ ≥ 0`` of the damped discrete gradient (docs/phs.md, "Alternation damping"): sympy or torch values.
+def damping(w, wp, wpp, wppp):  # noqa: ANN001, ANN201
+    """``ρ ≥ 0`` of the damped discrete gradient from a storage coordinate's values at ``t_n .. t_{n-3}``
+    (docs/phs.md, "Alternation damping"; sympy or torch values, volts).
 
-    With ``Δ = w - w⁻`` and ``Δ⁻ = w⁻ - w⁻⁻``: ``ρ = RHO0 (Δ - Δ⁻)² / ((Δ - Δ⁻)² + Δ² + Δ⁻² + ε²)``, 2 RHO0/3
-    on a Nyquist-rate alternation (``Δ = -Δ⁻``) and ``O(T²)`` on a smooth trajectory (``Δ - Δ⁻ = O(T²)``,
-    ``Δ = O(T)``), so the effort's change ``ρ Δ`` is ``O(T³)`` there and the step stays second order.
+    With the increments ``Δ_k`` and second differences ``δ_k = Δ_k - Δ_{k-1}``, each factor
+    ``r_k = δ_k² / (δ_k² + Δ_k² + Δ_{k-1}² + ε²)`` is 2/3 on a Nyquist-rate alternation and ``O(T²)`` on a
+    smooth trajectory; ``ρ = RHO0 r_n r_{n-1}`` needs the alternation in two consecutive steps, so a single kink
+    of the trajectory (a diode switching) is left to the plain discrete gradient.
     """
-    d, dp = w - wp, wp - wpp
-    dd = d - dp
-    return RHO0 * dd**2 / (dd**2 + d**2 + dp**2 + EPS_DAMP**2)
+    d, dp, dpp = w - wp, wp - wpp, wpp - wppp
+    dd, ddp = d - dp, dp - dpp
+    eps2 = EPS_DAMP**2
+    return RHO0 * dd**2 / (dd**2 + d**2 + dp**2 + eps2) * ddp**2 / (ddp**2 + dp**2 + dpp**2 + eps2)
 
 
-def step_block(law: Law, sign: float, w: int, wp: int, wpp: int, out: int, theta: int) -> ExprBlock:
-    """``f[out] = w - 2 (ē(wp, w) + ρ (w - wp))`` in the circuit frame (``sign`` = the device polarity, ±1)."""
-    a, b, c = sympy.Symbol("w", real=True), sympy.Symbol("wp", real=True), sympy.Symbol("wpp", real=True)
-    expr = a - 2 * (sign * discrete_gradient(law, sign * b, sign * a) + damping(a, b, c) * (a - b))
-    return ExprBlock(expr, ((a, w), (b, wp), (c, wpp)), tuple((s, theta + k) for s, k in law.params), out)
+def step_block(law: Law, sign: float, ports: tuple[int, ...], out: int, theta: int) -> ExprBlock:
+    """``f[out] = w - 2 (ē(w⁻, w) + ρ (w - w⁻))`` in the circuit frame (``sign`` = the device polarity, ±1);
+    ``ports`` = the step's ports of ``w, w⁻, w⁻⁻, w⁻⁻⁻``."""
+    a, b, c, e = (sympy.Symbol(n, real=True) for n in ("w", "wp", "wpp", "wppp"))
+    expr = a - 2 * (sign * discrete_gradient(law, sign * b, sign * a) + damping(a, b, c, e) * (a - b))
+    return ExprBlock(expr, tuple(zip((a, b, c, e), ports)), tuple((s, theta + k) for s, k in law.params), out)
 
 
-def damped_block(s: int, sp: int, spp: int, out: int) -> ExprBlock:
-    """``f[out] = -2 ρ (s - sp)`` (volts): a damped capacitor's end value ``s = 2 v̄ - sp + f[out]``."""
-    a, b, c = sympy.Symbol("s", real=True), sympy.Symbol("sp", real=True), sympy.Symbol("spp", real=True)
-    return ExprBlock(-2 * damping(a, b, c) * (a - b), ((a, s), (b, sp), (c, spp)), (), out)
+def damped_block(ports: tuple[int, ...], out: int) -> ExprBlock:
+    """``f[out] = -2 ρ (s - s⁻)`` (volts): a damped capacitor's end value ``s = 2 v̄ - s⁻ + f[out]``;
+    ``ports`` = the step's ports of ``s, s⁻, s⁻⁻, s⁻⁻⁻``."""
+    a, b, c, e = (sympy.Symbol(n, real=True) for n in ("s", "sp", "spp", "sppp"))
+    return ExprBlock(-2 * damping(a, b, c, e) * (a - b), tuple(zip((a, b, c, e), ports)), (), out)
 
 
 def energy_blocks(law: Law, sign: float, w: int, out_e: int, out_s: int, theta: int) -> tuple[ExprBlock, ExprBlock]:
@@ -199,9 +205,10 @@ def energy_blocks(law: Law, sign: float, w: int, out_e: int, out_s: int, theta: 
 class Charges:
     """The junction charges of a circuit as storage, and the nonlinearities of the step that carries them.
 
-    ``step_nl`` reads the ports ``[v̄ (np), w (nq), w⁻ (nq), w⁻⁻ (nq), s (nd), s⁻ (nd), s⁻⁻ (nd)]`` -- the
-    device ports at the step, the junction voltages of the charges at the step's end, start and the start of the
-    previous step, then the same three values of the damped capacitors' voltages (deviations from the DC point)
+    ``step_nl`` reads the ports ``[v̄ (np), w, w⁻, w⁻⁻, w⁻⁻⁻ (nq each), s, s⁻, s⁻⁻, s⁻⁻⁻ (nd each)]`` -- the
+    device ports at the step, the junction voltages of the charges at the step's end, its start and the two
+    sample instants before, then the same four values of the damped capacitors' voltages (deviations from the
+    DC point)
     -- and writes ``[f (nf), fw (nw), g (nq), h (nd)]``: the circuit's device currents at ``v̄`` (charge outputs
     unused, 0), every output of each charged device at its end voltages ``w`` (currents and charges),
     ``g = w - 2 (ē(w⁻, w) + ρ (w - w⁻))`` and ``h = -2 ρ (s - s⁻)`` (docs/phs.md, "Alternation damping").
@@ -226,8 +233,8 @@ class Charges:
 
     def step_ports(self, v: torch.Tensor, w: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
         """The step nonlinearity's ports at rest: device ports ``v``, junction voltages ``w`` and damped
-        capacitor deviations ``sd`` equal at the step's ends (..., np + 3 nq + 3 nd)."""
-        return torch.cat([v, w, w, w, sd, sd, sd], dim=-1)
+        capacitor deviations ``sd`` equal at every instant (..., np + 4 nq + 4 nd)."""
+        return torch.cat([v] + [w] * (HISTORY + 1) + [sd] * (HISTORY + 1), dim=-1)
 
 
 _BUILT: dict[tuple, Nonlinearity] = {}
@@ -305,17 +312,18 @@ def charges_of(topo: MNATopology, n_damped: int = 0) -> Charges | None:
                 f_at_w[orig] = wo
         step_blocks.append(DeviceBlock(blk.family, tuple(w_ports), w_outs, blk.theta, 1.0, blk.features))
         at += len(blk.outs)
+    hist = range(HISTORY + 1)
     for i, (law, sign, theta) in enumerate(laws_in_order):
-        step_blocks.append(step_block(law, sign, np_ + i, np_ + nq + i, np_ + 2 * nq + i, at + i, theta))
+        step_blocks.append(step_block(law, sign, tuple(np_ + j * nq + i for j in hist), at + i, theta))
         energy_blocks_.extend(energy_blocks(law, sign, i, i, nq + i, theta))
-    nd, base = n_damped, np_ + 3 * nq
+    nd, base = n_damped, np_ + (HISTORY + 1) * nq
     for i in range(nd):
-        step_blocks.append(damped_block(base + i, base + nd + i, base + 2 * nd + i, at + nq + i))
-    step_nl = _build(tuple(step_blocks), base + 3 * nd, at + nq + nd)
+        step_blocks.append(damped_block(tuple(base + j * nd + i for j in hist), at + nq + i))
+    step_nl = _build(tuple(step_blocks), base + (HISTORY + 1) * nd, at + nq + nd)
     energy_nl = _build(tuple(energy_blocks_), nq, 2 * nq) if nq else None
     rows_t = torch.stack(rows) if rows else torch.zeros(0, topo.size, dtype=DTYPE)
     return Charges(names, rows_t, outs, ports, q_index, f_at_w, modulated, step_nl, energy_nl, nd)
 
 
-__all__ = ["DELTA_GUARD", "RHO0", "Charges", "Law", "charges_of", "damped_block", "damping", "discrete_gradient",
-           "energy", "energy_blocks", "step_block", "storage_law"]
+__all__ = ["DELTA_GUARD", "HISTORY", "RHO0", "Charges", "Law", "charges_of", "damped_block", "damping",
+           "discrete_gradient", "energy", "energy_blocks", "step_block", "storage_law"]

@@ -83,8 +83,8 @@ class PHSModule(AbstractCircuitModule):
         return self.run(u, state)
 
     def _initial_state(self, m: MNAMatrices, op: tuple[torch.Tensor, ...], s_init: torch.Tensor | None) -> torch.Tensor:
-        """``[δs, w, Q, w⁻, δs_d⁻]`` at sample 0: the DC point, or ``s_init`` (linear storage, then junction
-        voltages); the previous step's values (``w⁻``, ``δs_d⁻``, for the alternation damping) equal to them."""
+        """``[δs, w, Q, w⁻, w⁻⁻, δs_d⁻, δs_d⁻⁻]`` at sample 0: the DC point, or ``s_init`` (linear storage, then
+        junction voltages); the earlier values (for the alternation damping) equal to them."""
         st = self.storage
         s_op, v_op = op[0], op[2]
         s0 = s_op if s_init is None else s_init.to(DTYPE).expand_as(s_op)
@@ -93,7 +93,7 @@ class PHSModule(AbstractCircuitModule):
             return ds
         w0, sd = s0[:, st.n_linear :], ds[:, list(st.damped)]
         phi = st.charges.step_nl.torch_eval(st.charges.step_ports(v_op, w0, sd), m.theta)
-        return torch.cat([ds, w0, phi[:, st.charges.q_index], w0, sd], dim=-1)
+        return torch.cat([ds, w0, phi[:, st.charges.q_index], w0, w0, sd, sd], dim=-1)
 
     def run(
         self, u: torch.Tensor, state: PHSState | None = None, s_init: torch.Tensor | None = None
@@ -209,20 +209,22 @@ class PHSModule(AbstractCircuitModule):
             pd = pm.dissipated(xbar, self.topology.nonlinearity.torch_eval(xbar @ m.Nv.T.detach(), theta))
             pp = pm.ports(xbar, mean.detach())
             if dmp:  # the damped capacitors' numerical dissipation ρ C Δs²/T >= 0 (docs/phs.md)
-                sd = torch.cat([ds0[:, ns + 3 * nq :].unsqueeze(1), ds0[:, dmp].unsqueeze(1), s_new[..., dmp]], dim=1)
-                dsd = torch.diff(sd, dim=1)
-                rho = damping(sd[:, 2:], sd[:, 1:-1], sd[:, :-2])
-                pd = pd + (rho * c[dmp] * dsd[:, 1:] ** 2).sum(-1) / T
+                at, nd = ns + 4 * nq, len(dmp)
+                sd = torch.cat([ds0[:, at + nd : at + 2 * nd].unsqueeze(1), ds0[:, at : at + nd].unsqueeze(1),
+                                ds0[:, dmp].unsqueeze(1), s_new[..., dmp]], dim=1)
+                rho = damping(sd[:, 3:], sd[:, 2:-1], sd[:, 1:-2], sd[:, :-3])
+                pd = pd + (rho * c[dmp] * torch.diff(sd[:, 2:], dim=1) ** 2).sum(-1) / T
             if nq:  # the modulated charge ports: -ē Δ(Q - S(w))/T (docs/phs.md)
                 q_new = ys[..., rows["q"]]
                 q_all = torch.cat([ds0[:, ns + nq : ns + 2 * nq].unsqueeze(1), q_new], dim=1)
-                w_all = torch.cat([ds0[:, ns + 2 * nq : ns + 3 * nq].unsqueeze(1), w_start.unsqueeze(1), w_new], dim=1)
-                s_all = ch.energy_nl.torch_eval(w_all[:, 1:], theta)[..., nq:]
+                w_all = torch.cat([ds0[:, ns + 3 * nq : ns + 4 * nq].unsqueeze(1),
+                                   ds0[:, ns + 2 * nq : ns + 3 * nq].unsqueeze(1), w_start.unsqueeze(1), w_new], dim=1)
+                s_all = ch.energy_nl.torch_eval(w_all[:, 2:], theta)[..., nq:]
                 e_bar = xbar @ ch.rows.T
                 pp = pp - (e_bar * (torch.diff(q_all, dim=1) - torch.diff(s_all, dim=1))).sum(-1) / T
                 # and the junctions' numerical dissipation ρ Δw ΔS/T >= 0 (S increasing)
-                rho = damping(w_all[:, 2:], w_all[:, 1:-1], w_all[:, :-2])
-                pd = pd + (rho * torch.diff(w_all[:, 1:], dim=1) * torch.diff(s_all, dim=1)).sum(-1) / T
+                rho = damping(w_all[:, 3:], w_all[:, 2:-1], w_all[:, 1:-2], w_all[:, :-3])
+                pd = pd + (rho * torch.diff(w_all[:, 2:], dim=1) * torch.diff(s_all, dim=1)).sum(-1) / T
             d_rows.append(pd)
             p_rows.append(pp)
         H = torch.cat(h_rows, dim=1)

@@ -40,7 +40,7 @@ def _charge_step(model, m):  # noqa: ANN001, ANN202
 
     ``A_step x̄ + Wi f(v̄) + Wq (Q(w_n) - Q)/T + Wd h = rhs``, ``rows x̄ = (w_n - g)/2`` and
     ``2 A_dᵀ x̄ - s_d + h = s_d⁻``, with ``[f, f(w_n), g, h]`` the step nonlinearity at the ports
-    ``[Nv x̄; w_n; w⁻; w⁻⁻; s_d; s_d⁻; s_d⁻⁻]`` (the previous values as offsets).
+    ``[Nv x̄; w_n; w⁻; w⁻⁻; w⁻⁻⁻; s_d; s_d⁻; s_d⁻⁻; s_d⁻⁻⁻]`` (the previous values as offsets).
     """
     st = model.storage
     ch = st.charges
@@ -61,7 +61,7 @@ def _charge_step(model, m):  # noqa: ANN001, ANN202
                        torch.cat([2.0 * a_d.T, zs(nd, nq), -eye(nd)], 1)])
     nz = n + nq + nd
     nv = torch.cat([torch.cat([m.Nv, zs(np_, nq + nd)], 1), torch.cat([zs(nq, n), eye(nq), zs(nq, nd)], 1),
-                    zs(2 * nq, nz), torch.cat([zs(nd, n + nq), eye(nd)], 1), zs(2 * nd, nz)])
+                    zs(3 * nq, nz), torch.cat([zs(nd, n + nq), eye(nd)], 1), zs(3 * nd, nz)])
     return w_mat, a_bot, nv, wqc
 
 
@@ -88,7 +88,7 @@ def reference_simulate(model, u: torch.Tensor, s_init: torch.Tensor | None = Non
         a_c = torch.cat([torch.cat([a_step, torch.zeros(a_step.shape[0], ch.size + nd, dtype=DTYPE)], 1), a_bot])
         w = s_all[:, ns:]
         q_prev = ch.step_nl.torch_eval(ch.step_ports(x @ m.Nv.T, w, s[:, d_idx]), m.theta)[:, ch.q_index]
-        wpp, sdp = w, s[:, d_idx]
+        w_hist, sd_hist = [w, w], [s[:, d_idx], s[:, d_idx]]  # the two sample instants before the step's start
         zc = torch.cat([x.detach(), w.detach(), s[:, d_idx].detach()], dim=1)
     mi = torch.zeros(n + r, n + r, dtype=DTYPE) + torch.nn.functional.pad(m.G, (0, r, 0, r))
     mi[:n, n:] = q
@@ -107,14 +107,14 @@ def reference_simulate(model, u: torch.Tensor, s_init: torch.Tensor | None = Non
         else:  # junction charges: the discrete gradient of H(q) on their end voltages w_n
             zb = torch.zeros(u.shape[0], m.Nv.shape[0] + ch.size, dtype=DTYPE)
             sd = s[:, d_idx]
-            off = torch.cat([zb, w, wpp, torch.zeros_like(sd), sd, sdp], dim=1)
+            off = torch.cat([zb, w, *w_hist, torch.zeros_like(sd), sd, *sd_hist], dim=1)
             rhs_c = torch.cat([rhs + q_prev @ wqc.T, torch.zeros(u.shape[0], ch.size, dtype=DTYPE), sd], dim=1)
             zc = _solve(ch.step_nl, m.theta, nv_c, a_c, w_mat, rhs_c, zc.detach(), off)
             n_x = a_step.shape[0]
             xbar, w_new, sd_new = zc[:, :n_x], zc[:, n_x : n_x + ch.size], zc[:, n_x + ch.size :]
             q_prev = ch.step_nl.torch_eval(zc @ nv_c.T + off, m.theta)[:, ch.q_index]
             s = (2.0 * xbar @ a_lin - s).index_copy(1, torch.tensor(d_idx, dtype=torch.long), sd_new)
-            w, wpp, sdp = w_new, w, sd
+            w, w_hist, sd_hist = w_new, [w, w_hist[0]], [sd, sd_hist[0]]
             s_all = torch.cat([s, w], dim=1)
         rhs_i = torch.cat([src[:, k] @ m.Bu.T, s_all @ st.recon.T], dim=1)  # eq. PH-3
         z = _solve(nl, m.theta, nv_ext, mi, wi_ext, rhs_i, z.detach())

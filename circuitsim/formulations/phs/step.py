@@ -200,14 +200,15 @@ def step_matrices(
     pz, pb = sol[:, :ns], sol[:, ns : ns + nu]
     at_f = ns + nu + nF
     pw, pfop, pq = -sol[:, ns + nu : at_f], sol[:, at_f : at_f + nf], sol[:, at_f + nf :]
-    # state [δs; w; Q; w⁻; δs_d⁻] (w⁻, δs_d⁻: the junction voltages and damped capacitors one step earlier)
-    n_state = ns + 3 * nq + nd
+    # state [δs; w; Q; w⁻; w⁻⁻; δs_d⁻; δs_d⁻⁻]: the junction voltages and the damped capacitors one and two
+    # sample instants before the step's start (HISTORY = 3 previous values with w and δs_d; docs/phs.md)
+    n_state = ns + 4 * nq + 2 * nd
     # δx̄ = Xx state + Ux [s̄ - s(0); s(t_n) - s(0); v_op; f_op] + Fx phi
     xx = torch.cat([pz, zs(n, nq), pq, zs(n, nq + nd)], dim=1)
     ux = torch.cat([pb, zs(n, nu + np_), pfop], dim=1)
     sel_vop = torch.cat([zs(np_, 2 * nu), eye(np_), zs(np_, nf)], dim=1)
     gv, hv, kv = m.Nv @ xx, m.Nv @ ux + sel_vop, m.Nv @ pw
-    a1 = 2.0 * a_s.T @ xx - torch.cat([eye(ns), zs(ns, 3 * nq + nd)], dim=1)
+    a1 = 2.0 * a_s.T @ xx - torch.cat([eye(ns), zs(ns, n_state - ns)], dim=1)
     b1, c1 = 2.0 * a_s.T @ ux, 2.0 * a_s.T @ pw
     if nd:
         c1 = c1.index_put((d_idx, torch.arange(nF - nd, nF)), torch.ones(nd, dtype=DTYPE), accumulate=True)
@@ -227,15 +228,17 @@ def step_matrices(
         eq = zs(nq, nF)
         eq[torch.arange(nq), torch.tensor(ch.q_index, dtype=torch.long)] = 1.0
         gw, hw, kw = 2.0 * pq_sel @ gv, 2.0 * pq_sel @ hv, 2.0 * pq_sel @ kv + eg
-        # ports [w_n; w⁻; w⁻⁻; δs_d,n; δs_d⁻; δs_d⁻⁻]
-        G_ += [gw, state_sel(ns, nq), state_sel(ns + 2 * nq, nq), a1[d_idx], state_sel(0, ns)[d_idx],
-               state_sel(ns + 3 * nq, nd)]
-        H_ += [hw, zs(2 * nq, n_uk), b1[d_idx], zs(2 * nd, n_uk)]
-        K_ += [kw, zs(2 * nq, nF), c1[d_idx], zs(2 * nd, nF)]
-        # state rows w, Q, w⁻ (= w), δs_d⁻ (= δs_d)
-        A_ += [gw, zs(nq, n_state), state_sel(ns, nq), state_sel(0, ns)[d_idx]]
-        B_ += [hw, zs(2 * nq + nd, n_uk)]
-        C_ += [kw, eq, zs(nq + nd, nF)]
+        # ports [w_n; w; w⁻; w⁻⁻; δs_d,n; δs_d; δs_d⁻; δs_d⁻⁻] (the step's end, then the state)
+        w_hist, d_hist = [state_sel(ns, nq), state_sel(ns + 2 * nq, 2 * nq)], [state_sel(0, ns)[d_idx],
+                                                                            state_sel(ns + 4 * nq, 2 * nd)]
+        G_ += [gw, *w_hist, a1[d_idx], *d_hist]
+        H_ += [hw, zs(3 * nq, n_uk), b1[d_idx], zs(3 * nd, n_uk)]
+        K_ += [kw, zs(3 * nq, nF), c1[d_idx], zs(3 * nd, nF)]
+        # state rows w, Q, then the histories shifted by one sample: w⁻ = w, w⁻⁻ = w⁻, δs_d⁻ = δs_d, ...
+        A_ += [gw, zs(nq, n_state), state_sel(ns, nq), state_sel(ns + 2 * nq, nq), state_sel(0, ns)[d_idx],
+               state_sel(ns + 4 * nq, nd)]
+        B_ += [hw, zs(3 * nq + 2 * nd, n_uk)]
+        C_ += [kw, eq, zs(2 * nq + 2 * nd, nF)]
         for lst, val in zip(ds_rows, (gw, hw - pq_sel @ sel_vop, kw)):
             lst.append(val)
     A, B, C = torch.cat(A_), torch.cat(B_), torch.cat(C_)
