@@ -204,7 +204,7 @@ def step_matrices(
     # sample instants before the step's start (HISTORY = 3 previous values with w and δs_d; docs/phs.md)
     n_state = ns + 4 * nq + 2 * nd
     # δx̄ = Xx state + Ux [s̄ - s(0); s(t_n) - s(0); v_op; f_op] + Fx phi
-    xx = torch.cat([pz, zs(n, nq), pq, zs(n, nq + nd)], dim=1)
+    xx = torch.cat([pz, zs(n, nq), pq, zs(n, n_state - ns - 2 * nq)], dim=1)
     ux = torch.cat([pb, zs(n, nu + np_), pfop], dim=1)
     sel_vop = torch.cat([zs(np_, 2 * nu), eye(np_), zs(np_, nf)], dim=1)
     gv, hv, kv = m.Nv @ xx, m.Nv @ ux + sel_vop, m.Nv @ pw
