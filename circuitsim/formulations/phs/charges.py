@@ -158,7 +158,7 @@ def discrete_gradient(law: Law, wp: sympy.Expr, w: sympy.Expr) -> sympy.Expr:
     return Piecewise(((w + wp) / 2, Abs(d) < DELTA_GUARD), (direct, True))
 
 
-RHO0 = 0.75  # gain of the alternation damping (docs/phs.md, "Alternation damping")
+RHO0 = 0.4  # gain of the alternation damping (docs/phs.md, "Alternation damping")
 EPS_DAMP = 1e-9  # volts: increments below this leave the damping at 0
 HISTORY = 3  # previous values of a damped storage coordinate that the step reads
 

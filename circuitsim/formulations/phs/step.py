@@ -27,6 +27,10 @@ current sources; a second Newton solve when the output depends on a nonlinearity
     [[G, Q], [Qᵀ, 0]] [x_n; λ] + [Wi f(Nv x_n); 0] = [Bu s(t_n); R⁺ s_n]        (PH-3)
 
 where ``A_s = Q R`` (``Q`` orthonormal) so that dependent states (capacitor loops) are allowed.
+Junction charges and the capacitors between two terminals of one nonlinear element take the damped
+discrete gradient ``e = ∇_d H + ρ Δs`` (docs/phs.md, "Alternation damping"): ``ρ ≥ 0`` vanishes to
+``O(T⁴)`` on smooth trajectories and damps the midpoint rule's undamped Nyquist-rate alternation of
+stiff modes; its power ``ρ Δs Δq/T ≥ 0`` is numerical dissipation, so the balance stays exact.
 The step runs in deviations from the DC operating point (``δs = s - s_op``; the DC equations
 ``G x_op + Wi f_op = Bu s(0)`` cancel the bias terms exactly), so a 4.5 V bias on a 1 µF capacitor
 does not leave bias-sized rounding in the power balance.  Both solves are written as the
