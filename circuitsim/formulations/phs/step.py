@@ -261,12 +261,14 @@ def step_matrices(
         E.append(ds_e)
         F.append(ds_f)
         rows["s"], at = slice(at, at + nst), at + nst
-    if energy:  # rows of δx̄, f and Q_n
-        D += [xx, zs(nf + nq, n_state)]
-        E += [ux, zs(nf + nq, 2 * nu + np_ + nf)]
+    if energy:  # rows of δx̄, f, Q_n and the damped capacitors' h
+        D += [xx, zs(nf + nq + nd, n_state)]
+        E += [ux, zs(nf + nq + nd, 2 * nu + np_ + nf)]
         F += [pw, torch.cat([eye(nf), zs(nf, nF - nf)], dim=1)] + ([eq] if ch is not None else [])
-        rows["x"], rows["f"], rows["q"] = slice(at, at + n), slice(at + n, at + n + nf), slice(at + n + nf,
-                                                                                              at + n + nf + nq)
+        F += [torch.cat([zs(nd, nF - nd), eye(nd)], dim=1)]
+        at_q = at + n + nf
+        rows["x"], rows["f"], rows["q"] = slice(at, at + n), slice(at + n, at_q), slice(at_q, at_q + nq)
+        rows["h"] = slice(at_q + nq, at_q + nq + nd)
     step = _fold_inputs((A, B, C, torch.cat(D), torch.cat(E), torch.cat(F), torch.cat(G_), torch.cat(H_),
                          torch.cat(K_)), n_state, nu, np_ + nf)
     return StepMatrices(step, instant, nonlinear, rows, e_out, f_out_w)
