@@ -143,7 +143,7 @@ class PHSModule(AbstractCircuitModule):
             # damped storage: Newton to reltol 1e-12 (at 1e-10 the devices' currents at the step's port voltages
             # leave 3e-10 of the largest power term in the balance on the TS-808 clipping stage's sweep: the
             # damping's rational law slows the last iterations); PREDICTOR: see its comment
-            opts = KernelOptions(reltol=1e-12, predictor=PREDICTOR if ch.size else "tangent") if ch is not None else None
+            opts = None if ch is None else KernelOptions(reltol=1e-12, predictor=PREDICTOR if ch.size else "tangent")
             ys, final, stats = run_state_space(sm.step, m.theta, steps[..., :1] - u0.unsqueeze(1), x0, nl_step,
                                                sample_rate=self.sample_rate, v_init=v0, sample_offset=k0,
                                                options=opts)
