@@ -159,7 +159,7 @@ def discrete_gradient(law: Law, wp: sympy.Expr, w: sympy.Expr) -> sympy.Expr:
 
 
 RHO0 = 0.4  # gain of the alternation damping (docs/phs.md, "Alternation damping")
-EPS_DAMP = 1e-9  # volts: increments below this leave the damping at 0
+EPS_DAMP = 1e-6  # volts: increments below this leave the damping at ~0 (the law stays smooth at Newton precision)
 HISTORY = 3  # previous values of a damped storage coordinate that the step reads
 
 
