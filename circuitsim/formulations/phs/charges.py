@@ -231,6 +231,13 @@ class Charges:
     def size(self) -> int:
         return len(self.names)
 
+    def free_ports(self) -> tuple[int, ...]:
+        """The step nonlinearity's ports that Newton solves: ``v̄``, ``w`` and ``s`` at the step's end (the
+        earlier values are state reads)."""
+        np_ = self.step_nl.n_ports - (HISTORY + 1) * (self.size + self.n_damped)
+        base = np_ + (HISTORY + 1) * self.size
+        return (*range(np_ + self.size), *range(base, base + self.n_damped))
+
     def step_ports(self, v: torch.Tensor, w: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
         """The step nonlinearity's ports at rest: device ports ``v``, junction voltages ``w`` and damped
         capacitor deviations ``sd`` equal at every instant (..., np + 4 nq + 4 nd)."""

@@ -17,6 +17,7 @@ import torch
 from circuitsim.formulations.base import AbstractCircuitModule, Diagnostics
 from circuitsim.formulations.phs.charges import damping
 from circuitsim.formulations.phs.energy import EnergyReport, PowerMap, stored_energy_delta
+from circuitsim.formulations.phs.kernel import ph_module
 from circuitsim.formulations.phs.step import StepMatrices, step_matrices, storage_of, storage_values
 from circuitsim.formulations.phs.structure import PHStructure, analyse
 from circuitsim.kernels.autograd import run_state_space
@@ -144,9 +145,10 @@ class PHSModule(AbstractCircuitModule):
             opts = None
             if ch is not None:
                 opts = KernelOptions(reltol=1e-9, predictor="previous") if ch.size else KernelOptions(reltol=1e-12)
+            module = self._step_module(sm, nl_step, opts)
             ys, final, stats = run_state_space(sm.step, m.theta, steps[..., :1] - u0.unsqueeze(1), x0, nl_step,
                                                sample_rate=self.sample_rate, v_init=v0, sample_offset=k0,
-                                               options=opts)
+                                               options=opts, module=module)
             diag.newton_iterations += int(stats.get("iterations", 0))
             diag.max_iterations = int(stats.get("max_iterations", 0))
             ds_new, v_end = final["x"][:, : ds.shape[1]], final["v"]
@@ -169,6 +171,20 @@ class PHSModule(AbstractCircuitModule):
         self.diagnostics = diag
         last_src = src[:, -1] if src.shape[1] else prev_src
         return y, PHSState(ds_new, last_src, op, v_end, vi_end, offset + u.shape[1], stored)
+
+    def _step_module(self, sm: StepMatrices, nl_step, opts: KernelOptions | None):  # noqa: ANN001, ANN202
+        """The step's generated module: with damped storage, Newton on the coupled ports alone, the earlier
+        values of the damped storage (zero rows of ``K``) read once per sample (:mod:`.kernel`); None (DK's
+        module) without."""
+        ch = self.storage.charges
+        if ch is None:
+            return None
+        free = ch.free_ports()
+        k = sm.step[8].detach()
+        fixed = [i for i in range(k.shape[0]) if i not in free]
+        if fixed and float(k[fixed].abs().max()) != 0.0:  # not a state read after all: the core's Newton on all
+            return None
+        return ph_module(nl_step, free, opts or KernelOptions())
 
     def _energy(self, m, c, rows, op, ds0, first, mean, ys, offset, stored):  # noqa: ANN001, ANN202
         """Energy rows (batch item 0) for this block; returns the report and the last H - H_op (batch,).
