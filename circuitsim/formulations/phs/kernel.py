@@ -13,20 +13,22 @@ and runs Newton on the free ports ``r`` alone,
 
     g_r = p_r + K_r f(v) - v_r,    M_rr = I - K_r J_{:,r},    v_r <- v_r + M_rr^-1 g_r,
 
-with the core's stop rule (``newton_plain``: scaled step ``<= 1``, or the contraction estimate) and junction
-limiting.  Where it does not converge it returns False and the core's full Newton and fallbacks solve the
-sample.  Its first guess is the tangent ``v_r[n-1] + M_rr^-1 (Δp_r + K_r J_{:,h} Δp_h)`` with the LU of the
-previous sample's last iteration (``dg = Δp + K J Δv``, ``Δv_h = Δp_h``), or ``v_r[n-1]`` where
-``predictor="previous"``.
+with the core's stop rule (``newton_plain``: scaled step ``<= 1``, the contraction estimate, or the early
+accept from Newton's quadratic convergence) and junction limiting.  Its options (reltol, abstol, predictor,
+early, bound, max_iter: :class:`~circuitsim.kernels.core.KernelOptions`) follow the device parameters in
+``theta``, so that one compiled module serves every setting.  Where it does not converge it returns False and
+the core's full Newton and fallbacks solve the sample.  Its first guess is the tangent
+``v_r[n-1] + M_rr^-1 (Δp_r + K_r J_{:,h} Δp_h)`` with the LU of the previous sample's last iteration
+(``dg = Δp + K J Δv``, ``Δv_h = Δp_h``), or ``v_r[n-1]`` where ``predictor="previous"``.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import torch
 
 from circuitsim.kernels import codegen
 from circuitsim.kernels.core import KernelOptions, StepFormulation
@@ -35,9 +37,8 @@ from circuitsim.kernels.nonlinearity import Nonlinearity
 from circuitsim.kernels.statespace import _DK_CONSTANTS, _DK_HOOKS
 
 # placeholders of the generated module (see circuitsim.kernels.core); the module's constants define them
-NV = NF = PH_NR = PH_MAXIT = PH_TANGENT = 0
-PH_WJ = PH_WM = PH_WV = PH_WG = PH_WD = PH_WT = PH_WZ = PH_WP = PH_WS = PH_WF = 0
-PH_RELTOL = PH_ABSTOL = PH_BOUND = 0.0
+NV = NF = PH_NR = PH_X0 = 0
+PH_WJ = PH_WM = PH_WV = PH_WG = PH_WD = PH_WT = PH_WZ = PH_WP = PH_WS = PH_WF = PH_WC = 0
 PH_FREE = PH_FIXED = np.zeros(1, np.int64)
 
 
@@ -75,7 +76,10 @@ def fm_solve(P, p, z, theta, phi, lc, work):
     pp = work[PH_WP:PH_WP + NV]
     t = work[PH_WS:PH_WS + NF]
     piv = np.empty(PH_NR, np.int64)
-    tangent = PH_TANGENT != 0 and work[PH_WF] != 0.0
+    reltol, abstol, bound = theta[PH_X0], theta[PH_X0 + 1], theta[PH_X0 + 4]
+    max_iter = int(theta[PH_X0 + 5])
+    early = theta[PH_X0 + 3] != 0.0
+    tangent = theta[PH_X0 + 2] != 0.0 and work[PH_WF] != 0.0
     if tangent:
         for i in range(NV):
             if z[i] != zp[i]:
@@ -101,8 +105,9 @@ def fm_solve(P, p, z, theta, phi, lc, work):
         for a in range(PH_NR):
             z[PH_FREE[a]] += dz[a]
     work[PH_WF] = 0.0
+    c = work[PH_WC] * 0.999  # the constant of Newton's quadratic convergence (the core's newton_plain)
     prev = math.inf
-    for _ in range(PH_MAXIT):
+    for _ in range(max_iter):
         ph_nl_eval(z, theta, phi, J, work)
         for a in range(PH_NR):
             i = PH_FREE[a]
@@ -121,13 +126,16 @@ def fm_solve(P, p, z, theta, phi, lc, work):
         step = 0.0
         for a in range(PH_NR):
             i = PH_FREE[a]
-            r = abs(dz[a]) / (PH_RELTOL * abs(z[i]) + PH_ABSTOL)
+            r = abs(dz[a]) / (reltol * abs(z[i]) + abstol)
             if not (r <= 1e300):
                 return False
             if r > step:
                 step = r
         rate = step / prev
-        if step <= 1.0 or (prev < math.inf and rate < 0.5 and step * rate <= 1.0 - rate):
+        if prev < math.inf:
+            c = max(c, max(step, 1e-4) / (prev * prev))
+        if (step <= 1.0 or (prev < math.inf and rate < 0.5 and step * rate <= 1.0 - rate)
+                or (early and c > 0.0 and c * step * step <= 1.0)):
             for k in range(NF):  # phi += J dz, as the core's accept_step
                 s = 0.0
                 for a in range(PH_NR):
@@ -137,11 +145,12 @@ def fm_solve(P, p, z, theta, phi, lc, work):
                 z[PH_FREE[a]] += dz[a]
                 pivf[a] = np.float64(piv[a])
             for i in range(NV):
-                if not abs(z[i]) <= PH_BOUND:
+                if not abs(z[i]) <= bound:
                     return False
                 zp[i] = z[i]
                 pp[i] = p[i]
             work[PH_WF] = 1.0
+            work[PH_WC] = c
             return True
         for i in range(NV):
             zt[i] = z[i]
@@ -166,36 +175,41 @@ def _wrapper() -> str:
             "    nl_eval(v, theta, f, J, work)\n")
 
 
-def ph_step(free: tuple[int, ...], n_ports: int, options: KernelOptions) -> StepFormulation:
-    """DK's hooks plus :func:`fm_solve` on the ports ``free`` (the others have zero rows of ``K``), with the
-    stop rule of ``options`` (reltol, abstol in volts, max_iter, bound, predictor)."""
+def ph_step(free: tuple[int, ...], n_ports: int, n_theta: int) -> StepFormulation:
+    """DK's hooks plus :func:`fm_solve` on the ports ``free`` (the others have zero rows of ``K``); the solve's
+    options are read from ``theta[n_theta:]`` (:func:`theta_with_options`)."""
     free = tuple(sorted(free))
     fixed = tuple(i for i in range(n_ports) if i not in free)
     nr = len(free)
-    bound = "float('inf')" if math.isinf(options.bound) else repr(float(options.bound))
     layout = ["PH_WJ = N_WORK", "PH_WM = PH_WJ + NF * NV", f"PH_WV = PH_WM + {nr * nr}", f"PH_WG = PH_WV + {nr}",
               f"PH_WD = PH_WG + {nr}", f"PH_WT = PH_WD + {nr}", "PH_WZ = PH_WT + NV", "PH_WP = PH_WZ + NV",
-              "PH_WS = PH_WP + NV", "PH_WF = PH_WS + NF", "FM_WORK = PH_WF + 1"]
+              "PH_WS = PH_WP + NV", "PH_WF = PH_WS + NF", "PH_WC = PH_WF + 1", "FM_WORK = PH_WC + 1"]
     consts = (_DK_CONSTANTS.replace("FM_WORK = N_WORK\n", "")
-              + f"FM_EXPLICIT = 1\nPH_NR = {nr}\nPH_FREE = np.array({list(free)!r}, dtype=np.int64)\n"
-              + f"PH_FIXED = np.array({list(fixed)!r}, dtype=np.int64)\nPH_MAXIT = {int(options.max_iter)}\n"
-              + f"PH_RELTOL = {float(options.reltol)!r}\nPH_ABSTOL = {float(options.abstol)!r}\nPH_BOUND = {bound}\n"
-              + f"PH_TANGENT = {int(options.predictor == 'tangent')}\n" + "\n".join(layout) + "\n" + _wrapper())
-    name = f"phs_reduced{nr}of{n_ports}"
-    return StepFormulation(name=name, hooks=(fm_prepare, *_DK_HOOKS[1:], fm_solve), constants=consts,
-                           dependencies=(Path(__file__),))
+              + f"FM_EXPLICIT = 1\nPH_NR = {nr}\nPH_X0 = {int(n_theta)}\n"
+              + f"PH_FREE = np.array({list(free)!r}, dtype=np.int64)\n"
+              + f"PH_FIXED = np.array({list(fixed)!r}, dtype=np.int64)\n" + "\n".join(layout) + "\n" + _wrapper())
+    return StepFormulation(name=f"phs_reduced{nr}of{n_ports}", hooks=(fm_prepare, *_DK_HOOKS[1:], fm_solve),
+                           constants=consts)  # the hooks' sources are in the module text: no dependency
+
+
+def theta_with_options(theta: torch.Tensor, options: KernelOptions) -> torch.Tensor:
+    """``theta`` followed by what :func:`fm_solve` reads there: reltol, abstol (volts), tangent predictor (0/1),
+    early accept (0/1), bound (volts), max_iter -- the core's options, so that one compiled module serves all."""
+    extra = torch.tensor([options.reltol, options.abstol, float(options.predictor == "tangent"),
+                          float(options.early), options.bound, float(options.max_iter)], dtype=theta.dtype)
+    return torch.cat([theta, extra])
 
 
 _MODULES: dict[tuple, tuple[Nonlinearity, ModuleType]] = {}
 
 
-def ph_module(nl: Nonlinearity, free: tuple[int, ...], options: KernelOptions) -> ModuleType:
+def ph_module(nl: Nonlinearity, free: tuple[int, ...], n_theta: int) -> ModuleType:
     """The generated module of the PH step's nonlinearity ``nl`` with :func:`ph_step`, once per process (the
     loader's content hash reads the source's dependencies: tens of milliseconds a call)."""
-    key = (id(nl), tuple(free), options)
+    key = (id(nl), tuple(free), n_theta)
     if key not in _MODULES:  # the entry keeps nl alive, so its id is not reused
-        _MODULES[key] = (nl, codegen.step_module(nl.nb_source, ph_step(free, nl.n_ports, options)))
+        _MODULES[key] = (nl, codegen.step_module(nl.nb_source, ph_step(free, nl.n_ports, n_theta)))
     return _MODULES[key][1]
 
 
-__all__ = ["fm_solve", "ph_module", "ph_step"]
+__all__ = ["fm_solve", "ph_module", "ph_step", "theta_with_options"]

@@ -17,7 +17,7 @@ import torch
 from circuitsim.formulations.base import AbstractCircuitModule, Diagnostics
 from circuitsim.formulations.phs.charges import damping
 from circuitsim.formulations.phs.energy import EnergyReport, PowerMap, stored_energy_delta
-from circuitsim.formulations.phs.kernel import ph_module
+from circuitsim.formulations.phs.kernel import ph_module, theta_with_options
 from circuitsim.formulations.phs.step import StepMatrices, step_matrices, storage_of, storage_values
 from circuitsim.formulations.phs.structure import PHStructure, analyse
 from circuitsim.kernels.autograd import run_state_space
@@ -137,16 +137,19 @@ class PHSModule(AbstractCircuitModule):
             y_op = torch.cat([s_op, op[1]], dim=-1) @ sm.e_out.T + op[3] @ sm.f_out_w.T  # (batch, 1)
             u0 = op[1][:, :1]
             x0 = torch.cat([ds, prev_src[:, :1] - u0, op[2], op[3]], dim=-1)
-            # damped capacitors without junction charges: Newton to reltol 1e-12 (at the default 1e-10 the devices'
-            # currents at the step's port voltages leave 3e-10 of the largest power term in the balance on the
-            # TS-808 clipping stage's sweep; tangent predictor); with junction charges reltol 1e-9 and the previous
-            # sample as first guess: at 1e-10 and 1e-12 the booster's Newton fails on one of the three random-state
-            # passivity runs as the state decays (measured), and its balance stays at 2.4e-12 at 1e-9
+            # damped capacitors without junction charges: Newton to reltol 1e-12 (at the default 1e-10 the
+            # devices' currents at the step's port voltages leave 3e-10 of the largest power term in the balance on
+            # the TS-808 clipping stage's sweep).  With junction charges reltol 1e-9 (with the core's Newton on
+            # every port, at 1e-10 and 1e-12 the booster's Newton failed on one of the three random-state
+            # passivity runs as the state decays; its balance stays at 2.4e-12 at 1e-9), and the previous sample
+            # as first guess: the tangent takes 1.9 iterations a sample on the booster against 3.1 (kernel.py's
+            # solve, 384 kHz sine), but its power-balance run then fails at sample 523, every fallback included
             opts = None
             if ch is not None:
                 opts = KernelOptions(reltol=1e-9, predictor="previous") if ch.size else KernelOptions(reltol=1e-12)
-            module = self._step_module(sm, nl_step, opts)
-            ys, final, stats = run_state_space(sm.step, m.theta, steps[..., :1] - u0.unsqueeze(1), x0, nl_step,
+            module = self._step_module(sm, nl_step, m.theta.numel())
+            theta = m.theta if module is None else theta_with_options(m.theta, opts or KernelOptions())
+            ys, final, stats = run_state_space(sm.step, theta, steps[..., :1] - u0.unsqueeze(1), x0, nl_step,
                                                sample_rate=self.sample_rate, v_init=v0, sample_offset=k0,
                                                options=opts, module=module)
             diag.newton_iterations += int(stats.get("iterations", 0))
@@ -172,7 +175,7 @@ class PHSModule(AbstractCircuitModule):
         last_src = src[:, -1] if src.shape[1] else prev_src
         return y, PHSState(ds_new, last_src, op, v_end, vi_end, offset + u.shape[1], stored)
 
-    def _step_module(self, sm: StepMatrices, nl_step, opts: KernelOptions | None):  # noqa: ANN001, ANN202
+    def _step_module(self, sm: StepMatrices, nl_step, n_theta: int):  # noqa: ANN001, ANN202
         """The step's generated module: with damped storage, Newton on the coupled ports alone, the earlier
         values of the damped storage (zero rows of ``K``) read once per sample (:mod:`.kernel`); None (DK's
         module) without."""
@@ -184,7 +187,7 @@ class PHSModule(AbstractCircuitModule):
         fixed = [i for i in range(k.shape[0]) if i not in free]
         if fixed and float(k[fixed].abs().max()) != 0.0:  # not a state read after all: the core's Newton on all
             return None
-        return ph_module(nl_step, free, opts or KernelOptions())
+        return ph_module(nl_step, free, n_theta)
 
     def _energy(self, m, c, rows, op, ds0, first, mean, ys, offset, stored):  # noqa: ANN001, ANN202
         """Energy rows (batch item 0) for this block; returns the report and the last H - H_op (batch,).
