@@ -139,14 +139,17 @@ class PHSModule(AbstractCircuitModule):
             x0 = torch.cat([ds, prev_src[:, :1] - u0, op[2], op[3]], dim=-1)
             # damped capacitors without junction charges: Newton to reltol 1e-12 (at the default 1e-10 the
             # devices' currents at the step's port voltages leave 3e-10 of the largest power term in the balance on
-            # the TS-808 clipping stage's sweep).  With junction charges reltol 1e-9 (with the core's Newton on
-            # every port, at 1e-10 and 1e-12 the booster's Newton failed on one of the three random-state
-            # passivity runs as the state decays; its balance stays at 2.4e-12 at 1e-9), and the previous sample
-            # as first guess: the tangent takes 1.9 iterations a sample on the booster against 3.1 (kernel.py's
-            # solve, 384 kHz sine), but its power-balance run then fails at sample 523, every fallback included
+            # the TS-808 clipping stage's sweep; with the early accept, 1.5e-10 on its 1 V pluck: off, 9.3e-13, at
+            # 2.04 iterations a sample on the 12AX7 stage against 2.02 with it).  With junction charges reltol 1e-9
+            # (with the core's Newton on every port, at 1e-10 and 1e-12 the booster's Newton failed on one of the
+            # three random-state passivity runs as the state decays; its balance stays at 2.4e-12 at 1e-9), and the
+            # previous sample as first guess: the tangent takes 1.9 iterations a sample on the booster against 3.1
+            # (kernel.py's solve, 384 kHz sine), but its power-balance run then fails at sample 523, every fallback
+            # included
             opts = None
             if ch is not None:
-                opts = KernelOptions(reltol=1e-9, predictor="previous") if ch.size else KernelOptions(reltol=1e-12)
+                opts = (KernelOptions(reltol=1e-9, predictor="previous") if ch.size
+                        else KernelOptions(reltol=1e-12, early=False))
             module = self._step_module(sm, nl_step, m.theta.numel())
             theta = m.theta if module is None else theta_with_options(m.theta, opts or KernelOptions())
             ys, final, stats = run_state_space(sm.step, theta, steps[..., :1] - u0.unsqueeze(1), x0, nl_step,
