@@ -52,6 +52,9 @@ class PHSModule(AbstractCircuitModule):
         self.record_energy = False
         self.energy_sink: Callable[[EnergyReport], None] | None = None
         self.last_energy: EnergyReport | None = None
+        # Newton on the coupled ports alone, the damped storage's earlier values read once a sample (kernel.py);
+        # False: the core's Newton on every port of the step (benchmarks/bench_phs.py's A/B)
+        self.reduced_solve = True
 
     # ------------------------------------------------------------ structure
     def describe(self) -> str:
@@ -183,7 +186,7 @@ class PHSModule(AbstractCircuitModule):
         values of the damped storage (zero rows of ``K``) read once per sample (:mod:`.kernel`); None (DK's
         module) without."""
         ch = self.storage.charges
-        if ch is None:
+        if ch is None or not self.reduced_solve:
             return None
         free = ch.free_ports()
         k = sm.step[8].detach()
