@@ -4,6 +4,8 @@ For each reference circuit, on one thread, interleaved so that machine load hits
 
 - DK forward (compiled Newton per sample), no gradients, best of ``--repeats``;
 - PH forward (the discrete-gradient step on the same compiled core), no gradients, best of ``--repeats``;
+- PH forward with the core's Newton on every port of the step (``reduced_solve = False``: the damped storage's
+  earlier values as Newton unknowns), the A/B of docs/phs.md's "Speed";
 - PH forward with the per-sample energy report (stored energy, dissipated and port power);
 - PH and DK forward + backward with every component value learnable (loss = mean(y^2)).
 
@@ -62,6 +64,8 @@ def bench(stem: str, seconds: float, repeats: int) -> dict | str:
     x = torch.as_tensor(0.5 * np.sin(2 * np.pi * 1000.0 * t)).unsqueeze(0)
     ph_e = load(path, "phs", FS)
     ph_e.record_energy = True
+    ph_full = load(path, "phs", FS)  # the core's Newton on every port of the step (docs/phs.md, "Speed")
+    ph_full.reduced_solve = False
 
     def fwd(model):
         def go():
@@ -77,25 +81,28 @@ def bench(stem: str, seconds: float, repeats: int) -> dict | str:
 
     y_ph, y_dk = fwd(ph)(), fwd(dk)()  # compile and warm up
     fwd(ph_e)()
+    fwd(ph_full)()
     fwd_bwd(ph)()
     fwd_bwd(dk)()
-    best = _interleaved({"dk": fwd(dk), "phs": fwd(ph), "phs_energy": fwd(ph_e), "dk_bwd": fwd_bwd(dk),
-                         "phs_bwd": fwd_bwd(ph)}, repeats)
+    best = _interleaved({"dk": fwd(dk), "phs": fwd(ph), "phs_full": fwd(ph_full), "phs_energy": fwd(ph_e),
+                         "dk_bwd": fwd_bwd(dk), "phs_bwd": fwd_bwd(ph)}, repeats)
     ns = {k: v / n * 1e9 for k, v in best.items()}
     residual = float(np.abs(ph_e.last_energy.residual_W).max())
     return {**ns, "diff": float((y_ph - y_dk).abs().max()), "residual": residual}
 
 
 def table(rows: dict[str, dict | str]) -> str:
-    lines = ["| circuit | DK fwd ns/sample | PH fwd ns/sample | PH / DK fwd | PH fwd + energy report ns/sample | "
+    lines = ["| circuit | DK fwd ns/sample | PH fwd ns/sample | PH / DK fwd | PH full Newton / PH fwd | "
+             "PH fwd + energy report ns/sample | "
              "DK fwd+bwd ns/sample | PH fwd+bwd ns/sample | PH / DK fwd+bwd | max abs PH - DK (V) | "
              "largest energy residual (W) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for stem, r in rows.items():
         if isinstance(r, str):
-            lines.append(f"| {stem} | | | refused: {r} | | | | | | |")
+            lines.append(f"| {stem} | | | refused: {r} | | | | | | | |")
             continue
-        lines.append(f"| {stem} | {r['dk']:.0f} | {r['phs']:.0f} | {r['phs'] / r['dk']:.2f} | {r['phs_energy']:.0f} | "
+        lines.append(f"| {stem} | {r['dk']:.0f} | {r['phs']:.0f} | {r['phs'] / r['dk']:.2f} | "
+                     f"{r['phs_full'] / r['phs']:.2f} | {r['phs_energy']:.0f} | "
                      f"{r['dk_bwd']:.0f} | {r['phs_bwd']:.0f} | {r['phs_bwd'] / r['dk_bwd']:.2f} | {r['diff']:.2e} | "
                      f"{r['residual']:.1e} |")
     return "\n".join(lines)

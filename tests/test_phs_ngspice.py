@@ -2,10 +2,10 @@
 
 Thresholds as tests/test_ngspice_acceptance.py: ESR <= 1e-8 (linear) / 1e-5 (nonlinear).  Three cases
 of the TS-808 clipping stage (the 0.5 V sweep, the 300 mV and 1 V plucks) exceed the threshold at
-384 kHz: the midpoint discrete gradient evaluates the diodes at the step's mean voltage, which on
-these hard-clipped edges is less accurate than the trapezoidal rule (docs/validation.md,
+384 kHz: the discrete gradient evaluates the diodes at the step's mean voltage, which on these
+hard-clipped edges is less accurate than the trapezoidal rule (docs/validation.md,
 "Port-Hamiltonian").  There the excess must be the discretisation's own: a >= 20x drop at 4x the
-rate, and the unchanged threshold met at 4x -- or, for the sweep (1.3e-5 at 4x, measured), at 8x
+rate, and the unchanged threshold met at 4x -- or, for the sweep (1.03e-5 at 4x, measured), at 8x
 the rate after a further >= 10x drop.  The threshold itself is never raised.
 """
 
@@ -25,8 +25,8 @@ from circuitsim.validate import esr
 pytestmark = pytest.mark.requires_ngspice
 
 ROOT = Path(__file__).resolve().parents[1]
-# the DS-1 booster runs under --method phs but does not meet the thresholds yet: an undamped Nyquist-rate
-# alternation of its junction voltages (docs/phs.md, "Nonlinear storage: what is still short")
+# the DS-1 booster runs under --method phs but does not meet the thresholds yet: its hard-switched edges
+# (saturation) are less accurate under the discrete gradient than under DK's trapezoidal rule (docs/phs.md)
 NETLISTS = [p for p in sorted((ROOT / "netlists").glob("*.cir")) if p.stem != "bjt_common_emitter"]
 LINEAR = {"fmv_tonestack", "ts808_tone"}
 FS = 48000 * 8

@@ -158,11 +158,39 @@ def discrete_gradient(law: Law, wp: sympy.Expr, w: sympy.Expr) -> sympy.Expr:
     return Piecewise(((w + wp) / 2, Abs(d) < DELTA_GUARD), (direct, True))
 
 
-def step_block(law: Law, sign: float, w: int, wp: int, out: int, theta: int) -> ExprBlock:
-    """``f[out] = w - 2 ē(wp, w)`` in the circuit frame (``sign`` = the device polarity, ±1)."""
-    a, b = sympy.Symbol("w", real=True), sympy.Symbol("wp", real=True)
-    expr = a - 2 * sign * discrete_gradient(law, sign * b, sign * a)
-    return ExprBlock(expr, ((a, w), (b, wp)), tuple((s, theta + k) for s, k in law.params), out)
+RHO0 = 0.4  # gain of the alternation damping (docs/phs.md, "Alternation damping")
+EPS_DAMP = 1e-6  # volts: increments below this leave the damping at ~0 (the law stays smooth at Newton precision)
+HISTORY = 3  # previous values of a damped storage coordinate that the step reads
+
+
+def damping(w, wp, wpp, wppp):  # noqa: ANN001, ANN201
+    """``ρ ≥ 0`` of the damped discrete gradient from a storage coordinate's values at ``t_n .. t_{n-3}``
+    (docs/phs.md, "Alternation damping"; sympy or torch values, volts).
+
+    With the increments ``Δ_k`` and second differences ``δ_k = Δ_k - Δ_{k-1}``, each factor
+    ``r_k = δ_k² / (δ_k² + Δ_k² + Δ_{k-1}² + ε²)`` is 2/3 on a Nyquist-rate alternation and ``O(T²)`` on a
+    smooth trajectory; ``ρ = RHO0 r_n r_{n-1}`` needs the alternation in two consecutive steps, so a single kink
+    of the trajectory (a diode switching) is left to the plain discrete gradient.
+    """
+    d, dp, dpp = w - wp, wp - wpp, wpp - wppp
+    dd, ddp = d - dp, dp - dpp
+    eps2 = EPS_DAMP**2
+    return RHO0 * dd**2 / (dd**2 + d**2 + dp**2 + eps2) * ddp**2 / (ddp**2 + dp**2 + dpp**2 + eps2)
+
+
+def step_block(law: Law, sign: float, ports: tuple[int, ...], out: int, theta: int) -> ExprBlock:
+    """``f[out] = w - 2 (ē(w⁻, w) + ρ (w - w⁻))`` in the circuit frame (``sign`` = the device polarity, ±1);
+    ``ports`` = the step's ports of ``w, w⁻, w⁻⁻, w⁻⁻⁻``."""
+    a, b, c, e = (sympy.Symbol(n, real=True) for n in ("w", "wp", "wpp", "wppp"))
+    expr = a - 2 * (sign * discrete_gradient(law, sign * b, sign * a) + damping(a, b, c, e) * (a - b))
+    return ExprBlock(expr, tuple(zip((a, b, c, e), ports)), tuple((s, theta + k) for s, k in law.params), out)
+
+
+def damped_block(ports: tuple[int, ...], out: int) -> ExprBlock:
+    """``f[out] = -2 ρ (s - s⁻)`` (volts): a damped capacitor's end value ``s = 2 v̄ - s⁻ + f[out]``;
+    ``ports`` = the step's ports of ``s, s⁻, s⁻⁻, s⁻⁻⁻``."""
+    a, b, c, e = (sympy.Symbol(n, real=True) for n in ("s", "sp", "spp", "sppp"))
+    return ExprBlock(-2 * damping(a, b, c, e) * (a - b), tuple(zip((a, b, c, e), ports)), (), out)
 
 
 def energy_blocks(law: Law, sign: float, w: int, out_e: int, out_s: int, theta: int) -> tuple[ExprBlock, ExprBlock]:
@@ -177,11 +205,15 @@ def energy_blocks(law: Law, sign: float, w: int, out_e: int, out_s: int, theta: 
 class Charges:
     """The junction charges of a circuit as storage, and the nonlinearities of the step that carries them.
 
-    ``step_nl`` reads the ports ``[v̄ (np), w (nq), w⁻ (nq)]`` -- the device ports at the step, the junction
-    voltages of the charges at the step's end and at its start -- and writes ``[f (nf), fw (nw), g (nq)]``:
-    the circuit's device currents at ``v̄`` (charge outputs unused, 0), every output of each charged device at
-    its end voltages ``w`` (currents and charges), and ``g = w - 2 ē(w⁻, w)``.  ``energy_nl`` reads ``w`` and
-    writes ``[E(w) (nq), S(w) (nq)]``.
+    ``step_nl`` reads the ports ``[v̄ (np), w, w⁻, w⁻⁻, w⁻⁻⁻ (nq each), s, s⁻, s⁻⁻, s⁻⁻⁻ (nd each)]`` -- the
+    device ports at the step, the junction voltages of the charges at the step's end, its start and the two
+    sample instants before, then the same four values of the damped capacitors' voltages (deviations from the
+    DC point)
+    -- and writes ``[f (nf), fw (nw), g (nq), h (nd)]``: the circuit's device currents at ``v̄`` (charge outputs
+    unused, 0), every output of each charged device at its end voltages ``w`` (currents and charges),
+    ``g = w - 2 (ē(w⁻, w) + ρ (w - w⁻))`` and ``h = -2 ρ (s - s⁻)`` (docs/phs.md, "Alternation damping").
+    ``energy_nl`` reads ``w`` and writes ``[E(w) (nq), S(w) (nq)]``.  With damped capacitors and no junction
+    charge, ``nq = 0``.
     """
 
     names: list[str]
@@ -192,11 +224,24 @@ class Charges:
     f_at_w: dict[int, int]  # topology current output of a charged device -> its value at w in the step outputs
     modulated: list[bool]  # the device's charge has a modulated part (a port) beyond the storage law
     step_nl: Nonlinearity
-    energy_nl: Nonlinearity
+    energy_nl: Nonlinearity | None
+    n_damped: int = 0  # damped linear capacitors (Storage.damped)
 
     @property
     def size(self) -> int:
         return len(self.names)
+
+    def free_ports(self) -> tuple[int, ...]:
+        """The step nonlinearity's ports that Newton solves: ``v̄``, ``w`` and ``s`` at the step's end (the
+        earlier values are state reads)."""
+        np_ = self.step_nl.n_ports - (HISTORY + 1) * (self.size + self.n_damped)
+        base = np_ + (HISTORY + 1) * self.size
+        return (*range(np_ + self.size), *range(base, base + self.n_damped))
+
+    def step_ports(self, v: torch.Tensor, w: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
+        """The step nonlinearity's ports at rest: device ports ``v``, junction voltages ``w`` and damped
+        capacitor deviations ``sd`` equal at every instant (..., np + 4 nq + 4 nd)."""
+        return torch.cat([v] + [w] * (HISTORY + 1) + [sd] * (HISTORY + 1), dim=-1)
 
 
 _BUILT: dict[tuple, Nonlinearity] = {}
@@ -210,8 +255,9 @@ def _build(blocks: tuple, n_ports: int, n_outputs: int) -> Nonlinearity:
     return _BUILT[key]
 
 
-def charges_of(topo: MNATopology) -> Charges | None:
-    """The charge storage of ``topo`` (None without junction charges); NetlistError for a charge it cannot model."""
+def charges_of(topo: MNATopology, n_damped: int = 0) -> Charges | None:
+    """The charge storage of ``topo`` and the step nonlinearity with ``n_damped`` damped capacitors (None
+    without either); NetlistError for a charge it cannot model."""
     np_, nf = len(topo.ports), len(topo.outputs)
     dev_blocks = [b for b in topo.blocks if isinstance(b, DeviceBlock)]
     charged = []
@@ -235,7 +281,7 @@ def charges_of(topo: MNATopology) -> Charges | None:
             raise NetlistError(f"{dev.element.name}: junction charges on some of its junctions only are not modelled "
                                "as port-Hamiltonian storage (use --method dk)", dev.element.loc)
         charged.append((dev, blk, laws))
-    if not charged:
+    if not charged and not n_damped:
         return None
     nq = sum(len(laws) for _, _, laws in charged)
     step_blocks: list = []
@@ -273,13 +319,18 @@ def charges_of(topo: MNATopology) -> Charges | None:
                 f_at_w[orig] = wo
         step_blocks.append(DeviceBlock(blk.family, tuple(w_ports), w_outs, blk.theta, 1.0, blk.features))
         at += len(blk.outs)
+    hist = range(HISTORY + 1)
     for i, (law, sign, theta) in enumerate(laws_in_order):
-        step_blocks.append(step_block(law, sign, np_ + i, np_ + nq + i, at + i, theta))
+        step_blocks.append(step_block(law, sign, tuple(np_ + j * nq + i for j in hist), at + i, theta))
         energy_blocks_.extend(energy_blocks(law, sign, i, i, nq + i, theta))
-    step_nl = _build(tuple(step_blocks), np_ + 2 * nq, at + nq)
-    energy_nl = _build(tuple(energy_blocks_), nq, 2 * nq)
-    return Charges(names, torch.stack(rows), outs, ports, q_index, f_at_w, modulated, step_nl, energy_nl)
+    nd, base = n_damped, np_ + (HISTORY + 1) * nq
+    for i in range(nd):
+        step_blocks.append(damped_block(tuple(base + j * nd + i for j in hist), at + nq + i))
+    step_nl = _build(tuple(step_blocks), base + (HISTORY + 1) * nd, at + nq + nd)
+    energy_nl = _build(tuple(energy_blocks_), nq, 2 * nq) if nq else None
+    rows_t = torch.stack(rows) if rows else torch.zeros(0, topo.size, dtype=DTYPE)
+    return Charges(names, rows_t, outs, ports, q_index, f_at_w, modulated, step_nl, energy_nl, nd)
 
 
-__all__ = ["DELTA_GUARD", "Charges", "Law", "charges_of", "discrete_gradient", "energy", "energy_blocks",
-           "step_block", "storage_law"]
+__all__ = ["DELTA_GUARD", "HISTORY", "RHO0", "Charges", "Law", "charges_of", "damped_block", "damping",
+           "discrete_gradient", "energy", "energy_blocks", "step_block", "storage_law"]

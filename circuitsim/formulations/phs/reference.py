@@ -36,23 +36,33 @@ def _solve(nl, theta, nv, a_mat, w_mat, rhs, z0, off=0.0):  # noqa: ANN001, ANN2
 
 
 def _charge_step(model, m):  # noqa: ANN001, ANN202
-    """The step's matrices on ``z = [x̄; w_n]`` with junction charges (docs/phs.md, "Nonlinear storage").
+    """The step's matrices on ``z = [x̄; w_n; s_d]`` with junction charges and damped capacitors (docs/phs.md).
 
-    ``A_step x̄ + Wi f(v̄) + Wq (Q(w_n) - Q)/T = rhs`` and ``rows x̄ = ē(w, w_n) = (w_n - g)/2``, with
-    ``[f, f(w_n), g]`` the step nonlinearity at the ports ``[Nv x̄; w_n; w]``.
+    ``A_step x̄ + Wi f(v̄) + Wq (Q(w_n) - Q)/T + Wd h = rhs``, ``rows x̄ = (w_n - g)/2`` and
+    ``2 A_dᵀ x̄ - s_d + h = s_d⁻``, with ``[f, f(w_n), g, h]`` the step nonlinearity at the ports
+    ``[Nv x̄; w_n; w⁻; w⁻⁻; w⁻⁻⁻; s_d; s_d⁻; s_d⁻⁻; s_d⁻⁻⁻]`` (the previous values as offsets).
     """
-    ch = model.storage.charges
-    n, nq, nf = m.G.shape[0], ch.size, m.Wi.shape[1]
+    st = model.storage
+    ch = st.charges
+    n, nq, nf, nd = m.G.shape[0], ch.size, m.Wi.shape[1], len(st.damped)
     nF, np_ = ch.step_nl.n_outputs, m.Nv.shape[0]
     fs = model.sample_rate
     zs = lambda *shape: torch.zeros(*shape, dtype=DTYPE)  # noqa: E731
+    eye = lambda k: torch.eye(k, dtype=DTYPE)  # noqa: E731
+    d_idx = list(st.damped)
+    a_d = st.linear[:, d_idx]
+    c = model.storage_coefficients()[d_idx]
     wqc = m.Wq[:, ch.outs] * fs
-    w_top = torch.cat([m.Wi, zs(n, nF - nf)], dim=1).index_add(1, torch.tensor(ch.q_index), wqc)
-    w_bot = torch.cat([zs(nq, nF - nq), 0.5 * torch.eye(nq, dtype=DTYPE)], dim=1)
-    a_bot = torch.cat([ch.rows, -0.5 * torch.eye(nq, dtype=DTYPE)], dim=1)
-    nv = torch.cat([torch.cat([m.Nv, zs(np_, nq)], 1), torch.cat([zs(nq, n), torch.eye(nq, dtype=DTYPE)], 1),
-                    zs(nq, n + nq)])
-    return torch.cat([w_top, w_bot]), a_bot, nv, wqc
+    w_top = torch.cat([m.Wi, zs(n, nF - nf - nd), a_d * c * fs], dim=1).index_add(
+        1, torch.tensor(ch.q_index, dtype=torch.long), wqc)
+    w_mat = torch.cat([w_top, torch.cat([zs(nq, nF - nq - nd), 0.5 * eye(nq), zs(nq, nd)], dim=1),
+                       torch.cat([zs(nd, nF - nd), eye(nd)], dim=1)])
+    a_bot = torch.cat([torch.cat([ch.rows, -0.5 * eye(nq), zs(nq, nd)], 1),
+                       torch.cat([2.0 * a_d.T, zs(nd, nq), -eye(nd)], 1)])
+    nz = n + nq + nd
+    nv = torch.cat([torch.cat([m.Nv, zs(np_, nq + nd)], 1), torch.cat([zs(nq, n), eye(nq), zs(nq, nd)], 1),
+                    zs(3 * nq, nz), torch.cat([zs(nd, n + nq), eye(nd)], 1), zs(3 * nd, nz)])
+    return w_mat, a_bot, nv, wqc
 
 
 def reference_simulate(model, u: torch.Tensor, s_init: torch.Tensor | None = None) -> torch.Tensor:  # noqa: ANN001
@@ -74,10 +84,12 @@ def reference_simulate(model, u: torch.Tensor, s_init: torch.Tensor | None = Non
     a_step = m.G + (2.0 / T) * m.Cm  # eq. PH-1
     if ch is not None:
         w_mat, a_bot, nv_c, wqc = _charge_step(model, m)
-        a_c = torch.cat([torch.cat([a_step, torch.zeros(a_step.shape[0], ch.size, dtype=DTYPE)], 1), a_bot])
+        d_idx, nd = list(st.damped), len(st.damped)
+        a_c = torch.cat([torch.cat([a_step, torch.zeros(a_step.shape[0], ch.size + nd, dtype=DTYPE)], 1), a_bot])
         w = s_all[:, ns:]
-        q_prev = ch.step_nl.torch_eval(torch.cat([x @ m.Nv.T, w, w], dim=-1), m.theta)[:, ch.q_index]
-        zc = torch.cat([x.detach(), w.detach()], dim=1)
+        q_prev = ch.step_nl.torch_eval(ch.step_ports(x @ m.Nv.T, w, s[:, d_idx]), m.theta)[:, ch.q_index]
+        w_hist, sd_hist = [w, w], [s[:, d_idx], s[:, d_idx]]  # the two sample instants before the step's start
+        zc = torch.cat([x.detach(), w.detach(), s[:, d_idx].detach()], dim=1)
     mi = torch.zeros(n + r, n + r, dtype=DTYPE) + torch.nn.functional.pad(m.G, (0, r, 0, r))
     mi[:n, n:] = q
     mi[n:, :n] = q.T
@@ -93,13 +105,16 @@ def reference_simulate(model, u: torch.Tensor, s_init: torch.Tensor | None = Non
             xbar = _solve(nl, m.theta, m.Nv, a_step, m.Wi, rhs, xbar.detach())
             s_all = s = 2.0 * xbar @ a_lin - s  # eq. PH-2: midpoint discrete gradient
         else:  # junction charges: the discrete gradient of H(q) on their end voltages w_n
-            off = torch.cat([torch.zeros(u.shape[0], m.Nv.shape[0] + ch.size, dtype=DTYPE), w], dim=1)
-            rhs_c = torch.cat([rhs + q_prev @ wqc.T, torch.zeros(u.shape[0], ch.size, dtype=DTYPE)], dim=1)
+            zb = torch.zeros(u.shape[0], m.Nv.shape[0] + ch.size, dtype=DTYPE)
+            sd = s[:, d_idx]
+            off = torch.cat([zb, w, *w_hist, torch.zeros_like(sd), sd, *sd_hist], dim=1)
+            rhs_c = torch.cat([rhs + q_prev @ wqc.T, torch.zeros(u.shape[0], ch.size, dtype=DTYPE), sd], dim=1)
             zc = _solve(ch.step_nl, m.theta, nv_c, a_c, w_mat, rhs_c, zc.detach(), off)
-            xbar, w_new = zc[:, : a_step.shape[0]], zc[:, a_step.shape[0] :]
+            n_x = a_step.shape[0]
+            xbar, w_new, sd_new = zc[:, :n_x], zc[:, n_x : n_x + ch.size], zc[:, n_x + ch.size :]
             q_prev = ch.step_nl.torch_eval(zc @ nv_c.T + off, m.theta)[:, ch.q_index]
-            s = 2.0 * xbar @ a_lin - s
-            w = w_new
+            s = (2.0 * xbar @ a_lin - s).index_copy(1, torch.tensor(d_idx, dtype=torch.long), sd_new)
+            w, w_hist, sd_hist = w_new, [w, w_hist[0]], [sd, sd_hist[0]]
             s_all = torch.cat([s, w], dim=1)
         rhs_i = torch.cat([src[:, k] @ m.Bu.T, s_all @ st.recon.T], dim=1)  # eq. PH-3
         z = _solve(nl, m.theta, nv_ext, mi, wi_ext, rhs_i, z.detach())

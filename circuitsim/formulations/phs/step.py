@@ -27,6 +27,10 @@ current sources; a second Newton solve when the output depends on a nonlinearity
     [[G, Q], [Qᵀ, 0]] [x_n; λ] + [Wi f(Nv x_n); 0] = [Bu s(t_n); R⁺ s_n]        (PH-3)
 
 where ``A_s = Q R`` (``Q`` orthonormal) so that dependent states (capacitor loops) are allowed.
+Junction charges and the capacitors between two terminals of one nonlinear element take the damped
+discrete gradient ``e = ∇_d H + ρ Δs`` (docs/phs.md, "Alternation damping"): ``ρ ≥ 0`` vanishes to
+``O(T⁴)`` on smooth trajectories and damps the midpoint rule's undamped Nyquist-rate alternation of
+stiff modes; its power ``ρ Δs Δq/T ≥ 0`` is numerical dissipation, so the balance stays exact.
 The step runs in deviations from the DC operating point (``δs = s - s_op``; the DC equations
 ``G x_op + Wi f_op = Bu s(0)`` cancel the bias terms exactly), so a 4.5 V bias on a 1 µF capacitor
 does not leave bias-sized rounding in the power balance.  Both solves are written as the
@@ -60,6 +64,7 @@ class Storage:
     recon: torch.Tensor  # (r, ns + nq) with basisᵀ x = recon @ s when s = A_sᵀ x
     n_linear: int  # ns: the capacitors and inductors come first
     charges: Charges | None = None  # the junction charges (nonlinear storage), docs/phs.md
+    damped: tuple[int, ...] = ()  # linear storage indices of the damped capacitors (docs/phs.md)
 
     @property
     def linear(self) -> torch.Tensor:
@@ -67,13 +72,29 @@ class Storage:
         return self.incidence[:, : self.n_linear]
 
 
+def _nonlinear_terminals(topo: MNATopology) -> list[set[int]]:
+    """The node sets of the circuit's nonlinear elements: devices and behavioural current sources."""
+    sets = [set(dev.element.nodes) for dev in topo.devices]
+    for el in topo.circuit.elements:
+        if el.kind == "B" and "V" not in el.params or el.kind == "G" and "VALUE" in el.params:
+            sets.append(set(el.nodes[:2]))
+    return sets
+
+
 def storage_of(topo: MNATopology) -> Storage:
-    """Capacitors, inductors and junction charges as storage coordinates ``s = A_sᵀ x`` (volts, amperes)."""
+    """Capacitors, inductors and junction charges as storage coordinates ``s = A_sᵀ x`` (volts, amperes).
+
+    A capacitor between two terminals of one nonlinear element is damped (docs/phs.md, "Alternation damping"):
+    with the element's conductance it forms a mode far faster than the sample period.
+    """
     n = topo.size
-    cols, names, ind = [], [], []
+    cols, names, ind, damped = [], [], [], []
+    terminals = _nonlinear_terminals(topo)
     for el in topo.circuit.elements:
         if el.kind not in ("C", "L"):
             continue
+        if el.kind == "C" and any({el.nodes[0], el.nodes[1]} <= t for t in terminals):
+            damped.append(len(cols))
         col = torch.zeros(n, dtype=DTYPE)
         if el.kind == "C":
             for i, c in _pair(el.nodes[0], el.nodes[1]):
@@ -84,7 +105,7 @@ def storage_of(topo: MNATopology) -> Storage:
         names.append(el.name)
         ind.append(el.kind == "L")
     ns = len(cols)
-    charges = charges_of(topo)
+    charges = charges_of(topo, len(damped))
     if charges is not None:
         cols.extend(charges.rows)
         names.extend(charges.names)
@@ -98,7 +119,7 @@ def storage_of(topo: MNATopology) -> Storage:
         recon = torch.linalg.solve(rr @ rr.T, rr)
     else:
         q, recon = torch.zeros(n, 0, dtype=DTYPE), torch.zeros(0, 0, dtype=DTYPE)
-    return Storage(names, a, torch.tensor(ind, dtype=torch.bool), q, recon, ns, charges)
+    return Storage(names, a, torch.tensor(ind, dtype=torch.bool), q, recon, ns, charges, tuple(damped))
 
 
 def storage_values(topo: MNATopology, st: Storage, leaves) -> torch.Tensor:
@@ -169,40 +190,59 @@ def step_matrices(
     f_out_w = torch.where(mask, f_out[0], torch.zeros_like(f_out[0])).unsqueeze(0)
 
     # PH-1 and PH-2 in deviations from the DC point (x_op, f_op), so that no bias-sized terms cancel:
-    # M δx̄ + Wi (f - f_op) + Wq (Q_n - Q)/T = Bu δs̄ + Z δs_{n-1},  δs_n = 2 A_sᵀ δx̄ - δs_{n-1}
+    # M δx̄ + Wi (f - f_op) + Wq (Q_n - Q)/T + Wd h = Bu δs̄ + Z δs_{n-1},  δs_n = 2 A_sᵀ δx̄ - δs_{n-1} + Ed h
+    # (h = -2 ρ Δs on the damped capacitors, whose flow C Δs/T gains C h/T: Wd = A_d diag(C)/T; docs/phs.md)
     cm = (a_s * c) @ a_s.T
+    nd = len(st.damped)
+    d_idx = torch.tensor(st.damped, dtype=torch.long)
     w_ext = torch.cat([m.Wi, zs(n, nF - nf)], dim=1)
     wqc = m.Wq[:, ch.outs] * sample_rate if ch is not None else zs(n, 0)
     if ch is not None:
-        w_ext = w_ext.index_add(1, torch.tensor(ch.q_index), wqc)
+        w_ext = w_ext.index_add(1, torch.tensor(ch.q_index, dtype=torch.long), wqc)
+        w_ext = w_ext.index_add(1, torch.arange(nF - nd, nF), a_s[:, d_idx] * c[d_idx] * sample_rate)
     sol = torch.linalg.solve(m.G + k * cm, torch.cat([k * (a_s * c), m.Bu, w_ext, m.Wi, wqc], dim=1))
     pz, pb = sol[:, :ns], sol[:, ns : ns + nu]
     at_f = ns + nu + nF
     pw, pfop, pq = -sol[:, ns + nu : at_f], sol[:, at_f : at_f + nf], sol[:, at_f + nf :]
-    # δx̄ = Xx [δs; w; Q] + Ux [s̄ - s(0); s(t_n) - s(0); v_op; f_op] + Fx phi
-    xx = torch.cat([pz, zs(n, nq), pq], dim=1)
+    # state [δs; w; Q; w⁻; w⁻⁻; δs_d⁻; δs_d⁻⁻]: the junction voltages and the damped capacitors one and two
+    # sample instants before the step's start (HISTORY = 3 previous values with w and δs_d; docs/phs.md)
+    n_state = ns + 4 * nq + 2 * nd
+    # δx̄ = Xx state + Ux [s̄ - s(0); s(t_n) - s(0); v_op; f_op] + Fx phi
+    xx = torch.cat([pz, zs(n, nq), pq, zs(n, n_state - ns - 2 * nq)], dim=1)
     ux = torch.cat([pb, zs(n, nu + np_), pfop], dim=1)
     sel_vop = torch.cat([zs(np_, 2 * nu), eye(np_), zs(np_, nf)], dim=1)
     gv, hv, kv = m.Nv @ xx, m.Nv @ ux + sel_vop, m.Nv @ pw
-    a1 = 2.0 * a_s.T @ xx - torch.cat([eye(ns), zs(ns, 2 * nq)], dim=1)
+    a1 = 2.0 * a_s.T @ xx - torch.cat([eye(ns), zs(ns, n_state - ns)], dim=1)
     b1, c1 = 2.0 * a_s.T @ ux, 2.0 * a_s.T @ pw
+    if nd:
+        c1 = c1.index_put((d_idx, torch.arange(nF - nd, nF)), torch.ones(nd, dtype=DTYPE), accumulate=True)
     G_, H_, K_ = [gv], [hv], [kv]
     A_, B_, C_ = [a1], [b1], [c1]
     ds_rows = ([a1], [b1], [c1])  # δs_n, then w_n - w_op
-    if ch is not None:  # w_n = 2 v̄_q + g, g = w_n - 2 ē(w, w_n) (docs/phs.md, "Nonlinear storage")
+    n_uk = 2 * nu + np_ + nf
+
+    def state_sel(at: int, size: int) -> torch.Tensor:  # rows reading state entries at..at+size
+        return torch.cat([zs(size, at), eye(size), zs(size, n_state - at - size)], dim=1)
+
+    if ch is not None:  # w_n = 2 v̄_q + g, g = w_n - 2 (ē(w, w_n) + ρ Δw) (docs/phs.md, "Nonlinear storage")
         pq_sel = zs(nq, np_)
         for i, port in enumerate(ch.ports):
             pq_sel[i, port] = float(ch.rows[i] @ m.Nv[port]) / float(m.Nv[port] @ m.Nv[port])  # ±1: orientation
-        eg = torch.cat([zs(nq, nF - nq), eye(nq)], dim=1)
+        eg = torch.cat([zs(nq, nF - nq - nd), eye(nq), zs(nq, nd)], dim=1)
         eq = zs(nq, nF)
-        eq[torch.arange(nq), torch.tensor(ch.q_index)] = 1.0
+        eq[torch.arange(nq), torch.tensor(ch.q_index, dtype=torch.long)] = 1.0
         gw, hw, kw = 2.0 * pq_sel @ gv, 2.0 * pq_sel @ hv, 2.0 * pq_sel @ kv + eg
-        G_ += [gw, torch.cat([zs(nq, ns), eye(nq), zs(nq, nq)], dim=1)]
-        H_ += [hw, zs(nq, 2 * nu + np_ + nf)]
-        K_ += [kw, zs(nq, nF)]
-        A_ += [gw, zs(nq, ns + 2 * nq)]
-        B_ += [hw, zs(nq, 2 * nu + np_ + nf)]
-        C_ += [kw, eq]
+        # ports [w_n; w; w⁻; w⁻⁻; δs_d,n; δs_d; δs_d⁻; δs_d⁻⁻] (the step's end, then the state)
+        w_hist, d_hist = [state_sel(ns, nq), state_sel(ns + 2 * nq, 2 * nq)], [state_sel(0, ns)[d_idx],
+                                                                            state_sel(ns + 4 * nq, 2 * nd)]
+        G_ += [gw, *w_hist, a1[d_idx], *d_hist]
+        H_ += [hw, zs(3 * nq, n_uk), b1[d_idx], zs(3 * nd, n_uk)]
+        K_ += [kw, zs(3 * nq, nF), c1[d_idx], zs(3 * nd, nF)]
+        # state rows w, Q, then the histories shifted by one sample: w⁻ = w, w⁻⁻ = w⁻, δs_d⁻ = δs_d, ...
+        A_ += [gw, zs(nq, n_state), state_sel(ns, nq), state_sel(ns + 2 * nq, nq), state_sel(0, ns)[d_idx],
+               state_sel(ns + 4 * nq, nd)]
+        B_ += [hw, zs(3 * nq + 2 * nd, n_uk)]
+        C_ += [kw, eq, zs(2 * nq + 2 * nd, nF)]
         for lst, val in zip(ds_rows, (gw, hw - pq_sel @ sel_vop, kw)):
             lst.append(val)
     A, B, C = torch.cat(A_), torch.cat(B_), torch.cat(C_)
@@ -221,14 +261,16 @@ def step_matrices(
         E.append(ds_e)
         F.append(ds_f)
         rows["s"], at = slice(at, at + nst), at + nst
-    if energy:  # rows of δx̄, f and Q_n
-        D += [xx, zs(nf + nq, ns + 2 * nq)]
-        E += [ux, zs(nf + nq, 2 * nu + np_ + nf)]
+    if energy:  # rows of δx̄, f, Q_n and the damped capacitors' h
+        D += [xx, zs(nf + nq + nd, n_state)]
+        E += [ux, zs(nf + nq + nd, 2 * nu + np_ + nf)]
         F += [pw, torch.cat([eye(nf), zs(nf, nF - nf)], dim=1)] + ([eq] if ch is not None else [])
-        rows["x"], rows["f"], rows["q"] = slice(at, at + n), slice(at + n, at + n + nf), slice(at + n + nf,
-                                                                                              at + n + nf + nq)
+        F += [torch.cat([zs(nd, nF - nd), eye(nd)], dim=1)]
+        at_q = at + n + nf
+        rows["x"], rows["f"], rows["q"] = slice(at, at + n), slice(at + n, at_q), slice(at_q, at_q + nq)
+        rows["h"] = slice(at_q + nq, at_q + nq + nd)
     step = _fold_inputs((A, B, C, torch.cat(D), torch.cat(E), torch.cat(F), torch.cat(G_), torch.cat(H_),
-                         torch.cat(K_)), ns + 2 * nq, nu, np_ + nf)
+                         torch.cat(K_)), n_state, nu, np_ + nf)
     return StepMatrices(step, instant, nonlinear, rows, e_out, f_out_w)
 
 
