@@ -34,7 +34,7 @@ from circuitsim.errors import UsageError
 from circuitsim.formulations.base import AbstractCircuitModule
 from circuitsim.formulations.dk import DKMatrices, DKModule, state_basis
 from circuitsim.kernels import codegen, sparse_lu, statespace
-from circuitsim.kernels.core import KernelOptions, StepFormulation
+from circuitsim.kernels.core import StepFormulation
 from circuitsim.kernels.nonlinearity import DeviceBlock
 from circuitsim.system.mna_system import DTYPE, MNAMatrices, MNATopology
 
@@ -231,9 +231,10 @@ class SparsePlan:
         nl_src += sparse_lu.device_loops(glist)
         self.nl_source = (nl.nb_source + "\n\n# ---- method 'sparse': the device loops, in place of nl_eval and "
                           "nl_vjp_theta above\n" + nl_src)
+        # lc: the limiting constants, LC_OK, then K by columns (sparse_lu.fm_prepare)
         scalars = {"NZ": nvv, "NPHI": nl.n_outputs, "SP_N": n, "SP_NLIM": nlim, "SP_X0": self.theta0,
-                   "SP_NFILL": self.fill, "SP_MAXIT": MAX_ITER, "FM_EXPLICIT": 1,
-                   "FM_LC": 3 * nlim + 1, "LC_OK": 3 * nlim, "FM_WORK": at, **layout}
+                   "SP_NFILL": self.fill, "SP_MAXIT": MAX_ITER, "FM_EXPLICIT": 1, "LC_OK": 3 * nlim,
+                   "LC_KV": 3 * nlim + 1, "FM_LC": 3 * nlim + 1 + nvv * nl.n_outputs, "FM_WORK": at, **layout}
         src = sparse_lu.constants(ints, floats, scalars)
         self.step = StepFormulation("sparse", (*sparse_lu.HOOKS, statespace.fm_vjp), src)
         self._nl = nl
@@ -252,13 +253,12 @@ class SparsePlan:
         return self._module
 
     def extras(self, m: MNAMatrices, K: torch.Tensor) -> torch.Tensor:
-        """What ``theta`` carries after the device parameters: ``fingerprint(K)``, the Newton tolerances
-        (volts) and ``S0`` at the fill positions (siemens), for ``m`` at this plan's sample rate."""
-        opts = KernelOptions()
+        """What ``theta`` carries after the device parameters: ``fingerprint(K)`` and ``S0`` at the fill
+        positions (siemens), for ``m`` at this plan's sample rate."""
         with torch.no_grad():
             M = m.G.detach() + 2.0 * self.sample_rate * m.Cm.detach()
             s0 = _schur(M, self._keep, self._drop).reshape(-1)[torch.as_tensor(self.fill_pos)]
-            head = torch.tensor([fingerprint(K.detach().numpy()), opts.reltol, opts.abstol], dtype=DTYPE)
+            head = torch.tensor([fingerprint(K.detach().numpy())], dtype=DTYPE)
             return torch.cat([head, s0.to(DTYPE)])
 
 

@@ -23,7 +23,9 @@ numba template pasted into the generated module by :mod:`circuitsim.kernels.code
 
 ``theta`` carries, after the device parameters (from ``SP_X0``): a fingerprint of ``K`` (the
 matrices the sparse factorisation was computed for; any other ``K``, e.g. a substep's, turns the
-sparse solve off for the run), ``reltol``, ``abstol``, then ``S0`` at the fill positions.
+sparse solve off for the run), then ``S0`` at the fill positions.  ``fm_prepare`` writes into ``lc``
+``K`` by columns (from ``LC_KV``): the residual's ``K f`` is then a sum of column multiples, a loop
+that vectorises, in the dense product's order of summation (:func:`sp_kf`).
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from circuitsim.kernels.core import F_ABSTOL, F_RELTOL, in_bound, newton_stop
 from circuitsim.kernels.linalg import scaled_step
 
 # placeholders of the generated module (see circuitsim.kernels.core); the module's constants define them
 NV = NF = NZ = SP_N = SP_NJ = SP_NLIM = SP_X0 = SP_NFILL = SP_MAXIT = 0
-W_A = W_JV = W_JE = W_G = W_B = W_DZ = W_ZT = W_ZP = W_PP = W_FLAG = LC_OK = 0
+W_A = W_JV = W_JE = W_G = W_B = W_DZ = W_ZT = W_ZP = W_PP = W_FLAG = LC_OK = LC_KV = 0
 _I = np.zeros(1, np.int64)
 _F = np.zeros(1)
 SP_LPTR = SP_LROW = SP_UPTR = SP_UCOL = SP_FILLPOS = ST_POS = ST_SLOT = BW_ROW = BW_SLOT = _I
@@ -62,13 +65,16 @@ def sp_factor(a):
     # LU of the dense-stored a (SP_N x SP_N, row-major) in place, in elimination order 0..n-1 and
     # only over the symbolic fill pattern: for pivot k, rows SP_LROW and columns SP_UCOL of its
     # L column and U row (right-looking Gaussian elimination, Golub & Van Loan alg. 3.2.1 restricted
-    # to the pattern); static pivots, False on a zero or non-finite one
+    # to the pattern); static pivots, False on a zero or non-finite one.  The diagonal keeps the
+    # pivots' reciprocals, which sp_solve multiplies by (a division per row costs several
+    # multiplications' latency on the solve's chain)
     n = SP_N
     for k in range(n):
         piv = a[k * n + k]
         if not (abs(piv) > 0.0 and abs(piv) < math.inf):
             return False
         inv = 1.0 / piv
+        a[k * n + k] = inv
         for e in range(SP_LPTR[k], SP_LPTR[k + 1]):
             i = SP_LROW[e]
             lik = a[i * n + k] * inv
@@ -92,13 +98,13 @@ def sp_solve(a, b):
         for q in range(SP_UPTR[k], SP_UPTR[k + 1]):
             j = SP_UCOL[q]
             s -= a[k * n + j] * b[j]
-        b[k] = s / a[k * n + k]
+        b[k] = s * a[k * n + k]
 
 
 def sp_assemble(theta, a, jv):
     # a = S0 + W_U J Nv_U at the fill positions (S0 from theta, the device stamps from the J slots)
     for e in range(SP_NFILL):
-        a[SP_FILLPOS[e]] = theta[SP_X0 + 3 + e]
+        a[SP_FILLPOS[e]] = theta[SP_X0 + 1 + e]
     for e in range(ST_POS.shape[0]):
         a[ST_POS[e]] += ST_COEF[e] * jv[ST_SLOT[e]]
 
@@ -118,8 +124,24 @@ def sp_direction(a, jv, g, b, dz):
         dz[i] = s
 
 
+def sp_kf(lc, p, z, phi, g):
+    # g = p + K f - v (DK's residual) from K by columns in lc (fm_prepare): every g[i] sums its terms in
+    # the order of sp_residual's dense loop, so the two agree exactly, but a column's multiply-adds are
+    # independent and vectorise, where the dense loop runs one row's chain of dependent additions at a
+    # time.  The trip count is p's length (NV, read at run time): a constant one is unrolled into scalar
+    # code before the loop vectoriser sees it (numba does not run LLVM's SLP vectoriser)
+    n = p.shape[0]
+    for i in range(n):
+        g[i] = p[i] - z[i]
+    for k in range(NF):
+        fk = phi[k]
+        c = LC_KV + k * NV
+        for i in range(n):
+            g[i] += lc[c + i] * fk
+
+
 def sp_residual(K, p, z, phi, g):
-    # g = p + K f - v (DK's residual, statespace.fm_eval); returns |g|^2
+    # g = p + K f - v (DK's residual, statespace.fm_eval) with the dense K; returns |g|^2
     n2 = 0.0
     for i in range(NV):
         s = p[i] - z[i]
@@ -143,8 +165,8 @@ def sp_limit(zold, znew, lc):
 
 
 def fm_prepare(P, theta, lc):
-    # the limiting constants (vt, vcrit, frame sign per junction), and whether K is the one the
-    # sparse factorisation in theta was computed for (LC_OK)
+    # the limiting constants (vt, vcrit, frame sign per junction), whether K is the one the sparse
+    # factorisation in theta was computed for (LC_OK), and K by columns (column k from LC_KV + k NV, sp_kf)
     for i in range(SP_NLIM):
         lc[3 * i] = theta[LIM_VT[i]] if LIM_VT[i] >= 0 else LIM_VTC[i]
         lc[3 * i + 1] = theta[LIM_VC[i]]
@@ -159,6 +181,9 @@ def fm_prepare(P, theta, lc):
             scale += w * abs(K[i, k])
     ref = theta[SP_X0]
     lc[LC_OK] = 1.0 if abs(fp - ref) <= 1e-9 * scale + 1e-300 else 0.0
+    for k in range(NF):
+        for i in range(NV):
+            lc[LC_KV + k * NV + i] = K[i, k]
 
 
 def fm_eval(P, p, z, theta, phi, dphi, g, M, work):
@@ -186,9 +211,10 @@ def fm_limit(P, zold, znew, lc, work):
     sp_limit(zold, znew, lc)
 
 
-def fm_solve(P, p, z, theta, phi, lc, work):
-    # Newton on DK's residual with the sparse direction; the core's stop rule (kernels/core.py,
-    # newton_plain), predictor z[n-1] + (I - K J)^-1 (p[n] - p[n-1]) when this solve gave z[n-1]
+def fm_solve(P, p, z, theta, phi, lc, work, fopt, est, early):
+    # Newton on DK's residual with the sparse direction: the core's tolerances, stop rule (newton_stop,
+    # with its quadratic constant est[0] and early accept) and bound est[1] (kernels/core.py, newton_plain);
+    # predictor z[n-1] + (I - K J)^-1 (p[n] - p[n-1]) when this solve gave z[n-1]
     if lc[LC_OK] == 0.0 or work[W_FLAG] == 0.0:
         work[W_FLAG] = 1.0  # the first sample is the core's (it has the warm start); then ours
         return False
@@ -200,9 +226,8 @@ def fm_solve(P, p, z, theta, phi, lc, work):
     zt = work[W_ZT:W_ZT + NV]
     zp = work[W_ZP:W_ZP + NV]
     pp = work[W_PP:W_PP + NV]
-    K = P[0]
-    reltol = theta[SP_X0 + 1]
-    abstol = theta[SP_X0 + 2]
+    reltol, abstol, bound = fopt[F_RELTOL], fopt[F_ABSTOL], est[1]
+    c = est[0] * 0.999
     if work[W_FLAG] == 2.0:  # a holds the LU and jv the J of the last iteration of the previous sample
         same = True
         for i in range(NV):
@@ -217,7 +242,7 @@ def fm_solve(P, p, z, theta, phi, lc, work):
     prev = math.inf
     for _ in range(SP_MAXIT):
         sp_devices(z, theta, phi, jv)
-        sp_residual(K, p, z, phi, g)  # DK's residual itself (not -Nv S0^-1 W f: on the Big Muff the two
+        sp_kf(lc, p, z, phi, g)  # DK's residual itself (not -Nv S0^-1 W f: on the Big Muff the two
         # differ by 5e-10 of K, from M's condition number 1e9, and the output by 6e-7 of its range)
         sp_assemble(theta, a, jv)
         if not sp_factor(a):
@@ -228,8 +253,12 @@ def fm_solve(P, p, z, theta, phi, lc, work):
         if step == math.inf:
             work[W_FLAG] = 1.0
             return False
-        rate = step / prev
-        if step <= 1.0 or (prev < math.inf and rate < 0.5 and step * rate <= 1.0 - rate):
+        done, c = newton_stop(step, prev, c, early)
+        if done:
+            if not in_bound(z, dz, bound):  # the core's Newton finds it too and reports it
+                work[W_FLAG] = 1.0
+                return False
+            est[0] = c
             for s in range(SP_NJ):  # phi += J dz, as the core's accept_step
                 phi[JS_OUT[s]] += jv[s] * dz[JS_PORT[s]]
             for i in range(NV):
@@ -261,7 +290,7 @@ def nl_eval(v, theta, f, J, work):
 
 
 # fmt: on
-HOOKS = (sp_factor, sp_solve, sp_assemble, sp_direction, sp_residual, sp_limit, fm_prepare, fm_eval,
+HOOKS = (sp_factor, sp_solve, sp_assemble, sp_direction, sp_kf, sp_residual, sp_limit, fm_prepare, fm_eval,
          fm_limit, fm_solve)
 
 
