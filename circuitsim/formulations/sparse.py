@@ -203,8 +203,8 @@ class SparsePlan:
                            ("W_ZT", nvv), ("W_ZP", nvv), ("W_PP", nvv), ("W_FLAG", 1)):
             layout[name] = at
             at += size
-        ints: dict = {"SP_LPTR": lptr, "SP_LROW": lrow, "SP_UPTR": uptr, "SP_UCOL": ucol, "SP_FILLPOS": self.fill_pos,
-                "ST_POS": st_pos, "ST_SLOT": st_slot, "BW_ROW": bw_row, "BW_SLOT": bw_slot, "NVP_PTR": nvp_ptr,
+        ints: dict = {"SP_FILLPOS": self.fill_pos, "ST_POS": st_pos, "ST_SLOT": st_slot, "BW_ROW": bw_row,
+                "BW_SLOT": bw_slot, "NVP_PTR": nvp_ptr,
                 "NVP_NODE": nvp_node, "JS_OUT": [o for o, _ in slots],
                 "JS_PORT": [p for _, p in slots],
                 **{f"LIM_{k}": lim[k] for k in ("PORT", "VT", "VC", "POL")}}
@@ -235,7 +235,7 @@ class SparsePlan:
         scalars = {"NZ": nvv, "NPHI": nl.n_outputs, "SP_N": n, "SP_NLIM": nlim, "SP_X0": self.theta0,
                    "SP_NFILL": self.fill, "SP_MAXIT": MAX_ITER, "FM_EXPLICIT": 1, "LC_OK": 3 * nlim,
                    "LC_KV": 3 * nlim + 1, "FM_LC": 3 * nlim + 1 + nvv * nl.n_outputs, "FM_WORK": at, **layout}
-        src = sparse_lu.constants(ints, floats, scalars)
+        src = sparse_lu.constants(ints, floats, scalars) + sparse_lu.lu_source(n, lptr, lrow, uptr, ucol)
         self.step = StepFormulation("sparse", (*sparse_lu.HOOKS, statespace.fm_vjp), src)
         self._nl = nl
         self._module: ModuleType | None = None
