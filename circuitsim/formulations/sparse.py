@@ -203,13 +203,14 @@ class SparsePlan:
                            ("W_ZT", nvv), ("W_ZP", nvv), ("W_PP", nvv), ("W_FLAG", 1)):
             layout[name] = at
             at += size
-        ints: dict = {"SP_FILLPOS": self.fill_pos, "ST_POS": st_pos, "ST_SLOT": st_slot, "BW_ROW": bw_row,
-                "BW_SLOT": bw_slot, "NVP_PTR": nvp_ptr,
-                "NVP_NODE": nvp_node, "JS_OUT": [o for o, _ in slots],
+        ints: dict = {"SP_FILLPOS": self.fill_pos, "JS_OUT": [o for o, _ in slots],
                 "JS_PORT": [p for _, p in slots],
                 **{f"LIM_{k}": lim[k] for k in ("PORT", "VT", "VC", "POL")}}
-        floats = {"ST_COEF": st_coef, "BW_COEF": bw_coef, "NVP_COEF": nvp_coef,
-                  "LIM_VTC": lim["VTC"], "LIM_SGN": lim["SGN"]}
+        floats = {"LIM_VTC": lim["VTC"], "LIM_SGN": lim["SGN"]}
+        nvp = [list(zip(nvp_node[nvp_ptr[i]:nvp_ptr[i + 1]], nvp_coef[nvp_ptr[i]:nvp_ptr[i + 1]]))
+               for i in range(len(nv_rows))]
+        stamps = sparse_lu.stamp_source(n, self.theta0, list(zip(st_pos, st_coef, st_slot)),
+                                        list(zip(bw_row, bw_slot, bw_coef)), [p for _, p in slots], nvp)
         # the nonlinearity's part: the device loops, their index arrays and the J slots (device_loops)
         nl_ints: dict = {"JS_OUT": ints.pop("JS_OUT"), "JS_PORT": ints.pop("JS_PORT")}
         nl_floats: dict = {}
@@ -235,7 +236,7 @@ class SparsePlan:
         scalars = {"NZ": nvv, "NPHI": nl.n_outputs, "SP_N": n, "SP_NLIM": nlim, "SP_X0": self.theta0,
                    "SP_NFILL": self.fill, "SP_MAXIT": MAX_ITER, "FM_EXPLICIT": 1, "LC_OK": 3 * nlim,
                    "LC_KV": 3 * nlim + 1, "FM_LC": 3 * nlim + 1 + nvv * nl.n_outputs, "FM_WORK": at, **layout}
-        src = sparse_lu.constants(ints, floats, scalars) + sparse_lu.lu_source(n, lptr, lrow, uptr, ucol)
+        src = sparse_lu.constants(ints, floats, scalars) + sparse_lu.lu_source(n, lptr, lrow, uptr, ucol) + stamps
         self.step = StepFormulation("sparse", (*sparse_lu.HOOKS, statespace.fm_vjp), src)
         self._nl = nl
         self._module: ModuleType | None = None
