@@ -203,14 +203,13 @@ class SparsePlan:
                            ("W_ZT", nvv), ("W_ZP", nvv), ("W_PP", nvv), ("W_FLAG", 1)):
             layout[name] = at
             at += size
-        ints: dict = {"SP_FILLPOS": self.fill_pos, "JS_OUT": [o for o, _ in slots],
-                "JS_PORT": [p for _, p in slots],
+        ints: dict = {"SP_FILLPOS": self.fill_pos, "ST_POS": st_pos, "ST_SLOT": st_slot,
+                "JS_OUT": [o for o, _ in slots], "JS_PORT": [p for _, p in slots],
                 **{f"LIM_{k}": lim[k] for k in ("PORT", "VT", "VC", "POL")}}
-        floats = {"LIM_VTC": lim["VTC"], "LIM_SGN": lim["SGN"]}
+        floats = {"ST_COEF": st_coef, "LIM_VTC": lim["VTC"], "LIM_SGN": lim["SGN"]}
         nvp = [list(zip(nvp_node[nvp_ptr[i]:nvp_ptr[i + 1]], nvp_coef[nvp_ptr[i]:nvp_ptr[i + 1]]))
                for i in range(len(nv_rows))]
-        stamps = sparse_lu.stamp_source(n, self.theta0, list(zip(st_pos, st_coef, st_slot)),
-                                        list(zip(bw_row, bw_slot, bw_coef)), [p for _, p in slots], nvp)
+        stamps = sparse_lu.stamp_source(n, self.theta0, list(zip(bw_row, bw_slot, bw_coef)), [p for _, p in slots], nvp)
         # the nonlinearity's part: the device loops, their index arrays and the J slots (device_loops)
         nl_ints: dict = {"JS_OUT": ints.pop("JS_OUT"), "JS_PORT": ints.pop("JS_PORT")}
         nl_floats: dict = {}

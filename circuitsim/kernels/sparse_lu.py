@@ -12,9 +12,9 @@ turns DK's dense ``Nv x Nv`` Newton matrix ``I - K J`` into the sparse ``S0 + W_
 unknowns ``U`` the devices touch, where ``S0`` is the Schur complement of the other unknowns in
 ``M`` (computed in torch, :mod:`circuitsim.formulations.sparse`).  Its LU runs in a fill-reducing
 order fixed once in Python (minimum degree, symbolic fill, static diagonal pivots); the
-factorisation, solve, assembly and Newton direction are generated as straight-line code of that
-pattern (:func:`lu_source`, :func:`stamp_source`), which grows with the LU's operation count and the
-number of device stamps (222 multiply-adds and 288 stamps on the Big Muff), each compiled once.
+factorisation, solve and Newton direction are generated as straight-line code of that pattern
+(:func:`lu_source`, :func:`stamp_source`), which grows with the LU's operation count and the
+direction's terms (222 multiply-adds and 216 terms on the Big Muff), each compiled once and called.
 A zero or non-finite pivot, a non-finite step or no convergence returns False, and the core's
 dense Newton (with its fallbacks) solves that sample.
 
@@ -47,8 +47,8 @@ NV = NF = NZ = SP_N = SP_NJ = SP_NLIM = SP_X0 = SP_NFILL = SP_MAXIT = 0
 W_A = W_JV = W_JE = W_G = W_B = W_DZ = W_ZT = W_ZP = W_PP = W_FLAG = LC_OK = LC_KV = 0
 _I = np.zeros(1, np.int64)
 _F = np.zeros(1)
-SP_FILLPOS = JS_OUT = JS_PORT = LIM_PORT = LIM_VT = LIM_VC = LIM_POL = _I
-LIM_VTC = LIM_SGN = _F
+SP_FILLPOS = ST_POS = ST_SLOT = JS_OUT = JS_PORT = LIM_PORT = LIM_VT = LIM_VC = LIM_POL = _I
+ST_COEF = LIM_VTC = LIM_SGN = _F
 
 
 def sp_devices(v, theta, f, jv):  # pragma: no cover - generated (device_loops)
@@ -301,25 +301,24 @@ def lu_source(n: int, lptr: Sequence[int], lrow: Sequence[int], uptr: Sequence[i
     return "\n\n" + "\n".join(f) + "\n\n\n" + "\n".join(s) + "\n"
 
 
-def stamp_source(n: int, x0: int, stamps: Sequence[tuple[int, float, int]],
-                 bw: Sequence[tuple[int, int, float]], js_port: Sequence[int],
+def stamp_source(n: int, x0: int, bw: Sequence[tuple[int, int, float]], js_port: Sequence[int],
                  nvp: Sequence[Sequence[tuple[int, float]]]) -> str:
-    """``sp_assemble(theta, a, jv)`` and ``sp_direction(a, jv, g, b, dz)`` as straight-line code, compiled once
-    and called (as :func:`lu_source`'s functions).
+    """``sp_assemble(theta, a, jv)`` and ``sp_direction(a, jv, g, b, dz)``, compiled once and called (as
+    :func:`lu_source`'s functions).
 
-    ``sp_assemble``: ``a = S0 + W_U J Nv_U``: ``S0`` at the fill positions (a loop over ``SP_FILLPOS``,
-    from ``theta[x0 + 1 + e]``), then the device stamps ``(position, coefficient, J slot)``.  ``sp_direction``: the
-    push-through direction ``dz = (I - K J)^-1 g = g - Nv_U (S0 + W_U J Nv_U)^-1 W_U J g`` (``a`` holds the
-    LU): ``b = W_U J g`` from the terms ``bw = (row, J slot, coefficient)`` (``J slot s`` reads port
-    ``js_port[s]``), ``sp_solve``, then ``dz_i = g_i - sum`` over ``nvp[i] = ((node, coefficient), ...)``.
-    Each sum runs in the order of its terms (the loops' order: the same rounding).  On the Big Muff (288 stamps,
-    216 fill positions, 144 + 72 direction terms) the direction takes 124 ns against 231 ns as loops over index
-    arrays; the whole module's first compile grows from about 22 s to 40 s of CPU time (bench_big.py; a loaded
-    machine) with this and :func:`lu_source`.
+    ``sp_assemble``: ``a = S0 + W_U J Nv_U``: ``S0`` at the fill positions (``SP_FILLPOS``, from
+    ``theta[x0 + 1 + e]``), then the device stamps (``ST_POS``, ``ST_COEF``, ``ST_SLOT``), as loops over those
+    index arrays.  ``sp_direction``, straight-line: the push-through direction
+    ``dz = (I - K J)^-1 g = g - Nv_U (S0 + W_U J Nv_U)^-1 W_U J g`` (``a`` holds the LU): ``b = W_U J g`` from
+    the terms ``bw = (row, J slot, coefficient)`` (J slot ``s`` reads port ``js_port[s]``), ``sp_solve``, then
+    ``dz_i = g_i - sum`` over ``nvp[i] = ((node, coefficient), ...)``.  Each sum runs in the order of its terms
+    (the loops' order: the same rounding).  On the Big Muff (144 + 72 direction terms) the direction takes
+    124 ns against 231 ns as loops.  The stamps stay loops: straight-line, their 288 terms took 211 -> 84 ns
+    (4 % of a sample) for about 10 s more first compile (bench_big.py, CPU time on a loaded machine).
     """
     m = ["@njit(cache=True)", "def sp_assemble(theta, a, jv):", "    for e in range(SP_NFILL):",
-         f"        a[SP_FILLPOS[e]] = theta[{x0 + 1} + e]"]
-    m += [f"    a[{pos}] += {coef!r} * jv[{slot}]" for pos, coef, slot in stamps]
+         f"        a[SP_FILLPOS[e]] = theta[{x0 + 1} + e]", "    for e in range(ST_POS.shape[0]):",
+         "        a[ST_POS[e]] += ST_COEF[e] * jv[ST_SLOT[e]]"]
     m.append("    return")
     rows: dict[int, list[tuple[int, float]]] = {}
     for r, slot, coef in bw:
