@@ -8,6 +8,14 @@ loops of this checkout, interleaved, and are timed in CPU time of this process (
 other jobs on a shared machine disturb both alike.
 
     python benchmarks/bench_devices.py [--base REV] [--repeats 9] [circuit ...]
+
+``--eval REV``: the device evaluation alone instead, this checkout's generated code against the code revision
+``REV`` generates (both from the device programs): ns per ``nl_eval`` (all device outputs and the Jacobian) over
+4096 port-voltage points around the circuit's operating point (port voltages within 1 V of 0 swept by
++-50 mV, the others by +-1 V), each evaluation waiting for the previous one's outputs as in a Newton loop,
+CPU time, best of ``--repeats``, interleaved; and the largest relative difference of the outputs.
+
+    python benchmarks/bench_devices.py --eval 29592a4 [--repeats 7] [circuit ...]
 """
 
 from __future__ import annotations
@@ -40,13 +48,95 @@ print(json.dumps(out))
 """
 
 
+_EVAL_LOOPS = """
+
+@njit(cache=True)
+def bench_latency(vs, theta, reps):
+    # nl_eval over the points, each one's input offset by 0 x the previous outputs (a dependency, no change)
+    f = np.zeros(NF)
+    J = np.zeros((NF, NV))
+    work = np.zeros(N_WORK)
+    v = np.zeros(NV)
+    dep = 0.0
+    for r in range(reps):
+        for n in range(vs.shape[0]):
+            for i in range(NV):
+                v[i] = vs[n, i] + dep
+            nl_eval(v, theta, f, J, work)
+            s = 0.0
+            for k in range(NF):
+                s += f[k]
+                for j in range(NV):
+                    s += J[k, j]
+            dep = 0.0 * s
+    return dep
+
+
+@njit(cache=True)
+def outputs(vs, theta, out):
+    f = np.zeros(NF)
+    J = np.zeros((NF, NV))
+    work = np.zeros(N_WORK)
+    for n in range(vs.shape[0]):
+        nl_eval(vs[n], theta, f, J, work)
+        for k in range(NF):
+            out[n, k] = f[k]
+            for j in range(NV):
+                out[n, NF + k * NV + j] = J[k, j]
+"""
+
+
+def device_eval(base: str, circuits: list[str], repeats: int) -> None:
+    """ns per nl_eval of this checkout's generated device code and of revision ``base``'s (module doc)."""
+    from circuitsim.kernels.nonlinearity import load_generated
+
+    with tempfile.TemporaryDirectory() as td:
+        tar = subprocess.run(["git", "archive", base], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", td], input=tar, check=True)
+        env = dict(os.environ, PYTHONPATH=td)
+        old = json.loads(subprocess.run([sys.executable, "-c", _OLD_SOURCES, *circuits], cwd=td, env=env,
+                                        capture_output=True, text=True, check=True).stdout)
+    reps, npts = 20, 4096
+    print(f"CPU ns per nl_eval (latency-chained), best of {repeats}: this checkout against {base}")
+    for name in circuits:
+        m = load(ROOT / "netlists" / f"{name}.cir", "dk", FS)
+        nl = m.topology.nonlinearity
+        mods = {"this": load_generated(nl.nb_source + _EVAL_LOOPS), base: load_generated(old[name] + _EVAL_LOOPS)}
+        theta = np.ascontiguousarray(m.dk()[0].theta.detach().numpy())
+        with torch.no_grad():  # the operating point's port voltages (the warm start after a silent run)
+            _, st = m._simulate(torch.zeros(1, 2000, dtype=torch.float64), None)
+        v0 = st.v.numpy().reshape(-1)[: nl.n_ports]
+        t = np.arange(npts) / npts
+        sweep = [v + (0.05 if abs(v) < 1 else 1.0) * np.sin(2 * np.pi * (3 + i) * t) for i, v in enumerate(v0)]
+        vs = np.ascontiguousarray(np.stack(sweep, 1))
+        outs, best = {}, {k: np.inf for k in mods}
+        for k, mod in mods.items():
+            outs[k] = np.zeros((npts, nl.n_outputs * (1 + nl.n_ports)))
+            mod.outputs(vs, theta, outs[k])
+            mod.bench_latency(vs[:10], theta, 1)  # compile
+        for _ in range(repeats):
+            for k, mod in mods.items():
+                t0 = time.process_time()
+                mod.bench_latency(vs, theta, reps)
+                best[k] = min(best[k], time.process_time() - t0)
+        ref = outs[base]
+        diff = float((np.abs(outs["this"] - ref) / np.maximum(np.abs(ref), 1e-300)).max())
+        ns = {k: v * 1e9 / (reps * npts) for k, v in best.items()}
+        print(f"{name}: this {ns['this']:.1f} ns, {base} {ns[base]:.1f} ns, ratio {ns['this'] / ns[base]:.3f}; "
+              f"max relative difference of f and J {diff:.1e}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="3152f26")
     ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--eval", metavar="REV", help="the device evaluation alone, against revision REV's generated code")
     ap.add_argument("circuits", nargs="*", default=["diode_clipper", "bjt_common_emitter", "triode_common_cathode"])
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.eval:
+        device_eval(args.eval, args.circuits, args.repeats)
+        return
     t = np.arange(FS) / FS
     x = 0.3 * np.sin(2 * np.pi * 110 * t) * np.exp(-2 * t) + 0.05 * np.sin(2 * np.pi * 440 * t)  # 1 s
     xt = torch.as_tensor(x).unsqueeze(0)

@@ -179,6 +179,26 @@ def divisions(e: sympy.Expr) -> sympy.Expr:
     return e.replace(_negative_power, lambda f: _div(sympy.S.One, f.base ** (-f.exp)))
 
 
+class recip(sympy.Function):  # noqa: N801
+    """``1 / x`` as one shared value (numba device code, :func:`reciprocals`); printed as a division."""
+
+    nargs = 1
+
+
+def reciprocals(e: sympy.Expr) -> sympy.Expr:
+    """Integer negative powers ``b**-n`` as ``recip(b)**n``, so that common-subexpression elimination gives
+    every quotient by ``b`` in a region (a value and its derivatives: ``a/b``, ``c/b**2``) one division.
+
+    A division costs several multiplications' throughput and latency (a Gummel-Poon region divides by
+    ``qb`` five times); ``a * (1/b)`` differs from ``a / b`` by at most one rounding.
+    """
+
+    def hit(x: sympy.Basic) -> bool:
+        return isinstance(x, sympy.Pow) and x.exp.is_Integer and bool(x.exp < 0)
+
+    return e.replace(hit, lambda x: recip(x.base) ** int(-x.exp))
+
+
 def zero_steps(d: sympy.Expr) -> sympy.Expr:
     """Derivatives of sign / Heaviside (DiracDelta or unevaluated) are 0 almost everywhere."""
 
@@ -271,6 +291,8 @@ class Emitter:
             return self._pow(*e.args)
         if isinstance(e, _div):
             return f"({self(e.args[0])} / {self(e.args[1])})"
+        if isinstance(e, recip):
+            return f"(1.0 / {self(e.args[0])})"
         if isinstance(e, sympy.Heaviside):
             h0 = float(e.args[1]) if len(e.args) > 1 else 0.5
             x = self(e.args[0])
@@ -347,15 +369,20 @@ class Emitter:
 
 def cse_code(
     exprs: Sequence[sympy.Expr], names: Mapping[sympy.Symbol, str], target: str, prefix: str, indent: str,
-    divide: bool = False,
+    divide: bool | str = False,
 ) -> tuple[list[str], list[str]]:
     """Common-subexpression-eliminated assignment lines and the output expressions.
 
-    ``divide``: print quotients as divisions (:func:`divisions`; device programs, for parity with
-    the C sources) rather than as products with a shared reciprocal (behavioural blocks: faster).
+    ``divide``: True prints quotients as divisions (:func:`divisions`; the torch code of device
+    programs, for parity with the C sources); ``"shared"`` gives each denominator one division and
+    multiplies by its reciprocal (:func:`reciprocals`; the numba code of device programs); False
+    leaves sympy's products with reciprocal powers (behavioural blocks).
     """
     syms = sympy.numbered_symbols(f"{prefix}c")
-    exprs = [divisions(sympy.sympify(e)) if divide else e for e in exprs]
+    if divide == "shared":
+        exprs = [reciprocals(sympy.sympify(e)) for e in exprs]
+    elif divide:
+        exprs = [divisions(sympy.sympify(e)) for e in exprs]
     repl, reduced = sympy.cse(list(exprs), symbols=syms)
     names = dict(names)
     lines = []
@@ -678,7 +705,7 @@ class Program:
                       names: dict, prefix: str) -> None:
         # a statement: straight-line if it has one region, else if/elif/else with per-region CSE
         def block(row: list, indent: str) -> None:
-            body, outs = cse_code(row, names, "numba", prefix, indent, divide=True)
+            body, outs = cse_code(row, names, "numba", prefix, indent, divide="shared")
             lines.extend(body)
             for name, o in zip(lhs, outs):
                 lines.append(f"{indent}{name} = {o}")
@@ -878,6 +905,8 @@ __all__ = [
     "npow",
     "pow1m",
     "powdiv",
+    "recip",
+    "reciprocals",
     "shared_powers",
     "sigmoid",
     "softplus",

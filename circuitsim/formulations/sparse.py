@@ -34,7 +34,7 @@ from circuitsim.errors import UsageError
 from circuitsim.formulations.base import AbstractCircuitModule
 from circuitsim.formulations.dk import DKMatrices, DKModule, state_basis
 from circuitsim.kernels import codegen, sparse_lu, statespace
-from circuitsim.kernels.core import KernelOptions, StepFormulation
+from circuitsim.kernels.core import StepFormulation
 from circuitsim.kernels.nonlinearity import DeviceBlock
 from circuitsim.system.mna_system import DTYPE, MNAMatrices, MNATopology
 
@@ -203,13 +203,13 @@ class SparsePlan:
                            ("W_ZT", nvv), ("W_ZP", nvv), ("W_PP", nvv), ("W_FLAG", 1)):
             layout[name] = at
             at += size
-        ints: dict = {"SP_LPTR": lptr, "SP_LROW": lrow, "SP_UPTR": uptr, "SP_UCOL": ucol, "SP_FILLPOS": self.fill_pos,
-                "ST_POS": st_pos, "ST_SLOT": st_slot, "BW_ROW": bw_row, "BW_SLOT": bw_slot, "NVP_PTR": nvp_ptr,
-                "NVP_NODE": nvp_node, "JS_OUT": [o for o, _ in slots],
-                "JS_PORT": [p for _, p in slots],
+        ints: dict = {"SP_FILLPOS": self.fill_pos, "ST_POS": st_pos, "ST_SLOT": st_slot,
+                "JS_OUT": [o for o, _ in slots], "JS_PORT": [p for _, p in slots],
                 **{f"LIM_{k}": lim[k] for k in ("PORT", "VT", "VC", "POL")}}
-        floats = {"ST_COEF": st_coef, "BW_COEF": bw_coef, "NVP_COEF": nvp_coef,
-                  "LIM_VTC": lim["VTC"], "LIM_SGN": lim["SGN"]}
+        floats = {"ST_COEF": st_coef, "LIM_VTC": lim["VTC"], "LIM_SGN": lim["SGN"]}
+        nvp = [list(zip(nvp_node[nvp_ptr[i]:nvp_ptr[i + 1]], nvp_coef[nvp_ptr[i]:nvp_ptr[i + 1]]))
+               for i in range(len(nv_rows))]
+        stamps = sparse_lu.stamp_source(n, self.theta0, list(zip(bw_row, bw_slot, bw_coef)), [p for _, p in slots], nvp)
         # the nonlinearity's part: the device loops, their index arrays and the J slots (device_loops)
         nl_ints: dict = {"JS_OUT": ints.pop("JS_OUT"), "JS_PORT": ints.pop("JS_PORT")}
         nl_floats: dict = {}
@@ -231,10 +231,11 @@ class SparsePlan:
         nl_src += sparse_lu.device_loops(glist)
         self.nl_source = (nl.nb_source + "\n\n# ---- method 'sparse': the device loops, in place of nl_eval and "
                           "nl_vjp_theta above\n" + nl_src)
+        # lc: the limiting constants, LC_OK, then K by columns (sparse_lu.fm_prepare)
         scalars = {"NZ": nvv, "NPHI": nl.n_outputs, "SP_N": n, "SP_NLIM": nlim, "SP_X0": self.theta0,
-                   "SP_NFILL": self.fill, "SP_MAXIT": MAX_ITER, "FM_EXPLICIT": 1,
-                   "FM_LC": 3 * nlim + 1, "LC_OK": 3 * nlim, "FM_WORK": at, **layout}
-        src = sparse_lu.constants(ints, floats, scalars)
+                   "SP_NFILL": self.fill, "SP_MAXIT": MAX_ITER, "FM_EXPLICIT": 1, "LC_OK": 3 * nlim,
+                   "LC_KV": 3 * nlim + 1, "FM_LC": 3 * nlim + 1 + nvv * nl.n_outputs, "FM_WORK": at, **layout}
+        src = sparse_lu.constants(ints, floats, scalars) + sparse_lu.lu_source(n, lptr, lrow, uptr, ucol) + stamps
         self.step = StepFormulation("sparse", (*sparse_lu.HOOKS, statespace.fm_vjp), src)
         self._nl = nl
         self._module: ModuleType | None = None
@@ -252,13 +253,12 @@ class SparsePlan:
         return self._module
 
     def extras(self, m: MNAMatrices, K: torch.Tensor) -> torch.Tensor:
-        """What ``theta`` carries after the device parameters: ``fingerprint(K)``, the Newton tolerances
-        (volts) and ``S0`` at the fill positions (siemens), for ``m`` at this plan's sample rate."""
-        opts = KernelOptions()
+        """What ``theta`` carries after the device parameters: ``fingerprint(K)`` and ``S0`` at the fill
+        positions (siemens), for ``m`` at this plan's sample rate."""
         with torch.no_grad():
             M = m.G.detach() + 2.0 * self.sample_rate * m.Cm.detach()
             s0 = _schur(M, self._keep, self._drop).reshape(-1)[torch.as_tensor(self.fill_pos)]
-            head = torch.tensor([fingerprint(K.detach().numpy()), opts.reltol, opts.abstol], dtype=DTYPE)
+            head = torch.tensor([fingerprint(K.detach().numpy())], dtype=DTYPE)
             return torch.cat([head, s0.to(DTYPE)])
 
 

@@ -24,11 +24,13 @@ formulation supplies, as numba templates (see :class:`StepFormulation`):
   ``z``, add the gradient of ``w . r + gphi . phi`` w.r.t. ``P`` (into ``dP``) and ``theta``
   (into ``dtheta``, when ``want_theta``), and write ``mq`` = the cotangent of the device
   outputs ``f`` (saved as ``mu``);
-* optionally ``fm_solve(P, p, z, theta, phi, lc, work)`` -- an explicit solve: write the root
+* optionally ``fm_solve(P, p, z, theta, phi, lc, work, fopt, est, early)`` -- an explicit solve: write the root
   ``z`` of ``g(z) = 0`` for ``p`` and ``phi(z)``, return True; or return False, and the core runs
   its Newton and fallbacks for the sample.  Called instead of the predictor and Newton when the
   constant ``FM_EXPLICIT`` is 1 (default 0: the branch is compiled away); the adjoint is the
-  same implicit-function adjoint at the saved ``z``, so the solve need not be differentiable;
+  same implicit-function adjoint at the saved ``z``, so the solve need not be differentiable.
+  ``fopt`` (tolerances), ``est`` (the quadratic constant and the bound of :func:`newton_plain`) and
+  ``early`` are the core's, for an iterative solve that stops as the core's Newton does (``newton_stop``);
 * the constants ``NZ``, ``NPHI``, ``FM_WORK`` (length of ``work``, at least ``N_WORK``) and
   optionally ``FM_EXPLICIT`` and ``FM_LC`` (length of ``lc``, default ``N_LC``).
 
@@ -125,7 +127,7 @@ def nl_vjp_theta(v, theta, mu, gtheta, work):  # pragma: no cover
     raise NotImplementedError
 
 
-def fm_solve(P, p, z, theta, phi, lc, work):
+def fm_solve(P, p, z, theta, phi, lc, work, fopt, est, early):
     # the default explicit-solve hook, pasted for formulations without one (FM_EXPLICIT = 0)
     return False
 
@@ -219,6 +221,18 @@ def in_bound(z, dz, bound):
     return True
 
 
+def newton_stop(step, prev, c, early):
+    # newton_plain's stop rule on the scaled step `step` after `prev` (inf: none, or a limited one) with the
+    # quadratic constant `c`: whether z + dz is accepted, and c updated.  One rule for every Newton loop of the
+    # core and of the formulations' explicit solves (kernels/sparse_lu.py's fm_solve).
+    rate = step / prev
+    if prev < math.inf:
+        c = max(c, max(step, 1e-4) / (prev * prev))
+    done = (step <= 1.0 or (prev < math.inf and rate < 0.5 and step * rate <= 1.0 - rate)
+            or (early and c > 0.0 and c * step * step <= 1.0))
+    return done, c
+
+
 def newton_plain(P, theta, wv, wm, wi, fopt, max_iter, use_limit, early):
     # Newton on g(z) = p + r(z) with the formulation's limiting; iterations, 0 on failure, -1 for a root beyond
     # the bound.  Stop rule on the scaled step s_k = max |dz_i| / (reltol |z_i| + abstol) (Deuflhard, Newton
@@ -242,11 +256,8 @@ def newton_plain(P, theta, wv, wm, wi, fopt, max_iter, use_limit, early):
         step = scaled_step(dz, z, reltol, abstol, NZ)
         if step == math.inf:
             return 0
-        rate = step / prev
-        if prev < math.inf:
-            c = max(c, max(step, 1e-4) / (prev * prev))
-        if (step <= 1.0 or (prev < math.inf and rate < 0.5 and step * rate <= 1.0 - rate)
-                or (early and c > 0.0 and c * step * step <= 1.0)):
+        done, c = newton_stop(step, prev, c, early)
+        if done:
             if not in_bound(z, dz, bound):
                 return -1
             est[0] = c
@@ -379,7 +390,7 @@ def forward_segment(n0, solved, lin, P, theta, io, wv, wm, wi, fopt, iopt):
         if NZ > 0 and not (solved and n == n0):
             mv(p, G, x, NZ, nx, False)
             mv(p, H, un, NZ, H.shape[1], True)
-            if explicit and fm_solve(P, p, z, theta, phi, lc, work):
+            if explicit and fm_solve(P, p, z, theta, phi, lc, work, fopt, wv[V_EST], early):
                 counters[2] = 0  # LU is not M at this z: a later Newton sample predicts from z[n-1]
             else:
                 predict(predictor, counters[2] != 0, wv, LU, piv)
@@ -602,7 +613,8 @@ def theta_vjp_item(theta, vtraj, mu, dtheta):
 
 
 # fmt: on
-INLINE_TEMPLATES = ("affine_phi", "affine_w", "accept_step", "predict", "in_bound", "newton_plain", "start_item")
+INLINE_TEMPLATES = ("affine_phi", "affine_w", "accept_step", "predict", "in_bound", "newton_stop", "newton_plain",
+                    "start_item")
 _FASTMATH = ', fastmath={"reassoc", "contract"}'  # linalg.BLOCK_TEMPLATES: sums that vectorise
 TEMPLATES: tuple[tuple[str, str], ...] = (
     *((name, _FASTMATH) for name in BLOCK_TEMPLATES),

@@ -120,7 +120,7 @@ def fm_vjp(P, z, phi, theta, gphi, w, dP, dtheta, mq, want_theta, work):
         nl_vjp_theta(z, theta, mq, dtheta, work)
 
 
-def fm_solve(P, p, z, theta, phi, lc, work):
+def fm_solve(P, p, z, theta, phi, lc, work, fopt, est, early):
     # a diode or an anti-parallel pair on the one port: v = p + K f(v) solved explicitly with the
     # Wright omega function (kernels/explicit_root.py, docs/wdf.md eqs. (9), (11)-(12)); False: Newton
     c = p[0]
