@@ -13,10 +13,11 @@ and runs Newton on the free ports ``r`` alone,
 
     g_r = p_r + K_r f(v) - v_r,    M_rr = I - K_r J_{:,r},    v_r <- v_r + M_rr^-1 g_r,
 
-with the core's stop rule (``newton_plain``: scaled step ``<= 1``, the contraction estimate, or the early
-accept from Newton's quadratic convergence) and junction limiting.  Its options (reltol, abstol, predictor,
-early, bound, max_iter: :class:`~circuitsim.kernels.core.KernelOptions`) follow the device parameters in
-``theta``, so that one compiled module serves every setting.  Where it does not converge it returns False and
+with the core's stop rule (``newton_stop``, shared with ``newton_plain``: scaled step ``<= 1``, the contraction
+estimate, or the early accept from Newton's quadratic convergence), the run's tolerances, quadratic constant and
+bound (the core passes them to ``fm_solve``) and junction limiting.  The predictor and max_iter of
+:class:`~circuitsim.kernels.core.KernelOptions` follow the device parameters in ``theta``, so that one compiled
+module serves every setting.  Where it does not converge it returns False and
 the core's full Newton and fallbacks solve the sample.  Its first guess is the tangent
 ``v_r[n-1] + M_rr^-1 (Δp_r + K_r J_{:,h} Δp_h)`` with the LU of the previous sample's last iteration
 (``dg = Δp + K J Δv``, ``Δv_h = Δp_h``), or ``v_r[n-1]`` where ``predictor="previous"``.
@@ -31,14 +32,14 @@ import numpy as np
 import torch
 
 from circuitsim.kernels import codegen
-from circuitsim.kernels.core import KernelOptions, StepFormulation
+from circuitsim.kernels.core import F_ABSTOL, F_RELTOL, KernelOptions, StepFormulation, newton_stop
 from circuitsim.kernels.linalg import lu_solve, solve_into
 from circuitsim.kernels.nonlinearity import Nonlinearity
 from circuitsim.kernels.statespace import _DK_CONSTANTS, _DK_HOOKS
 
 # placeholders of the generated module (see circuitsim.kernels.core); the module's constants define them
 NV = NF = PH_NR = PH_X0 = 0
-PH_WJ = PH_WM = PH_WV = PH_WG = PH_WD = PH_WT = PH_WZ = PH_WP = PH_WS = PH_WF = PH_WC = 0
+PH_WJ = PH_WM = PH_WV = PH_WG = PH_WD = PH_WT = PH_WZ = PH_WP = PH_WS = PH_WF = 0
 PH_FREE = PH_FIXED = np.zeros(1, np.int64)
 
 
@@ -62,7 +63,7 @@ def fm_prepare(P, theta, lc):
     nl_prepare(theta, lc)  # DK's, without its explicit diode root
 
 
-def fm_solve(P, p, z, theta, phi, lc, work):
+def fm_solve(P, p, z, theta, phi, lc, work, fopt, est, early):
     # work after the nonlinearity's: J (NF x NV) and M (NR x NR, its LU) of the last iteration, the LU's pivots,
     # g, dz (NR), zt (NV), z and p of the last sample this solve accepted (NV), t (NF), flag (1: those are set)
     K = P[0]
@@ -76,10 +77,10 @@ def fm_solve(P, p, z, theta, phi, lc, work):
     pp = work[PH_WP:PH_WP + NV]
     t = work[PH_WS:PH_WS + NF]
     piv = np.empty(PH_NR, np.int64)
-    reltol, abstol, bound = theta[PH_X0], theta[PH_X0 + 1], theta[PH_X0 + 4]
-    max_iter = int(theta[PH_X0 + 5])
-    early = theta[PH_X0 + 3] != 0.0
-    tangent = theta[PH_X0 + 2] != 0.0 and work[PH_WF] != 0.0
+    # the core's tolerances, quadratic constant est[0] and bound est[1] (kernels/core.py, newton_plain)
+    reltol, abstol, bound = fopt[F_RELTOL], fopt[F_ABSTOL], est[1]
+    max_iter = int(theta[PH_X0 + 1])
+    tangent = theta[PH_X0] != 0.0 and work[PH_WF] != 0.0
     if tangent:
         for i in range(NV):
             if z[i] != zp[i]:
@@ -105,7 +106,7 @@ def fm_solve(P, p, z, theta, phi, lc, work):
         for a in range(PH_NR):
             z[PH_FREE[a]] += dz[a]
     work[PH_WF] = 0.0
-    c = work[PH_WC] * 0.999  # the constant of Newton's quadratic convergence (the core's newton_plain)
+    c = est[0] * 0.999
     prev = math.inf
     for _ in range(max_iter):
         ph_nl_eval(z, theta, phi, J, work)
@@ -131,11 +132,8 @@ def fm_solve(P, p, z, theta, phi, lc, work):
                 return False
             if r > step:
                 step = r
-        rate = step / prev
-        if prev < math.inf:
-            c = max(c, max(step, 1e-4) / (prev * prev))
-        if (step <= 1.0 or (prev < math.inf and rate < 0.5 and step * rate <= 1.0 - rate)
-                or (early and c > 0.0 and c * step * step <= 1.0)):
+        done, c = newton_stop(step, prev, c, early)
+        if done:
             for k in range(NF):  # phi += J dz, as the core's accept_step
                 s = 0.0
                 for a in range(PH_NR):
@@ -150,7 +148,7 @@ def fm_solve(P, p, z, theta, phi, lc, work):
                 zp[i] = z[i]
                 pp[i] = p[i]
             work[PH_WF] = 1.0
-            work[PH_WC] = c
+            est[0] = c
             return True
         for i in range(NV):
             zt[i] = z[i]
@@ -183,7 +181,7 @@ def ph_step(free: tuple[int, ...], n_ports: int, n_theta: int) -> StepFormulatio
     nr = len(free)
     layout = ["PH_WJ = N_WORK", "PH_WM = PH_WJ + NF * NV", f"PH_WV = PH_WM + {nr * nr}", f"PH_WG = PH_WV + {nr}",
               f"PH_WD = PH_WG + {nr}", f"PH_WT = PH_WD + {nr}", "PH_WZ = PH_WT + NV", "PH_WP = PH_WZ + NV",
-              "PH_WS = PH_WP + NV", "PH_WF = PH_WS + NF", "PH_WC = PH_WF + 1", "FM_WORK = PH_WC + 1"]
+              "PH_WS = PH_WP + NV", "PH_WF = PH_WS + NF", "FM_WORK = PH_WF + 1"]
     consts = (_DK_CONSTANTS.replace("FM_WORK = N_WORK\n", "")
               + f"FM_EXPLICIT = 1\nPH_NR = {nr}\nPH_X0 = {int(n_theta)}\n"
               + f"PH_FREE = np.array({list(free)!r}, dtype=np.int64)\n"
@@ -193,10 +191,9 @@ def ph_step(free: tuple[int, ...], n_ports: int, n_theta: int) -> StepFormulatio
 
 
 def theta_with_options(theta: torch.Tensor, options: KernelOptions) -> torch.Tensor:
-    """``theta`` followed by what :func:`fm_solve` reads there: reltol, abstol (volts), tangent predictor (0/1),
-    early accept (0/1), bound (volts), max_iter -- the core's options, so that one compiled module serves all."""
-    extra = torch.tensor([options.reltol, options.abstol, float(options.predictor == "tangent"),
-                          float(options.early), options.bound, float(options.max_iter)], dtype=theta.dtype)
+    """``theta`` followed by what :func:`fm_solve` reads there: tangent predictor (0/1) and max_iter (the
+    tolerances, early accept and bound it takes from the core's arguments), so that one compiled module serves all."""
+    extra = torch.tensor([float(options.predictor == "tangent"), float(options.max_iter)], dtype=theta.dtype)
     return torch.cat([theta, extra])
 
 
