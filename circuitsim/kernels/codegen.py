@@ -13,9 +13,11 @@ imported by :func:`circuitsim.kernels.nonlinearity.load_generated` (content-addr
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
 import re
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
@@ -29,6 +31,52 @@ if TYPE_CHECKING:
 
 _INLINE = '@njit(cache=True, inline="always")'
 _IMPORT = re.compile(r"^(?:from\s+(circuitsim[\w.]*)\s+import\s+(\([^)]*\)|[^\n]+)|import\s+(circuitsim[\w.]*))", re.M)
+
+
+class _BlockCopy:
+    """``copy.deepcopy`` for numba's inliner that copies the scope of an IR once per copy, not once per block.
+
+    numba's ``InlineWorker.inline_ir`` copies a callee's IR (twice) block by block with
+    ``copy.deepcopy(block)``, each with a fresh memo, so every block drags along its own copy of
+    the function's whole ``Scope`` (every local variable): the cost is blocks x variables per
+    inlined call site, quadratic in the inlined code (numba issues #8989, #9204).  It was ~45 % of
+    the first compile of a generated module (cProfile of the diode clipper's first forward).
+    Here the blocks of one IR share one copy of its scope, as the blocks of the original share the
+    original: a block copied a second time starts a new copy (the next ``copy_ir`` call).  Only
+    the inliner's module sees this function (it is the only ``copy.deepcopy`` there); it changes
+    no IR, only how many scope copies exist, so the compiled code is the same.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._scope: object = None
+        self._copy: object = None
+        self._seen: set[int] = set()
+
+    def deepcopy(self, x: object, memo: dict | None = None) -> object:
+        from numba.core import ir
+
+        if memo is not None or not isinstance(x, ir.Block):
+            return copy.deepcopy(x, memo)
+        with self._lock:
+            s = x.scope
+            if self._scope is not s or id(x) in self._seen:
+                self._scope, self._copy, self._seen = s, copy.deepcopy(s, {}), set()
+            self._seen.add(id(x))
+            scope_copy = self._copy
+        return copy.deepcopy(x, {id(s): scope_copy})
+
+
+def install_inline_copy() -> None:
+    """Give numba's inliner :class:`_BlockCopy` (idempotent; called before a generated module compiles).
+
+    Skipped, leaving numba as it is, where its inliner does not copy blocks that way
+    (``numba.core.inline_closurecall`` without a module-level ``copy``).
+    """
+    from numba.core import inline_closurecall
+
+    if getattr(inline_closurecall, "copy", None) is copy:
+        inline_closurecall.copy = _BlockCopy()
 
 
 def _module_file(name: str) -> Path | None:
@@ -151,4 +199,6 @@ def dk_module(nl: Nonlinearity) -> ModuleType:
     return nl._module
 
 
-__all__ = ["core_source", "dk_module", "formulation_source", "source_dependencies", "step_module"]
+__all__ = [
+    "core_source", "dk_module", "formulation_source", "install_inline_copy", "source_dependencies", "step_module",
+]
