@@ -116,7 +116,7 @@ def _templates(module: ModuleType, names: Iterable[str], decorator: str) -> str:
 # sample: they call the formulation's evaluation through one shared non-inlined copy, so numba
 # types and lowers the device equations once for all of them instead of once per call site
 # (half the first compile of a BJT circuit went to newton_damped's two inlined copies).
-_COLD_TEMPLATES = ("newton_damped", "start_item")
+_COLD_TEMPLATES = ("newton_damped", "start_item", "backward_core")
 _COLD_HOOKS = ("fm_eval",)
 _COLD_CALL = re.compile(r"\b(" + "|".join(_COLD_HOOKS) + r")\(")
 
@@ -160,7 +160,24 @@ def core_source() -> str:
         + _templates(core, core.INLINE_TEMPLATES, _INLINE)
         + "".join(f"\n\n@njit(cache=True{opts})\n{_cold(n, inspect.getsource(getattr(core, n)))}"
                   for n, opts in core.TEMPLATES)
+        + _forward_copies()
         + "\n"
+    )
+
+
+# core.forward_item twice, with its constant FALLBACKS as a literal: forward_item without the fallbacks
+# (numba prunes the constant branch before typing, so a first forward that never needs them does not
+# compile them) and forward_item_full with them (core.forward runs it where the first one stops)
+FORWARD_COPIES = (("forward_item", 0), ("forward_item_full", 1))
+_FALLBACKS = re.compile(r"\bFALLBACKS\b")
+
+
+def _forward_copies() -> str:
+    src = inspect.getsource(core.forward_item)
+    return "".join(
+        "\n\n@njit(cache=True, nogil=True)\n"
+        + _FALLBACKS.sub(str(flag), src.replace("def forward_item(", f"def {name}(", 1))
+        for name, flag in FORWARD_COPIES
     )
 
 
