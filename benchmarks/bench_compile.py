@@ -82,7 +82,9 @@ def run_child(path: Path, method: str, cache: Path, root: Path = ROOT) -> dict:
     child's whole user + system CPU time.  ``root``: the checkout whose ``circuitsim`` it imports."""
     env = {**os.environ, "CIRCUITSIM_CACHE": str(cache), "NUMBA_NUM_THREADS": "1", "PYTHONPATH": str(root)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(path), method], env=env, capture_output=True, text=True)
+    # cwd = root: ``python -c`` puts the current directory ahead of PYTHONPATH on sys.path
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(path.resolve()), method], env=env, cwd=str(root),
+                          capture_output=True, text=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
