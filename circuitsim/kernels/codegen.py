@@ -9,6 +9,15 @@ the sizes are module constants, so numba unrolls the loops over ports and output
 the device equations into the Newton loop.  The module is written to the cache directory and
 imported by :func:`circuitsim.kernels.nonlinearity.load_generated` (content-addressed, so numba's
 ``cache=True`` holds across processes).
+
+First-use compile time (``benchmarks/bench_compile.py``) is mostly numba's ``inline="always"``
+machinery, typing and lowering, not LLVM.  Three things keep it down: numba's inliner copies each
+callee's scope once per IR copy instead of once per block (:func:`install_inline_copy`); the cold
+code (the start of an item, the fallbacks, the adjoint's evaluation of the saved samples) calls one
+shared non-inlined ``fm_eval_cold`` instead of inlining the device equations again; and the
+module's ``forward_item`` has no fallbacks, which compile only when a sample first needs them
+(``forward_item_full``, :data:`FORWARD_COPIES`).  The backward (``backward_item``) compiles on its
+first call.
 """
 
 from __future__ import annotations
