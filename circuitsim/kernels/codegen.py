@@ -13,11 +13,11 @@ imported by :func:`circuitsim.kernels.nonlinearity.load_generated` (content-addr
 First-use compile time (``benchmarks/bench_compile.py``) is mostly numba's ``inline="always"``
 machinery, typing and lowering, not LLVM.  Three things keep it down: numba's inliner copies each
 callee's scope once per IR copy instead of once per block (:func:`install_inline_copy`); the cold
-code (the start of an item, the fallbacks, the adjoint's evaluation of the saved samples) calls one
-shared non-inlined ``fm_eval_cold`` instead of inlining the device equations again; and the
-module's ``forward_item`` has no fallbacks, which compile only when a sample first needs them
-(``forward_item_full``, :data:`FORWARD_COPIES`).  The backward (``backward_item``) compiles on its
-first call.
+code (the start of an item, the fallbacks) calls one shared non-inlined ``fm_eval_cold`` instead of
+inlining the device equations again (the adjoint keeps its inlined copy: its loop over the saved
+samples is hot); and the module's ``forward_item`` has no fallbacks, which compile only when a
+sample first needs them (``forward_item_full``, :data:`FORWARD_COPIES`).  The backward
+(``backward_item``) compiles on its first call.
 """
 
 from __future__ import annotations
@@ -125,7 +125,9 @@ def _templates(module: ModuleType, names: Iterable[str], decorator: str) -> str:
 # sample: they call the formulation's evaluation through one shared non-inlined copy, so numba
 # types and lowers the device equations once for all of them instead of once per call site
 # (half the first compile of a BJT circuit went to newton_damped's two inlined copies).
-_COLD_TEMPLATES = ("newton_damped", "start_item", "backward_core")
+# (backward_core keeps its inlined copy: calling fm_eval_cold there saved ~1-2 s of a first backward but
+# cost 8-19 % of the backward's time per sample, DS-1 and clipper, benchmarks' A/B at load 5)
+_COLD_TEMPLATES = ("newton_damped", "start_item")
 _COLD_HOOKS = ("fm_eval",)
 _COLD_CALL = re.compile(r"\b(" + "|".join(_COLD_HOOKS) + r")\(")
 
