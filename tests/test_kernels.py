@@ -365,6 +365,27 @@ def test_fallbacks_still_converge(clipper):
         assert rel(res.y[0, :, 0], ref) < 1e-10
 
 
+def test_fallbacks_compile_once(clipper):
+    """The generated forward_item has no fallbacks; the first sample that needs them reruns the item with
+    forward_item_full, identical to the end.  The hot loop (forward_segment) is compiled once for both."""
+    fs = 48e3
+    sig = 2.0 * np.sin(np.linspace(0.0, 6.0, 200))
+    mats = clipper_matrices(fs)
+    theta = clipper_theta().numpy()
+    mod = clipper.module
+    opts = ss.KernelOptions(explicit=False)
+    clean = ss.forward(clipper, mats, theta, sig[None, :, None], np.zeros((1, 1)), options=opts)
+    assert clean.stats[0, ss.ST_DAMPED] == 0
+    hard = ss.KernelOptions(max_iter=1, explicit=False)
+    res = ss.forward(clipper, mats, theta, np.stack([sig, 0.5 * sig])[:, :, None], np.zeros((2, 1)), options=hard)
+    assert res.failed is None and (res.stats[:, ss.ST_DAMPED] > 0).all() and mod._need_fallbacks
+    assert rel(res.y[0], clean.y[0]) < 1e-10
+    again = ss.forward(clipper, mats, theta, sig[None, :, None], np.zeros((1, 1)), options=opts)  # full from now on
+    assert np.array_equal(again.y, clean.y) and np.array_equal(again.v, clean.v)
+    for fn in ("forward_segment", "newton_damped"):  # one compiled signature each in numba's disk cache
+        assert len(list((cache_dir() / "__pycache__").glob(f"{mod.__name__}.{fn}-*.nbc"))) == 1, fn
+
+
 def test_gradients_match_reference(mixed):
     mats = mixed_system(seed=2)
     u_np = mixed_input(2, 60, seed=4)

@@ -9,13 +9,24 @@ the sizes are module constants, so numba unrolls the loops over ports and output
 the device equations into the Newton loop.  The module is written to the cache directory and
 imported by :func:`circuitsim.kernels.nonlinearity.load_generated` (content-addressed, so numba's
 ``cache=True`` holds across processes).
+
+First-use compile time (``benchmarks/bench_compile.py``) is mostly numba's ``inline="always"``
+machinery, typing and lowering, not LLVM.  Three things keep it down: numba's inliner copies each
+callee's scope once per IR copy instead of once per block (:func:`install_inline_copy`); the cold
+code (the start of an item, the fallbacks) calls one shared non-inlined ``fm_eval_cold`` instead of
+inlining the device equations again (the adjoint keeps its inlined copy: its loop over the saved
+samples is hot); and the module's ``forward_item`` has no fallbacks, which compile only when a
+sample first needs them (``forward_item_full``, :data:`FORWARD_COPIES`).  The backward
+(``backward_item``) compiles on its first call.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
 import re
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
@@ -29,6 +40,52 @@ if TYPE_CHECKING:
 
 _INLINE = '@njit(cache=True, inline="always")'
 _IMPORT = re.compile(r"^(?:from\s+(circuitsim[\w.]*)\s+import\s+(\([^)]*\)|[^\n]+)|import\s+(circuitsim[\w.]*))", re.M)
+
+
+class _BlockCopy:
+    """``copy.deepcopy`` for numba's inliner that copies the scope of an IR once per copy, not once per block.
+
+    numba's ``InlineWorker.inline_ir`` copies a callee's IR (twice) block by block with
+    ``copy.deepcopy(block)``, each with a fresh memo, so every block drags along its own copy of
+    the function's whole ``Scope`` (every local variable): the cost is blocks x variables per
+    inlined call site, quadratic in the inlined code (numba issues #8989, #9204).  It was ~45 % of
+    the first compile of a generated module (cProfile of the diode clipper's first forward).
+    Here the blocks of one IR share one copy of its scope, as the blocks of the original share the
+    original: a block copied a second time starts a new copy (the next ``copy_ir`` call).  Only
+    the inliner's module sees this function (it is the only ``copy.deepcopy`` there); it changes
+    no IR, only how many scope copies exist, so the compiled code is the same.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._scope: object = None
+        self._copy: object = None
+        self._seen: set[int] = set()
+
+    def deepcopy(self, x: object, memo: dict | None = None) -> object:
+        from numba.core import ir
+
+        if memo is not None or not isinstance(x, ir.Block):
+            return copy.deepcopy(x, memo)
+        with self._lock:
+            s = x.scope
+            if self._scope is not s or id(x) in self._seen:
+                self._scope, self._copy, self._seen = s, copy.deepcopy(s, {}), set()
+            self._seen.add(id(x))
+            scope_copy = self._copy
+        return copy.deepcopy(x, {id(s): scope_copy})
+
+
+def install_inline_copy() -> None:
+    """Give numba's inliner :class:`_BlockCopy` (idempotent; called before a generated module compiles).
+
+    Skipped, leaving numba as it is, where its inliner does not copy blocks that way
+    (``numba.core.inline_closurecall`` without a module-level ``copy``).
+    """
+    from numba.core import inline_closurecall
+
+    if getattr(inline_closurecall, "copy", None) is copy:
+        inline_closurecall.copy = _BlockCopy()
 
 
 def _module_file(name: str) -> Path | None:
@@ -68,6 +125,8 @@ def _templates(module: ModuleType, names: Iterable[str], decorator: str) -> str:
 # sample: they call the formulation's evaluation through one shared non-inlined copy, so numba
 # types and lowers the device equations once for all of them instead of once per call site
 # (half the first compile of a BJT circuit went to newton_damped's two inlined copies).
+# (backward_core keeps its inlined copy: calling fm_eval_cold there saved ~1-2 s of a first backward but
+# cost 8-19 % of the backward's time per sample, DS-1 and clipper, benchmarks' A/B at load 5)
 _COLD_TEMPLATES = ("newton_damped", "start_item")
 _COLD_HOOKS = ("fm_eval",)
 _COLD_CALL = re.compile(r"\b(" + "|".join(_COLD_HOOKS) + r")\(")
@@ -112,7 +171,24 @@ def core_source() -> str:
         + _templates(core, core.INLINE_TEMPLATES, _INLINE)
         + "".join(f"\n\n@njit(cache=True{opts})\n{_cold(n, inspect.getsource(getattr(core, n)))}"
                   for n, opts in core.TEMPLATES)
+        + _forward_copies()
         + "\n"
+    )
+
+
+# core.forward_item twice, with its constant FALLBACKS as a literal: forward_item without the fallbacks
+# (numba prunes the constant branch before typing, so a first forward that never needs them does not
+# compile them) and forward_item_full with them (core.forward runs it where the first one stops)
+FORWARD_COPIES = (("forward_item", 0), ("forward_item_full", 1))
+_FALLBACKS = re.compile(r"\bFALLBACKS\b")
+
+
+def _forward_copies() -> str:
+    src = inspect.getsource(core.forward_item)
+    return "".join(
+        "\n\n@njit(cache=True, nogil=True)\n"
+        + _FALLBACKS.sub(str(flag), src.replace("def forward_item(", f"def {name}(", 1))
+        for name, flag in FORWARD_COPIES
     )
 
 
@@ -151,4 +227,6 @@ def dk_module(nl: Nonlinearity) -> ModuleType:
     return nl._module
 
 
-__all__ = ["core_source", "dk_module", "formulation_source", "source_dependencies", "step_module"]
+__all__ = [
+    "core_source", "dk_module", "formulation_source", "install_inline_copy", "source_dependencies", "step_module",
+]

@@ -101,6 +101,7 @@ from circuitsim.kernels.linalg import (
 # The generated module defines these (nonlinearity and formulation); here they only let the
 # templates read and lint whole.
 NV = NF = N_WORK = N_LC = NZ = NPHI = FM_WORK = FM_EXPLICIT = FM_LC = 0
+FALLBACKS = 1  # pasted as a literal into each copy of forward_item (codegen.FORWARD_COPIES)
 
 
 def nl_prepare(theta, lc):  # pragma: no cover - replaced in generated code
@@ -446,7 +447,11 @@ def start_item(P, theta, x0, warm_in, wv, wm, wi, given):
 
 
 def forward_item(lin, P, theta, io, x0, xfin, warm_in, warm_out, stats, fopt, iopt):
-    # one batch item: the hot loop, and the fallbacks for each sample where plain Newton fails
+    # one batch item: the hot loop, and the fallbacks for each sample where plain Newton fails.  The
+    # generated module holds two copies (codegen.FORWARD_COPIES): forward_item without the fallbacks
+    # (FALLBACKS = 0: numba prunes the branch, so it neither types nor compiles newton_damped and
+    # homotopy), which stops at the first sample that needs them with stats[ST_DAMPED] = -1, and
+    # forward_item_full (FALLBACKS = 1), which forward() runs from then on
     nx = lin[0].shape[0]
     T = io[0].shape[0]
     wv = (np.zeros(nx), np.zeros(nx), np.zeros(NZ), np.zeros(NZ), np.zeros(NZ), np.zeros(NZ), np.zeros(NZ),
@@ -468,11 +473,16 @@ def forward_item(lin, P, theta, io, x0, xfin, warm_in, warm_out, stats, fopt, io
     n_homotopy = 0
     fail = -1
     n = np.int64(0)  # not Literal[int](0): numba would compile forward_segment twice
-    solved = False
+    solved = n < 0  # False, typed bool: not Literal[bool](False), which forward_item (no fallbacks: it never
+    # sets solved) would give forward_segment, a second compile of it for forward_item_full
     while True:
         n = forward_segment(n, solved, lin, P, theta, io, wv, wm, wi, fopt, iopt)
         if n >= T or counters[3] != 0:  # done, or a root beyond the bound: a failure without fallbacks
             fail = n if n < T else -1
+            break
+        if FALLBACKS == 0:  # this copy has none: forward() reruns the item with forward_item_full
+            n_damped = -1
+            fail = n
             break
         n_damped += 1  # fallbacks for sample n (p[n] is set): damped Newton from z[n-1], then homotopy
         copy_into(wv[V_Z], wv[V_Z1], NZ)
@@ -621,7 +631,6 @@ TEMPLATES: tuple[tuple[str, str], ...] = (
     ("newton_damped", ""),
     ("homotopy", ""),
     ("forward_segment", ""),
-    ("forward_item", ", nogil=True"),
     ("backward_core", ""),
     ("backward_item", ", nogil=True"),
     ("theta_vjp_item", ", nogil=True"),
@@ -848,7 +857,15 @@ def forward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarra
          iopt)
         for b in range(batch)
     ]
-    run_items(module.forward_item, items, options.threads)
+    # forward_item has no fallbacks (a fifth of a first compile, most circuits never need them): the
+    # items that stopped for them (stats[ST_DAMPED] = -1) run again from the start with forward_item_full
+    # (identical up to that sample), which runs from then on in this process
+    full = getattr(module, "_need_fallbacks", False)
+    run_items(module.forward_item_full if full else module.forward_item, items, options.threads)
+    redo = [item for item, st in zip(items, stats) if st[ST_DAMPED] < 0]
+    if redo:
+        module._need_fallbacks = True
+        run_items(module.forward_item_full, redo, options.threads)
     return ForwardResult(y, xfin, warm_out, stats, ztraj if save else None, ckpt if save else None)
 
 

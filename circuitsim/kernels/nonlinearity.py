@@ -219,6 +219,9 @@ def load_generated(source: str, dependencies: Sequence[Path] = ()) -> ModuleType
     """
     import numba
 
+    from circuitsim.kernels.codegen import install_inline_copy
+
+    install_inline_copy()
     h = hashlib.sha256(source.encode())
     for dep in dependencies:
         h.update(Path(dep).read_bytes())
