@@ -62,6 +62,9 @@ class _BlockCopy:
         self._copy: object = None
         self._seen: set[int] = set()
 
+    def __getattr__(self, name: str) -> object:  # the rest of the copy module, should numba use more of it
+        return getattr(copy, name)
+
     def deepcopy(self, x: object, memo: dict | None = None) -> object:
         from numba.core import ir
 
