@@ -20,6 +20,10 @@ and N learnable too (the parameter gradient ``sum mu . df/dtheta`` is then accum
 compiled backward loop by the generated ``nl_vjp_theta``; autograd takes it from the theta slots
 to IS and N).  The ratios are to the forward inference pass; the acceptance target is <= 3.
 
+``--netlists [NAME ...]`` instead times the compiled core alone (no torch) on the reference netlists:
+DK forward, forward with the trajectory saved, and the backward kernel, in CPU time (best of
+``--repeats``), with the sizes the generated module is compiled for.
+
 ``--baseline DIR`` instead compares the DK kernels of an earlier checkout (its
 ``circuitsim/kernels/statespace.py``, compiled for the same nonlinearities) with the current
 ones on the four reference circuits of ``bench_dk.py``, in one process, alternating old and new:
@@ -179,6 +183,51 @@ def _ab_circuit(old_ss, name: str, x: torch.Tensor, rounds: int) -> str:
             f"| {ns['bn']:.1f} | {ns['bn'] / ns['bo'] - 1:+.1%} | {diff:.1e} |")
 
 
+def netlist_kernels(circuits: list[str], seconds: float, repeats: int) -> None:
+    """The compiled core alone on the reference netlists (DK): forward without and with the saved
+    trajectory, and the backward kernel (dL/dy = 1, every matrix and theta), in CPU seconds (best of
+    ``repeats``: on a shared machine CPU time is steadier than the wall clock), ns/sample on a 0.5 V,
+    1 kHz sine at 384 kHz; with the sizes the generated module is compiled for (Nx, Nu, Ny, Nz, Nphi).
+    No torch: what the linear maps, the root solve and the adjoint cost, without the autograd around them."""
+    from functools import partial
+
+    from benchmarks.bench_dk import FS
+    from circuitsim.api import load
+    from circuitsim.kernels import statespace as ss
+
+    def cpu_best(fn) -> float:  # noqa: ANN001
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.process_time()
+            fn()
+            best = min(best, time.process_time() - t0)
+        return best
+
+    t = np.arange(int(seconds * FS)) / FS
+    x = torch.as_tensor(0.5 * np.sin(2 * np.pi * 1000.0 * t)).unsqueeze(0)
+    print("| circuit | Nx, Nu, Ny, Nz, Nphi | fwd | fwd (saved) | bwd | (fwd saved + bwd) / fwd |")
+    print("|---|---|---|---|---|---|")
+    for name in circuits:
+        model = load(Path(__file__).resolve().parents[1] / "netlists" / f"{name}.cir", "dk", FS)
+        with torch.no_grad():
+            m, d = model.dk()
+            u = model.source_values(m, x).numpy()[:, 1:]
+        mats, theta = tuple(np.ascontiguousarray(t.numpy()) for t in d.as_tuple()), m.theta.numpy()
+        x0 = np.zeros((1, mats[0].shape[0]))
+        nl = model.topology.nonlinearity
+        opt = ss.KernelOptions(threads=1)
+        saved = ss.forward(nl, mats, theta, u, x0, None, opt, save=True)  # compile / load, and the trajectory
+        gy = np.ones_like(saved.y)
+        ss.backward(nl, mats, theta, u, saved.v, saved.checkpoints, gy, None, opt, True)
+        n = u.shape[1]
+        tf = cpu_best(partial(ss.forward, nl, mats, theta, u, x0, None, opt, save=False))
+        ts = cpu_best(partial(ss.forward, nl, mats, theta, u, x0, None, opt, save=True))
+        tb = cpu_best(partial(ss.backward, nl, mats, theta, u, saved.v, saved.checkpoints, gy, None, opt, True))
+        sizes = (mats[0].shape[0], mats[1].shape[1], mats[3].shape[0], mats[6].shape[0], mats[2].shape[1])
+        print(f"| {name} | {', '.join(map(str, sizes))} | {1e9 * tf / n:.1f} | {1e9 * ts / n:.1f} | {1e9 * tb / n:.1f} "
+              f"| {(ts + tb) / tf:.2f} |", flush=True)
+
+
 def baseline_ab(base: str, circuits: list[str], seconds: float, rounds: int) -> None:
     """Time the DK kernels of the checkout ``base`` (before the compiled core) against the current ones.
 
@@ -216,7 +265,15 @@ def main() -> None:
     ap.add_argument("--baseline", metavar="DIR", help="an earlier checkout (e.g. `git archive 3152f26 circuitsim | "
                     "tar -x -C DIR`): time its DK kernels against these on the reference circuits")
     ap.add_argument("--rounds", type=int, default=20, help="with --baseline: alternations of old and new")
+    ap.add_argument("--netlists", nargs="*", metavar="NAME", help="instead: the compiled core alone (DK forward, "
+                    "forward with the saved trajectory, backward; CPU time) on netlists/NAME.cir (default: all)")
     args = ap.parse_args()
+    if args.netlists is not None:
+        torch.set_num_threads(1)
+        root = Path(__file__).resolve().parents[1] / "netlists"
+        names = args.netlists or sorted(p.stem for p in root.glob("*.cir"))
+        netlist_kernels(names, args.seconds, args.repeats)
+        return
     if args.compile_probe:
         print(json.dumps(compile_probe()))
         return
