@@ -57,9 +57,16 @@ cotangents ``(xbar[n+1], ybar[n], w[n])`` of the block against its ``x[n]``, ``u
 The loop bodies below are plain Python templates: :mod:`circuitsim.kernels.codegen` pastes
 them, with the formulation's hooks and the nonlinearity (``nl_eval`` ...), into one generated
 module, because numba cannot cache a function that receives another compiled function as an
-argument.  Sizes ``NZ``, ``NPHI``, ``NV``, ``NF`` are compile-time constants there.
+argument.  Sizes ``NZ``, ``NPHI``, ``NV``, ``NF`` are compile-time constants there, and so are the
+linear sizes ``NX``, ``NU``, ``NY``: :func:`forward` and :func:`backward` run the module sized for
+their maps (:func:`circuitsim.kernels.codegen.sized_module`, one module file per size, content-addressed
+like the others), and :func:`check_shapes` refuses maps of other sizes.  Every product with the maps is
+:func:`circuitsim.kernels.linalg.tmv3`: unrolled dot products for a few rows, and from ``AXPY_ROWS`` rows
+on a pass over each row of the stored transposes (``forward`` passes ``A', ..., H'``; the adjoint reads
+``A``, ``D``, ``G`` ... as they are), which vectorises with the same summation order.
 
-Performance (``benchmarks/bench_kernel.py``): numba increments and decrements atomically the
+Performance (``benchmarks/bench_kernel.py``; ``--netlists`` times this core alone per reference
+netlist): numba increments and decrements atomically the
 reference count of an array each time it is copied or passed on (about 100 ns per sample in a
 Newton loop), so the hot loops :func:`forward_segment` and :func:`backward_core` ``borrow``
 every array and tuple of arrays once, and every callee in them is ``inline="always"``; the
