@@ -61,8 +61,8 @@ argument.  Sizes ``NZ``, ``NPHI``, ``NV``, ``NF`` are compile-time constants the
 linear sizes ``NX``, ``NU``, ``NY``: :func:`forward` and :func:`backward` run the module sized for
 their maps (:func:`circuitsim.kernels.codegen.sized_module`, one module file per size, content-addressed
 like the others), and :func:`check_shapes` refuses maps of other sizes.  Every product with the maps is
-:func:`circuitsim.kernels.linalg.tmv3`: unrolled dot products for a few rows, and from ``AXPY_ROWS`` rows
-on a pass over each row of the stored transposes (``forward`` passes ``A', ..., H'``; the adjoint reads
+:func:`circuitsim.kernels.linalg.tmv3`: unrolled dot products for small maps, and above ``AXPY_MACS``
+multiply-adds a pass over each row of the stored transposes (``forward`` passes ``A', ..., H'``; the adjoint reads
 ``A``, ``D``, ``G`` ... as they are), which vectorises with the same summation order.
 
 Performance (``benchmarks/bench_kernel.py``; ``--netlists`` times this core alone per reference
@@ -87,7 +87,7 @@ from types import ModuleType
 import numpy as np
 
 from circuitsim.kernels.linalg import (
-    AXPY_ROWS,  # noqa: F401  (pasted into the generated module as a layout constant, for tmv3)
+    AXPY_MACS,  # noqa: F401  (pasted into the generated module as a layout constant, for tmv3)
     BLOCK_TEMPLATES,
     borrow,
     copy_into,

@@ -18,8 +18,11 @@ import math
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-# rows from which tmv3 runs row by row of the matrices (vectorised) instead of a dot product per output
-AXPY_ROWS = 8
+# multiply-adds of a product above which tmv3 passes over the rows of the matrices (vectorised) instead of
+# taking a dot product per output: below it the compiler unrolls the dot products whole and interleaves their
+# independent sums (2.2-2.6x faster than the passes at 16-32 states), above it the serial sums of the rolled
+# dot products lose (2.5x slower at 59 states); `python benchmarks/bench_kernel.py --maps`
+AXPY_MACS = 2048
 
 
 def _borrow_array(context, builder, aryty, value):
@@ -192,12 +195,12 @@ def mv(out, M, a, rows, cols, acc):
 def tmv3(out, M1, a, n1, M2, b, n2, M3, c, n3, rows):
     # out[i] = sum_j M1[j, i] a[j] + sum_j M2[j, i] b[j] + sum_j M3[j, i] c[j] for i < rows: the products
     # M1' a + M2' b + M3' c of the (stored) transposes, every sum in that order, j ascending, in both loop
-    # orders below, so that both round alike.  Below AXPY_ROWS rows: a dot product per row, its sum in a
-    # register.  From AXPY_ROWS on: out += a[j] M1[j, :] row after row of M (contiguous), which vectorises
-    # across i without reassociating any sum (a dot product cannot: its one sum is a serial chain).  The
-    # forward passes A' ... H' (core.forward), the adjoint A, D, G ... themselves.  Sizes are compile-time
-    # constants (NX, NU, NY, NZ, NPHI), so the loops unroll and the branch is decided by the compiler.
-    if rows < AXPY_ROWS:
+    # orders below, so that both round alike.  Up to AXPY_MACS multiply-adds: a dot product per row, its sum
+    # in a register.  Above: out += a[j] M1[j, :] row after row of M (contiguous), which vectorises across i
+    # without reassociating any sum (a dot product cannot: its one sum is a serial chain).  The forward
+    # passes A' ... H' (core.forward), the adjoint A, D, G ... themselves.  Sizes are compile-time constants
+    # (NX, NU, NY, NZ, NPHI), so the loops unroll and the branch is decided by the compiler.
+    if rows * (n1 + n2 + n3) <= AXPY_MACS:
         for i in range(rows):
             s = 0.0
             for j in range(n1):
