@@ -20,6 +20,14 @@ and N learnable too (the parameter gradient ``sum mu . df/dtheta`` is then accum
 compiled backward loop by the generated ``nl_vjp_theta``; autograd takes it from the theta slots
 to IS and N).  The ratios are to the forward inference pass; the acceptance target is <= 3.
 
+``--netlists [NAME ...]`` instead times the compiled core alone (no torch) on the reference netlists:
+DK forward, forward with the trajectory saved, and the backward kernel, in CPU time (best of
+``--repeats``), with the sizes the generated module is compiled for.
+
+``--maps`` instead times the two loop orders of the core's products with the linear maps
+(``linalg.tmv3``: a dot product a row, or passes over the rows of the transposes) on random maps of 1 to 59
+states: the measurement behind ``linalg.AXPY_MACS``.
+
 ``--baseline DIR`` instead compares the DK kernels of an earlier checkout (its
 ``circuitsim/kernels/statespace.py``, compiled for the same nonlinearities) with the current
 ones on the four reference circuits of ``bench_dk.py``, in one process, alternating old and new:
@@ -179,6 +187,110 @@ def _ab_circuit(old_ss, name: str, x: torch.Tensor, rounds: int) -> str:
             f"| {ns['bn']:.1f} | {ns['bn'] / ns['bo'] - 1:+.1%} | {diff:.1e} |")
 
 
+def netlist_kernels(circuits: list[str], seconds: float, repeats: int) -> None:
+    """The compiled core alone on the reference netlists (DK): forward without and with the saved
+    trajectory, and the backward kernel (dL/dy = 1, every matrix and theta), in CPU seconds (best of
+    ``repeats``: on a shared machine CPU time is steadier than the wall clock), ns/sample on a 0.5 V,
+    1 kHz sine at 384 kHz; with the sizes the generated module is compiled for (Nx, Nu, Ny, Nz, Nphi).
+    No torch: what the linear maps, the root solve and the adjoint cost, without the autograd around them."""
+    from functools import partial
+
+    from benchmarks.bench_dk import FS
+    from circuitsim.api import load
+    from circuitsim.kernels import statespace as ss
+
+    def cpu_best(fn) -> float:  # noqa: ANN001
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.process_time()
+            fn()
+            best = min(best, time.process_time() - t0)
+        return best
+
+    t = np.arange(int(seconds * FS)) / FS
+    x = torch.as_tensor(0.5 * np.sin(2 * np.pi * 1000.0 * t)).unsqueeze(0)
+    print("| circuit | Nx, Nu, Ny, Nz, Nphi | fwd | fwd (saved) | bwd | (fwd saved + bwd) / fwd |")
+    print("|---|---|---|---|---|---|")
+    for name in circuits:
+        model = load(Path(__file__).resolve().parents[1] / "netlists" / f"{name}.cir", "dk", FS)
+        with torch.no_grad():
+            m, d = model.dk()
+            u = model.source_values(m, x).numpy()[:, 1:]
+        mats, theta = tuple(np.ascontiguousarray(t.numpy()) for t in d.as_tuple()), m.theta.numpy()
+        x0 = np.zeros((1, mats[0].shape[0]))
+        nl = model.topology.nonlinearity
+        opt = ss.KernelOptions(threads=1)
+        saved = ss.forward(nl, mats, theta, u, x0, None, opt, save=True)  # compile / load, and the trajectory
+        gy = np.ones_like(saved.y)
+        ss.backward(nl, mats, theta, u, saved.v, saved.checkpoints, gy, None, opt, True)
+        n = u.shape[1]
+        tf = cpu_best(partial(ss.forward, nl, mats, theta, u, x0, None, opt, save=False))
+        ts = cpu_best(partial(ss.forward, nl, mats, theta, u, x0, None, opt, save=True))
+        tb = cpu_best(partial(ss.backward, nl, mats, theta, u, saved.v, saved.checkpoints, gy, None, opt, True))
+        sizes = (mats[0].shape[0], mats[1].shape[1], mats[3].shape[0], mats[6].shape[0], mats[2].shape[1])
+        print(f"| {name} | {', '.join(map(str, sizes))} | {1e9 * tf / n:.1f} | {1e9 * ts / n:.1f} | {1e9 * tb / n:.1f} "
+              f"| {(ts + tb) / tf:.2f} |", flush=True)
+
+
+_MAPS_LOOP = """
+@njit
+def run(At, Bt, Ct, Dt, Et, Ft, u, y, x, xn, phi):
+    # forward_segment's linear maps alone: y = D x + E u + F phi, x' = A x + B u + C phi (phi: a stand-in)
+    for n in range(u.shape[0]):
+        un = u[n]
+        for k in range(NPHI):
+            phi[k] = 0.5 * x[k % NX]
+        tmv3(y[n], Dt, x, NX, Et, un, NU, Ft, phi, NPHI, NY)
+        tmv3(xn, At, x, NX, Bt, un, NU, Ct, phi, NPHI, NX)
+        for i in range(NX):
+            x[i] = xn[i]
+"""
+
+
+def _maps_once(run, mt, u, sizes) -> tuple[float, np.ndarray]:  # noqa: ANN001
+    nx, nphi, ny = sizes
+    y = np.zeros((u.shape[0], ny))
+    t0 = time.process_time()
+    run(*mt, u, y, np.zeros(nx), np.zeros(nx), np.zeros(nphi))
+    return time.process_time() - t0, y
+
+
+def linear_maps(sizes: list[tuple[int, int, int, int]], samples: int, repeats: int) -> None:
+    """``linalg.tmv3`` in its two loop orders (dot products a row; passes over the rows of the transposes,
+    which vectorise) on the forward's maps of random stable systems of sizes ``(Nx, Nu, Nphi, Ny)``, the sizes
+    compile-time constants as in the generated module: ns/sample (CPU time, best of ``repeats``), and whether
+    both orders give the same output bits (they sum in the same order)."""
+    import inspect
+    from functools import partial
+
+    from circuitsim.kernels import linalg
+
+    print("| Nx, Nu, Nphi, Ny | dot products | row passes | dot / rows | same bits |")
+    print("|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    for nx, nu, nphi, ny in sizes:
+        A = rng.standard_normal((nx, nx))
+        A *= 0.9 / max(abs(np.linalg.eigvals(A)))
+        mats = (A, rng.standard_normal((nx, nu)), 0.01 * rng.standard_normal((nx, nphi)),
+                rng.standard_normal((ny, nx)), rng.standard_normal((ny, nu)), rng.standard_normal((ny, nphi)))
+        mt = [np.ascontiguousarray(m.T) for m in mats]
+        u = rng.standard_normal((samples, nu))
+        out = {}
+        for form, axpy_macs in (("dot", 1 << 60), ("rows", -1)):
+            ns: dict = {}
+            src = (f"from numba import njit\nNX, NU, NPHI, NY, AXPY_MACS = {nx}, {nu}, {nphi}, {ny}, {axpy_macs}\n"
+                   f"@njit(inline='always')\n{inspect.getsource(linalg.tmv3)}{_MAPS_LOOP}")
+            exec(compile(src, f"<tmv3 {form}>", "exec"), ns)
+
+            once = partial(_maps_once, ns["run"], mt, u, (nx, nphi, ny))
+            once()
+            best = min(once()[0] for _ in range(repeats))
+            out[form] = (1e9 * best / samples, once()[1])
+        same = bool(np.array_equal(out["dot"][1], out["rows"][1]))
+        print(f"| {nx}, {nu}, {nphi}, {ny} | {out['dot'][0]:.1f} | {out['rows'][0]:.1f} "
+              f"| {out['dot'][0] / out['rows'][0]:.2f} | {same} |", flush=True)
+
+
 def baseline_ab(base: str, circuits: list[str], seconds: float, rounds: int) -> None:
     """Time the DK kernels of the checkout ``base`` (before the compiled core) against the current ones.
 
@@ -216,7 +328,22 @@ def main() -> None:
     ap.add_argument("--baseline", metavar="DIR", help="an earlier checkout (e.g. `git archive 3152f26 circuitsim | "
                     "tar -x -C DIR`): time its DK kernels against these on the reference circuits")
     ap.add_argument("--rounds", type=int, default=20, help="with --baseline: alternations of old and new")
+    ap.add_argument("--netlists", nargs="*", metavar="NAME", help="instead: the compiled core alone (DK forward, "
+                    "forward with the saved trajectory, backward; CPU time) on netlists/NAME.cir (default: all)")
+    ap.add_argument("--maps", action="store_true", help="instead: linalg.tmv3's two loop orders on random maps of "
+                    "1 to 59 states (AXPY_MACS)")
     args = ap.parse_args()
+    if args.maps:
+        sizes = [(1, 1, 2, 1), (3, 1, 0, 1), (4, 2, 3, 1), (8, 1, 4, 1), (16, 1, 8, 1), (24, 2, 12, 1), (32, 2, 16, 1),
+                 (40, 2, 24, 1), (48, 2, 36, 1), (59, 2, 48, 1)]
+        linear_maps(sizes, int(args.seconds * 200_000), args.repeats)
+        return
+    if args.netlists is not None:
+        torch.set_num_threads(1)
+        root = Path(__file__).resolve().parents[1] / "netlists"
+        names = args.netlists or sorted(p.stem for p in root.glob("*.cir"))
+        netlist_kernels(names, args.seconds, args.repeats)
+        return
     if args.compile_probe:
         print(json.dumps(compile_probe()))
         return

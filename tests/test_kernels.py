@@ -26,6 +26,7 @@ import torch
 
 from circuitsim.kernels import statespace as ss
 from circuitsim.kernels.autograd import NewtonError, run_state_space, theta_gradient
+from circuitsim.kernels.codegen import sized_module
 from circuitsim.kernels.explicit_root import MAX_OMEGA_STEPS, OMEGA_TOL, S_BV
 from circuitsim.kernels.nonlinearity import (
     BJTBlock,
@@ -635,5 +636,23 @@ def test_generated_module_is_cached(clipper):
     path = clipper.module.__file__
     assert path.startswith(str(cache_dir()))
     assert "def nl_eval" in open(path).read()
-    index = list((cache_dir() / "__pycache__").glob(f"{clipper.module.__name__}.forward_item*.nbi"))
+    kernel = sized_module(clipper.module, 1, 1, 1)  # the loops run in the module sized for the maps (Nx, Nu, Ny)
+    assert kernel.__file__.startswith(str(cache_dir())) and (kernel.NX, kernel.NU, kernel.NY) == (1, 1, 1)
+    index = list((cache_dir() / "__pycache__").glob(f"{kernel.__name__}.forward_item*.nbi"))
     assert index, "numba did not cache forward_item"
+
+
+def test_sized_module_refuses_other_sizes(clipper):
+    """The loops are compiled for one (Nx, Nu, Ny): maps of other sizes are refused with a message naming both."""
+    from circuitsim.kernels import core
+
+    mats = clipper_matrices(48e3)
+    kernel = sized_module(clipper.module, 1, 1, 1)
+    assert sized_module(clipper.module, 1, 1, 1) is kernel and sized_module(kernel, 2, 1, 1) is kernel
+    z = np.zeros
+    two = (z((2, 2)), z((2, 1)), z((2, 2)), z((1, 2)), z((1, 1)), z((1, 2)), z((1, 2)), z((1, 1)))
+    with pytest.raises(ValueError, match=r"Nx, Nu, Ny = \(2, 1, 1\).*compiled for \(1, 1, 1\)"):
+        core.forward(kernel, two, mats[8:], clipper_theta().numpy(), z((1, 3, 1)), z((1, 2)))
+    bad = (*mats[:3], z((1, 2)), *mats[4:8])  # D with two columns against A's one state
+    with pytest.raises(ValueError, match=r"matrix D has shape \(1, 2\), expected \(1, 1\)"):
+        core.forward(clipper.module, bad, mats[8:], clipper_theta().numpy(), z((1, 3, 1)), z((1, 1)))

@@ -213,7 +213,38 @@ def step_module(nb_source: str, step: StepFormulation | None = None) -> ModuleTy
         step = DK_STEP
     source = nb_source + _HEADER + formulation_source(step) + core_source()
     deps = source_dependencies([source]) + [Path(core.__file__), Path(linalg.__file__), *step.dependencies]
-    return load_generated(source, deps)
+    module = load_generated(source, deps)
+    _BUILDS.setdefault(module.__name__, (source, tuple(deps)))
+    return module
+
+
+# the source and dependencies of every module step_module built (by module name), and the sized modules made
+# from them by sized_module (by name and sizes)
+_BUILDS: dict[str, tuple[str, tuple[Path, ...]]] = {}
+_SIZED: dict[tuple[str, int, int, int], ModuleType] = {}
+
+
+def sized_module(module: ModuleType, nx: int, nu: int, ny: int) -> ModuleType:
+    """``module`` (from :func:`step_module`) with the linear sizes ``Nx``, ``Nu``, ``Ny`` (states, inputs,
+    outputs) as the compile-time constants ``NX``, ``NU``, ``NY``: its loops run only linear maps of
+    those sizes, unrolled or vectorised by the compiler (``linalg.tmv3``).  The unsized module keeps the
+    nonlinearity's functions (``nl_eval`` ...); :func:`circuitsim.kernels.core.forward` and
+    :func:`~circuitsim.kernels.core.backward` call this with the sizes of their maps.  A module that
+    :func:`step_module` did not build (sized already, or an older kernel) is returned as it is.
+    """
+    key = (module.__name__, int(nx), int(nu), int(ny))
+    out = _SIZED.get(key)
+    if out is not None:
+        return out
+    build = _BUILDS.get(module.__name__)
+    if build is None:
+        return module
+    from circuitsim.kernels.nonlinearity import load_generated
+
+    source, deps = build
+    out = load_generated(f"{source}\n# ---- linear sizes\nNX = {key[1]}\nNU = {key[2]}\nNY = {key[3]}\n", deps)
+    _SIZED[key] = out
+    return out
 
 
 def dk_module(nl: Nonlinearity) -> ModuleType:
@@ -231,5 +262,6 @@ def dk_module(nl: Nonlinearity) -> ModuleType:
 
 
 __all__ = [
-    "core_source", "dk_module", "formulation_source", "install_inline_copy", "source_dependencies", "step_module",
+    "core_source", "dk_module", "formulation_source", "install_inline_copy", "sized_module", "source_dependencies",
+    "step_module",
 ]

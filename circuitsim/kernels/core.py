@@ -59,9 +59,16 @@ cotangents ``(xbar[n+1], ybar[n], w[n])`` of the block against its ``x[n]``, ``u
 The loop bodies below are plain Python templates: :mod:`circuitsim.kernels.codegen` pastes
 them, with the formulation's hooks and the nonlinearity (``nl_eval`` ...), into one generated
 module, because numba cannot cache a function that receives another compiled function as an
-argument.  Sizes ``NZ``, ``NPHI``, ``NV``, ``NF`` are compile-time constants there.
+argument.  Sizes ``NZ``, ``NPHI``, ``NV``, ``NF`` are compile-time constants there, and so are the
+linear sizes ``NX``, ``NU``, ``NY``: :func:`forward` and :func:`backward` run the module sized for
+their maps (:func:`circuitsim.kernels.codegen.sized_module`, one module file per size, content-addressed
+like the others), and :func:`check_shapes` refuses maps of other sizes.  Every product with the maps is
+:func:`circuitsim.kernels.linalg.tmv3`: unrolled dot products for small maps, and above ``AXPY_MACS``
+multiply-adds a pass over each row of the stored transposes (``forward`` passes ``A', ..., H'``; the adjoint reads
+``A``, ``D``, ``G`` ... as they are), which vectorises with the same summation order.
 
-Performance (``benchmarks/bench_kernel.py``): numba increments and decrements atomically the
+Performance (``benchmarks/bench_kernel.py``; ``--netlists`` times this core alone per reference
+netlist): numba increments and decrements atomically the
 reference count of an array each time it is copied or passed on (about 100 ns per sample in a
 Newton loop), so the hot loops :func:`forward_segment` and :func:`backward_core` ``borrow``
 every array and tuple of arrays once, and every callee in them is ``inline="always"``; the
@@ -82,6 +89,7 @@ from types import ModuleType
 import numpy as np
 
 from circuitsim.kernels.linalg import (
+    AXPY_MACS,  # noqa: F401  (pasted into the generated module as a layout constant, for tmv3)
     BLOCK_TEMPLATES,
     borrow,
     copy_into,
@@ -90,11 +98,11 @@ from circuitsim.kernels.linalg import (
     lu_factor,
     lu_solve,
     mtm_block,
-    mtv,
     mv,
     rows_to_columns,
     scaled_step,
     solve_into,
+    tmv3,
 )
 
 # ----------------------------------------------------------------------------- placeholders
@@ -102,6 +110,7 @@ from circuitsim.kernels.linalg import (
 # templates read and lint whole.
 NV = NF = N_WORK = N_LC = NZ = NPHI = FM_WORK = FM_EXPLICIT = FM_LC = 0
 FALLBACKS = 1  # pasted as a literal into each copy of forward_item (codegen.FORWARD_COPIES)
+NX = NU = NY = 0  # the linear sizes: constants of the sized module (codegen.sized_module)
 
 
 def nl_prepare(theta, lc):  # pragma: no cover - replaced in generated code
@@ -153,40 +162,11 @@ I_PIV, I_COUNT = range(2)  # counters: iterations, max iterations, "LU holds M o
 W_Z1, W_Z2, W_PPREV, W_PIV, W_EST, W_LU = range(6)
 # iopt[O_SAVE]: nothing saved, z and a state every iopt[O_CP] samples, z and every state
 SAVE_NONE, SAVE_CHECKPOINTS, SAVE_EVERY = range(3)
-LAYOUT_PREFIXES = ("ST_", "O_", "F_", "V_", "M_", "I_", "W_", "N_EST", "SAVE_")
+LAYOUT_PREFIXES = ("ST_", "O_", "F_", "V_", "M_", "I_", "W_", "N_EST", "SAVE_", "AXPY_")
 
 
 # fmt: off
 # ----------------------------------------------------------------------------- inlined templates
-
-
-def affine_phi(out, M1, a, M2, b, M3, phi):
-    # out = M1 a + M2 b + M3 phi (outputs and next state from x[n], u[n], phi[n]), one pass
-    for i in range(M1.shape[0]):
-        s = 0.0
-        for j in range(M1.shape[1]):
-            s += M1[i, j] * a[j]
-        for j in range(M2.shape[1]):
-            s += M2[i, j] * b[j]
-        for k in range(NPHI):
-            s += M3[i, k] * phi[k]
-        out[i] = s
-
-
-def affine_w(out, cols, kc, M1, a, M2, b, M3, w):
-    # out = M1' a + M2' b + M3' w (the adjoint xbar[n] from xbar[n+1], ybar[n], w[n]), also written
-    # to column kc of cols; one pass with the terms in a last: a is the loop-carried xbar, so only
-    # its products wait for the previous sample
-    for j in range(M1.shape[1]):
-        s = 0.0
-        for i in range(M2.shape[0]):
-            s += M2[i, j] * b[i]
-        for i in range(NZ):
-            s += M3[i, j] * w[i]
-        for i in range(M1.shape[0]):
-            s += M1[i, j] * a[i]
-        out[j] = s
-        cols[j, kc] = s
 
 
 def accept_step(z, phi, dphi, dz):
@@ -358,7 +338,8 @@ def homotopy(P, theta, wv, wm, wi, fopt, max_iter, use_limit):
 def forward_segment(n0, solved, lin, P, theta, io, wv, wm, wi, fopt, iopt):
     # The hot loop: samples n0.. until plain Newton fails (returns that sample) or T.  Every array
     # is borrowed and every callee inlined (see the module docstring).  With solved=True, sample
-    # n0 was solved by a fallback (z, phi and LU are set).
+    # n0 was solved by a fallback (z, phi and LU are set).  lin holds the transposes A', ..., H' (forward()),
+    # which tmv3 reads row by row.
     A, B, C, D, E, F, G, H = borrow(lin)
     u, y, ztraj, ckpt = borrow(io)
     P = borrow(P)
@@ -379,18 +360,16 @@ def forward_segment(n0, solved, lin, P, theta, io, wv, wm, wi, fopt, iopt):
     explicit = FM_EXPLICIT != 0 and iopt[O_EXPLICIT] != 0
     early = iopt[O_EARLY] != 0
     lc, work = wv[V_LC], wv[V_WORK]
-    nx = A.shape[0]
     n_iter = 0
     n_max = counters[1]
     for n in range(n0, u.shape[0]):
         un = u[n]
         if save and n == n_ck:
-            copy_into(ckpt[ci], x, nx)
+            copy_into(ckpt[ci], x, NX)
             ci += 1
             n_ck += ck
         if NZ > 0 and not (solved and n == n0):
-            mv(p, G, x, NZ, nx, False)
-            mv(p, H, un, NZ, H.shape[1], True)
+            tmv3(p, G, x, NX, H, un, NU, H, un, 0, NZ)  # p = G x + H u
             if explicit and fm_solve(P, p, z, theta, phi, lc, work, fopt, wv[V_EST], early):
                 counters[2] = 0  # LU is not M at this z: a later Newton sample predicts from z[n-1]
             else:
@@ -406,9 +385,9 @@ def forward_segment(n0, solved, lin, P, theta, io, wv, wm, wi, fopt, iopt):
                 counters[2] = 1
         elif NZ == 0:
             fm_eval(P, p, z, theta, phi, dphi, wv[V_G], LU, work)
-        affine_phi(y[n], D, x, E, un, F, phi)
-        affine_phi(xn, A, x, B, un, C, phi)
-        copy_into(x, xn, nx)
+        tmv3(y[n], D, x, NX, E, un, NU, F, phi, NPHI, NY)  # y = D x + E u + F phi
+        tmv3(xn, A, x, NX, B, un, NU, C, phi, NPHI, NX)  # x' = A x + B u + C phi
+        copy_into(x, xn, NX)
         copy_into(z2, z1, NZ)
         copy_into(z1, z, NZ)
         copy_into(pprev, p, NZ)
@@ -526,8 +505,9 @@ def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv):
     # the columns of lT, x[n], u[n], phi[n] those of xT, uT, phiT; the block's sums of outer products
     # (dA = sum xbar[n+1] x[n]', ..., dH = sum w[n] u[n]') are then lT xT', lT uT', lT phiT', whose row
     # blocks are (dA; dD; dG), (dB; dE; dH), (dC; dF; -), and ubar[n] = B' xbar[n+1] + E' ybar + H' w
-    # is R' l[n] with R = (B; E; H).  p (bv[2]) must be zeros.
-    A, C, D, F, G, R = borrow(lin)
+    # is R' l[n] with R = (B; E; H).  The transposes At, Bt, Ct recompute the states as forward_segment
+    # does (the same tmv3, so the same rounding).  p (bv[2]) must be zeros.
+    A, C, D, F, G, R, At, Bt, Ct = borrow(lin)
     gX, gU, gPhi = borrow(gmat)
     u, ztraj, ckpt, gy, du, mu = borrow(io)
     gx, dx0, dtheta = borrow(gvec)
@@ -544,43 +524,38 @@ def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv):
     want_du = du.shape[0] != 0
     want_mu = mu.shape[0] != 0
     T = u.shape[0]
-    nx = A.shape[0]
-    nu = R.shape[1]
-    ny = D.shape[0]
-    B = R[:nx]
-    lY = lT[nx:]  # the ybar rows of lT
+    lY = lT[NX:]  # the ybar rows of lT
     cur = 0  # xbar[n+1] is xb2[cur]; xbar[n] goes to the other row (no copy in the loop-carried chain)
-    copy_into(xb2[cur], gx, nx)
+    copy_into(xb2[cur], gx, NX)
     for c in range((T + blk - 1) // blk - 1, -1, -1):
         n0 = c * blk
         n1 = min(T, n0 + blk)
         L = n1 - n0
         if not every:
-            copy_into(x, ckpt[c], nx)
+            copy_into(x, ckpt[c], NX)
         if NZ > 0 or NPHI > 0 or not every:
             for k in range(L):
                 n = n0 + k
                 # phi, dphi and M = -dr/dz do not depend on p (g = p + r(z)): p stays 0 here
                 fm_eval(P, p, ztraj[n], theta, phis[k], dphis[k], g, Ms[k], work)
                 if not every:
-                    for i in range(nx):
+                    for i in range(NX):
                         xT[i, k] = x[i]
-                    affine_phi(xn, A, x, B, u[n], C, phis[k])
-                    copy_into(x, xn, nx)
+                    tmv3(xn, At, x, NX, Bt, u[n], NU, Ct, phis[k], NPHI, NX)
+                    copy_into(x, xn, NX)
         if every:
             rows_to_columns(xT, ckpt, n0, L)
         rows_to_columns(uT, u, n0, L)
         rows_to_columns(phiT, phis, 0, L)
         rows_to_columns(lY, gy, n0, L)
-        for i in range(nx):
+        for i in range(NX):
             lT[i, L - 1] = xb2[cur, i]
         for k in range(L - 1, -1, -1):
             n = n0 + k
             yb, xbar, xbn = gy[n], xb2[cur], xb2[1 - cur]
-            mtv(gphi, F, yb, ny, NPHI, False)  # gphi = F' ybar + C' xbar
-            mtv(gphi, C, xbar, nx, NPHI, True)
+            tmv3(gphi, F, yb, NY, C, xbar, NX, C, xbar, 0, NPHI)  # gphi = F' ybar + C' xbar
             if NZ > 0:
-                mtv(zbar, dphis[k], gphi, NPHI, NZ, False)  # w = M^-T dphi' gphi
+                tmv3(zbar, dphis[k], gphi, NPHI, Ms[k], gphi, 0, Ms[k], gphi, 0, NZ)  # w = M^-T dphi' gphi
                 copy_matrix(Mt, Ms[k], True)
                 if not solve_into(Mt, piv, zbar, w, NZ):
                     w.fill(math.nan)  # a singular M has no implicit derivative
@@ -588,9 +563,13 @@ def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv):
             if want_mu:
                 copy_into(mu[n], mq, NF)
             for i in range(NZ):
-                lT[nx + ny + i, k] = w[i]
-            # xbar[n] = A' xbar[n+1] + D' ybar + G' w, also into column k - 1 (l[n-1]; column blk: spare)
-            affine_w(xbn, lT, k - 1 if k > 0 else blk, A, xbar, D, yb, G, w)
+                lT[NX + NY + i, k] = w[i]
+            # xbar[n] = A' xbar[n+1] + D' ybar + G' w, the terms in xbar last (they alone wait for the
+            # previous sample), also into column k - 1 (l[n-1]; column blk: spare)
+            tmv3(xbn, D, yb, NY, G, w, NZ, A, xbar, NX, NX)
+            kc = k - 1 if k > 0 else blk
+            for i in range(NX):
+                lT[i, kc] = xbn[i]
             cur = 1 - cur
         gram_acc(gX, lT, xT, L)
         gram_acc(gU, lT, uT, L)
@@ -598,13 +577,13 @@ def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv):
         if want_du:
             mtm_block(duT, R, lT, L)
             for k in range(L):
-                for j in range(nu):
+                for j in range(NU):
                     du[n0 + k, j] = duT[j, k]
-    copy_into(dx0, xb2[cur], nx)
+    copy_into(dx0, xb2[cur], NX)
 
 
 def backward_item(lin, P, theta, io, gmat, dP, gvec, iopt):
-    nx, ny, nu = lin[0].shape[0], lin[2].shape[0], lin[5].shape[1]
+    nx, ny, nu = NX, NY, NU
     blk = iopt[O_CP]
     ndu = blk if io[4].shape[0] != 0 else 0
     bv = (np.zeros(nx), np.zeros(nx), np.zeros(NZ), np.zeros(NZ), np.zeros(NPHI), np.zeros(NZ), np.zeros(NZ),
@@ -623,8 +602,7 @@ def theta_vjp_item(theta, vtraj, mu, dtheta):
 
 
 # fmt: on
-INLINE_TEMPLATES = ("affine_phi", "affine_w", "accept_step", "predict", "in_bound", "newton_stop", "newton_plain",
-                    "start_item")
+INLINE_TEMPLATES = ("accept_step", "predict", "in_bound", "newton_stop", "newton_plain", "start_item")
 _FASTMATH = ', fastmath={"reassoc", "contract"}'  # linalg.BLOCK_TEMPLATES: sums that vectorise
 TEMPLATES: tuple[tuple[str, str], ...] = (
     *((name, _FASTMATH) for name in BLOCK_TEMPLATES),
@@ -770,16 +748,39 @@ def _c(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float64)
 
 
-def check_shapes(module: ModuleType, lin: Sequence[np.ndarray], u: np.ndarray, x0: np.ndarray) -> None:
-    """Raise ``ValueError`` unless ``lin = (A, ..., H)``, ``u`` (batch, T, Nu) and ``x0`` (batch, Nx) fit."""
+def linear_sizes(lin: Sequence[np.ndarray]) -> tuple[int, int, int]:
+    """``(Nx, Nu, Ny)`` of the linear maps ``lin = (A, ..., H)``: from ``A``, ``B`` and ``D``."""
     if len(lin) != 8:
         raise ValueError(f"expected the 8 linear maps A..H, got {len(lin)}")
-    A, B = lin[0], lin[1]
-    nx, nu, nphi, ny, nz = A.shape[0], B.shape[1], module.NPHI, lin[3].shape[0], module.NZ
+    if any(np.ndim(m) != 2 for m in lin):
+        raise ValueError(f"the linear maps must be matrices, got shapes {[np.shape(m) for m in lin]}")
+    return lin[0].shape[0], lin[1].shape[1], lin[3].shape[0]
+
+
+def sized(module: ModuleType, lin: Sequence[np.ndarray]) -> ModuleType:
+    """The module whose loops run ``lin``: ``module`` specialised to the sizes of ``lin``
+    (:func:`circuitsim.kernels.codegen.sized_module`; ``Nx``, ``Nu``, ``Ny`` become compile-time
+    constants), or ``module`` itself where it is sized already or not generated by ``codegen``."""
+    from circuitsim.kernels.codegen import sized_module
+
+    return sized_module(module, *linear_sizes(lin))
+
+
+def check_shapes(module: ModuleType, lin: Sequence[np.ndarray], u: np.ndarray, x0: np.ndarray) -> None:
+    """Raise ``ValueError`` unless ``lin = (A, ..., H)``, ``u`` (batch, T, Nu) and ``x0`` (batch, Nx) fit
+    each other and the sizes compiled into ``module`` (``NZ``, ``NPHI``; ``NX``, ``NU``, ``NY`` where it
+    has them)."""
+    nx, nu, ny = linear_sizes(lin)
+    nphi, nz = module.NPHI, module.NZ
+    compiled = tuple(getattr(module, k, None) for k in ("NX", "NU", "NY"))
+    if all(c is not None for c in compiled) and compiled != (nx, nu, ny):
+        raise ValueError(f"the linear maps have Nx, Nu, Ny = {(nx, nu, ny)} but the module {module.__name__} is "
+                         f"compiled for {compiled}")
     want = ((nx, nx), (nx, nu), (nx, nphi), (ny, nx), (ny, nu), (ny, nphi), (nz, nx), (nz, nu))
     for name, shape, m in zip("ABCDEFGH", want, lin):
         if m.shape != shape:
-            raise ValueError(f"matrix {name} has shape {m.shape}, expected {shape}")
+            raise ValueError(f"matrix {name} has shape {m.shape}, expected {shape} (Nx, Nu, Ny = {nx}, {nu}, {ny} "
+                             f"from A, B, D; Nz, Nphi = {nz}, {nphi} from the module)")
     if u.ndim != 3 or u.shape[2] != nu:
         raise ValueError(f"u must be (batch, T, {nu}), got {u.shape}")
     if x0.shape != (u.shape[0], nx):
@@ -833,6 +834,7 @@ def forward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarra
     lin = tuple(_c(m) for m in lin)
     P = tuple(_c(m) for m in P)
     u, x0, theta = _c(u), _c(x0), _c(theta).reshape(-1)
+    module = sized(module, lin)
     check_shapes(module, lin, u, x0)
     batch, T = u.shape[:2]
     nz, nx, ny = module.NZ, lin[0].shape[0], lin[3].shape[0]
@@ -852,8 +854,9 @@ def forward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarra
         fopts = [fopt.copy() for _ in range(batch)]
         for b, f in enumerate(fopts):
             f[F_UMAX] = max(1.0, float(u[b].max()), -float(u[b].min()))
+    lin_t = tuple(np.ascontiguousarray(m.T) for m in lin)  # forward_segment reads A' ... H' row by row (tmv3)
     items = [
-        (lin, P, theta, (u[b], y[b], ztraj[b], ckpt[b]), x0[b], xfin[b], warm[b], warm_out[b], stats[b], fopts[b],
+        (lin_t, P, theta, (u[b], y[b], ztraj[b], ckpt[b]), x0[b], xfin[b], warm[b], warm_out[b], stats[b], fopts[b],
          iopt)
         for b in range(batch)
     ]
@@ -882,11 +885,13 @@ def backward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarr
     lin = tuple(_c(m) for m in lin)
     P = tuple(_c(m) for m in P)
     u, theta = _c(u), _c(theta).reshape(-1)
+    module = sized(module, lin)
     batch, T = u.shape[:2]
     A, B, C, D, E, F, G, H = lin
     nx, nu, ny, nz, nphi = A.shape[0], B.shape[1], D.shape[0], module.NZ, module.NPHI
     gy = _c(gy)
     gx = np.zeros((batch, nx)) if gx_final is None else _c(gx_final)
+    check_shapes(module, lin, u, gx)
     # the kernel's cotangent rows l[n] = (xbar[n+1], ybar[n], w[n]) and R = (B; E; H): ubar[n] = R' l[n]
     q = nx + ny + nz
     R = np.ascontiguousarray(np.concatenate([B, E, H], axis=0))
@@ -905,8 +910,9 @@ def backward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarr
                              f"checkpoint={options.checkpoint}: pass the forward run's options")
         _, iopt = options.arrays(mode, theta_grad=theta_grad)
         zt, ck = _c(saved.v), _c(saved.checkpoints)
+        maps = (A, C, D, F, G, R, *(np.ascontiguousarray(m.T) for m in (A, B, C)))  # backward_core's (lin)
         items = [
-            ((A, C, D, F, G, R), P, theta, (u[b], zt[b], ck[b], gy[b], du[b], mu[b]), tuple(g[b] for g in gmat),
+            (maps, P, theta, (u[b], zt[b], ck[b], gy[b], du[b], mu[b]), tuple(g[b] for g in gmat),
              tuple(d[b] for d in dP), (gx[b], dx0[b], dtheta[b]), iopt)
             for b in range(batch)
         ]

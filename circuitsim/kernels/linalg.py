@@ -18,6 +18,12 @@ import math
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+# multiply-adds of a product above which tmv3 passes over the rows of the matrices (vectorised) instead of
+# taking a dot product per output: below it the compiler unrolls the dot products whole and interleaves their
+# independent sums (2.2-2.6x faster than the passes at 16-32 states), above it the serial sums of the rolled
+# dot products lose (2.5x slower at 59 states); `python benchmarks/bench_kernel.py --maps`
+AXPY_MACS = 2048
+
 
 def _borrow_array(context, builder, aryty, value):
     src = context.make_array(aryty)(context, builder, value=value)
@@ -186,6 +192,41 @@ def mv(out, M, a, rows, cols, acc):
         out[i] = s
 
 
+def tmv3(out, M1, a, n1, M2, b, n2, M3, c, n3, rows):
+    # out[i] = sum_j M1[j, i] a[j] + sum_j M2[j, i] b[j] + sum_j M3[j, i] c[j] for i < rows: the products
+    # M1' a + M2' b + M3' c of the (stored) transposes, every sum in that order, j ascending, in both loop
+    # orders below, so that both round alike.  Up to AXPY_MACS multiply-adds: a dot product per row, its sum
+    # in a register.  Above: out += a[j] M1[j, :] row after row of M (contiguous), which vectorises across i
+    # without reassociating any sum (a dot product cannot: its one sum is a serial chain).  The forward
+    # passes A' ... H' (core.forward), the adjoint A, D, G ... themselves.  Sizes are compile-time constants
+    # (NX, NU, NY, NZ, NPHI), so the loops unroll and the branch is decided by the compiler.
+    if rows * (n1 + n2 + n3) <= AXPY_MACS:
+        for i in range(rows):
+            s = 0.0
+            for j in range(n1):
+                s += M1[j, i] * a[j]
+            for j in range(n2):
+                s += M2[j, i] * b[j]
+            for j in range(n3):
+                s += M3[j, i] * c[j]
+            out[i] = s
+        return
+    for i in range(rows):
+        out[i] = 0.0
+    for j in range(n1):
+        aj = a[j]
+        for i in range(rows):
+            out[i] += M1[j, i] * aj
+    for j in range(n2):
+        bj = b[j]
+        for i in range(rows):
+            out[i] += M2[j, i] * bj
+    for j in range(n3):
+        cj = c[j]
+        for i in range(rows):
+            out[i] += M3[j, i] * cj
+
+
 def mtv(out, M, a, rows, cols, acc):
     # out = M' a (acc False) or out += M' a (acc True), M rows x cols: column j of M dotted with a
     for j in range(cols):
@@ -268,6 +309,7 @@ TEMPLATES = (
     "lu_solve",
     "solve_into",
     "mv",
+    "tmv3",
     "mtv",
     "outer_acc",
     "rows_to_columns",
