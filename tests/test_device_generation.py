@@ -240,12 +240,22 @@ JFET_CARDS = {
 }
 
 
+def _jfet_program(card: str, kind: str) -> tuple:
+    """The JFET family, its theta for ``card`` at area 1.5 and m 2 (the instance both tests sweep), its program."""
+    from circuitsim.devices.jfet import JFET_ALIASES
+
+    fam = registry.family("jfet")
+    p = {JFET_ALIASES.get(k, k): v for k, v in card_params(card, JFET_ALIASES).items()}
+    scaled = fam.instance_params(tensors(p), {"AREA": torch.tensor(1.5, dtype=F64), "M": torch.tensor(2.0, dtype=F64)},
+                                 kind)
+    prog, gen, _ = fam.code(None)
+    return fam, fam.theta(scaled, kind).numpy(), prog, gen
+
+
 @needs_ngspice
 @pytest.mark.parametrize("name", list(JFET_CARDS))
 def test_jfet_matches_ngspice(name: str) -> None:
     """The generated JFET (one module, one registration line) against ngspice's DC sweep to 1e-9."""
-    from circuitsim.devices.jfet import JFET_ALIASES
-
     kind, card = JFET_CARDS[name]
     s = 1 if kind == "NJF" else -1
     body = (f"VD d 0 0\nVG g 0 0\nJ1 d g 0 jm area=1.5 m=2\n.model jm {kind}({card})\n"
@@ -253,13 +263,8 @@ def test_jfet_matches_ngspice(name: str) -> None:
     vecs = ["@j1[vgs]", "@j1[vgd]", "@j1[id]", "@j1[ig]", "@j1[gm]", "@j1[gds]", "@j1[ggs]", "@j1[ggd]"]
     d = dict(zip(vecs, ngspice_vectors(body, vecs).T))
     assert d["@j1[vgs]"].size == 101 * 11
-    fam = registry.family_for_model_type(kind)
-    assert fam is registry.family("jfet")
-    p = {JFET_ALIASES.get(k, k): v for k, v in card_params(card, JFET_ALIASES).items()}
-    scaled = fam.instance_params(tensors(p), {"AREA": torch.tensor(1.5, dtype=F64), "M": torch.tensor(2.0, dtype=F64)},
-                                 kind)
-    vec = fam.theta(scaled, kind).numpy()
-    prog, gen, _ = fam.code(None)
+    assert registry.family_for_model_type(kind) is registry.family("jfet")
+    fam, vec, prog, gen = _jfet_program(card, kind)
     # ngspice's states are in the N-channel frame (vgs = type * (V(g) - V(s'))); so is the program
     vt = [torch.tensor(d["@j1[vgs]"]), torch.tensor(d["@j1[vgd]"])]
     (igs, igd, ids, _, _), jac = torch_call(gen, prog, vt, slots_of(fam, vec, prog), True)
@@ -286,7 +291,6 @@ def test_jfet_charges_match_ngspice(name: str) -> None:
     """
     from test_mosfet import _ngspice_ops
 
-    from circuitsim.devices.jfet import JFET_ALIASES
 
     kind, card = ("PJF", JFET_CARDS["pjf"][1] + " CGS=2p CGD=1.5p FC=0.4") if name == "pjf_caps" else JFET_CARDS[name]
     s = 1 if kind == "NJF" else -1
@@ -297,12 +301,7 @@ def test_jfet_charges_match_ngspice(name: str) -> None:
     vecs = ["@j1[vgs]", "@j1[vgd]", "@j1[qgs]", "@j1[qgd]"]
     q = dict(zip(vecs, _ngspice_ops(body, pts, vecs, "tran 1n 2n").T))
     c = dict(zip(vecs, _ngspice_ops(body, pts, vecs).T))
-    fam = registry.family("jfet")
-    p = {JFET_ALIASES.get(k, k): v for k, v in card_params(card, JFET_ALIASES).items()}
-    scaled = fam.instance_params(tensors(p), {"AREA": torch.tensor(1.5, dtype=F64), "M": torch.tensor(2.0, dtype=F64)},
-                                 kind)
-    vec = fam.theta(scaled, kind).numpy()
-    prog, gen, _ = fam.code(None)
+    fam, vec, prog, gen = _jfet_program(card, kind)
     vt = [torch.tensor(q["@j1[vgs]"]), torch.tensor(q["@j1[vgd]"])]
     (_, _, _, qgs, qgd), jac = torch_call(gen, prog, vt, slots_of(fam, vec, prog), True)
     assert_close(qgs.numpy(), q["@j1[qgs]"], 1e-9, 1e-25, f"{name} qgs")
