@@ -373,7 +373,7 @@ def test_fallbacks_compile_once(clipper):
     sig = 2.0 * np.sin(np.linspace(0.0, 6.0, 200))
     mats = clipper_matrices(fs)
     theta = clipper_theta().numpy()
-    mod = clipper.module
+    mod = sized_module(clipper.module, 1, 1, 1)  # the module whose loops run these maps (Nx, Nu, Ny = 1)
     opts = ss.KernelOptions(explicit=False)
     clean = ss.forward(clipper, mats, theta, sig[None, :, None], np.zeros((1, 1)), options=opts)
     assert clean.stats[0, ss.ST_DAMPED] == 0
