@@ -373,7 +373,7 @@ def test_fallbacks_compile_once(clipper):
     sig = 2.0 * np.sin(np.linspace(0.0, 6.0, 200))
     mats = clipper_matrices(fs)
     theta = clipper_theta().numpy()
-    mod = sized_module(clipper.module, 1, 1, 1)  # the module whose loops run these maps (Nx, Nu, Ny = 1)
+    mod = sized_module(clipper.module, 1, 1)  # the module whose loops run these maps (Nx, Nu = 1)
     opts = ss.KernelOptions(explicit=False)
     clean = ss.forward(clipper, mats, theta, sig[None, :, None], np.zeros((1, 1)), options=opts)
     assert clean.stats[0, ss.ST_DAMPED] == 0
@@ -636,22 +636,22 @@ def test_generated_module_is_cached(clipper):
     path = clipper.module.__file__
     assert path.startswith(str(cache_dir()))
     assert "def nl_eval" in open(path).read()
-    kernel = sized_module(clipper.module, 1, 1, 1)  # the loops run in the module sized for the maps (Nx, Nu, Ny)
-    assert kernel.__file__.startswith(str(cache_dir())) and (kernel.NX, kernel.NU, kernel.NY) == (1, 1, 1)
+    kernel = sized_module(clipper.module, 1, 1)  # the loops run in the module sized for the maps (Nx, Nu)
+    assert kernel.__file__.startswith(str(cache_dir())) and (kernel.NX, kernel.NU) == (1, 1)
     index = list((cache_dir() / "__pycache__").glob(f"{kernel.__name__}.forward_item*.nbi"))
     assert index, "numba did not cache forward_item"
 
 
 def test_sized_module_refuses_other_sizes(clipper):
-    """The loops are compiled for one (Nx, Nu, Ny): maps of other sizes are refused with a message naming both."""
+    """The loops are compiled for one (Nx, Nu): maps of other sizes are refused with a message naming both."""
     from circuitsim.kernels import core
 
     mats = clipper_matrices(48e3)
-    kernel = sized_module(clipper.module, 1, 1, 1)
-    assert sized_module(clipper.module, 1, 1, 1) is kernel and sized_module(kernel, 2, 1, 1) is kernel
+    kernel = sized_module(clipper.module, 1, 1)
+    assert sized_module(clipper.module, 1, 1) is kernel and sized_module(kernel, 2, 1) is kernel
     z = np.zeros
     two = (z((2, 2)), z((2, 1)), z((2, 2)), z((1, 2)), z((1, 1)), z((1, 2)), z((1, 2)), z((1, 1)))
-    with pytest.raises(ValueError, match=r"Nx, Nu, Ny = \(2, 1, 1\).*compiled for \(1, 1, 1\)"):
+    with pytest.raises(ValueError, match=r"Nx, Nu = \(2, 1\).*compiled for \(1, 1\)"):
         core.forward(kernel, two, mats[8:], clipper_theta().numpy(), z((1, 3, 1)), z((1, 2)))
     bad = (*mats[:3], z((1, 2)), *mats[4:8])  # D with two columns against A's one state
     with pytest.raises(ValueError, match=r"matrix D has shape \(1, 2\), expected \(1, 1\)"):

@@ -221,18 +221,20 @@ def step_module(nb_source: str, step: StepFormulation | None = None) -> ModuleTy
 # the source and dependencies of every module step_module built (by module name), and the sized modules made
 # from them by sized_module (by name and sizes)
 _BUILDS: dict[str, tuple[str, tuple[Path, ...]]] = {}
-_SIZED: dict[tuple[str, int, int, int], ModuleType] = {}
+_SIZED: dict[tuple[str, int, int], ModuleType] = {}
 
 
-def sized_module(module: ModuleType, nx: int, nu: int, ny: int) -> ModuleType:
-    """``module`` (from :func:`step_module`) with the linear sizes ``Nx``, ``Nu``, ``Ny`` (states, inputs,
-    outputs) as the compile-time constants ``NX``, ``NU``, ``NY``: its loops run only linear maps of
-    those sizes, unrolled or vectorised by the compiler (``linalg.tmv3``).  The unsized module keeps the
+def sized_module(module: ModuleType, nx: int, nu: int) -> ModuleType:
+    """``module`` (from :func:`step_module`) with the linear sizes ``Nx``, ``Nu`` (states, inputs) as the
+    compile-time constants ``NX``, ``NU``: its loops run only linear maps of those sizes, unrolled or
+    vectorised by the compiler (``linalg.tmv3``).  The output count stays a run-time size: DK runs the
+    last sample of a block with extra output rows (formulations/dk.py), and a second ``Ny`` would compile
+    the whole core again (it doubled a first compile).  The unsized module keeps the
     nonlinearity's functions (``nl_eval`` ...); :func:`circuitsim.kernels.core.forward` and
     :func:`~circuitsim.kernels.core.backward` call this with the sizes of their maps.  A module that
     :func:`step_module` did not build (sized already, or an older kernel) is returned as it is.
     """
-    key = (module.__name__, int(nx), int(nu), int(ny))
+    key = (module.__name__, int(nx), int(nu))
     out = _SIZED.get(key)
     if out is not None:
         return out
@@ -242,7 +244,7 @@ def sized_module(module: ModuleType, nx: int, nu: int, ny: int) -> ModuleType:
     from circuitsim.kernels.nonlinearity import load_generated
 
     source, deps = build
-    out = load_generated(f"{source}\n# ---- linear sizes\nNX = {key[1]}\nNU = {key[2]}\nNY = {key[3]}\n", deps)
+    out = load_generated(f"{source}\n# ---- linear sizes\nNX = {key[1]}\nNU = {key[2]}\n", deps)
     _SIZED[key] = out
     return out
 

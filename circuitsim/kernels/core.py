@@ -60,9 +60,11 @@ The loop bodies below are plain Python templates: :mod:`circuitsim.kernels.codeg
 them, with the formulation's hooks and the nonlinearity (``nl_eval`` ...), into one generated
 module, because numba cannot cache a function that receives another compiled function as an
 argument.  Sizes ``NZ``, ``NPHI``, ``NV``, ``NF`` are compile-time constants there, and so are the
-linear sizes ``NX``, ``NU``, ``NY``: :func:`forward` and :func:`backward` run the module sized for
-their maps (:func:`circuitsim.kernels.codegen.sized_module`, one module file per size, content-addressed
-like the others), and :func:`check_shapes` refuses maps of other sizes.  Every product with the maps is
+linear sizes ``NX``, ``NU`` (the output count ``Ny`` stays a run-time size: DK runs a block's last
+sample with extra output rows, and a second size would compile the whole core a second time):
+:func:`forward` and :func:`backward` run the module sized for their maps
+(:func:`circuitsim.kernels.codegen.sized_module`, one module file per size, content-addressed like the
+others), and :func:`check_shapes` refuses maps of other sizes.  Every product with the maps is
 :func:`circuitsim.kernels.linalg.tmv3`: unrolled dot products for small maps, and above ``AXPY_MACS``
 multiply-adds a pass over each row of the stored transposes (``forward`` passes ``A', ..., H'``; the adjoint reads
 ``A``, ``D``, ``G`` ... as they are), which vectorises with the same summation order.
@@ -110,7 +112,7 @@ from circuitsim.kernels.linalg import (
 # templates read and lint whole.
 NV = NF = N_WORK = N_LC = NZ = NPHI = FM_WORK = FM_EXPLICIT = FM_LC = 0
 FALLBACKS = 1  # pasted as a literal into each copy of forward_item (codegen.FORWARD_COPIES)
-NX = NU = NY = 0  # the linear sizes: constants of the sized module (codegen.sized_module)
+NX = NU = 0  # the linear sizes: constants of the sized module (codegen.sized_module)
 
 
 def nl_prepare(theta, lc):  # pragma: no cover - replaced in generated code
@@ -342,6 +344,7 @@ def forward_segment(n0, solved, lin, P, theta, io, wv, wm, wi, fopt, iopt):
     # which tmv3 reads row by row.
     A, B, C, D, E, F, G, H = borrow(lin)
     u, y, ztraj, ckpt = borrow(io)
+    ny = y.shape[1]  # a run-time size (the sized module's are NX, NU)
     P = borrow(P)
     theta = borrow(theta)
     fopt = borrow(fopt)
@@ -385,7 +388,7 @@ def forward_segment(n0, solved, lin, P, theta, io, wv, wm, wi, fopt, iopt):
                 counters[2] = 1
         elif NZ == 0:
             fm_eval(P, p, z, theta, phi, dphi, wv[V_G], LU, work)
-        tmv3(y[n], D, x, NX, E, un, NU, F, phi, NPHI, NY)  # y = D x + E u + F phi
+        tmv3(y[n], D, x, NX, E, un, NU, F, phi, NPHI, ny)  # y = D x + E u + F phi
         tmv3(xn, A, x, NX, B, un, NU, C, phi, NPHI, NX)  # x' = A x + B u + C phi
         copy_into(x, xn, NX)
         copy_into(z2, z1, NZ)
@@ -510,6 +513,7 @@ def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv):
     A, C, D, F, G, R, At, Bt, Ct = borrow(lin)
     gX, gU, gPhi = borrow(gmat)
     u, ztraj, ckpt, gy, du, mu = borrow(io)
+    ny = gy.shape[1]
     gx, dx0, dtheta = borrow(gvec)
     x, xn, p, g, gphi, zbar, w, mq, work = borrow(bv)
     xT, uT, phiT, lT, duT, phis, Mt, xb2 = borrow(bm)
@@ -553,7 +557,7 @@ def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv):
         for k in range(L - 1, -1, -1):
             n = n0 + k
             yb, xbar, xbn = gy[n], xb2[cur], xb2[1 - cur]
-            tmv3(gphi, F, yb, NY, C, xbar, NX, C, xbar, 0, NPHI)  # gphi = F' ybar + C' xbar
+            tmv3(gphi, F, yb, ny, C, xbar, NX, C, xbar, 0, NPHI)  # gphi = F' ybar + C' xbar
             if NZ > 0:
                 tmv3(zbar, dphis[k], gphi, NPHI, Ms[k], gphi, 0, Ms[k], gphi, 0, NZ)  # w = M^-T dphi' gphi
                 copy_matrix(Mt, Ms[k], True)
@@ -563,10 +567,10 @@ def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv):
             if want_mu:
                 copy_into(mu[n], mq, NF)
             for i in range(NZ):
-                lT[NX + NY + i, k] = w[i]
+                lT[NX + ny + i, k] = w[i]
             # xbar[n] = A' xbar[n+1] + D' ybar + G' w, the terms in xbar last (they alone wait for the
             # previous sample), also into column k - 1 (l[n-1]; column blk: spare)
-            tmv3(xbn, D, yb, NY, G, w, NZ, A, xbar, NX, NX)
+            tmv3(xbn, D, yb, ny, G, w, NZ, A, xbar, NX, NX)
             kc = k - 1 if k > 0 else blk
             for i in range(NX):
                 lT[i, kc] = xbn[i]
@@ -583,7 +587,7 @@ def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv):
 
 
 def backward_item(lin, P, theta, io, gmat, dP, gvec, iopt):
-    nx, ny, nu = NX, NY, NU
+    nx, ny, nu = NX, lin[2].shape[0], NU  # lin = (A, C, D, ...): D is Ny x Nx
     blk = iopt[O_CP]
     ndu = blk if io[4].shape[0] != 0 else 0
     bv = (np.zeros(nx), np.zeros(nx), np.zeros(NZ), np.zeros(NZ), np.zeros(NPHI), np.zeros(NZ), np.zeros(NZ),
@@ -759,22 +763,22 @@ def linear_sizes(lin: Sequence[np.ndarray]) -> tuple[int, int, int]:
 
 def sized(module: ModuleType, lin: Sequence[np.ndarray]) -> ModuleType:
     """The module whose loops run ``lin``: ``module`` specialised to the sizes of ``lin``
-    (:func:`circuitsim.kernels.codegen.sized_module`; ``Nx``, ``Nu``, ``Ny`` become compile-time
+    (:func:`circuitsim.kernels.codegen.sized_module`; ``Nx``, ``Nu`` become compile-time
     constants), or ``module`` itself where it is sized already or not generated by ``codegen``."""
     from circuitsim.kernels.codegen import sized_module
 
-    return sized_module(module, *linear_sizes(lin))
+    return sized_module(module, *linear_sizes(lin)[:2])
 
 
 def check_shapes(module: ModuleType, lin: Sequence[np.ndarray], u: np.ndarray, x0: np.ndarray) -> None:
     """Raise ``ValueError`` unless ``lin = (A, ..., H)``, ``u`` (batch, T, Nu) and ``x0`` (batch, Nx) fit
-    each other and the sizes compiled into ``module`` (``NZ``, ``NPHI``; ``NX``, ``NU``, ``NY`` where it
+    each other and the sizes compiled into ``module`` (``NZ``, ``NPHI``; ``NX``, ``NU`` where it
     has them)."""
     nx, nu, ny = linear_sizes(lin)
     nphi, nz = module.NPHI, module.NZ
-    compiled = tuple(getattr(module, k, None) for k in ("NX", "NU", "NY"))
-    if all(c is not None for c in compiled) and compiled != (nx, nu, ny):
-        raise ValueError(f"the linear maps have Nx, Nu, Ny = {(nx, nu, ny)} but the module {module.__name__} is "
+    compiled = tuple(getattr(module, k, None) for k in ("NX", "NU"))
+    if all(c is not None for c in compiled) and compiled != (nx, nu):
+        raise ValueError(f"the linear maps have Nx, Nu = {(nx, nu)} but the module {module.__name__} is "
                          f"compiled for {compiled}")
     want = ((nx, nx), (nx, nu), (nx, nphi), (ny, nx), (ny, nu), (ny, nphi), (nz, nx), (nz, nu))
     for name, shape, m in zip("ABCDEFGH", want, lin):

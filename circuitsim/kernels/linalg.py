@@ -199,7 +199,8 @@ def tmv3(out, M1, a, n1, M2, b, n2, M3, c, n3, rows):
     # in a register.  Above: out += a[j] M1[j, :] row after row of M (contiguous), which vectorises across i
     # without reassociating any sum (a dot product cannot: its one sum is a serial chain).  The forward
     # passes A' ... H' (core.forward), the adjoint A, D, G ... themselves.  Sizes are compile-time constants
-    # (NX, NU, NY, NZ, NPHI), so the loops unroll and the branch is decided by the compiler.
+    # (NX, NU, NZ, NPHI; the output count Ny is not), so the loops unroll and the branch is mostly decided by the
+    # compiler.
     if rows * (n1 + n2 + n3) <= AXPY_MACS:
         for i in range(rows):
             s = 0.0
