@@ -235,13 +235,14 @@ def test_wright_omega_against_scipy() -> None:
 
 
 def test_omega_guess_needs_one_refinement_step() -> None:
-    """The cubic fits of omega on [1, 64) (kernels/explicit_root.py) are within 2e-4 relative, where
-    one Fritsch-Shafer-Crowley step reaches machine precision and ``_omega_refine`` stops."""
+    """The starting values of omega on [-8, 64) (the Lambert series below -3, the cubic fits above,
+    kernels/explicit_root.py) are within 2e-4 relative, where one Fritsch-Shafer-Crowley step reaches
+    machine precision and ``_omega_refine`` stops."""
     from scipy.special import wrightomega
 
     from circuitsim.kernels.explicit_root import omega_guess
 
-    xs = np.linspace(1.0, 64.0, 50001)[:-1]
+    xs = np.linspace(-8.0, 64.0, 72001)[:-1]
     ref = wrightomega(xs).real
     got = np.array([omega_guess(float(x)) for x in xs])
     assert float(np.max(np.abs(got - ref) / ref)) < 1e-4

@@ -83,11 +83,17 @@ def _omega_refine(x: float, w: float) -> float:
     return w
 
 
-# cubic fits of omega on [2^k, 2^(k+1)), k = 0..5, in t = x - centre: (centre, c0, c1, c2, c3) each.
-# Least-squares Chebyshev fits with weight 1/omega (numpy.polynomial.Chebyshev.fit, 4000 Chebyshev
-# points against scipy.special.wrightomega); relative error below 6e-5 (tests/test_wdf.py), so one
-# Fritsch-Shafer-Crowley step from them reaches machine precision (|r| < 2e-4 (1 + w) in _omega_refine)
+# cubic fits of omega on [-3, -2), [-2, -1), [-1, 0), [0, 1) and [2^k, 2^(k+1)), k = 0..5, in t = x - centre:
+# (centre, c0, c1, c2, c3) each.  Least-squares Chebyshev fits with weight 1/omega
+# (numpy.polynomial.Chebyshev.fit, 4000 Chebyshev points against scipy.special.wrightomega); relative
+# error below 9e-5 (tests/test_wdf.py), so one Fritsch-Shafer-Crowley step from them reaches machine
+# precision (|r| < 2e-4 (1 + w) in _omega_refine).  The Taylor series at 1 they replace on [-3, 1) was
+# 4e-2 off at -2 (three steps, three logarithms, where a driven clipper spends many samples).
 _CUBIC = (
+    -2.5, 0.07606667614484308, 0.07071368430253512, 0.030719670405329854, 0.00732234379373669,
+    -1.5, 0.18537960939086062, 0.15638067211762166, 0.055489058626040984, 0.008245689304154487,
+    -0.5, 0.4046881148384452, 0.288059047395781, 0.0725264101439887, 0.00252211803279769,
+    0.5, 0.7662558647461548, 0.43380995722465243, 0.06929410319192292, -0.003800001602553815,
     1.5, 1.2649591511034701, 0.5584894478514655, 0.05445235745822342, -0.0053781824792884,
     3.0, 2.207900556244987, 0.6883151394217268, 0.03376593148503712, -0.0037646701236826734,
     6.0, 4.496453245524742, 0.8182438736775355, 0.01397071074269244, -0.0012820162280850805,
@@ -99,17 +105,17 @@ _CUBIC = (
 
 @njit(cache=True, inline="always", error_model="numpy")
 def omega_guess(x: float) -> float:
-    """Starting value of omega(x) by region: Lambert series, Taylor at 1 (Lawrence et al. 2012), the
-    cubic fits ``_CUBIC`` on [1, 64) (no logarithm), asymptotic above."""
-    if x < -2.0:  # Lambert series of W(e^x): z - z^2 + 3/2 z^3 - 8/3 z^4 + 125/24 z^5
+    """Starting value of omega(x) by region: Lambert series below -3 (Lawrence et al. 2012), the cubic
+    fits ``_CUBIC`` on [-3, 64) (no logarithm), asymptotic above."""
+    if x < -3.0:  # Lambert series of W(e^x): z - z^2 + 3/2 z^3 - 8/3 z^4 + 125/24 z^5
         z = math.exp(x)
         z2 = z * z  # Estrin's scheme: two multiply-adds less in sequence than Horner's
         return z * ((1.0 - z) + z2 * ((1.5 - z * (8.0 / 3.0)) + z2 * (125.0 / 24.0)))
-    if x <= 1.0:
-        y = x - 1.0
-        return 1.0 + y * (0.5 + y * (1.0 / 16.0 + y * (-1.0 / 192.0 + y * (-1.0 / 3072.0 + y * (13.0 / 61440.0)))))
     if x < 64.0:
-        b = 0 if x < 2.0 else 5 if x < 4.0 else 10 if x < 8.0 else 15 if x < 16.0 else 20 if x < 32.0 else 25
+        if x < 1.0:
+            b = 0 if x < -2.0 else 5 if x < -1.0 else 10 if x < 0.0 else 15
+        else:
+            b = 20 if x < 2.0 else 25 if x < 4.0 else 30 if x < 8.0 else 35 if x < 16.0 else 40 if x < 32.0 else 45
         t = x - _CUBIC[b]
         return _CUBIC[b + 1] + t * (_CUBIC[b + 2] + t * (_CUBIC[b + 3] + t * _CUBIC[b + 4]))
     lx = math.log(x)
