@@ -28,11 +28,11 @@ DK forward, forward with the trajectory saved, and the backward kernel, in CPU t
 (``linalg.tmv3``: a dot product a row, or passes over the rows of the transposes) on random maps of 1 to 59
 states: the measurement behind ``linalg.AXPY_MACS``.
 
-``--baseline DIR`` instead compares the DK kernels of an earlier checkout (its
-``circuitsim/kernels/statespace.py``, compiled for the same nonlinearities) with the current
-ones on the four reference circuits of ``bench_dk.py``, in one process, alternating old and new:
-forward inference and backward kernel ns/sample and the largest relative difference of their
-outputs and gradients (issue 7: the compiled core must keep DK's speed).
+``--baseline DIR`` instead compares the DK kernels of a checkout from before the compiled core (its
+``circuitsim/kernels/statespace.py`` with ``kernel_source()``, e.g. 3152f26, compiled for the same
+nonlinearities) with the current ones on the four reference circuits of ``bench_dk.py``, in one
+process, alternating old and new: forward inference and backward kernel ns/sample and the largest
+relative difference of their outputs and gradients (issue 7: the compiled core must keep DK's speed).
 """
 
 from __future__ import annotations
@@ -307,6 +307,9 @@ def baseline_ab(base: str, circuits: list[str], seconds: float, rounds: int) -> 
     old_ss = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = old_ss
     spec.loader.exec_module(old_ss)
+    if not hasattr(old_ss, "kernel_source"):
+        sys.exit(f"--baseline: {path} has no kernel_source(): give a checkout from before the compiled core "
+                 "(issue 7), e.g. 3152f26")
     x = torch.as_tensor(guitar(seconds, FS)).unsqueeze(0)
     print("| circuit | fwd before | fwd after | change | bwd before | bwd after | change | max rel. diff |")
     print("|---|---|---|---|---|---|---|---|")
@@ -325,8 +328,9 @@ def main() -> None:
         "--compile", action="store_true", help="also time cold and cached compilation (subprocesses)"
     )
     ap.add_argument("--compile-probe", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--baseline", metavar="DIR", help="an earlier checkout (e.g. `git archive 3152f26 circuitsim | "
-                    "tar -x -C DIR`): time its DK kernels against these on the reference circuits")
+    ap.add_argument("--baseline", metavar="DIR", help="a checkout from before the compiled core (e.g. "
+                    "`git archive 3152f26 circuitsim | tar -x -C DIR`): time its DK kernels against "
+                    "these on the reference circuits")
     ap.add_argument("--rounds", type=int, default=20, help="with --baseline: alternations of old and new")
     ap.add_argument("--netlists", nargs="*", metavar="NAME", help="instead: the compiled core alone (DK forward, "
                     "forward with the saved trajectory, backward; CPU time) on netlists/NAME.cir (default: all)")
