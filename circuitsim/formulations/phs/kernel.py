@@ -33,7 +33,7 @@ import torch
 
 from circuitsim.kernels import codegen
 from circuitsim.kernels.core import F_ABSTOL, F_RELTOL, KernelOptions, StepFormulation, newton_stop
-from circuitsim.kernels.linalg import lu_solve, solve_into
+from circuitsim.kernels.linalg import borrow, lu_solve, solve_into
 from circuitsim.kernels.nonlinearity import Nonlinearity
 from circuitsim.kernels.statespace import _DK_CONSTANTS, _DK_HOOKS
 
@@ -66,17 +66,19 @@ def fm_prepare(P, theta, lc):
 def fm_solve(P, p, z, theta, phi, lc, work, fopt, est, early):
     # work after the nonlinearity's: J (NF x NV) and M (NR x NR, its LU) of the last iteration, the LU's pivots,
     # g, dz (NR), zt (NV), z and p of the last sample this solve accepted (NV), t (NF), flag (1: those are set)
-    K = P[0]
-    J = work[PH_WJ:PH_WJ + NF * NV].reshape((NF, NV))
-    M = work[PH_WM:PH_WM + PH_NR * PH_NR].reshape((PH_NR, PH_NR))
-    pivf = work[PH_WV:PH_WV + PH_NR]
-    g = work[PH_WG:PH_WG + PH_NR]
-    dz = work[PH_WD:PH_WD + PH_NR]
-    zt = work[PH_WT:PH_WT + NV]
-    zp = work[PH_WZ:PH_WZ + NV]
-    pp = work[PH_WP:PH_WP + NV]
-    t = work[PH_WS:PH_WS + NF]
-    piv = np.empty(PH_NR, np.int64)
+    # borrowed views (no reference counting, kernels/linalg.py): the core keeps work and the arguments alive
+    K = borrow(P[0])
+    work = borrow(work)
+    z, p, phi, theta = borrow(z), borrow(p), borrow(phi), borrow(theta)
+    J = borrow(work[PH_WJ:PH_WJ + NF * NV].reshape((NF, NV)))
+    M = borrow(work[PH_WM:PH_WM + PH_NR * PH_NR].reshape((PH_NR, PH_NR)))
+    piv = borrow(work[PH_WV:PH_WV + PH_NR].view(np.int64))  # the LU's pivots, kept in work's float slots as int64
+    g = borrow(work[PH_WG:PH_WG + PH_NR])
+    dz = borrow(work[PH_WD:PH_WD + PH_NR])
+    zt = borrow(work[PH_WT:PH_WT + NV])
+    zp = borrow(work[PH_WZ:PH_WZ + NV])
+    pp = borrow(work[PH_WP:PH_WP + NV])
+    t = borrow(work[PH_WS:PH_WS + NF])
     # the core's tolerances, quadratic constant est[0] and bound est[1] (kernels/core.py, newton_plain)
     reltol, abstol, bound = fopt[F_RELTOL], fopt[F_ABSTOL], est[1]
     max_iter = int(theta[PH_X0 + 1])
@@ -101,7 +103,6 @@ def fm_solve(P, p, z, theta, phi, lc, work, fopt, est, early):
             for k in range(NF):
                 s += K[i, k] * t[k]
             dz[a] = s
-            piv[a] = np.int64(pivf[a])
         lu_solve(M, piv, dz, PH_NR)
         for a in range(PH_NR):
             z[PH_FREE[a]] += dz[a]
@@ -141,7 +142,6 @@ def fm_solve(P, p, z, theta, phi, lc, work, fopt, est, early):
                 phi[k] += s
             for a in range(PH_NR):
                 z[PH_FREE[a]] += dz[a]
-                pivf[a] = np.float64(piv[a])
             for i in range(NV):
                 if not abs(z[i]) <= bound:
                     return False

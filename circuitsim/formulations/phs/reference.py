@@ -66,7 +66,15 @@ def _charge_step(model, m):  # noqa: ANN001, ANN202
 
 
 def reference_simulate(model, u: torch.Tensor, s_init: torch.Tensor | None = None) -> torch.Tensor:  # noqa: ANN001
-    """Output volts (batch, time) of ``model`` (a :class:`PHSModule`) for input volts ``u`` (batch, time)."""
+    """Output volts (batch, time) of ``model`` (a :class:`PHSModule`) for input volts ``u`` (batch, time).
+
+    The unknowns are deviations from the DC operating point, as in the compiled step (docs/phs.md, "Deviation
+    form"): each Newton solves ``a (z_op + δ) + w f(nv δ + off + nv z_op) = rhs`` as
+    ``a δ + w (f - f_op) = rhs - a z_op - w f_op``, the right side formed from the deviations of the sources, the
+    storage and the charges (the DC equations cancel the bias terms exactly).  In absolute node voltages the
+    residual of a 1 Ω collector resistance at 9 V carries 9 A terms, and its rounding (~4e-13 A) leaves ~1e-10 of
+    error in the gradient w.r.t. that resistance: 1e-3 of it on the DS-1 booster at a 2 mV input.
+    """
     topo, st = model.topology, model.storage
     nl = topo.nonlinearity
     m = topo.assemble(model.leaves())
@@ -77,48 +85,59 @@ def reference_simulate(model, u: torch.Tensor, s_init: torch.Tensor | None = Non
     src = model.source_values(m, u)
     with torch.no_grad():
         x_op, _ = operating_point(topo, m, src[:, 0])
-    x = topo.implicit_step(m, x_op, m.G, m.Wi, src[:, 0] @ m.Bu.T)
-    s_all = x @ a_s if s_init is None else s_init.to(DTYPE).expand(u.shape[0], -1)
+    x_op = topo.implicit_step(m, x_op, m.G, m.Wi, src[:, 0] @ m.Bu.T)  # differentiable DC point
+    v_op = x_op @ m.Nv.T
+    f_op = nl.torch_eval(v_op, m.theta)
+    s_op = x_op @ a_s
+    ds_all = torch.zeros_like(s_op) if s_init is None else s_init.to(DTYPE).expand(u.shape[0], -1) - s_op
     ns, ch = st.n_linear, st.charges
-    s, a_lin = s_all[:, :ns], a_s[:, :ns]
+    ds, a_lin = ds_all[:, :ns], a_s[:, :ns]
     a_step = m.G + (2.0 / T) * m.Cm  # eq. PH-1
     if ch is not None:
         w_mat, a_bot, nv_c, wqc = _charge_step(model, m)
         d_idx, nd = list(st.damped), len(st.damped)
+        d_t = torch.tensor(d_idx, dtype=torch.long)
         a_c = torch.cat([torch.cat([a_step, torch.zeros(a_step.shape[0], ch.size + nd, dtype=DTYPE)], 1), a_bot])
-        w = s_all[:, ns:]
-        q_prev = ch.step_nl.torch_eval(ch.step_ports(x @ m.Nv.T, w, s[:, d_idx]), m.theta)[:, ch.q_index]
-        w_hist, sd_hist = [w, w], [s[:, d_idx], s[:, d_idx]]  # the two sample instants before the step's start
-        zc = torch.cat([x.detach(), w.detach(), s[:, d_idx].detach()], dim=1)
+        w_op, sd_op = s_op[:, ns:], s_op[:, d_idx]
+        # the DC point in z = [x̄; w_n; s_d] and the step nonlinearity there (every history value at rest)
+        zc_ref = torch.cat([x_op, w_op, sd_op], dim=1)
+        fc_op = ch.step_nl.torch_eval(ch.step_ports(v_op, w_op, sd_op), m.theta)
+        q_op = fc_op[:, ch.q_index]
+        w = w_op + ds_all[:, ns:]
+        q_prev = ch.step_nl.torch_eval(ch.step_ports(v_op, w, sd_op + ds[:, d_idx]), m.theta)[:, ch.q_index]
+        w_hist, sd_hist = [w, w], [sd_op + ds[:, d_idx]] * 2  # the two sample instants before the step's start
+        zc = torch.zeros_like(zc_ref)
     mi = torch.zeros(n + r, n + r, dtype=DTYPE) + torch.nn.functional.pad(m.G, (0, r, 0, r))
     mi[:n, n:] = q
     mi[n:, :n] = q.T
     wi_ext = torch.cat([m.Wi, torch.zeros(r, m.Wi.shape[1], dtype=DTYPE)])
     nv_ext = torch.cat([m.Nv, torch.zeros(m.Nv.shape[0], r, dtype=DTYPE)], dim=1)
-    ys = [x @ m.out]
-    xbar = x.detach()
-    z = torch.cat([x.detach(), torch.zeros(u.shape[0], r, dtype=DTYPE)], dim=1)
+    ys = [x_op @ m.out]
+    dxbar = torch.zeros_like(x_op)
+    dz = torch.zeros(u.shape[0], n + r, dtype=DTYPE)  # [x_n - x_op; λ] (λ_op = 0: Qᵀ x_op = recon s_op)
     for k in range(1, u.shape[1]):
-        mean = 0.5 * (src[:, k] + src[:, k - 1])
-        rhs = mean @ m.Bu.T + (2.0 / T) * (s * c) @ a_lin.T
+        dmean = 0.5 * (src[:, k] + src[:, k - 1]) - src[:, 0]
+        rhs = dmean @ m.Bu.T + (2.0 / T) * (ds * c) @ a_lin.T  # PH-1 less the DC equations
         if ch is None:
-            xbar = _solve(nl, m.theta, m.Nv, a_step, m.Wi, rhs, xbar.detach())
-            s_all = s = 2.0 * xbar @ a_lin - s  # eq. PH-2: midpoint discrete gradient
+            dxbar = _solve(nl, m.theta, m.Nv, a_step, m.Wi, rhs + f_op @ m.Wi.T, dxbar.detach(), v_op)
+            ds_all = ds = 2.0 * dxbar @ a_lin - ds  # eq. PH-2: midpoint discrete gradient
         else:  # junction charges: the discrete gradient of H(q) on their end voltages w_n
             zb = torch.zeros(u.shape[0], m.Nv.shape[0] + ch.size, dtype=DTYPE)
-            sd = s[:, d_idx]
-            off = torch.cat([zb, w, *w_hist, torch.zeros_like(sd), sd, *sd_hist], dim=1)
-            rhs_c = torch.cat([rhs + q_prev @ wqc.T, torch.zeros(u.shape[0], ch.size, dtype=DTYPE), sd], dim=1)
-            zc = _solve(ch.step_nl, m.theta, nv_c, a_c, w_mat, rhs_c, zc.detach(), off)
+            sd = sd_op + ds[:, d_idx]
+            off = torch.cat([zb, w, *w_hist, torch.zeros_like(sd), sd, *sd_hist], dim=1) + zc_ref @ nv_c.T
+            rhs_c = torch.cat([rhs + (q_prev - q_op) @ wqc.T, torch.zeros(u.shape[0], ch.size, dtype=DTYPE),
+                               ds[:, d_idx]], dim=1)
+            zc = _solve(ch.step_nl, m.theta, nv_c, a_c, w_mat, rhs_c + fc_op @ w_mat.T, zc.detach(), off)
             n_x = a_step.shape[0]
-            xbar, w_new, sd_new = zc[:, :n_x], zc[:, n_x : n_x + ch.size], zc[:, n_x + ch.size :]
+            dxbar, dw_new, dsd_new = zc[:, :n_x], zc[:, n_x : n_x + ch.size], zc[:, n_x + ch.size :]
             q_prev = ch.step_nl.torch_eval(zc @ nv_c.T + off, m.theta)[:, ch.q_index]
-            s = (2.0 * xbar @ a_lin - s).index_copy(1, torch.tensor(d_idx, dtype=torch.long), sd_new)
+            ds = (2.0 * dxbar @ a_lin - ds).index_copy(1, d_t, dsd_new)
+            w_new = w_op + dw_new
             w, w_hist, sd_hist = w_new, [w, w_hist[0]], [sd, sd_hist[0]]
-            s_all = torch.cat([s, w], dim=1)
-        rhs_i = torch.cat([src[:, k] @ m.Bu.T, s_all @ st.recon.T], dim=1)  # eq. PH-3
-        z = _solve(nl, m.theta, nv_ext, mi, wi_ext, rhs_i, z.detach())
-        ys.append(z[:, :n] @ m.out)
+            ds_all = torch.cat([ds, dw_new], dim=1)
+        rhs_i = torch.cat([(src[:, k] - src[:, 0]) @ m.Bu.T, ds_all @ st.recon.T], dim=1)  # eq. PH-3, deviations
+        dz = _solve(nl, m.theta, nv_ext, mi, wi_ext, rhs_i + f_op @ wi_ext.T, dz.detach(), v_op)
+        ys.append((x_op + dz[:, :n]) @ m.out)
     return torch.stack(ys, dim=1)
 
 
