@@ -160,7 +160,8 @@ def main() -> None:
                                         capture_output=True, text=True, check=True).stdout)
         (Path(td) / "old_devices.py").write_text((Path(td) / "circuitsim/kernels/devices.py").read_text())
         sys.path.insert(0, td)
-        print(f"CPU ns/sample, best of {args.repeats} (forward) / {max(1, args.repeats // 2)} (forward + backward)")
+        print(f"CPU ns/sample, best of {args.repeats} (forward)"
+              + ("" if args.forward_only else f" / {max(1, args.repeats // 2)} (forward + backward)"))
         for name in args.circuits:
             m = load(ROOT / "netlists" / f"{name}.cir", "dk", FS)
             nl = m.topology.nonlinearity
@@ -187,9 +188,10 @@ def main() -> None:
                         best[k][1] = min(best[k][1], time.process_time() - t0)
             diff = float((outs["this"] - outs[args.base]).abs().max() / outs[args.base].abs().max())
             n = xt.shape[1]
-            cols = "  ".join(f"{k} {v[0] * 1e9 / n:.1f} / {v[1] * 1e9 / n:.1f}" for k, v in best.items())
-            ratio = best["this"][0] / best[args.base][0], best["this"][1] / best[args.base][1]
-            print(f"{name}: {cols}  ratio {ratio[0]:.3f} / {ratio[1]:.3f}  max rel output difference {diff:.1e}")
+            nb = 1 if args.forward_only else 2  # columns: forward (/ forward + backward)
+            cols = "  ".join(f"{k} " + " / ".join(f"{t * 1e9 / n:.1f}" for t in v[:nb]) for k, v in best.items())
+            ratio = " / ".join(f"{best['this'][i] / best[args.base][i]:.3f}" for i in range(nb))
+            print(f"{name}: {cols}  ratio {ratio}  max rel output difference {diff:.1e}")
 
 
 if __name__ == "__main__":
