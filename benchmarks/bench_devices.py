@@ -16,6 +16,12 @@ other jobs on a shared machine disturb both alike.
 CPU time, best of ``--repeats``, interleaved; and the largest relative difference of the outputs.
 
     python benchmarks/bench_devices.py --eval 29592a4 [--repeats 7] [circuit ...]
+
+``--sine``: the input of ``benchmarks/bench_dk.py --signal sine`` instead (1 kHz, 0.5 V peak, 0.5 s), the
+issue-12 table's, with ``--base REV`` any revision whose generated device code to run in the same loops
+(``--forward-only``: no backward timing).
+
+    python benchmarks/bench_devices.py --base c9bf243 --sine --forward-only bjt_common_emitter
 """
 
 from __future__ import annotations
@@ -131,6 +137,8 @@ def main() -> None:
     ap.add_argument("--base", default="3152f26")
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--eval", metavar="REV", help="the device evaluation alone, against revision REV's generated code")
+    ap.add_argument("--sine", action="store_true", help="bench_dk.py's sine input (1 kHz, 0.5 V, 0.5 s)")
+    ap.add_argument("--forward-only", action="store_true", help="no forward + backward timing")
     ap.add_argument("circuits", nargs="*", default=["diode_clipper", "bjt_common_emitter", "triode_common_cathode"])
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -139,6 +147,10 @@ def main() -> None:
         return
     t = np.arange(FS) / FS
     x = 0.3 * np.sin(2 * np.pi * 110 * t) * np.exp(-2 * t) + 0.05 * np.sin(2 * np.pi * 440 * t)  # 1 s
+    if args.sine:
+        from benchmarks.bench_dk import sine
+
+        x = sine(0.5, FS, 1000.0, 0.5)
     xt = torch.as_tensor(x).unsqueeze(0)
     with tempfile.TemporaryDirectory() as td:
         tar = subprocess.run(["git", "archive", args.base], cwd=ROOT, capture_output=True, check=True).stdout
@@ -148,14 +160,15 @@ def main() -> None:
                                         capture_output=True, text=True, check=True).stdout)
         (Path(td) / "old_devices.py").write_text((Path(td) / "circuitsim/kernels/devices.py").read_text())
         sys.path.insert(0, td)
-        print(f"CPU ns/sample, best of {args.repeats} (forward) / {max(1, args.repeats // 2)} (forward + backward)")
+        print(f"CPU ns/sample, best of {args.repeats} (forward)"
+              + ("" if args.forward_only else f" / {max(1, args.repeats // 2)} (forward + backward)"))
         for name in args.circuits:
             m = load(ROOT / "netlists" / f"{name}.cir", "dk", FS)
             nl = m.topology.nonlinearity
             src = old[name].replace("from circuitsim.kernels import devices as _devices",
                                     "import old_devices as _devices")  # the base revision's hand-written kernels
             hand = dataclasses.replace(nl, nb_source=src, _module=None).module
-            variants = {"generated": nl.module, "hand-written": hand}
+            variants = {"this": nl.module, args.base: hand}
             best = {k: [np.inf, np.inf] for k in variants}
             outs = {}
             for r in range(args.repeats + 1):
@@ -168,15 +181,17 @@ def main() -> None:
                         (m(xt[:, :2000]) ** 2).mean().backward()
                         continue
                     best[k][0] = min(best[k][0], time.process_time() - t0)
-                    if 0 < r <= max(1, args.repeats // 2):
+                    if 0 < r <= max(1, args.repeats // 2) and not args.forward_only:
                         m.zero_grad()
                         t0 = time.process_time()
                         (m(xt) ** 2).mean().backward()
                         best[k][1] = min(best[k][1], time.process_time() - t0)
-            diff = float((outs["generated"] - outs["hand-written"]).abs().max() / outs["hand-written"].abs().max())
-            cols = "  ".join(f"{k} {v[0] * 1e9 / FS:.1f} / {v[1] * 1e9 / FS:.1f}" for k, v in best.items())
-            ratio = best["generated"][0] / best["hand-written"][0], best["generated"][1] / best["hand-written"][1]
-            print(f"{name}: {cols}  ratio {ratio[0]:.3f} / {ratio[1]:.3f}  max rel output difference {diff:.1e}")
+            diff = float((outs["this"] - outs[args.base]).abs().max() / outs[args.base].abs().max())
+            n = xt.shape[1]
+            nb = 1 if args.forward_only else 2  # columns: forward (/ forward + backward)
+            cols = "  ".join(f"{k} " + " / ".join(f"{t * 1e9 / n:.1f}" for t in v[:nb]) for k, v in best.items())
+            ratio = " / ".join(f"{best['this'][i] / best[args.base][i]:.3f}" for i in range(nb))
+            print(f"{name}: {cols}  ratio {ratio}  max rel output difference {diff:.1e}")
 
 
 if __name__ == "__main__":

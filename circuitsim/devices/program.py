@@ -582,6 +582,17 @@ def _pieces(expr: sympy.Expr) -> list[tuple[sympy.Expr, sympy.Basic]]:
     return [(expr, sympy.true)]
 
 
+# library calls per function in the generated numba code (pow1m, xpow, xpowlog: log then exp)
+_CALLS: dict[type, int] = {sympy.exp: 1, sympy.log: 1, limexp: 1, limexp_d: 1, npow: 1, sigmoid: 1, softplus: 2,
+                           pow1m: 2, xpow: 2, xpowlog: 2}
+
+
+def _call_depth(expr: sympy.Basic) -> int:
+    """The longest chain of dependent library calls (exp, log, pow) in ``expr``."""
+    inner = max((_call_depth(a) for a in expr.args), default=0)
+    return inner + _CALLS.get(type(expr), 0)
+
+
 def _has_piecewise(expr: sympy.Basic) -> bool:
     return any(isinstance(a, sympy.Piecewise) for a in sympy.preorder_traversal(expr))
 
@@ -724,12 +735,34 @@ class Program:
             lines.append("    else:")
             lines.append("        raise ValueError('no region holds')")
 
+    def _schedule(self, plan: list) -> list[tuple[int, tuple]]:
+        """The order in which the numba forward emits the statements: ``[(index, plan entry), ...]``.
+
+        A statement whose value reads only ports and parameters and holds a chain of two or more
+        library calls (a depletion charge's ``log`` then ``exp``) comes first, deepest first, the
+        others keep their order.  Each such chain is the longest latency of an evaluation and is
+        independent of the rest, so started first it runs in the shadow of the currents (out-of-order
+        execution; the generated code is straight-line per region, and a CPU overlaps only what its
+        instruction window holds).  Values are unchanged: each statement's code is the same.
+        """
+        stmt_syms = {y for y, _ in self.stmts}
+        first = []
+        for n, (_, expr) in enumerate(self.stmts):
+            if expr.free_symbols & stmt_syms:
+                continue
+            depth = max(_call_depth(val) for val, _ in _pieces(expr))
+            if depth >= 2:
+                first.append((-depth, n))
+        lead = [n for _, n in sorted(first)]
+        order = lead + [n for n in range(len(plan)) if n not in set(lead)]
+        return [(n, plan[n]) for n in order]
+
     def numba_eval_source(self, fname: str, decorator: str) -> str:
         """``fname(v_0, ..., p) -> (f_0, ..., J_00, J_01, ...)``: outputs, then the Jacobian row by row."""
         plan, deriv = self._jacobian_statements()
         names = self._names("numba")
         lines = [decorator, f"def {fname}({', '.join(str(v) for v in self.ports)}, p):"]
-        for n, (y, dsyms, regions) in enumerate(plan):
+        for n, (y, dsyms, regions) in self._schedule(plan):
             lhs = [str(y)] + [str(d) for d in dsyms if d is not None]
             for d in dsyms:
                 if d is not None:
