@@ -28,7 +28,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 from circuitsim.formulations.base import AbstractCircuitModule, Diagnostics
 from circuitsim.kernels import autograd
@@ -63,8 +62,6 @@ class DKMatrices(StateSpaceMatrices):
     """The DK model: the state-space matrices and the state basis ``Q``."""
 
     Q: torch.Tensor  # (n, n_states) state basis in MNA row space
-    # (sample rate in hertz, D, E, F with charge_rows' rows appended), computed with the matrices (dk_matrices)
-    charged: tuple[float, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 def record_newton_stats(diag: Diagnostics, stats: dict[str, int]) -> None:
@@ -94,75 +91,29 @@ def state_basis(m: MNAMatrices) -> torch.Tensor:
     return torch.tensor(u[:, :rank], dtype=DTYPE)
 
 
-class _Eliminate(torch.autograd.Function):
-    """:func:`dk_matrices`' elimination and :func:`charge_rows`' rows as one autograd node, its backward in numpy
-    (as a graph of ~40 small torch ops and their backward nodes, they cost ~0.4 ms a forward + backward call:
-    2 ns/sample of a 0.5 s signal at 384 kHz).
-
-    With ``S = M⁻¹ [Q, Bu, W]`` and the rows ``Z = [z; c; Nv]`` (``z = 4/T Qᵀ Cm``), every DK matrix but the
-    constant parts is a block of ``Y = Z S`` (module doc): ``(A + I, B, 4/T Qᵀ Wq - C) = z S``, ``(D, E, -F) = c S``,
-    ``(G, H, -K) = Nv S``.  The backward is that of a product and a solve: ``Z̄ = Ȳ Sᵀ``, ``S̄ = Zᵀ Ȳ``,
-    ``R̄ = M⁻ᵀ S̄`` for the right-hand side ``R = [Q, Bu, W]`` and ``M̄ = -R̄ Sᵀ`` (Giles 2008, "Collected matrix
-    derivative results for forward and reverse mode AD", sec. 2.2.3).  The charge rows ``T/4 (A + I)``,
-    ``T/4 B``, ``T/4 C`` (:func:`charge_rows`) add their cotangents to those of ``A``, ``B``, ``C``.
-    """
-
-    @staticmethod
-    def forward(ctx, G, Cm, Wi, Wq, Bu, Nv, out, q, sample_rate):  # noqa: ANN001, ANN205 - autograd's signature
-        k2 = 2.0 * sample_rate
-        mm = G + k2 * Cm
-        w = Wi + k2 * Wq
-        sol = torch.linalg.solve(mm, torch.cat([q, Bu, w], dim=1))
-        ns, nu = q.shape[1], Bu.shape[1]
-        mq, mb, mw = sol[:, :ns], sol[:, ns : ns + nu], sol[:, ns + nu :]
-        z = 2.0 * k2 * (q.T @ Cm)
-        c = out.unsqueeze(0)
-        eye = torch.eye(ns, dtype=DTYPE)
-        A, B, C = z @ mq - eye, z @ mb, 2.0 * k2 * (q.T @ Wq) - z @ mw
-        D, E, F = c @ mq, c @ mb, -(c @ mw)
-        h = 0.25 / sample_rate  # T/4: the charge rows (charge_rows)
-        ctx.arrays = tuple(t.numpy() for t in (mm, sol, torch.cat([z, c, Nv]), q))
-        ctx.sizes = (ns, nu, k2, h)
-        return (A, B, C, D, E, F, Nv @ mq, Nv @ mb, -(Nv @ mw),
-                torch.cat([D, (A + eye) * h]), torch.cat([E, B * h]), torch.cat([F, C * h]))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, *grads):  # noqa: ANN001, ANN205
-        mm, sol, zs, q = ctx.arrays
-        ns, nu, k2, h = ctx.sizes
-        gA, gB, gC, gD, gE, gF, gG, gH, gK, gDc, gEc, gFc = (g.numpy() for g in grads)
-        ny, nv = gD.shape[0], gG.shape[0]
-        ybar = np.empty((ns + ny + nv, sol.shape[1]))  # rows of Z, columns of S: the cotangent of Y
-        cols = (slice(0, ns), slice(ns, ns + nu), slice(ns + nu, None))
-        for r, row in ((slice(0, ns), (gA + h * gDc[ny:], gB + h * gEc[ny:], -(gC + h * gFc[ny:]))),
-                       (slice(ns, ns + ny), (gD + gDc[:ny], gE + gEc[:ny], -(gF + gFc[:ny]))),
-                       (slice(ns + ny, None), (gG, gH, -gK))):
-            for k, g in zip(cols, row):
-                ybar[r, k] = g
-        zbar = ybar @ sol.T
-        rbar = np.linalg.solve(mm.T, zs.T @ ybar)
-        mbar = -(rbar @ sol.T)
-        wbar = rbar[:, ns + nu :]
-        need = ctx.needs_input_grad
-        grads_in = (
-            mbar,
-            k2 * mbar + (2.0 * k2) * (q @ zbar[:ns]),
-            wbar,
-            k2 * wbar - (2.0 * k2) * (q @ ybar[:ns, ns + nu :]),  # C = 4/T Qᵀ Wq - z S_w: ybar holds -C̄
-            rbar[:, ns : ns + nu],
-            zbar[ns + ny :],
-            zbar[ns],
-        )
-        return (*(torch.from_numpy(np.ascontiguousarray(g)) if n else None for g, n in zip(grads_in, need)), None, None)
-
-
 def dk_matrices(m: MNAMatrices, sample_rate: float, q: torch.Tensor) -> DKMatrices:
-    """Eliminate the MNA unknowns, leaving the state ``Qᵀ h`` and the port voltages (see module doc); with
-    :func:`charge_rows`' rows at ``sample_rate`` (hertz), from the same autograd node."""
-    A, B, C, D, E, F, G, H, K, Dc, Ec, Fc = _Eliminate.apply(m.G, m.Cm, m.Wi, m.Wq, m.Bu, m.Nv, m.out, q,
-                                                              float(sample_rate))
-    return DKMatrices(A, B, C, D, E, F, G, H, K, Q=q, charged=(float(sample_rate), Dc, Ec, Fc))
+    """Eliminate the MNA unknowns, leaving the state ``Qᵀ h`` and the port voltages (see module doc)."""
+    k2 = 2.0 * sample_rate
+    mm = m.G + k2 * m.Cm
+    w = m.Wi + k2 * m.Wq
+    rhs = torch.cat([q, m.Bu, w], dim=1)
+    sol = torch.linalg.solve(mm, rhs)
+    ns, nu = q.shape[1], m.Bu.shape[1]
+    mq, mb, mw = sol[:, :ns], sol[:, ns : ns + nu], sol[:, ns + nu :]
+    z = 2.0 * k2 * (q.T @ m.Cm)
+    c = m.out.unsqueeze(0)
+    return DKMatrices(
+        A=z @ mq - torch.eye(ns, dtype=DTYPE),
+        B=z @ mb,
+        C=2.0 * k2 * (q.T @ m.Wq) - z @ mw,
+        D=c @ mq,
+        E=c @ mb,
+        F=-(c @ mw),
+        G=m.Nv @ mq,
+        H=m.Nv @ mb,
+        K=-(m.Nv @ mw),
+        Q=q,
+    )
 
 
 # Newton options inside the substepping chain: a sample that damped Newton cannot solve in 50 iterations
@@ -204,8 +155,6 @@ def charge_rows(d: StateSpaceMatrices, sample_rate: float) -> StateSpaceMatrices
     The state update is ``q[n] = 4/T c[n] - q[n-1]`` (module doc), so ``c[n] = T/4 ((A + I) q[n-1] +
     B u[n] + C f[n])``: rows of the existing matrices, no new solve.
     """
-    if isinstance(d, DKMatrices) and d.charged is not None and d.charged[0] == sample_rate:
-        return StateSpaceMatrices(d.A, d.B, d.C, *d.charged[1:], d.G, d.H, d.K)  # from the same node (_Eliminate)
     w = 0.25 / sample_rate
     eye = torch.eye(d.A.shape[0], dtype=DTYPE)
     D, E, F = (torch.cat([base, extra]) for base, extra in ((d.D, (d.A + eye) * w), (d.E, d.B * w), (d.F, d.C * w)))
