@@ -161,6 +161,12 @@ def charge_rows(d: StateSpaceMatrices, sample_rate: float) -> StateSpaceMatrices
     return StateSpaceMatrices(d.A, d.B, d.C, D, E, F, d.G, d.H, d.K)
 
 
+def first_output(y: torch.Tensor) -> torch.Tensor:
+    """``y[..., 0]`` of the core's (batch, T, Ny) output: a squeeze where Ny = 1, whose backward is a
+    view (select's backward allocates and fills a (batch, T, Ny) tensor, ~1 ns/sample)."""
+    return y.squeeze(-1) if y.shape[-1] == 1 else y[..., 0]
+
+
 def _ports(warm: torch.Tensor | np.ndarray | None) -> torch.Tensor | np.ndarray | None:
     """The port voltages (batch, Nv) of a warm start (the kernel's warm array holds them in row 0)."""
     return warm[:, 0, :] if warm is not None and warm.ndim == 3 else warm
@@ -222,7 +228,7 @@ class DKModule(AbstractCircuitModule):
                 y, final, st = run_state_space(lin, m.theta, part, q, nl, sample_rate=split * fs, v_init=v,
                                                sample_offset=first, options=options)
                 q, v = final["x"], final["v"]
-                ys.append(y[..., 0])
+                ys.append(first_output(y))
                 stats.append(st)
             y_all = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
             return y_all, Boundary(q, y[:, -1, 1 : 1 + ns], v, s[:, -1]), merge_stats(stats)
@@ -242,8 +248,10 @@ class DKModule(AbstractCircuitModule):
                 x_op, diag.operating_point = operating_point(self.topology, m, s[:, 0])
             # implicit-function step so the operating point carries its gradient
             x_op = self.topology.implicit_step(m, x_op, m.G, m.Wi, s[:, 0] @ m.Bu.T)
-            f_op = self.topology.nonlinearity.torch_eval(x_op @ m.Nv.T, m.theta)
-            c0 = (x_op @ m.Cm.T + f_op @ m.Wq.T) @ d.Q  # at DC the reactive currents are 0: h0 = 2/T c0
+            charge = x_op @ m.Cm.T  # at DC the reactive currents are 0: h0 = 2/T c0, c0 = Q' (Cm x + Wq f)
+            if any(q for _, q in self.topology.outputs):  # device charges (Wq is zero without them)
+                charge = charge + self.topology.nonlinearity.torch_eval(x_op @ m.Nv.T, m.theta) @ m.Wq.T
+            c0 = charge @ d.Q
             start = Boundary(k2 * c0, c0, (x_op @ m.Nv.T).detach(), s[:, 0])
             head, rest, offset, before = (x_op @ m.out).unsqueeze(1), s[:, 1:], 1, 0
         else:

@@ -508,15 +508,17 @@ def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv):
     # the columns of lT, x[n], u[n], phi[n] those of xT, uT, phiT; the block's sums of outer products
     # (dA = sum xbar[n+1] x[n]', ..., dH = sum w[n] u[n]') are then lT xT', lT uT', lT phiT', whose row
     # blocks are (dA; dD; dG), (dB; dE; dH), (dC; dF; -), and ubar[n] = B' xbar[n+1] + E' ybar + H' w
-    # is R' l[n] with R = (B; E; H).  The transposes At, Bt, Ct recompute the states as forward_segment
-    # does (the same tmv3, so the same rounding).  p (bv[2]) must be zeros.
+    # is R' l[n] with R = (B; E; H).  The terms in ybar, D' ybar[n] and F' ybar[n], are formed for the whole
+    # block beforehand (yx, yphi: mtm_block), so that the per-sample loop has no loop over the run-time Ny.
+    # The transposes At, Bt, Ct recompute the states as forward_segment does (the same tmv3, so the same
+    # rounding).  p (bv[2]) must be zeros.
     A, C, D, F, G, R, At, Bt, Ct = borrow(lin)
     gX, gU, gPhi = borrow(gmat)
     u, ztraj, ckpt, gy, du, mu = borrow(io)
     ny = gy.shape[1]
     gx, dx0, dtheta = borrow(gvec)
     x, xn, p, g, gphi, zbar, w, mq, work = borrow(bv)
-    xT, uT, phiT, lT, duT, phis, Mt, xb2 = borrow(bm)
+    xT, uT, phiT, lT, duT, phis, Mt, xb2, yx, yphi = borrow(bm)
     dphis, Ms = borrow(b3)
     P = borrow(P)
     dP = borrow(dP)
@@ -552,12 +554,18 @@ def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv):
         rows_to_columns(uT, u, n0, L)
         rows_to_columns(phiT, phis, 0, L)
         rows_to_columns(lY, gy, n0, L)
+        # the terms in ybar for the whole block, off the per-sample loop (whose run-time-sized loops over Ny cost
+        # a quarter of a linear circuit's backward): D' ybar[n] and F' ybar[n] as columns
+        mtm_block(yx, D, lY, L)
+        mtm_block(yphi, F, lY, L)
         for i in range(NX):
             lT[i, L - 1] = xb2[cur, i]
         for k in range(L - 1, -1, -1):
             n = n0 + k
-            yb, xbar, xbn = gy[n], xb2[cur], xb2[1 - cur]
-            tmv3(gphi, F, yb, ny, C, xbar, NX, C, xbar, 0, NPHI)  # gphi = F' ybar + C' xbar
+            xbar, xbn = xb2[cur], xb2[1 - cur]
+            for i in range(NPHI):
+                gphi[i] = yphi[i, k]
+            tmv3(gphi, C, xbar, NX, C, xbar, 0, C, xbar, 0, NPHI, True)  # gphi = F' ybar + C' xbar
             if NZ > 0:
                 tmv3(zbar, dphis[k], gphi, NPHI, Ms[k], gphi, 0, Ms[k], gphi, 0, NZ)  # w = M^-T dphi' gphi
                 copy_matrix(Mt, Ms[k], True)
@@ -570,7 +578,9 @@ def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv):
                 lT[NX + ny + i, k] = w[i]
             # xbar[n] = A' xbar[n+1] + D' ybar + G' w, the terms in xbar last (they alone wait for the
             # previous sample), also into column k - 1 (l[n-1]; column blk: spare)
-            tmv3(xbn, D, yb, ny, G, w, NZ, A, xbar, NX, NX)
+            for i in range(NX):
+                xbn[i] = yx[i, k]
+            tmv3(xbn, G, w, NZ, A, xbar, NX, A, xbar, 0, NX, True)
             kc = k - 1 if k > 0 else blk
             for i in range(NX):
                 lT[i, kc] = xbn[i]
@@ -593,7 +603,8 @@ def backward_item(lin, P, theta, io, gmat, dP, gvec, iopt):
     bv = (np.zeros(nx), np.zeros(nx), np.zeros(NZ), np.zeros(NZ), np.zeros(NPHI), np.zeros(NZ), np.zeros(NZ),
           np.zeros(NF), np.zeros(FM_WORK))
     bm = (np.zeros((nx, blk)), np.zeros((nu, blk)), np.zeros((NPHI, blk)), np.zeros((nx + ny + NZ, blk + 1)),
-          np.zeros((nu, ndu)), np.zeros((blk, NPHI)), np.zeros((NZ, NZ)), np.zeros((2, nx)))
+          np.zeros((nu, ndu)), np.zeros((blk, NPHI)), np.zeros((NZ, NZ)), np.zeros((2, nx)), np.zeros((nx, blk)),
+          np.zeros((NPHI, blk)))
     b3 = (np.zeros((blk, NPHI, NZ)), np.zeros((blk, NZ, NZ)))
     backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, np.zeros(NZ, np.int64))
 

@@ -192,8 +192,9 @@ def mv(out, M, a, rows, cols, acc):
         out[i] = s
 
 
-def tmv3(out, M1, a, n1, M2, b, n2, M3, c, n3, rows):
-    # out[i] = sum_j M1[j, i] a[j] + sum_j M2[j, i] b[j] + sum_j M3[j, i] c[j] for i < rows: the products
+def tmv3(out, M1, a, n1, M2, b, n2, M3, c, n3, rows, acc=False):
+    # out[i] = sum_j M1[j, i] a[j] + sum_j M2[j, i] b[j] + sum_j M3[j, i] c[j] for i < rows (acc: out[i] += the
+    # same sums, added to out[i] in that order): the products
     # M1' a + M2' b + M3' c of the (stored) transposes, every sum in that order, j ascending, in both loop
     # orders below, so that both round alike.  Up to AXPY_MACS multiply-adds: a dot product per row, its sum
     # in a register.  Above: out += a[j] M1[j, :] row after row of M (contiguous), which vectorises across i
@@ -203,7 +204,7 @@ def tmv3(out, M1, a, n1, M2, b, n2, M3, c, n3, rows):
     # compiler.
     if rows * (n1 + n2 + n3) <= AXPY_MACS:
         for i in range(rows):
-            s = 0.0
+            s = out[i] if acc else 0.0
             for j in range(n1):
                 s += M1[j, i] * a[j]
             for j in range(n2):
@@ -212,8 +213,9 @@ def tmv3(out, M1, a, n1, M2, b, n2, M3, c, n3, rows):
                 s += M3[j, i] * c[j]
             out[i] = s
         return
-    for i in range(rows):
-        out[i] = 0.0
+    if not acc:
+        for i in range(rows):
+            out[i] = 0.0
     for j in range(n1):
         aj = a[j]
         for i in range(rows):

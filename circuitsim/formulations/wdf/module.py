@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from circuitsim.formulations.base import AbstractCircuitModule, Diagnostics
-from circuitsim.formulations.dk import DKState, record_newton_stats
+from circuitsim.formulations.dk import DKState, first_output, record_newton_stats
 from circuitsim.formulations.wdf.realize import Layout, WDFMatrices, compose, initial_state
 from circuitsim.formulations.wdf.tree import Adaptor, Leaf, WDFTree, build_tree
 from circuitsim.formulations.wdf.waves import Adapted, Adapter
@@ -71,13 +71,13 @@ class WDFModule(AbstractCircuitModule):
                 w.as_tuple(), m.theta, s[:, 1:], x0, nl, sample_rate=self.sample_rate,
                 v_init=v_op.detach(), sample_offset=1, module=self.kernel(),
             )
-            y = torch.cat([y0, _first_output(y)], dim=1)
+            y = torch.cat([y0, first_output(y)], dim=1)
         else:
             y, final, stats = run_state_space(
                 w.as_tuple(), m.theta, s, state.q, nl, sample_rate=self.sample_rate,
                 v_init=state.v, sample_offset=state.samples, module=self.kernel(),
             )
-            y = _first_output(y)
+            y = first_output(y)
         record_newton_stats(diag, stats)
         self.diagnostics = diag
         done = (0 if state is None else state.samples) + u.shape[1]
@@ -185,12 +185,6 @@ class WDFModule(AbstractCircuitModule):
             how = f"1 evaluation + {k} closed-form Newton correction{'s' if k != 1 else ''}" if k else "1 evaluation"
             return f"explicit Wright omega, {how} per sample, no Newton iteration"
         return "Newton on the compiled core"
-
-
-def _first_output(y: torch.Tensor) -> torch.Tensor:
-    """``y[..., 0]`` of the core's (batch, T, Ny) output: a squeeze where Ny = 1, whose backward is a
-    view (select's backward allocates and fills a (batch, T, Ny) tensor, ~1.5 ns/sample)."""
-    return y.squeeze(-1) if y.shape[-1] == 1 else y[..., 0]
 
 
 def _elements(a: Adaptor) -> list[str]:
