@@ -43,7 +43,10 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from numba import njit
+from llvmlite import ir as llir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from circuitsim.devices.constants import CONST_E, EXP_LIMIT
 from circuitsim.devices.diode import DIODE_LAYOUT
@@ -58,9 +61,10 @@ S_BV, S_IKF, S_IKR, S_ISR = (DIODE_LAYOUT.index(k) for k in ("BV_EFF", "IKF_EFF"
 
 # plan layout: chord corrections per sample (-1: no explicit root), the degree of their series,
 # then per direction (0: the diode oriented +1 forward-biased, for p >= 0; 1: the one oriented -1)
-# the forward diode's present (0/1), Is, N Vt, GMIN, 1/(N Vt), kappa, 1/kappa, 1/((1 + R g) N Vt),
-# the offsets of x and u (eq. (9)), 1/(1 + R g), the reverse diode's rho IsS (rho = R/(1 + R g)), this
-# diode's (3 N Vt / e)^3 (its cubic reverse branch, as the reverse diode of the other frame) and "VS = VP" (0/1)
+# the forward diode's present (0/1), Is, N Vt, GMIN, 1/(N Vt), kappa, 1/kappa, the table coordinate
+# of x (eq. (9)) per volt of c and its offset, the offset of u, 1/(1 + R g), the reverse diode's rho IsS
+# (rho = R/(1 + R g)), this diode's (3 N Vt / e)^3 (its cubic reverse branch, as the reverse diode of
+# the other frame) and "VS = VP" (0/1)
 P_STEPS, P_DEG = range(2)
 (D_HAS, D_IS, D_VTE, D_GMIN, D_INVV, D_KAPPA, D_INVK, D_SCALE, D_XOFF, D_UOFF, D_A1, D_RIS, D_K3,
  D_SAME) = range(14)
@@ -142,41 +146,61 @@ def wright_omega(x: float, w0: float = -1.0) -> float:
     return _omega_refine(x, w)
 
 
+@intrinsic
+def fma(typingctx, a, b, c):  # noqa: ANN001, ANN201 - numba intrinsic
+    """``a b + c`` rounded once: LLVM's ``llvm.fma.f64``, the CPU's fused multiply-add (numba contracts
+    no ``a * b + c`` by itself: each would be a multiplication and an addition in sequence)."""
+    if not all(isinstance(t, types.Float) for t in (a, b, c)):
+        return None
+
+    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+        f64 = llir.DoubleType()
+        fn = cgutils.get_or_insert_function(builder.module, llir.FunctionType(f64, [f64] * 3), "llvm.fma.f64")
+        return builder.call(fn, [context.cast(builder, v, t, types.float64) for v, t in zip(args, sig.args)])
+
+    return types.float64(a, b, c), codegen
+
+
 # the piecewise polynomials of omega and v = 1/(omega (1 + omega)) (kernels/omega_table.py, docs/wdf.md eq. (13))
-_TAB = np.ascontiguousarray(omega_table.COEFFS.ravel())
-TAB_XLO, TAB_XHI, TAB_INVH, TAB_STRIDE = omega_table.XLO, omega_table.XHI, 1.0 / omega_table.H, omega_table.STRIDE
+_TAB = np.ascontiguousarray(omega_table.COEFFS)
+TAB_XLO, TAB_H, TAB_INVH = omega_table.XLO, omega_table.H, 1.0 / omega_table.H
+TAB_N = float(omega_table.N_INTERVALS)
 TAB_ERR_W, TAB_ERR_V = omega_table.ERR_W, omega_table.ERR_V
-assert omega_table.DEG_W == 9 and omega_table.DEG_V == 7 and _TAB.size == omega_table.N_INTERVALS * TAB_STRIDE
+assert omega_table.DEG_W == 9 and omega_table.DEG_V == 7 and _TAB.shape == (omega_table.N_INTERVALS, 18)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def omega_table_eval(x: float) -> tuple:
-    """``(omega(x), 1/(omega(x) (1 + omega(x))))`` for ``TAB_XLO <= x < TAB_XHI``: the interval's two
-    polynomials in ``tau`` (kernels/omega_table.py) by Estrin's scheme, no logarithm, exponential or
-    division; absolute error of omega below ``TAB_ERR_W``, relative error of v below ``TAB_ERR_V``
-    (docs/wdf.md eq. (13))."""
-    s = (x - TAB_XLO) * TAB_INVH
-    j = int(s)
-    t = s - (j + 0.5)
+def omega_table_at(s: float) -> tuple:
+    """``(omega(x), 1/(omega(x) (1 + omega(x))))`` at the table coordinate ``s = (x - TAB_XLO) / H`` in
+    ``[0, N_INTERVALS)``: the interval's two polynomials in ``tau = s - j - 1/2`` (kernels/omega_table.py)
+    by Estrin's scheme in fused multiply-adds, no logarithm, exponential or division; absolute error of
+    omega below ``TAB_ERR_W``, relative error of v below ``TAB_ERR_V`` (docs/wdf.md eq. (13))."""
+    j = np.uint64(s)  # unsigned: the loads need no negative-index wraparound
+    t = (s - 0.5) - np.float64(j)
     c = _TAB
-    b = j * TAB_STRIDE
     t2 = t * t
     t4 = t2 * t2
-    w = (((c[b] + c[b + 1] * t) + (c[b + 2] + c[b + 3] * t) * t2)
-         + ((c[b + 4] + c[b + 5] * t) + (c[b + 6] + c[b + 7] * t) * t2) * t4) + (c[b + 8] + c[b + 9] * t) * (t4 * t4)
-    e = b + 10
-    v = (((c[e] + c[e + 1] * t) + (c[e + 2] + c[e + 3] * t) * t2)
-         + ((c[e + 4] + c[e + 5] * t) + (c[e + 6] + c[e + 7] * t) * t2) * t4)
+    w = fma(fma(fma(c[j, 7], t, c[j, 6]), t2, fma(c[j, 5], t, c[j, 4])), t4,
+            fma(fma(c[j, 3], t, c[j, 2]), t2, fma(c[j, 1], t, c[j, 0])))
+    w = fma(fma(c[j, 9], t, c[j, 8]), t4 * t4, w)
+    v = fma(fma(fma(c[j, 17], t, c[j, 16]), t2, fma(c[j, 15], t, c[j, 14])), t4,
+            fma(fma(c[j, 13], t, c[j, 12]), t2, fma(c[j, 11], t, c[j, 10])))
     return w, v
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def omega_and_v(x: float) -> tuple:
-    """``(omega(x), 1/(omega (1 + omega)))``: the table on [-20, 64), else :func:`wright_omega` and one division."""
-    if x >= TAB_XLO and x < TAB_XHI:
-        return omega_table_eval(x)
-    w = wright_omega(x)
+def omega_and_v(s: float) -> tuple:
+    """``(omega(x), 1/(omega (1 + omega)))`` at ``s = (x - TAB_XLO) / H``: the table on [-20, 64), else
+    :func:`wright_omega` and one division."""
+    if s >= 0.0 and s < TAB_N:
+        return omega_table_at(s)
+    w = wright_omega(TAB_XLO + s * TAB_H)
     return w, 1.0 / (w * (1.0 + w))
+
+
+def omega_table_eval(x: float) -> tuple[float, float]:
+    """:func:`omega_and_v` at ``x`` (tests)."""
+    return omega_and_v((x - TAB_XLO) * TAB_INVH)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -278,7 +302,7 @@ def pair_setup(K: np.ndarray, theta: np.ndarray, spec: tuple, X: np.ndarray, o: 
         vp, isp, vs, iss = X[b + D_VTE], X[b + D_IS], X[bs + D_VTE], X[bs + D_IS]
         X[b + D_INVV] = 1.0 / vp
         X[b + D_A1] = 1.0 / onerg
-        X[b + D_SCALE] = 1.0 / (onerg * vp)
+        X[b + D_SCALE] = TAB_INVH / (onerg * vp)  # the table coordinate s = c D_SCALE + D_XOFF of x
         X[b + D_RIS] = rho * iss  # the reverse-biased diode of this frame
         X[b + D_K3] = (3.0 * vp / CONST_E) ** 3  # this diode's cubic reverse branch (docs/devices.md)
         if X[b + D_HAS] != 0.0:
@@ -287,7 +311,7 @@ def pair_setup(K: np.ndarray, theta: np.ndarray, spec: tuple, X: np.ndarray, o: 
                 return 0
             X[b + D_KAPPA] = kappa
             X[b + D_INVK] = 1.0 / kappa  # exp(u/VP) = omega/kappa
-            X[b + D_XOFF] = rho * isp / vp + math.log(kappa)  # x = c/((1 + R g) VP) + XOFF
+            X[b + D_XOFF] = (rho * isp / vp + math.log(kappa) - TAB_XLO) * TAB_INVH  # x = c/((1 + R g) VP) + that
             X[b + D_UOFF] = R * isp  # u1 = (c + R IsP)/(1 + R g) - VP omega
         else:
             X[b + D_KAPPA] = X[b + D_INVK] = X[b + D_XOFF] = X[b + D_UOFF] = 0.0
@@ -306,13 +330,35 @@ def pair_setup(K: np.ndarray, theta: np.ndarray, spec: tuple, X: np.ndarray, o: 
 # --------------------------------------------------------------------------- the root
 @njit(cache=True, error_model="numpy", inline="always")
 def _expm1_series(t: float, deg: float) -> float:
-    """exp(t) - 1 by its Taylor series of degree 3, 5 or 7 (the plan's choice for its bound on |t|)."""
+    """exp(t) - 1 by its Taylor series of degree 3, 5 or 7 (the plan's choice for its bound on |t|), Horner
+    in fused multiply-adds."""
     if deg == 3.0:
-        return t * (1.0 + t * 0.5 * (1.0 + t * (1.0 / 3.0)))
+        return t * fma(t, fma(t, 1.0 / 6.0, 0.5), 1.0)
     if deg == 5.0:
-        return t * (1.0 + t * 0.5 * (1.0 + t * (1.0 / 3.0) * (1.0 + t * 0.25 * (1.0 + t * 0.2))))
-    return t * (1.0 + t * 0.5 * (1.0 + t * (1.0 / 3.0) * (1.0 + t * 0.25 * (1.0 + t * 0.2 * (
-        1.0 + t * (1.0 / 6.0) * (1.0 + t * (1.0 / 7.0)))))))
+        return t * fma(t, fma(t, fma(t, fma(t, 1.0 / 120.0, 1.0 / 24.0), 1.0 / 6.0), 0.5), 1.0)
+    return t * fma(t, fma(t, fma(t, fma(t, fma(t, fma(t, 1.0 / 5040.0, 1.0 / 720.0), 1.0 / 120.0), 1.0 / 24.0),
+                                    1.0 / 6.0), 0.5), 1.0)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _exp_poly(d: float, q: float, rate: float, g0: float, lin: float, deg: float) -> float:
+    """``g0 + lin d + q (exp(rate d) - 1)``, the exponential by the Taylor series of :func:`_expm1_series`,
+    as a polynomial in ``d`` whose coefficients do not depend on ``d``: evaluated as soon as ``d`` is
+    known, three fused multiply-adds for degree 3 (a device current at ``u1 + d`` from its value at ``u1``)."""
+    c1 = fma(q, rate, lin)
+    qr = q * rate
+    r2 = rate * rate
+    c2 = qr * rate * 0.5
+    c3 = qr * r2 * (1.0 / 6.0)
+    if deg == 3.0:
+        return fma(d, fma(d, fma(d, c3, c2), c1), g0)
+    c4 = c2 * r2 * (1.0 / 12.0)
+    c5 = c3 * r2 * (1.0 / 20.0)
+    if deg == 5.0:
+        return fma(d, fma(d, fma(d, fma(d, fma(d, c5, c4), c3), c2), c1), g0)
+    c6 = c4 * r2 * (1.0 / 30.0)
+    c7 = c5 * r2 * (1.0 / 42.0)
+    return fma(d, fma(d, fma(d, fma(d, fma(d, fma(d, fma(d, c7, c6), c5), c4), c3), c2), c1), g0)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -323,8 +369,8 @@ def _reverse_at(delta: float, cubic: bool, s1: float, a1: float, inv1: float, in
     ``z = delta/u1``."""
     if cubic:
         z = delta * inv1
-        return 1.0 - a1 * (1.0 + z * (-3.0 + 6.0 * z))
-    return 1.0 - s1 * (1.0 + _expm1_series(-delta * invs, deg))
+        return fma(-a1, fma(z, fma(z, 6.0, -3.0), 1.0), 1.0)
+    return fma(-s1, 1.0 + _expm1_series(-delta * invs, deg), 1.0)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -353,10 +399,10 @@ def pair_root(c0: float, X: np.ndarray, o: int, k: int) -> tuple:
     v = 1.0
     iw = 1.0  # 1/(1 + omega)
     if has_p:
-        w, v = omega_and_v(c0 * X[bp + D_SCALE] + X[bp + D_XOFF])
+        w, v = omega_and_v(fma(c0, X[bp + D_SCALE], X[bp + D_XOFF]))
         iw = w * v
     vp = X[bp + D_VTE]
-    u1 = (c0 + X[bp + D_UOFF]) * X[bp + D_A1] - vp * w  # eq. (9), VP mu = (c + R IsP) / (1 + R g)
+    u1 = fma(-vp, w, (c0 + X[bp + D_UOFF]) * X[bp + D_A1])  # eq. (9), VP mu = (c + R IsP) / (1 + R g)
     delta = 0.0
     i_r = 0.0
     deg = X[o + P_DEG]
@@ -367,30 +413,41 @@ def pair_root(c0: float, X: np.ndarray, o: int, k: int) -> tuple:
         # every correction lies in [-2 rho IsS, 0] (eq. (12)): only a u1 within that of -3 VS may cross to
         # the exponential branch, and there (rarely) the branch is chosen again at every step
         band = cubic and u1 < three + 2.5 * ris
+        same = X[bp + D_SAME] != 0.0
         s1 = a1 = inv1 = 0.0
         if cubic:
             inv1 = 1.0 / u1
             a1 = X[bs + D_K3] * (inv1 * inv1) * inv1  # (3 VS / (e u1))^3
-        if not cubic or band:
-            s1 = X[bp + D_KAPPA] * (1.0 + w) * v if X[bp + D_SAME] != 0.0 else math.exp(-u1 * invs)
-        r = 1.0 - a1 if cubic else 1.0 - s1  # r(u1) / IsS
-        if steps > 0:  # the first chord step, at delta = 0: h = rho IsS r(u1)
-            delta = -ris * r * iw
+        if not cubic or band:  # exp(-u1/VS): kappa/omega = kappa (1 + omega) v for equal N Vt
+            s1 = X[bp + D_KAPPA] * (1.0 + w) * v if same else math.exp(-u1 * invs)
+        if steps > 0:  # the first chord step, at delta = 0: -rho IsS r(u1) / (1 + omega)
+            if cubic:
+                delta = ris * iw * (a1 - 1.0)
+            elif same:  # (1 - kappa/omega) / (1 + omega) = (omega - kappa) v
+                delta = ris * v * (X[bp + D_KAPPA] - w)
+            else:
+                delta = ris * iw * (s1 - 1.0)
         for _ in range(1, steps):  # eq. (11): delta <- delta - h(delta) / (1 + omega)
             em1 = _expm1_series(delta * X[bp + D_INVV], deg)
             cb = cubic and not (band and u1 + delta <= three)
             h = delta + vp * w * em1 + ris * _reverse_at(delta, cb, s1, a1, inv1, invs, deg)
             delta -= h * iw
-        if steps > 0:
-            r = _reverse_at(delta, cubic and not (band and u1 + delta <= three), s1, a1, inv1, invs, deg)
-        i_r = -X[bs + D_IS] * r - X[bs + D_GMIN] * (u1 + delta)
+        # the outputs at u = u1 + delta as polynomials in delta (coefficients from omega, formed while delta is)
+        iss, gs = X[bs + D_IS], X[bs + D_GMIN]
+        if cubic and not (band and u1 + delta <= three):  # -IsS (1 - a1 (1 - 3 z + 6 z^2)) - g u, z = delta/u1
+            q = iss * a1
+            i_r = fma(delta, fma(delta, 6.0 * q * (inv1 * inv1), fma(-3.0 * q, inv1, -gs)), fma(-gs, u1, q - iss))
+        else:  # -IsS (1 - s1 exp(-delta/VS)) - g u
+            q = iss * s1
+            i_r = _exp_poly(delta, q, -invs, fma(-gs, u1, q - iss), -gs, deg)
     u = u1 + delta
     if not has_p:
         return True, u, 0.0, i_r
     if u > EXP_LIMIT * vp:
         return False, u, 0.0, i_r
-    ex = w * X[bp + D_INVK] * (1.0 + _expm1_series(delta * X[bp + D_INVV], deg))  # exp(u/VP)
-    return True, u, X[bp + D_IS] * (ex - 1.0) + X[bp + D_GMIN] * u, i_r
+    a = X[bp + D_IS] * X[bp + D_INVK] * w  # IsP exp(u1/VP), then times exp(delta/VP)
+    gp = X[bp + D_GMIN]
+    return True, u, _exp_poly(delta, a, X[bp + D_INVV], fma(gp, u1, a - X[bp + D_IS]), gp, deg), i_r
 
 
 # --------------------------------------------------------------------------- which nonlinearities
@@ -434,6 +491,7 @@ __all__ = [
     "chord_steps",
     "diode_pair_spec",
     "omega_and_v",
+    "omega_table_at",
     "omega_table_eval",
     "pair_root",
     "pair_setup",
