@@ -10,14 +10,16 @@ unless ``--no-ngspice`` -- ngspice's own transient-analysis time and the WDF's E
 figures (1000 s of 48 kHz audio: diode clipper 2.04 s, Bassman tone stack 0.71 s, machine not
 stated) are printed beside ours as ns/sample.
 
-``--split`` instead times the compiled core alone (CPU time, best of ``--repeats``, the variants
-interleaved) on each circuit whose WDF takes the explicit root: with that root, with the core's
-Newton (explicit root off) and with a trivial root (``fm_solve`` below: ``v = p``, currents
-proportional to it, the same loop-carried dependence), so the root's share of a sample is
-explicit-root minus trivial-root time and the rest is the core's loop over the linear maps.
+``--split`` instead times, on each circuit whose WDF takes the explicit root, the whole ``model(x)``
+call and the compiled core alone on the WDF's and on DK's maps (CPU time, best of ``--repeats``, every
+variant interleaved): with that root, with the core's Newton (explicit root off) and with a trivial
+root (``fm_solve`` below: ``v = p``, currents proportional to it, the same loop-carried dependence),
+so the root's share of a sample is explicit-root minus trivial-root time, the rest of the core is its
+loop over the linear maps, and ``model(x)`` minus the core is the per-call work outside the kernel.
 
     python benchmarks/bench_wdf.py [--seconds 1] [--signal sine|guitar] [--circuits ...] [--no-ngspice] [--write]
-    python benchmarks/bench_wdf.py --split [--circuits diode_clipper ts808_clipping] [--repeats 9]
+    python benchmarks/bench_wdf.py --split [--circuits diode_clipper ts808_clipping] [--repeats 5]
+                                   [--signal sine --amplitude 0.5 --seconds 0.5]
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def bench(name: str, x: np.ndarray, args: argparse.Namespace) -> dict:
         y_w, y_d = wdf(xt)[0].numpy(), dk(xt)[0].numpy()
     root = {"linear": "linear", "newton": "Newton (shared core)"}.get(kind, "")
     if kind == "omega":
-        root = f"Wright omega + {steps[0] - 1} corr."  # one evaluation, closed-form Newton corrections
+        root = f"Wright omega + {steps[0] - 1} corr."  # one evaluation, closed-form chord corrections
     row = {
         "circuit": name, "root": root, "fwd": w_f / n * 1e9, "fb": w_fb / n * 1e9, "fb_ratio": w_fb / w_f,
         "dk_fwd": d_f / n * 1e9, "dk_fb": d_fb / n * 1e9, "vs_dk": d_f / w_f, "dk_newton": d_newton / n * 1e9,

@@ -312,7 +312,7 @@ def test_explicit_root_is_used_and_exact(stem: str, monkeypatch: pytest.MonkeyPa
 
 def test_single_diode_takes_the_explicit_root(monkeypatch: pytest.MonkeyPatch) -> None:
     """One diode (a half-wave clipper): forward-biased on the omega branch, reverse-biased through
-    the fixed point of eq. (10); equal to Newton within the error bound on both half-waves."""
+    the chord steps of eq. (11); equal to Newton within the error bound on both half-waves."""
     text = """half-wave clipper
 VIN in 0 DC 0
 R1 in out 2.2k
