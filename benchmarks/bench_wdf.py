@@ -10,14 +10,16 @@ unless ``--no-ngspice`` -- ngspice's own transient-analysis time and the WDF's E
 figures (1000 s of 48 kHz audio: diode clipper 2.04 s, Bassman tone stack 0.71 s, machine not
 stated) are printed beside ours as ns/sample.
 
-``--split`` instead times the compiled core alone (CPU time, best of ``--repeats``, the variants
-interleaved) on each circuit whose WDF takes the explicit root: with that root, with the core's
-Newton (explicit root off) and with a trivial root (``fm_solve`` below: ``v = p``, currents
-proportional to it, the same loop-carried dependence), so the root's share of a sample is
-explicit-root minus trivial-root time and the rest is the core's loop over the linear maps.
+``--split`` instead times, on each circuit whose WDF takes the explicit root, the whole ``model(x)``
+call and the compiled core alone on the WDF's and on DK's maps (CPU time, best of ``--repeats``, every
+variant interleaved): with that root, with the core's Newton (explicit root off) and with a trivial
+root (``fm_solve`` below: ``v = p``, currents proportional to it, the same loop-carried dependence),
+so the root's share of a sample is explicit-root minus trivial-root time, the rest of the core is its
+loop over the linear maps, and ``model(x)`` minus the core is the per-call work outside the kernel.
 
     python benchmarks/bench_wdf.py [--seconds 1] [--signal sine|guitar] [--circuits ...] [--no-ngspice] [--write]
-    python benchmarks/bench_wdf.py --split [--circuits diode_clipper ts808_clipping] [--repeats 9]
+    python benchmarks/bench_wdf.py --split [--circuits diode_clipper ts808_clipping] [--repeats 5]
+                                   [--signal sine --amplitude 0.5 --seconds 0.5]
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def bench(name: str, x: np.ndarray, args: argparse.Namespace) -> dict:
         y_w, y_d = wdf(xt)[0].numpy(), dk(xt)[0].numpy()
     root = {"linear": "linear", "newton": "Newton (shared core)"}.get(kind, "")
     if kind == "omega":
-        root = f"Wright omega + {steps[0] - 1} corr."  # one evaluation, closed-form Newton corrections
+        root = f"Wright omega + {steps[0] - 1} corr."  # one evaluation, closed-form chord corrections
     row = {
         "circuit": name, "root": root, "fwd": w_f / n * 1e9, "fb": w_fb / n * 1e9, "fb_ratio": w_fb / w_f,
         "dk_fwd": d_f / n * 1e9, "dk_fb": d_fb / n * 1e9, "vs_dk": d_f / w_f, "dk_newton": d_newton / n * 1e9,
@@ -108,7 +110,7 @@ def bench(name: str, x: np.ndarray, args: argparse.Namespace) -> dict:
 NPHI = 0  # placeholder: the generated module's device-output count, read by fm_solve there
 
 
-def fm_solve(P, p, z, theta, phi, lc, work):  # noqa: ANN001, ANN201 - the trivial root's hook (generated code)
+def fm_solve(P, p, z, theta, phi, lc, work, fopt, est, early):  # noqa: ANN001, ANN201 - the trivial root's hook (generated code)
     # v = p, every device output proportional to it: the loop-carried p -> phi -> x dependence of a
     # root with none of its arithmetic (--split)
     z[0] = p[0]
@@ -117,39 +119,61 @@ def fm_solve(P, p, z, theta, phi, lc, work):  # noqa: ANN001, ANN201 - the trivi
     return True
 
 
-def split(name: str, x: np.ndarray, repeats: int) -> dict | None:
-    """ns/sample of the compiled core on ``name``'s WDF maps: explicit root, Newton, trivial root."""
-    wdf = load(ROOT / "netlists" / f"{name}.cir", "wdf", FS)
-    if wdf.root_path()[0] != "omega":
-        return None
-    xt = torch.as_tensor(x).unsqueeze(0)
-    with torch.no_grad():
-        m, _, w = wdf.wdf()
-        mats = [t.numpy() for t in w.as_tuple()]
-        u = np.ascontiguousarray(wdf.source_values(m, xt).numpy())
-        theta = m.theta.numpy()
-    nl = wdf.topology.nonlinearity
+def _core_runs(model, mats: list[np.ndarray], u: np.ndarray, theta: np.ndarray, module) -> dict:  # noqa: ANN001
+    """The compiled-core variants of ``--split`` on one formulation's maps: (run, label) by key."""
+    nl = model.topology.nonlinearity
     base = dk_step(nl, MAX_OMEGA_STEPS)
     trivial = codegen.step_module(nl.nb_source, StepFormulation(
         name="trivial_root", hooks=(*base.hooks[:-1], fm_solve), constants=base.constants))
     x0 = np.zeros((1, mats[0].shape[0]))
-    runs = {"explicit": (wdf.kernel(), KernelOptions()), "newton": (wdf.kernel(), KernelOptions(explicit=False)),
-            "trivial": (trivial, KernelOptions())}
+
+    def run(mod, opts):  # noqa: ANN001, ANN202
+        return lambda: core.forward(mod, mats[:8], mats[8:], theta, u, x0, None, opts, save=False)
+
+    return {"explicit": run(module, KernelOptions()), "newton": run(module, KernelOptions(explicit=False)),
+            "trivial": run(trivial, KernelOptions())}
+
+
+def split(name: str, x: np.ndarray, repeats: int) -> list[dict]:
+    """ns/sample of the compiled core on ``name``'s WDF and DK maps (explicit root, Newton, trivial root)
+    and of the whole ``model(x)`` call, CPU time, best of ``repeats``, every variant interleaved."""
+    path = ROOT / "netlists" / f"{name}.cir"
+    wdf, dk = load(path, "wdf", FS), load(path, "dk", FS)
+    if wdf.root_path()[0] != "omega":
+        return []
+    xt = torch.as_tensor(x).unsqueeze(0)
+    runs: dict[tuple[str, str], object] = {}
+    with torch.no_grad():
+        m, _, w = wdf.wdf()
+        u = np.ascontiguousarray(wdf.source_values(m, xt).numpy())
+        theta = m.theta.numpy()
+        for k, f in _core_runs(wdf, [t.numpy() for t in w.as_tuple()], u, theta, wdf.kernel()).items():
+            runs[("wdf", k)] = f
+        m, d = dk.dk()
+        for k, f in _core_runs(dk, [t.numpy() for t in d.as_tuple()], u, m.theta.numpy(),
+                               codegen.dk_module(dk.topology.nonlinearity)).items():
+            runs[("dk", k)] = f
+    runs[("wdf", "call")] = lambda: _no_grad(wdf, xt)
+    runs[("dk", "call")] = lambda: _no_grad(dk, xt)
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(repeats + 1):  # the first round compiles or loads the modules
-        for k, (mod, opts) in runs.items():
+        for k, f in runs.items():
             t0 = time.process_time()
-            core.forward(mod, mats[:8], mats[8:], theta, u, x0, None, opts, save=False)
+            f()
             best[k] = min(best[k], time.process_time() - t0)
-    ns = {k: v / len(x) * 1e9 for k, v in best.items()}
-    return {"circuit": name, **ns, "root": ns["explicit"] - ns["trivial"]}
+    rows = []
+    for meth in ("wdf", "dk"):
+        ns = {k: best[(meth, k)] / len(x) * 1e9 for k in ("explicit", "newton", "trivial", "call")}
+        rows.append({"circuit": f"{name} ({meth.upper()})", **ns, "root": ns["explicit"] - ns["trivial"],
+                     "outside": ns["call"] - ns["explicit"]})
+    return rows
 
 
 def split_table(rows: list[dict]) -> str:
-    lines = ["| circuit | core, explicit root | core, Newton | core, trivial root | explicit root's share |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['circuit']} | {r['explicit']:.1f} | {r['newton']:.1f} | {r['trivial']:.1f} | {r['root']:.1f} |"
-              for r in rows]
+    lines = ["| circuit | model(x) | core, explicit root | core, Newton | core, trivial root | explicit root's share "
+             "| outside the core |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['circuit']} | {r['call']:.1f} | {r['explicit']:.1f} | {r['newton']:.1f} | {r['trivial']:.1f} "
+              f"| {r['root']:.1f} | {r['outside']:.1f} |" for r in rows]
     return "\n".join(lines)
 
 
@@ -174,7 +198,7 @@ def main() -> None:
     if args.split:
         torch.set_num_threads(1)
         x = guitar(args.seconds, FS) if args.signal == "guitar" else sine(args.seconds, FS, args.freq, args.amplitude)
-        rows = [r for r in (split(c, x, args.repeats) for c in args.circuits) if r is not None]
+        rows = [r for c in args.circuits for r in split(c, x, args.repeats)]
         print(f"ns/sample (CPU time), load average {os.getloadavg()[0]:.1f}\n" + split_table(rows))
         return
     _, out = run_rows(args, bench, table)

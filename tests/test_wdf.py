@@ -248,6 +248,36 @@ def test_omega_guess_needs_one_refinement_step() -> None:
     assert float(np.max(np.abs(got - ref) / ref)) < 1e-4
 
 
+def test_omega_table_within_its_bound() -> None:
+    """The piecewise polynomials of omega and v = 1/(omega (1 + omega)) on [-20, 64)
+    (kernels/omega_table.py), evaluated in float64 as the explicit root does, against mpmath at 30
+    digits: within the bounds of docs/wdf.md eq. (13), which the root's error budget uses; and the table
+    is what its generator gives."""
+    import mpmath as mp
+
+    from circuitsim.kernels import omega_table as ot
+    from circuitsim.kernels.explicit_root import omega_and_v, omega_table_eval
+
+    frac = np.linspace(0.0, 1.0, 9)[:-1]
+    xs = (ot.XLO + ot.H * (np.arange(ot.N_INTERVALS)[:, None] + frac[None, :])).ravel()
+    xs = np.concatenate([xs, np.nextafter(xs[1:], -np.inf), [ot.XHI - 1e-12]])
+    err_w = err_v = 0.0
+    with mp.workdps(30):
+        for x in xs:
+            w, v = omega_table_eval(float(x))
+            ref = mp.lambertw(mp.exp(mp.mpf(float(x))))
+            ref_v = 1 / (ref * (1 + ref))
+            err_w = max(err_w, abs(float(w - ref)))
+            err_v = max(err_v, abs(float((v - ref_v) / ref_v)))
+    assert err_w <= ot.ERR_W and err_v <= ot.ERR_V, (err_w, err_v)
+    assert ot.ERR_W < 1e-11 and ot.ERR_V < 1e-8
+    for x in (-25.0, 70.0, 1e4):  # outside the table: wright_omega and one division
+        w, v = omega_and_v(x)
+        assert v == pytest.approx(1.0 / (w * (1.0 + w)), rel=1e-15)
+    for j in (0, 37, ot.N_INTERVALS - 1):
+        assert ot.fit(j) == list(ot.COEFFS[j])
+
+
 def _newton_only(monkeypatch: pytest.MonkeyPatch, model, x: torch.Tensor) -> np.ndarray:  # noqa: ANN001
     """``model(x)`` with the core's explicit root switched off (Newton on every sample)."""
     with monkeypatch.context() as mp:
@@ -282,7 +312,7 @@ def test_explicit_root_is_used_and_exact(stem: str, monkeypatch: pytest.MonkeyPa
 
 def test_single_diode_takes_the_explicit_root(monkeypatch: pytest.MonkeyPatch) -> None:
     """One diode (a half-wave clipper): forward-biased on the omega branch, reverse-biased through
-    the fixed point of eq. (10); equal to Newton within the error bound on both half-waves."""
+    the chord steps of eq. (11); equal to Newton within the error bound on both half-waves."""
     text = """half-wave clipper
 VIN in 0 DC 0
 R1 in out 2.2k

@@ -16,16 +16,19 @@ the forward-biased diode (``IsP``, ``VP = N Vt``) is on its exponential branch, 
     u = VP (mu - omega(mu + ln kappa)),   kappa = R IsP / ((1 + R g) VP),   mu = (c + R IsP) / ((1 + R g) VP)
 
 solves ``u (1 + R g) + R IsP (exp(u/VP) - 1) = c`` exactly (docs/wdf.md eq. (9)): one omega
-evaluation.  The reverse-biased diode adds ``r(u) = -pn_S(-u)`` in ``[0, IsS)``; Newton on
-``h(delta) = delta + VP omega (exp(delta/VP) - 1) + rho r(u1 + delta)`` (``rho = R/(1 + R g)``,
-eq. (11)) from ``delta = 0`` errs by at most ``C^(2^k - 1) e0^(2^k)`` volts after ``k`` steps,
-``e0 = rho IsS`` (eq. (12)); each step is closed-form, its exponentials those at ``u1`` taken from
-omega (``exp(u1/VP) = omega/kappa``, ``exp(-u1/VS) = kappa/omega`` for equal ``N Vt``) times Taylor
-series in ``delta``.  :func:`pair_setup` picks the smallest ``k`` whose bound is below
-``OMEGA_TOL``, or none (the caller then runs Newton).  No Newton iteration of the core runs.
+evaluation, from the piecewise polynomials of :mod:`circuitsim.kernels.omega_table` on [-20, 64)
+(no logarithm, exponential or division; eq. (13)), which give ``1/(1 + omega)`` and ``1/omega`` too.
+The reverse-biased diode adds ``r(u) = -pn_S(-u)`` in ``[0, IsS)``; chord steps on
+``h(delta) = delta + VP omega (exp(delta/VP) - 1) + rho r(u1 + delta)`` (``rho = R/(1 + R g)``, eq. (11)),
+``delta <- delta - h(delta) / (1 + omega)`` from ``delta = 0``, err by at most ``E0 L^k`` volts after
+``k`` steps, ``L = (2 e0/VT) exp(2 e0/VT)``, ``e0 = rho IsS`` (eq. (12)); each step is closed-form and
+division-free, its exponentials those at ``u1`` taken from omega (``exp(u1/VP) = omega/kappa``,
+``exp(-u1/VS) = kappa/omega`` for equal ``N Vt``) times Taylor series in ``delta``.  :func:`pair_setup`
+picks the smallest ``k`` whose bound is below ``OMEGA_TOL``, or none (the caller then runs Newton).
+No Newton iteration of the core runs.
 
-Wright omega (Lawrence, Corless & Jeffrey, ACM TOMS 38(3), 2012, "Algorithm 917"): the
-series/asymptotic starting values of their regions, then the fourth-order Fritsch-Shafer-Crowley
+Wright omega outside the table (Lawrence, Corless & Jeffrey, ACM TOMS 38(3), 2012, "Algorithm 917"):
+the series/asymptotic starting values of their regions, then the fourth-order Fritsch-Shafer-Crowley
 iteration until its residual shows machine precision.
 
 The compiled core calls this through a formulation's ``fm_solve`` hook (docs/architecture.md,
@@ -40,10 +43,14 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from numba import njit
+from llvmlite import ir as llir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from circuitsim.devices.constants import CONST_E, EXP_LIMIT
 from circuitsim.devices.diode import DIODE_LAYOUT
+from circuitsim.kernels import omega_table
 
 OMEGA_TOL = 1e-11  # volts: bound on the explicit root's error (1e-9 of a 10 mV peak)
 MAX_OMEGA_STEPS = 6
@@ -52,13 +59,14 @@ MAX_OMEGA_STEPS = 6
 S_IS, S_VTE, S_GMIN = DIODE_LAYOUT.index("IS_EFF"), DIODE_LAYOUT.index("VTE"), DIODE_LAYOUT.index("GMIN")
 S_BV, S_IKF, S_IKR, S_ISR = (DIODE_LAYOUT.index(k) for k in ("BV_EFF", "IKF_EFF", "IKR_EFF", "ISR"))
 
-# plan layout: Newton corrections per sample (-1: no explicit root), the degree of their series,
+# plan layout: chord corrections per sample (-1: no explicit root), the degree of their series,
 # then per direction (0: the diode oriented +1 forward-biased, for p >= 0; 1: the one oriented -1)
-# the forward diode's present (0/1), Is, N Vt, GMIN, 1/(N Vt), kappa, 1/kappa, 1/((1 + R g) N Vt),
-# the offsets of x and u (eq. (9)), 1/(1 + R g), and the reverse diode's rho IsS, rho IsS / VS
-# (rho = R/(1 + R g)) and "VS = VP" (0/1)
+# the forward diode's present (0/1), Is, N Vt, GMIN, 1/(N Vt), kappa, 1/kappa, the table coordinate
+# of x (eq. (9)) per volt of c and its offset, the offset of u, 1/(1 + R g), the reverse diode's rho IsS
+# (rho = R/(1 + R g)), this diode's (3 N Vt / e)^3 (its cubic reverse branch, as the reverse diode of
+# the other frame) and "VS = VP" (0/1)
 P_STEPS, P_DEG = range(2)
-(D_HAS, D_IS, D_VTE, D_GMIN, D_INVV, D_KAPPA, D_INVK, D_SCALE, D_XOFF, D_UOFF, D_A1, D_RIS, D_RISV,
+(D_HAS, D_IS, D_VTE, D_GMIN, D_INVV, D_KAPPA, D_INVK, D_SCALE, D_XOFF, D_UOFF, D_A1, D_RIS, D_K3,
  D_SAME) = range(14)
 N_PLAN_HEAD, DIR_SIZE = 2, 14
 PLAN_SIZE = N_PLAN_HEAD + 2 * DIR_SIZE
@@ -138,6 +146,63 @@ def wright_omega(x: float, w0: float = -1.0) -> float:
     return _omega_refine(x, w)
 
 
+@intrinsic
+def fma(typingctx, a, b, c):  # noqa: ANN001, ANN201 - numba intrinsic
+    """``a b + c`` rounded once: LLVM's ``llvm.fma.f64``, the CPU's fused multiply-add (numba contracts
+    no ``a * b + c`` by itself: each would be a multiplication and an addition in sequence)."""
+    if not all(isinstance(t, types.Float) for t in (a, b, c)):
+        return None
+
+    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+        f64 = llir.DoubleType()
+        fn = cgutils.get_or_insert_function(builder.module, llir.FunctionType(f64, [f64] * 3), "llvm.fma.f64")
+        return builder.call(fn, [context.cast(builder, v, t, types.float64) for v, t in zip(args, sig.args)])
+
+    return types.float64(a, b, c), codegen
+
+
+# the piecewise polynomials of omega and v = 1/(omega (1 + omega)) (kernels/omega_table.py, docs/wdf.md eq. (13))
+_TAB = np.ascontiguousarray(omega_table.COEFFS)
+TAB_XLO, TAB_H, TAB_INVH = omega_table.XLO, omega_table.H, 1.0 / omega_table.H
+TAB_N = float(omega_table.N_INTERVALS)
+TAB_ERR_W, TAB_ERR_V = omega_table.ERR_W, omega_table.ERR_V
+assert omega_table.DEG_W == 9 and omega_table.DEG_V == 7 and _TAB.shape == (omega_table.N_INTERVALS, 18)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def omega_table_at(s: float) -> tuple:
+    """``(omega(x), 1/(omega(x) (1 + omega(x))))`` at the table coordinate ``s = (x - TAB_XLO) / H`` in
+    ``[0, N_INTERVALS)``: the interval's two polynomials in ``tau = s - j - 1/2`` (kernels/omega_table.py)
+    by Estrin's scheme in fused multiply-adds, no logarithm, exponential or division; absolute error of
+    omega below ``TAB_ERR_W``, relative error of v below ``TAB_ERR_V`` (docs/wdf.md eq. (13))."""
+    j = np.uint64(s)  # unsigned: the loads need no negative-index wraparound
+    t = (s - 0.5) - np.float64(j)
+    c = _TAB
+    t2 = t * t
+    t4 = t2 * t2
+    w = fma(fma(fma(c[j, 7], t, c[j, 6]), t2, fma(c[j, 5], t, c[j, 4])), t4,
+            fma(fma(c[j, 3], t, c[j, 2]), t2, fma(c[j, 1], t, c[j, 0])))
+    w = fma(fma(c[j, 9], t, c[j, 8]), t4 * t4, w)
+    v = fma(fma(fma(c[j, 17], t, c[j, 16]), t2, fma(c[j, 15], t, c[j, 14])), t4,
+            fma(fma(c[j, 13], t, c[j, 12]), t2, fma(c[j, 11], t, c[j, 10])))
+    return w, v
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def omega_and_v(s: float) -> tuple:
+    """``(omega(x), 1/(omega (1 + omega)))`` at ``s = (x - TAB_XLO) / H``: the table on [-20, 64), else
+    :func:`wright_omega` and one division."""
+    if s >= 0.0 and s < TAB_N:
+        return omega_table_at(s)
+    w = wright_omega(TAB_XLO + s * TAB_H)
+    return w, 1.0 / (w * (1.0 + w))
+
+
+def omega_table_eval(x: float) -> tuple[float, float]:
+    """:func:`omega_and_v` at ``x`` (tests)."""
+    return omega_and_v((x - TAB_XLO) * TAB_INVH)
+
+
 @njit(cache=True, inline="always", error_model="numpy")
 def pn(vd: float, isat: float, vte: float) -> float:
     """ngspice's junction current without GMIN (docs/devices.md), amperes: exponential / cubic reverse branch."""
@@ -149,13 +214,15 @@ def pn(vd: float, isat: float, vte: float) -> float:
 
 # --------------------------------------------------------------------------- the plan
 @njit(cache=True, error_model="numpy")
-def newton_steps(e0: float, vmin: float) -> tuple:
-    """(Newton corrections per sample, series degree) for an error bound below OMEGA_TOL volts; (-1, 0): none.
+def chord_steps(e0: float, vmin: float, vmax: float) -> tuple:
+    """(chord corrections per sample, series degree) for an error bound below OMEGA_TOL volts; (-1, 0): none.
 
-    ``e0 = R IsS / (1 + R g)`` bounds the first omega solution's error (volts, the largest IsS of the
-    pair), ``vmin`` the smallest ``N Vt``.  Newton on eq. (11) from it: ``e_k <= C^(2^k - 1) e0^(2^k)``
-    with ``C = (exp(2 e0/vmin) / vmin + e0 exp(2 e0/vmin) / vmin^2) / 2`` (docs/wdf.md eq. (12)),
-    when ``C e0 < 1``.  The exponentials of a correction are Taylor series of degree 3, 5 or 7 in
+    ``e0 = R IsS / (1 + R g)`` (volts, the largest IsS of the pair), ``vmin``/``vmax`` the smallest and
+    largest ``N Vt``.  Chord steps on eq. (11) from ``delta = 0`` (docs/wdf.md eq. (12)): every iterate in
+    ``[-2 e0, 0]`` and ``|delta_k - delta*| <= E0 L^k`` with ``E0 = e0 (1 + 2 e0/VT)``,
+    ``L = (2 e0/VT) exp(2 e0/VT)``; to that the bound adds the table's omega and v (eq. (13):
+    ``VP TAB_ERR_W + 2 e0 TAB_ERR_V``) and the cubic branch's series (``5 e0 (2 e0 / (3 VT))^3``).
+    The exponentials of a correction are Taylor series of degree 3, 5 or 7 in
     ``|delta| / VT <= 3 e0 / vmin``, chosen so the remainder is below 3e-17 relative (rounding).
     """
     dmax = 3.0 * e0 / vmin
@@ -167,15 +234,14 @@ def newton_steps(e0: float, vmin: float) -> tuple:
         deg = 7
     else:
         return -1, 0
-    growth = math.exp(2.0 * e0 / vmin)
-    C = 0.5 * growth * (1.0 / vmin + e0 / (vmin * vmin))
-    if not C * e0 < 1.0:
-        return -1, 0
-    err = e0
+    y = 2.0 * e0 / vmin
+    L = y * math.exp(y)
+    rest = vmax * TAB_ERR_W + 2.0 * e0 * TAB_ERR_V + 5.0 * e0 * (2.0 * e0 / (3.0 * vmin)) ** 3
+    err = e0 * (1.0 + y)
     for k in range(MAX_OMEGA_STEPS):
-        if err <= OMEGA_TOL:
+        if err + rest <= OMEGA_TOL:
             return k, deg
-        err = C * err * err
+        err *= L
     return -1, 0
 
 
@@ -183,7 +249,7 @@ def newton_steps(e0: float, vmin: float) -> tuple:
 def pair_setup(K: np.ndarray, theta: np.ndarray, spec: tuple, X: np.ndarray, o: int, max_cost: int) -> int:
     """Fill the plan ``X[o : o + PLAN_SIZE]`` of ``v = p + K f(v)``; returns its cost (0: no explicit root).
 
-    The cost is one omega evaluation plus the Newton corrections of the reverse-biased diode
+    The cost is one omega evaluation plus the chord corrections of the reverse-biased diode
     (eqs. (11)-(12)); ``max_cost``: the most worth taking (a plan that costs more is refused: DK's
     Newton from the tangent predictor is cheaper there).
 
@@ -197,6 +263,7 @@ def pair_setup(K: np.ndarray, theta: np.ndarray, spec: tuple, X: np.ndarray, o: 
     g = 0.0
     ismax = 0.0
     vmin = math.inf
+    vmax = 0.0
     ok = True
     for d in range(2):
         b = o + N_PLAN_HEAD + d * DIR_SIZE
@@ -224,6 +291,7 @@ def pair_setup(K: np.ndarray, theta: np.ndarray, spec: tuple, X: np.ndarray, o: 
         g += theta[off + S_GMIN]
         ismax = max(ismax, isat)
         vmin = min(vmin, vte)
+        vmax = max(vmax, vte)
     if not (ok and R > 0.0 and R < math.inf):
         return 0
     onerg = 1.0 + R * g
@@ -234,21 +302,23 @@ def pair_setup(K: np.ndarray, theta: np.ndarray, spec: tuple, X: np.ndarray, o: 
         vp, isp, vs, iss = X[b + D_VTE], X[b + D_IS], X[bs + D_VTE], X[bs + D_IS]
         X[b + D_INVV] = 1.0 / vp
         X[b + D_A1] = 1.0 / onerg
-        X[b + D_SCALE] = 1.0 / (onerg * vp)
+        X[b + D_SCALE] = TAB_INVH / (onerg * vp)  # the table coordinate s = c D_SCALE + D_XOFF of x
         X[b + D_RIS] = rho * iss  # the reverse-biased diode of this frame
-        X[b + D_RISV] = rho * iss / vs
+        X[b + D_K3] = (3.0 * vp / CONST_E) ** 3  # this diode's cubic reverse branch (docs/devices.md)
         if X[b + D_HAS] != 0.0:
             kappa = rho * isp / vp
+            if not kappa > 1e-280:  # omega(ln kappa + kappa) = kappa would underflow: 1/omega
+                return 0
             X[b + D_KAPPA] = kappa
             X[b + D_INVK] = 1.0 / kappa  # exp(u/VP) = omega/kappa
-            X[b + D_XOFF] = rho * isp / vp + math.log(kappa)  # x = c/((1 + R g) VP) + XOFF
+            X[b + D_XOFF] = (rho * isp / vp + math.log(kappa) - TAB_XLO) * TAB_INVH  # x = c/((1 + R g) VP) + that
             X[b + D_UOFF] = R * isp  # u1 = (c + R IsP)/(1 + R g) - VP omega
         else:
             X[b + D_KAPPA] = X[b + D_INVK] = X[b + D_XOFF] = X[b + D_UOFF] = 0.0
         # the first correction in one division: both diodes present with VS = VP (exp(-u1/VS) = kappa/omega)
         X[b + D_SAME] = 1.0 if X[b + D_HAS] != 0.0 and X[bs + D_HAS] != 0.0 and vs == vp else 0.0
     # a single diode has a reverse half-wave too: that frame has no forward diode (omega = 0)
-    steps, deg = newton_steps(rho * ismax, vmin)
+    steps, deg = chord_steps(rho * ismax, vmin, vmax)
     cost = 1 + steps
     if steps < 0 or cost > max_cost:
         return 0
@@ -260,26 +330,47 @@ def pair_setup(K: np.ndarray, theta: np.ndarray, spec: tuple, X: np.ndarray, o: 
 # --------------------------------------------------------------------------- the root
 @njit(cache=True, error_model="numpy", inline="always")
 def _expm1_series(t: float, deg: float) -> float:
-    """exp(t) - 1 by its Taylor series of degree 3, 5 or 7 (the plan's choice for its bound on |t|)."""
+    """exp(t) - 1 by its Taylor series of degree 3, 5 or 7 (the plan's choice for its bound on |t|), Horner
+    in fused multiply-adds."""
     if deg == 3.0:
-        return t * (1.0 + t * 0.5 * (1.0 + t * (1.0 / 3.0)))
+        return t * fma(t, fma(t, 1.0 / 6.0, 0.5), 1.0)
     if deg == 5.0:
-        return t * (1.0 + t * 0.5 * (1.0 + t * (1.0 / 3.0) * (1.0 + t * 0.25 * (1.0 + t * 0.2))))
-    return t * (1.0 + t * 0.5 * (1.0 + t * (1.0 / 3.0) * (1.0 + t * 0.25 * (1.0 + t * 0.2 * (
-        1.0 + t * (1.0 / 6.0) * (1.0 + t * (1.0 / 7.0)))))))
+        return t * fma(t, fma(t, fma(t, fma(t, 1.0 / 120.0, 1.0 / 24.0), 1.0 / 6.0), 0.5), 1.0)
+    return t * fma(t, fma(t, fma(t, fma(t, fma(t, fma(t, 1.0 / 5040.0, 1.0 / 720.0), 1.0 / 120.0), 1.0 / 24.0),
+                                    1.0 / 6.0), 0.5), 1.0)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _reverse(u: float, s: float, iss: float, vs: float, invs: float) -> tuple:
-    """The reverse-biased diode's ``r(u) = -pn(-u)`` (amperes) and ``r'(u)`` (siemens): the
-    exponential branch from ``s = exp(-u/VS)`` (``invs = 1/VS``), the cubic one beyond ``3 VS``
-    (docs/devices.md)."""
-    if u <= 3.0 * vs:
-        return iss * (1.0 - s), iss * s * invs
-    inv = 1.0 / u
-    a = 3.0 * vs * inv / CONST_E
-    a3 = a * a * a
-    return iss * (1.0 - a3), 3.0 * iss * a3 * inv
+def _exp_poly(d: float, q: float, rate: float, g0: float, lin: float, deg: float) -> float:
+    """``g0 + lin d + q (exp(rate d) - 1)``, the exponential by the Taylor series of :func:`_expm1_series`,
+    as a polynomial in ``d`` whose coefficients do not depend on ``d``: evaluated as soon as ``d`` is
+    known, three fused multiply-adds for degree 3 (a device current at ``u1 + d`` from its value at ``u1``)."""
+    c1 = fma(q, rate, lin)
+    qr = q * rate
+    r2 = rate * rate
+    c2 = qr * rate * 0.5
+    c3 = qr * r2 * (1.0 / 6.0)
+    if deg == 3.0:
+        return fma(d, fma(d, fma(d, c3, c2), c1), g0)
+    c4 = c2 * r2 * (1.0 / 12.0)
+    c5 = c3 * r2 * (1.0 / 20.0)
+    if deg == 5.0:
+        return fma(d, fma(d, fma(d, fma(d, fma(d, c5, c4), c3), c2), c1), g0)
+    c6 = c4 * r2 * (1.0 / 30.0)
+    c7 = c5 * r2 * (1.0 / 42.0)
+    return fma(d, fma(d, fma(d, fma(d, fma(d, fma(d, fma(d, c7, c6), c5), c4), c3), c2), c1), g0)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _reverse_at(delta: float, cubic: bool, s1: float, a1: float, inv1: float, invs: float, deg: float) -> float:
+    """The reverse-biased diode's ``r(u1 + delta) / IsS`` (docs/devices.md): the exponential branch
+    ``1 - exp(-u/VS)`` from ``s1 = exp(-u1/VS)`` times a Taylor series, or the cubic one
+    ``1 - (3 VS/(e u))^3`` from ``a1`` (its value at ``u1``) times ``(1 + z)^-3 ~ 1 - 3 z + 6 z^2``,
+    ``z = delta/u1``."""
+    if cubic:
+        z = delta * inv1
+        return fma(-a1, fma(z, fma(z, 6.0, -3.0), 1.0), 1.0)
+    return fma(-s1, 1.0 + _expm1_series(-delta * invs, deg), 1.0)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -291,10 +382,12 @@ def pair_root(c0: float, X: np.ndarray, o: int, k: int) -> tuple:
     other one (it sees ``-u``).  ``ok`` is False where the plan has no explicit root or the
     junction exponent would pass EXP_LIMIT (the device equations continue linearly there).
 
-    One omega evaluation gives ``u1`` without the reverse-biased diode (eq. (9)); the plan's
-    ``steps`` Newton corrections on eq. (11) add it, every exponential there from ``omega``
+    One omega evaluation gives ``u1`` without the reverse-biased diode (eq. (9)), with ``1/(1 + omega)``
+    from the same table (eq. (13)); the plan's ``steps`` chord corrections on eq. (11),
+    ``delta <- delta - h(delta)/(1 + omega)``, add it.  Every exponential is from ``omega``
     (``exp(u1/VP) = omega/kappa``, and ``exp(-u1/VS) = kappa/omega`` for identical ``VT``) times a
-    Taylor series in the correction (docs/wdf.md, "Solving the root").
+    Taylor series in the correction (docs/wdf.md, "Solving the root").  Where ``x`` lies in the table
+    and ``VS = VP``: no logarithm, exponential or division, except ``1/u1`` on the cubic branch.
     """
     steps = int(X[o + P_STEPS])
     bp = o + N_PLAN_HEAD + k * DIR_SIZE
@@ -303,44 +396,58 @@ def pair_root(c0: float, X: np.ndarray, o: int, k: int) -> tuple:
         return False, 0.0, 0.0, 0.0
     has_p = X[bp + D_HAS] != 0.0
     w = 0.0
+    v = 1.0
+    iw = 1.0  # 1/(1 + omega)
     if has_p:
-        w = wright_omega(c0 * X[bp + D_SCALE] + X[bp + D_XOFF])
+        w, v = omega_and_v(fma(c0, X[bp + D_SCALE], X[bp + D_XOFF]))
+        iw = w * v
     vp = X[bp + D_VTE]
-    u1 = (c0 + X[bp + D_UOFF]) * X[bp + D_A1] - vp * w  # eq. (9), VP mu = (c + R IsP) / (1 + R g)
-    u = u1
-    em1 = 0.0  # exp((u - u1)/VP) - 1
+    u1 = fma(-vp, w, (c0 + X[bp + D_UOFF]) * X[bp + D_A1])  # eq. (9), VP mu = (c + R IsP) / (1 + R g)
+    delta = 0.0
     i_r = 0.0
+    deg = X[o + P_DEG]
     if X[bs + D_HAS] != 0.0:
-        iss, vs, invs, ris, risv = X[bs + D_IS], X[bs + D_VTE], X[bs + D_INVV], X[bp + D_RIS], X[bp + D_RISV]
-        deg = X[o + P_DEG]
+        vs, invs, ris = X[bs + D_VTE], X[bs + D_INVV], X[bp + D_RIS]
+        three = 3.0 * vs
+        cubic = u1 > three  # the reverse-biased diode past -3 VS: ngspice's cubic branch
+        # every correction lies in [-2 rho IsS, 0] (eq. (12)): only a u1 within that of -3 VS may cross to
+        # the exponential branch, and there (rarely) the branch is chosen again at every step
+        band = cubic and u1 < three + 2.5 * ris
         same = X[bp + D_SAME] != 0.0
-        kappa = X[bp + D_KAPPA]
-        es1 = kappa / w if same else math.exp(-u1 * invs)  # exp(-u1/VS)
-        s = es1
-        delta = 0.0
-        j0 = 0
-        if steps > 0 and same and u1 <= 3.0 * vs:  # the first h/h' at delta = 0 over one division (times omega)
-            delta = -ris * (w - kappa) / (w * (1.0 + w) + risv * kappa)
-            u = u1 + delta
+        s1 = a1 = inv1 = 0.0
+        if cubic:
+            inv1 = 1.0 / u1
+            a1 = X[bs + D_K3] * (inv1 * inv1) * inv1  # (3 VS / (e u1))^3
+        if not cubic or band:  # exp(-u1/VS): kappa/omega = kappa (1 + omega) v for equal N Vt
+            s1 = X[bp + D_KAPPA] * (1.0 + w) * v if same else math.exp(-u1 * invs)
+        if steps > 0:  # the first chord step, at delta = 0: -rho IsS r(u1) / (1 + omega)
+            if cubic:
+                delta = ris * iw * (a1 - 1.0)
+            elif same:  # (1 - kappa/omega) / (1 + omega) = (omega - kappa) v
+                delta = ris * v * (X[bp + D_KAPPA] - w)
+            else:
+                delta = ris * iw * (s1 - 1.0)
+        for _ in range(1, steps):  # eq. (11): delta <- delta - h(delta) / (1 + omega)
             em1 = _expm1_series(delta * X[bp + D_INVV], deg)
-            s = es1 * (1.0 + _expm1_series(-delta * invs, deg))
-            j0 = 1
-        for _ in range(j0, steps):  # Newton on eq. (11) in delta = u - u1 (units of 1 + R g)
-            r, rp = _reverse(u, s, 1.0, vs, invs)
-            h = delta + vp * w * em1 + ris * r
-            hp = 1.0 + w * (1.0 + em1) + ris * rp
-            delta -= h / hp
-            u = u1 + delta
-            em1 = _expm1_series(delta * X[bp + D_INVV], deg)
-            s = es1 * (1.0 + _expm1_series(-delta * invs, deg))
-        r, _ = _reverse(u, s, iss, vs, invs)
-        i_r = -r - X[bs + D_GMIN] * u
+            cb = cubic and not (band and u1 + delta <= three)
+            h = delta + vp * w * em1 + ris * _reverse_at(delta, cb, s1, a1, inv1, invs, deg)
+            delta -= h * iw
+        # the outputs at u = u1 + delta as polynomials in delta (coefficients from omega, formed while delta is)
+        iss, gs = X[bs + D_IS], X[bs + D_GMIN]
+        if cubic and not (band and u1 + delta <= three):  # -IsS (1 - a1 (1 - 3 z + 6 z^2)) - g u, z = delta/u1
+            q = iss * a1
+            i_r = fma(delta, fma(delta, 6.0 * q * (inv1 * inv1), fma(-3.0 * q, inv1, -gs)), fma(-gs, u1, q - iss))
+        else:  # -IsS (1 - s1 exp(-delta/VS)) - g u
+            q = iss * s1
+            i_r = _exp_poly(delta, q, -invs, fma(-gs, u1, q - iss), -gs, deg)
+    u = u1 + delta
     if not has_p:
         return True, u, 0.0, i_r
     if u > EXP_LIMIT * vp:
         return False, u, 0.0, i_r
-    ex = w * X[bp + D_INVK] * (1.0 + em1)  # exp(u/VP)
-    return True, u, X[bp + D_IS] * (ex - 1.0) + X[bp + D_GMIN] * u, i_r
+    a = X[bp + D_IS] * X[bp + D_INVK] * w  # IsP exp(u1/VP), then times exp(delta/VP)
+    gp = X[bp + D_GMIN]
+    return True, u, _exp_poly(delta, a, X[bp + D_INVV], fma(gp, u1, a - X[bp + D_IS]), gp, deg), i_r
 
 
 # --------------------------------------------------------------------------- which nonlinearities
@@ -370,7 +477,7 @@ def diode_pair_spec(blocks: Sequence[object], n_ports: int) -> tuple[int, int, i
 def plan(K: np.ndarray, theta: np.ndarray, spec: tuple[int, int, int, int],
          max_cost: int = MAX_OMEGA_STEPS) -> tuple[int, bool] | None:
     """``(cost, closed form?)`` of :func:`pair_setup` at these values, or None: the cost is one omega
-    evaluation plus the Newton corrections, all in closed form (no further omega or Newton iteration)."""
+    evaluation plus the chord corrections, all in closed form (no further omega or Newton iteration)."""
     X = np.zeros(PLAN_SIZE)
     K = np.ascontiguousarray(K, dtype=np.float64).reshape(1, -1)
     cost = pair_setup(K, np.ascontiguousarray(theta, dtype=np.float64).reshape(-1), spec, X, 0, max_cost)
@@ -381,8 +488,11 @@ __all__ = [
     "MAX_OMEGA_STEPS",
     "OMEGA_TOL",
     "PLAN_SIZE",
+    "chord_steps",
     "diode_pair_spec",
-    "newton_steps",
+    "omega_and_v",
+    "omega_table_at",
+    "omega_table_eval",
     "pair_root",
     "pair_setup",
     "plan",

@@ -57,9 +57,10 @@ if TYPE_CHECKING:
 NV = NF = N_LC = FM_EXPLICIT = XR_PLAN = XR_MAX_COST = 0
 XR_SPEC = (-1, -1, -1, -1)
 # DK takes the explicit root where it costs at most this much per sample (one Wright-omega evaluation
-# plus its closed-form Newton corrections, kernels/explicit_root.py);
-# beyond, its Newton (one or two iterations from the tangent predictor) is faster (benchmarks/bench_wdf.py)
-DK_MAX_OMEGA = 2
+# plus its closed-form chord corrections, kernels/explicit_root.py); beyond, its Newton (one or two
+# iterations from the tangent predictor) is as fast (benchmarks/bench_wdf.py --split: the TS-808
+# clipping stage's 1 + 3 is faster than Newton)
+DK_MAX_OMEGA = 4
 
 
 def nl_eval(v, theta, f, J, work):  # pragma: no cover - replaced in generated code
