@@ -43,11 +43,12 @@ from circuitsim.kernels.core import F_ABSTOL, F_RELTOL, in_bound, newton_stop
 from circuitsim.kernels.linalg import scaled_step
 
 # placeholders of the generated module (see circuitsim.kernels.core); the module's constants define them
-NV = NF = NZ = SP_N = SP_NJ = SP_NLIM = SP_X0 = SP_NFILL = SP_MAXIT = 0
-W_A = W_JV = W_JE = W_G = W_B = W_DZ = W_ZT = W_ZP = W_PP = W_FLAG = LC_OK = LC_KV = 0
+NV = NF = NZ = SP_N = SP_NJ = SP_NLIM = SP_X0 = SP_NFILL = SP_MAXIT = SP_NB = 0
+W_A = W_JV = W_JE = W_G = W_B = W_DZ = W_ZT = W_ZP = W_PP = W_T = W_FLAG = LC_OK = 0
 _I = np.zeros(1, np.int64)
 _F = np.zeros(1)
 SP_FILLPOS = ST_POS = ST_SLOT = JS_OUT = JS_PORT = LIM_PORT = LIM_VT = LIM_VC = LIM_POL = _I
+SP_PORTS = SP_PLO = SP_OUTS = SP_OLO = SP_CLO = SP_PBLK = SP_OBLK = _I
 ST_COEF = LIM_VTC = LIM_SGN = _F
 
 
@@ -79,20 +80,25 @@ def _pnjlim(vnew, vold, vt, vcrit):  # pragma: no cover - the nonlinearity's hel
 # ----------------------------------------------------------------------------- inlined templates
 
 
-def sp_kf(lc, p, z, phi, g):
-    # g = p + K f - v (DK's residual) from K by columns in lc (fm_prepare): every g[i] sums its terms in
-    # the order of sp_residual's dense loop, so the two agree exactly, but a column's multiply-adds are
-    # independent and vectorise, where the dense loop runs one row's chain of dependent additions at a
-    # time.  The trip count is p's length (NV, read at run time): a constant one is unrolled into scalar
-    # code before the loop vectoriser sees it (numba does not run LLVM's SLP vectoriser)
-    n = p.shape[0]
-    for i in range(n):
-        g[i] = p[i] - z[i]
-    for k in range(NF):
-        fk = phi[k]
-        c = LC_KV + k * NV
-        for i in range(n):
-            g[i] += lc[c + i] * fk
+def sp_kf(lc, p, z, phi, g, t):
+    # g = p + K f - v (DK's residual) block by block, from each block's part of K by columns in lc (fm_prepare):
+    # K has no entry between two blocks, so every g[i] sums the non-zero terms of sp_residual's dense loop in
+    # its order (the two agree exactly), and a column's multiply-adds are independent and vectorise (over t,
+    # the block's ports gathered), where the dense loop runs one row's chain of dependent additions at a time
+    for blk in range(SP_NB):
+        p0 = SP_PLO[blk]
+        m = SP_PLO[blk + 1] - p0
+        for j in range(m):
+            i = SP_PORTS[p0 + j]
+            t[j] = p[i] - z[i]
+        c = SP_CLO[blk]
+        for e in range(SP_OLO[blk], SP_OLO[blk + 1]):
+            fk = phi[SP_OUTS[e]]
+            for j in range(m):
+                t[j] += lc[c + j] * fk
+            c += m
+        for j in range(m):
+            g[SP_PORTS[p0 + j]] = t[j]
 
 
 def sp_residual(K, p, z, phi, g):
@@ -120,8 +126,9 @@ def sp_limit(zold, znew, lc):
 
 
 def fm_prepare(P, theta, lc):
-    # the limiting constants (vt, vcrit, frame sign per junction), whether K is the one the sparse
-    # factorisation in theta was computed for (LC_OK), and K by columns (column k from LC_KV + k NV, sp_kf)
+    # the limiting constants (vt, vcrit, frame sign per junction); whether K is the one the sparse
+    # factorisation in theta was computed for and has no entry between two blocks (LC_OK); and each block's
+    # part of K by columns (block b's column e from SP_CLO[b] + e m_b, m_b its ports; sp_kf)
     for i in range(SP_NLIM):
         lc[3 * i] = theta[LIM_VT[i]] if LIM_VT[i] >= 0 else LIM_VTC[i]
         lc[3 * i + 1] = theta[LIM_VC[i]]
@@ -129,16 +136,22 @@ def fm_prepare(P, theta, lc):
     K = P[0]
     fp = 0.0
     scale = 0.0
+    apart = False
     for i in range(NV):
         for k in range(NF):
             w = 1.0 + ((i * NF + k) % 7)
             fp += w * K[i, k]
             scale += w * abs(K[i, k])
+            if K[i, k] != 0.0 and SP_PBLK[i] != SP_OBLK[k]:
+                apart = True
     ref = theta[SP_X0]
-    lc[LC_OK] = 1.0 if abs(fp - ref) <= 1e-9 * scale + 1e-300 else 0.0
-    for k in range(NF):
-        for i in range(NV):
-            lc[LC_KV + k * NV + i] = K[i, k]
+    lc[LC_OK] = 1.0 if abs(fp - ref) <= 1e-9 * scale + 1e-300 and not apart else 0.0
+    for blk in range(SP_NB):
+        c = SP_CLO[blk]
+        for e in range(SP_OLO[blk], SP_OLO[blk + 1]):
+            for j in range(SP_PLO[blk], SP_PLO[blk + 1]):
+                lc[c] = K[SP_PORTS[j], SP_OUTS[e]]
+                c += 1
 
 
 def fm_eval(P, p, z, theta, phi, dphi, g, M, work):
@@ -181,6 +194,7 @@ def fm_solve(P, p, z, theta, phi, lc, work, fopt, est, early):
     zt = work[W_ZT:W_ZT + NV]
     zp = work[W_ZP:W_ZP + NV]
     pp = work[W_PP:W_PP + NV]
+    t = work[W_T:W_T + NV]
     reltol, abstol, bound = fopt[F_RELTOL], fopt[F_ABSTOL], est[1]
     c = est[0] * 0.999
     if work[W_FLAG] == 2.0:  # a holds the LU and jv the J of the last iteration of the previous sample
@@ -197,7 +211,7 @@ def fm_solve(P, p, z, theta, phi, lc, work, fopt, est, early):
     prev = math.inf
     for _ in range(SP_MAXIT):
         sp_devices(z, theta, phi, jv)
-        sp_kf(lc, p, z, phi, g)  # DK's residual itself (not -Nv S0^-1 W f: on the Big Muff the two
+        sp_kf(lc, p, z, phi, g, t)  # DK's residual itself (not -Nv S0^-1 W f: on the Big Muff the two
         # differ by 5e-10 of K, from M's condition number 1e9, and the output by 6e-7 of its range)
         sp_assemble(theta, a, jv)
         if not sp_factor(a):
