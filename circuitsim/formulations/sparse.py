@@ -253,11 +253,12 @@ class SparsePlan:
         kcols = np.cumsum([0] + [len(bp) * len(bo) for bp, bo in zip(bports, bouts)])
         layout = {}
         at = 0
-        for name, size in (("W_A", n * n), ("W_JV", nj), ("W_JE", nj), ("W_G", nvv), ("W_B", n), ("W_DZ", nvv),
+        for name, size in (("W_A", self.fill), ("W_JV", nj), ("W_JE", nj), ("W_G", nvv), ("W_B", n), ("W_DZ", nvv),
                            ("W_ZT", nvv), ("W_ZP", nvv), ("W_PP", nvv), ("W_T", nvv), ("W_FLAG", 1)):
             layout[name] = at
             at += size
-        ints: dict = {"SP_FILLPOS": self.fill_pos, "ST_POS": st_pos, "ST_SLOT": st_slot,
+        where = sparse_lu.fill_index(self.fill_pos)  # a is stored by its fill (sparse_lu.lu_source)
+        ints: dict = {"ST_POS": [where[q] for q in st_pos], "ST_SLOT": st_slot,
                 "JS_OUT": [o for o, _ in slots], "JS_PORT": [p for _, p in slots],
                 **{f"LIM_{k}": lim[k] for k in ("PORT", "VT", "VC", "POL")},
                 "SP_PORTS": np.concatenate(bports), "SP_PLO": np.cumsum([0] + [len(b) for b in bports]),
@@ -292,7 +293,8 @@ class SparsePlan:
         scalars = {"NZ": nvv, "NPHI": nl.n_outputs, "SP_N": n, "SP_NLIM": nlim, "SP_X0": self.theta0,
                    "SP_NFILL": self.fill, "SP_MAXIT": MAX_ITER, "FM_EXPLICIT": 1, "LC_OK": 3 * nlim, "SP_NB": nb,
                    "FM_LC": 3 * nlim + 1 + int(kcols[-1]), "FM_WORK": at, **layout}
-        src = sparse_lu.constants(ints, floats, scalars) + sparse_lu.lu_source(n, lptr, lrow, uptr, ucol) + stamps
+        src = (sparse_lu.constants(ints, floats, scalars)
+               + sparse_lu.lu_source(n, lptr, lrow, uptr, ucol, self.fill_pos) + stamps)
         self.step = StepFormulation("sparse", (*sparse_lu.HOOKS, statespace.fm_vjp), src)
         self._nl = nl
         self._module: ModuleType | None = None

@@ -47,7 +47,7 @@ NV = NF = NZ = SP_N = SP_NJ = SP_NLIM = SP_X0 = SP_NFILL = SP_MAXIT = SP_NB = 0
 W_A = W_JV = W_JE = W_G = W_B = W_DZ = W_ZT = W_ZP = W_PP = W_T = W_FLAG = LC_OK = 0
 _I = np.zeros(1, np.int64)
 _F = np.zeros(1)
-SP_FILLPOS = ST_POS = ST_SLOT = JS_OUT = JS_PORT = LIM_PORT = LIM_VT = LIM_VC = LIM_POL = _I
+ST_POS = ST_SLOT = JS_OUT = JS_PORT = LIM_PORT = LIM_VT = LIM_VC = LIM_POL = _I
 SP_PORTS = SP_PLO = SP_OUTS = SP_OLO = SP_CLO = SP_PBLK = SP_OBLK = _I
 ST_COEF = LIM_VTC = LIM_SGN = _F
 
@@ -186,7 +186,7 @@ def fm_solve(P, p, z, theta, phi, lc, work, fopt, est, early):
     if lc[LC_OK] == 0.0 or work[W_FLAG] == 0.0:
         work[W_FLAG] = 1.0  # the first sample is the core's (it has the warm start); then ours
         return False
-    a = work[W_A:W_A + SP_N * SP_N]
+    a = work[W_A:W_A + SP_NFILL]
     jv = work[W_JV:W_JV + SP_NJ]
     g = work[W_G:W_G + NV]
     b = work[W_B:W_B + SP_N]
@@ -277,12 +277,19 @@ def constants(ints: dict[str, Sequence[int] | np.ndarray], floats: dict[str, Seq
             + "".join(_array(k, v, "float64") for k, v in floats.items()))
 
 
-def lu_source(n: int, lptr: Sequence[int], lrow: Sequence[int], uptr: Sequence[int], ucol: Sequence[int]) -> str:
+def fill_index(fill: Sequence[int]) -> dict[int, int]:
+    """Where ``a`` keeps the entry at the row-major position ``i n + j`` of the pattern ``fill`` (ascending)."""
+    return {int(q): e for e, q in enumerate(fill)}
+
+
+def lu_source(n: int, lptr: Sequence[int], lrow: Sequence[int], uptr: Sequence[int], ucol: Sequence[int],
+              fill: Sequence[int]) -> str:
     """``sp_factor(a)`` and ``sp_solve(a, b)`` as straight-line code for one circuit's LU pattern.
 
-    ``a`` is the ``n x n`` matrix stored densely (row-major), eliminated in the order ``0..n-1`` over the
-    symbolic fill: pivot ``k``'s L column has the rows ``lrow[lptr[k]:lptr[k + 1]]`` and its U row the
-    columns ``ucol[uptr[k]:uptr[k + 1]]`` (right-looking Gaussian elimination, Golub & Van Loan alg. 3.2.1
+    ``a`` is the ``n x n`` matrix stored by its fill: entry ``e`` is the one at ``fill[e]`` (row-major
+    ``i n + j``, ascending), eliminated in the order ``0..n-1`` over the symbolic fill: pivot ``k``'s L column
+    has the rows ``lrow[lptr[k]:lptr[k + 1]]`` and its U row the columns ``ucol[uptr[k]:uptr[k + 1]]``
+    (right-looking Gaussian elimination, Golub & Van Loan alg. 3.2.1
     restricted to the pattern, static pivots; False on a zero or non-finite pivot).  The diagonal keeps the
     pivots' reciprocals, which ``sp_solve`` multiplies by (a division per row costs several multiplications'
     latency on the solve's chain).
@@ -292,25 +299,26 @@ def lu_source(n: int, lptr: Sequence[int], lrow: Sequence[int], uptr: Sequence[i
     order, so the same rounding).  The code grows with the LU's operation count, so each is compiled once
     and called (not inlined into the two solves and the factorisation's call site).
     """
+    at = fill_index(fill)
     f = ["@njit(cache=True)", "def sp_factor(a):"]
     for k in range(n):
-        kk = k * n + k
+        kk = at[k * n + k]
         f += [f"    piv = a[{kk}]", "    if not (abs(piv) > 0.0 and abs(piv) < math.inf):", "        return False",
               "    inv = 1.0 / piv", f"    a[{kk}] = inv"]
         for e in range(lptr[k], lptr[k + 1]):
             i = lrow[e]
-            f += [f"    lik = a[{i * n + k}] * inv", f"    a[{i * n + k}] = lik"]
-            f += [f"    a[{i * n + j}] -= lik * a[{k * n + j}]" for j in ucol[uptr[k]:uptr[k + 1]]]
+            f += [f"    lik = a[{at[i * n + k]}] * inv", f"    a[{at[i * n + k]}] = lik"]
+            f += [f"    a[{at[i * n + j]}] -= lik * a[{at[k * n + j]}]" for j in ucol[uptr[k]:uptr[k + 1]]]
     f.append("    return True")
     s = ["@njit(cache=True)", "def sp_solve(a, b):", "    # b <- (L U)^-1 b with sp_factor's factors"]
     for k in range(n):
         if lptr[k + 1] > lptr[k]:
             s.append(f"    bk = b[{k}]")
-        s += [f"    b[{i}] -= a[{i * n + k}] * bk" for i in lrow[lptr[k]:lptr[k + 1]]]
+        s += [f"    b[{i}] -= a[{at[i * n + k]}] * bk" for i in lrow[lptr[k]:lptr[k + 1]]]
     for k in range(n - 1, -1, -1):
         s.append(f"    s = b[{k}]")
-        s += [f"    s -= a[{k * n + j}] * b[{j}]" for j in ucol[uptr[k]:uptr[k + 1]]]
-        s.append(f"    b[{k}] = s * a[{k * n + k}]")
+        s += [f"    s -= a[{at[k * n + j]}] * b[{j}]" for j in ucol[uptr[k]:uptr[k + 1]]]
+        s.append(f"    b[{k}] = s * a[{at[k * n + k]}]")
     s.append("    return")
     return "\n\n" + "\n".join(f) + "\n\n\n" + "\n".join(s) + "\n"
 
@@ -320,8 +328,8 @@ def stamp_source(n: int, x0: int, bw: Sequence[tuple[int, int, float]], js_port:
     """``sp_assemble(theta, a, jv)`` and ``sp_direction(a, jv, g, b, dz)``, compiled once and called (as
     :func:`lu_source`'s functions).
 
-    ``sp_assemble``: ``a = S0 + W_U J Nv_U``: ``S0`` at the fill positions (``SP_FILLPOS``, from
-    ``theta[x0 + 1 + e]``), then the device stamps (``ST_POS``, ``ST_COEF``, ``ST_SLOT``), as loops over those
+    ``sp_assemble``: ``a = S0 + W_U J Nv_U`` (``a`` stored by its fill, :func:`lu_source`): ``S0`` (a copy of
+    ``theta[x0 + 1:]``), then the device stamps (``ST_POS``, ``ST_COEF``, ``ST_SLOT``), as loops over those
     index arrays.  ``sp_direction``, straight-line: the push-through direction
     ``dz = (I - K J)^-1 g = g - Nv_U (S0 + W_U J Nv_U)^-1 W_U J g`` (``a`` holds the LU): ``b = W_U J g`` from
     the terms ``bw = (row, J slot, coefficient)`` (J slot ``s`` reads port ``js_port[s]``), ``sp_solve``, then
@@ -331,7 +339,7 @@ def stamp_source(n: int, x0: int, bw: Sequence[tuple[int, int, float]], js_port:
     (4 % of a sample) for about 10 s more first compile (bench_big.py, CPU time on a loaded machine).
     """
     m = ["@njit(cache=True)", "def sp_assemble(theta, a, jv):", "    for e in range(SP_NFILL):",
-         f"        a[SP_FILLPOS[e]] = theta[{x0 + 1} + e]", "    for e in range(ST_POS.shape[0]):",
+         f"        a[e] = theta[{x0 + 1} + e]", "    for e in range(ST_POS.shape[0]):",
          "        a[ST_POS[e]] += ST_COEF[e] * jv[ST_SLOT[e]]"]
     m.append("    return")
     rows: dict[int, list[tuple[int, float]]] = {}
@@ -387,4 +395,4 @@ def device_loops(groups: Sequence[dict]) -> str:
     return "\n\n" + "\n".join(ev) + "\n\n\n" + "\n".join(vj) + "\n\n\n" + nle
 
 
-__all__ = ["HOOKS", "constants", "device_loops", "lu_source", "stamp_source"]
+__all__ = ["HOOKS", "constants", "device_loops", "fill_index", "lu_source", "stamp_source"]
