@@ -258,16 +258,18 @@ class SparsePlan:
             layout[name] = at
             at += size
         where = sparse_lu.fill_index(self.fill_pos)  # a is stored by its fill (sparse_lu.lu_source)
-        ints: dict = {"ST_POS": [where[q] for q in st_pos], "ST_SLOT": st_slot,
+        ints: dict = {
                 "JS_OUT": [o for o, _ in slots], "JS_PORT": [p for _, p in slots],
                 **{f"LIM_{k}": lim[k] for k in ("PORT", "VT", "VC", "POL")},
                 "SP_PORTS": np.concatenate(bports), "SP_PLO": np.cumsum([0] + [len(b) for b in bports]),
                 "SP_OUTS": np.concatenate(bouts), "SP_OLO": np.cumsum([0] + [len(b) for b in bouts]),
                 "SP_CLO": 3 * nlim + 1 + kcols, "SP_PBLK": port_block, "SP_OBLK": out_block}
-        floats = {"ST_COEF": st_coef, "LIM_VTC": lim["VTC"], "LIM_SGN": lim["SGN"]}
+        floats = {"LIM_VTC": lim["VTC"], "LIM_SGN": lim["SGN"]}
         nvp = [list(zip(nvp_node[nvp_ptr[i]:nvp_ptr[i + 1]], nvp_coef[nvp_ptr[i]:nvp_ptr[i + 1]]))
                for i in range(len(nv_rows))]
-        stamps = sparse_lu.stamp_source(n, self.theta0, list(zip(bw_row, bw_slot, bw_coef)), [p for _, p in slots], nvp)
+        st = [(where[q], sl, c) for q, sl, c in zip(st_pos, st_slot, st_coef)]
+        stamps = sparse_lu.stamp_source(n, self.theta0, st, list(zip(bw_row, bw_slot, bw_coef)), [p for _, p in slots],
+                                        nvp)
         # the nonlinearity's part: the device loops, their index arrays and the J slots (device_loops)
         nl_ints: dict = {"JS_OUT": ints.pop("JS_OUT"), "JS_PORT": ints.pop("JS_PORT")}
         nl_floats: dict = {}

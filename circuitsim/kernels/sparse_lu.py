@@ -47,9 +47,9 @@ NV = NF = NZ = SP_N = SP_NJ = SP_NLIM = SP_X0 = SP_NFILL = SP_MAXIT = SP_NB = 0
 W_A = W_JV = W_JE = W_G = W_B = W_DZ = W_ZT = W_ZP = W_PP = W_T = W_FLAG = LC_OK = 0
 _I = np.zeros(1, np.int64)
 _F = np.zeros(1)
-ST_POS = ST_SLOT = JS_OUT = JS_PORT = LIM_PORT = LIM_VT = LIM_VC = LIM_POL = _I
+JS_OUT = JS_PORT = LIM_PORT = LIM_VT = LIM_VC = LIM_POL = _I
 SP_PORTS = SP_PLO = SP_OUTS = SP_OLO = SP_CLO = SP_PBLK = SP_OBLK = _I
-ST_COEF = LIM_VTC = LIM_SGN = _F
+LIM_VTC = LIM_SGN = _F
 
 
 def sp_devices(v, theta, f, jv):  # pragma: no cover - generated (device_loops)
@@ -323,24 +323,27 @@ def lu_source(n: int, lptr: Sequence[int], lrow: Sequence[int], uptr: Sequence[i
     return "\n\n" + "\n".join(f) + "\n\n\n" + "\n".join(s) + "\n"
 
 
-def stamp_source(n: int, x0: int, bw: Sequence[tuple[int, int, float]], js_port: Sequence[int],
-                 nvp: Sequence[Sequence[tuple[int, float]]]) -> str:
+def stamp_source(n: int, x0: int, st: Sequence[tuple[int, int, float]], bw: Sequence[tuple[int, int, float]],
+                 js_port: Sequence[int], nvp: Sequence[Sequence[tuple[int, float]]]) -> str:
     """``sp_assemble(theta, a, jv)`` and ``sp_direction(a, jv, g, b, dz)``, compiled once and called (as
     :func:`lu_source`'s functions).
 
     ``sp_assemble``: ``a = S0 + W_U J Nv_U`` (``a`` stored by its fill, :func:`lu_source`): ``S0`` (a copy of
-    ``theta[x0 + 1:]``), then the device stamps (``ST_POS``, ``ST_COEF``, ``ST_SLOT``), as loops over those
-    index arrays.  ``sp_direction``, straight-line: the push-through direction
+    ``theta[x0 + 1:]``), then the device stamps ``st = (entry of a, J slot, coefficient)``, one statement per
+    entry that sums its terms in their order (``a[e] = a[e] + c1 * jv[s1] + ...``: the rounding of the loop
+    ``a[e] += c * jv[s]`` over them).  ``sp_direction``, straight-line: the push-through direction
     ``dz = (I - K J)^-1 g = g - Nv_U (S0 + W_U J Nv_U)^-1 W_U J g`` (``a`` holds the LU): ``b = W_U J g`` from
     the terms ``bw = (row, J slot, coefficient)`` (J slot ``s`` reads port ``js_port[s]``), ``sp_solve``, then
     ``dz_i = g_i - sum`` over ``nvp[i] = ((node, coefficient), ...)``.  Each sum runs in the order of its terms
     (the loops' order: the same rounding).  On the Big Muff (144 + 72 direction terms) the direction takes
-    124 ns against 231 ns as loops.  The stamps stay loops: straight-line, their 288 terms took 211 -> 84 ns
-    (4 % of a sample) for about 10 s more first compile (bench_big.py, CPU time on a loaded machine).
+    124 ns against 231 ns as loops.
     """
     m = ["@njit(cache=True)", "def sp_assemble(theta, a, jv):", "    for e in range(SP_NFILL):",
-         f"        a[e] = theta[{x0 + 1} + e]", "    for e in range(ST_POS.shape[0]):",
-         "        a[ST_POS[e]] += ST_COEF[e] * jv[ST_SLOT[e]]"]
+         f"        a[e] = theta[{x0 + 1} + e]"]
+    terms: dict[int, list[str]] = {}
+    for e, slot, coef in st:
+        terms.setdefault(e, []).append(f" + {coef!r} * jv[{slot}]")
+    m += [f"    a[{e}] = a[{e}]{''.join(t)}" for e, t in terms.items()]
     m.append("    return")
     rows: dict[int, list[tuple[int, float]]] = {}
     for r, slot, coef in bw:
