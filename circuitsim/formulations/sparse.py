@@ -15,7 +15,8 @@ less the ones a voltage source fixes (their response to any injection is zero); 
 complement of all other unknowns in ``M = G + 2/T Cm`` (Golub & Van Loan, *Matrix Computations*,
 4th ed., sec. 3.2.10), which is as sparse as the circuit's stages are loosely coupled.  The
 elimination order (minimum degree, Tinney & Walker, Proc. IEEE 55(11), 1967, scheme 2) and the
-symbolic fill are computed once here; the compiled LU runs from those index arrays.  The device
+symbolic fill are computed once here, and the stages that only ideal sources join found as independent
+blocks (:func:`_blocks`); the compiled LU is generated from them as straight-line code.  The device
 code is the families' generated code called in a loop over instances, so the generated module
 does not grow with the circuit (:func:`circuitsim.kernels.sparse_lu.device_loops`).
 """
