@@ -8,7 +8,8 @@ output ``xbmf.rams_head_out`` so that ngspice saves ``v(out)`` for benchmarks/be
 
 - **formulation**: ``--method`` (default ``auto``: what ``circuitsim.load`` chooses, ``circuitsim.api.choose_method``;
   here ``sparse``, DK's system with the sparse Newton solve of circuitsim/formulations/sparse.py), the choice and,
-  for ``sparse``, the size of the sparse solve (unknowns, LU fill, multiply-adds per factorisation);
+  for ``sparse``, the size of the sparse solve (unknowns, independent blocks, LU fill, multiply-adds per
+  factorisation);
 - **first compile**: ``load`` + the first forward call with an empty kernel cache (``CIRCUITSIM_CACHE`` in a
   temporary folder): sympy code generation and numba compilation, in seconds;
 - **forward**: ``--seconds`` of that sine at 48 kHz x 8 driving ``xbmf.V2``, no gradients, best of ``--repeats``;
@@ -87,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         plan = getattr(model, "plan", None)
         if plan is not None:
             n = len(plan.unknowns)
-            print(f"sparse solve: {n} unknowns, LU fill {plan.fill} of {n * n}, {plan.flops} multiply-adds per "
-                  f"factorisation; {model.topology.nonlinearity.n_ports} ports, {model.topology.size} MNA unknowns")
+            print(f"sparse solve: {n} unknowns in {plan.blocks} independent blocks, LU fill {plan.fill} of {n * n}, "
+                  f"{plan.flops} multiply-adds per factorisation; {model.topology.nonlinearity.n_ports} ports, "
+                  f"{model.topology.size} MNA unknowns")
         load_s = time.perf_counter() - t0
         u = torch.as_tensor(x)
         with torch.no_grad():

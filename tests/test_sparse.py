@@ -112,6 +112,39 @@ def test_sparse_matches_ngspice_on_a_two_stage_transistor_circuit(tmp_path: Path
     assert esr(y, ref) <= 1e-5, esr(y, ref)
 
 
+def test_sparse_independent_stages_are_blocks(tmp_path: Path) -> None:
+    """Two diode clippers that only the ideal input source joins are two blocks of the sparse solve, whose K
+    has no entry between them: the output equals DK's to 1e-9 of its range, and a K with an entry between the
+    blocks (not the one the plan was made for) turns the sparse solve off (LC_OK = 0: the core's Newton)."""
+    deck = tmp_path / "two_clippers.cir"
+    deck.write_text(
+        "two clippers on one input\nVIN in 0 0\nR1 in a 2.2k\nC1 a 0 10n\nD1 a 0 DX\nD2 0 a DX\n"
+        "R2 in b 4.7k\nC2 b 0 22n\nD3 b 0 DX\nD4 0 b DX\nRM a out 10k\nRL out 0 10k\n"
+        ".model DX D(Is=2.52n N=1.752)\n.end\n"
+    )
+    x = _sine(2000, 2.0)
+    with torch.no_grad():
+        sp = circuitsim.load(deck, "sparse", FS, input_source="VIN", output_node="b")
+        ys = sp(x)
+        yd = circuitsim.load(deck, "dk", FS, input_source="VIN", output_node="b")(x)
+    assert sp.plan.blocks == 2
+    assert float(yd.max() - yd.min()) > 1e-2
+    assert float((ys - yd).abs().max()) <= 1e-9 * float(yd.max() - yd.min())
+    assert not sp.diagnostics.fallbacks
+    m, d = sp.dk()
+    mod = sp.plan.module
+    K = np.ascontiguousarray(d.K.detach().numpy())
+    theta = m.theta.detach().numpy()
+    lc = np.zeros(mod.FM_LC)
+    mod.fm_prepare((K,), theta, lc)
+    assert lc[mod.LC_OK] == 1.0
+    i, k = np.nonzero(mod.SP_PBLK[:, None] != mod.SP_OBLK[None, :])
+    assert i.size and not K[i, k].any()
+    K[i[0], k[0]] = 1e-3 * np.abs(K).max()
+    mod.fm_prepare((K,), theta, lc)
+    assert lc[mod.LC_OK] == 0.0
+
+
 def test_sparse_refuses_what_it_does_not_solve() -> None:
     """Behavioural (B / E VALUE=) blocks have no device loop, and an ideal source between device nodes leaves the
     other unknowns unsolvable on their own: an explicit 'sparse' says so."""
@@ -156,6 +189,7 @@ def test_big_muff_sparse_solve_equals_dense_newton_and_ngspice(tmp_path: Path) -
         warnings.simplefilter("ignore", NetlistWarning)  # R41/R67 '1-3k', read as ngspice does
         model = circuitsim.load(deck, sample_rate=fs, input_source="xbmf.V2", output_node="xbmf.rams_head_out")
     assert isinstance(model, SparseModule) and model.choice.startswith("sparse")
+    assert model.plan.blocks == 3  # the three channels, which only the ideal supply and input join
     with torch.no_grad():
         y = model(x).numpy()
         model.sparse_solve = False

@@ -11,10 +11,20 @@ the push-through identity (Henderson & Searle, SIAM Review 23(1), 1981, eq. (19)
 turns DK's dense ``Nv x Nv`` Newton matrix ``I - K J`` into the sparse ``S0 + W_U J Nv_U`` on the
 unknowns ``U`` the devices touch, where ``S0`` is the Schur complement of the other unknowns in
 ``M`` (computed in torch, :mod:`circuitsim.formulations.sparse`).  Its LU runs in a fill-reducing
-order fixed once in Python (minimum degree, symbolic fill, static diagonal pivots); the
+order fixed once in Python (minimum degree, symbolic fill, static diagonal pivots), on the matrix
+stored by its fill (216 entries on the Big Muff, not 54 x 54); the assembly's device stamps, the
 factorisation, solve and Newton direction are generated as straight-line code of that pattern
 (:func:`lu_source`, :func:`stamp_source`), which grows with the LU's operation count and the
-direction's terms (222 multiply-adds and 216 terms on the Big Muff), each compiled once and called.
+stamps' and direction's terms (222 multiply-adds, 288 stamp and 216 direction terms on the Big
+Muff), each compiled once and called.
+
+Stages that only ideal sources join are independent *blocks* of that matrix (the Big Muff's three
+channels share only the supply and the input: three blocks of 18 unknowns and 12 ports).  ``K``
+has no entry between two blocks, which :func:`sp_kf` skips (exactly: the terms it drops are zeros),
+and the elimination takes the blocks' pivots in turn (the same fill and operations; consecutive
+pivots of independent blocks overlap in the processor, where the blocks one after the other made
+the factorisation and the direction twice as slow).  A Newton per block, each stopping on its own
+(10 % fewer block iterations on the Big Muff), was slower: three serial chains, not one interleaved.
 A zero or non-finite pivot, a non-finite step or no convergence returns False, and the core's
 dense Newton (with its fallbacks) solves that sample.
 
@@ -27,8 +37,10 @@ of each variant (:func:`device_loops`), so the compiled code grows with the numb
 ``theta`` carries, after the device parameters (from ``SP_X0``): a fingerprint of ``K`` (the
 matrices the sparse factorisation was computed for; any other ``K``, e.g. a substep's, turns the
 sparse solve off for the run), then ``S0`` at the fill positions.  ``fm_prepare`` writes into ``lc``
-``K`` by columns (from ``LC_KV``): the residual's ``K f`` is then a sum of column multiples, a loop
-that vectorises, in the dense product's order of summation (:func:`sp_kf`).
+each block's part of ``K`` by columns (from ``SP_CLO``), and turns the sparse solve off for the run
+when ``K`` has an entry between two blocks: the residual's ``K f`` is then a sum of column multiples
+over the block's ports, a loop that vectorises, in the dense product's order of summation
+(:func:`sp_kf`).
 """
 
 from __future__ import annotations
@@ -43,12 +55,13 @@ from circuitsim.kernels.core import F_ABSTOL, F_RELTOL, in_bound, newton_stop
 from circuitsim.kernels.linalg import scaled_step
 
 # placeholders of the generated module (see circuitsim.kernels.core); the module's constants define them
-NV = NF = NZ = SP_N = SP_NJ = SP_NLIM = SP_X0 = SP_NFILL = SP_MAXIT = 0
-W_A = W_JV = W_JE = W_G = W_B = W_DZ = W_ZT = W_ZP = W_PP = W_FLAG = LC_OK = LC_KV = 0
+NV = NF = NZ = SP_N = SP_NJ = SP_NLIM = SP_X0 = SP_NFILL = SP_MAXIT = SP_NB = 0
+W_A = W_JV = W_JE = W_G = W_B = W_DZ = W_ZT = W_ZP = W_PP = W_T = W_FLAG = LC_OK = 0
 _I = np.zeros(1, np.int64)
 _F = np.zeros(1)
-SP_FILLPOS = ST_POS = ST_SLOT = JS_OUT = JS_PORT = LIM_PORT = LIM_VT = LIM_VC = LIM_POL = _I
-ST_COEF = LIM_VTC = LIM_SGN = _F
+JS_OUT = JS_PORT = LIM_PORT = LIM_VT = LIM_VC = LIM_POL = _I
+SP_PORTS = SP_PLO = SP_OUTS = SP_OLO = SP_CLO = SP_PBLK = SP_OBLK = _I
+LIM_VTC = LIM_SGN = _F
 
 
 def sp_devices(v, theta, f, jv):  # pragma: no cover - generated (device_loops)
@@ -79,20 +92,25 @@ def _pnjlim(vnew, vold, vt, vcrit):  # pragma: no cover - the nonlinearity's hel
 # ----------------------------------------------------------------------------- inlined templates
 
 
-def sp_kf(lc, p, z, phi, g):
-    # g = p + K f - v (DK's residual) from K by columns in lc (fm_prepare): every g[i] sums its terms in
-    # the order of sp_residual's dense loop, so the two agree exactly, but a column's multiply-adds are
-    # independent and vectorise, where the dense loop runs one row's chain of dependent additions at a
-    # time.  The trip count is p's length (NV, read at run time): a constant one is unrolled into scalar
-    # code before the loop vectoriser sees it (numba does not run LLVM's SLP vectoriser)
-    n = p.shape[0]
-    for i in range(n):
-        g[i] = p[i] - z[i]
-    for k in range(NF):
-        fk = phi[k]
-        c = LC_KV + k * NV
-        for i in range(n):
-            g[i] += lc[c + i] * fk
+def sp_kf(lc, p, z, phi, g, t):
+    # g = p + K f - v (DK's residual) block by block, from each block's part of K by columns in lc (fm_prepare):
+    # K has no entry between two blocks, so every g[i] sums the non-zero terms of sp_residual's dense loop in
+    # its order (the two agree exactly), and a column's multiply-adds are independent and vectorise (over t,
+    # the block's ports gathered), where the dense loop runs one row's chain of dependent additions at a time
+    for blk in range(SP_NB):
+        p0 = SP_PLO[blk]
+        m = SP_PLO[blk + 1] - p0
+        for j in range(m):
+            i = SP_PORTS[p0 + j]
+            t[j] = p[i] - z[i]
+        c = SP_CLO[blk]
+        for e in range(SP_OLO[blk], SP_OLO[blk + 1]):
+            fk = phi[SP_OUTS[e]]
+            for j in range(m):
+                t[j] += lc[c + j] * fk
+            c += m
+        for j in range(m):
+            g[SP_PORTS[p0 + j]] = t[j]
 
 
 def sp_residual(K, p, z, phi, g):
@@ -120,8 +138,9 @@ def sp_limit(zold, znew, lc):
 
 
 def fm_prepare(P, theta, lc):
-    # the limiting constants (vt, vcrit, frame sign per junction), whether K is the one the sparse
-    # factorisation in theta was computed for (LC_OK), and K by columns (column k from LC_KV + k NV, sp_kf)
+    # the limiting constants (vt, vcrit, frame sign per junction); whether K is the one the sparse
+    # factorisation in theta was computed for and has no entry between two blocks (LC_OK); and each block's
+    # part of K by columns (block b's column e from SP_CLO[b] + e m_b, m_b its ports; sp_kf)
     for i in range(SP_NLIM):
         lc[3 * i] = theta[LIM_VT[i]] if LIM_VT[i] >= 0 else LIM_VTC[i]
         lc[3 * i + 1] = theta[LIM_VC[i]]
@@ -129,16 +148,22 @@ def fm_prepare(P, theta, lc):
     K = P[0]
     fp = 0.0
     scale = 0.0
+    apart = False
     for i in range(NV):
         for k in range(NF):
             w = 1.0 + ((i * NF + k) % 7)
             fp += w * K[i, k]
             scale += w * abs(K[i, k])
+            if K[i, k] != 0.0 and SP_PBLK[i] != SP_OBLK[k]:
+                apart = True
     ref = theta[SP_X0]
-    lc[LC_OK] = 1.0 if abs(fp - ref) <= 1e-9 * scale + 1e-300 else 0.0
-    for k in range(NF):
-        for i in range(NV):
-            lc[LC_KV + k * NV + i] = K[i, k]
+    lc[LC_OK] = 1.0 if abs(fp - ref) <= 1e-9 * scale + 1e-300 and not apart else 0.0
+    for blk in range(SP_NB):
+        c = SP_CLO[blk]
+        for e in range(SP_OLO[blk], SP_OLO[blk + 1]):
+            for j in range(SP_PLO[blk], SP_PLO[blk + 1]):
+                lc[c] = K[SP_PORTS[j], SP_OUTS[e]]
+                c += 1
 
 
 def fm_eval(P, p, z, theta, phi, dphi, g, M, work):
@@ -173,7 +198,7 @@ def fm_solve(P, p, z, theta, phi, lc, work, fopt, est, early):
     if lc[LC_OK] == 0.0 or work[W_FLAG] == 0.0:
         work[W_FLAG] = 1.0  # the first sample is the core's (it has the warm start); then ours
         return False
-    a = work[W_A:W_A + SP_N * SP_N]
+    a = work[W_A:W_A + SP_NFILL]
     jv = work[W_JV:W_JV + SP_NJ]
     g = work[W_G:W_G + NV]
     b = work[W_B:W_B + SP_N]
@@ -181,6 +206,7 @@ def fm_solve(P, p, z, theta, phi, lc, work, fopt, est, early):
     zt = work[W_ZT:W_ZT + NV]
     zp = work[W_ZP:W_ZP + NV]
     pp = work[W_PP:W_PP + NV]
+    t = work[W_T:W_T + NV]
     reltol, abstol, bound = fopt[F_RELTOL], fopt[F_ABSTOL], est[1]
     c = est[0] * 0.999
     if work[W_FLAG] == 2.0:  # a holds the LU and jv the J of the last iteration of the previous sample
@@ -197,7 +223,7 @@ def fm_solve(P, p, z, theta, phi, lc, work, fopt, est, early):
     prev = math.inf
     for _ in range(SP_MAXIT):
         sp_devices(z, theta, phi, jv)
-        sp_kf(lc, p, z, phi, g)  # DK's residual itself (not -Nv S0^-1 W f: on the Big Muff the two
+        sp_kf(lc, p, z, phi, g, t)  # DK's residual itself (not -Nv S0^-1 W f: on the Big Muff the two
         # differ by 5e-10 of K, from M's condition number 1e9, and the output by 6e-7 of its range)
         sp_assemble(theta, a, jv)
         if not sp_factor(a):
@@ -263,12 +289,19 @@ def constants(ints: dict[str, Sequence[int] | np.ndarray], floats: dict[str, Seq
             + "".join(_array(k, v, "float64") for k, v in floats.items()))
 
 
-def lu_source(n: int, lptr: Sequence[int], lrow: Sequence[int], uptr: Sequence[int], ucol: Sequence[int]) -> str:
+def fill_index(fill: Sequence[int]) -> dict[int, int]:
+    """Where ``a`` keeps the entry at the row-major position ``i n + j`` of the pattern ``fill`` (ascending)."""
+    return {int(q): e for e, q in enumerate(fill)}
+
+
+def lu_source(n: int, lptr: Sequence[int], lrow: Sequence[int], uptr: Sequence[int], ucol: Sequence[int],
+              fill: Sequence[int]) -> str:
     """``sp_factor(a)`` and ``sp_solve(a, b)`` as straight-line code for one circuit's LU pattern.
 
-    ``a`` is the ``n x n`` matrix stored densely (row-major), eliminated in the order ``0..n-1`` over the
-    symbolic fill: pivot ``k``'s L column has the rows ``lrow[lptr[k]:lptr[k + 1]]`` and its U row the
-    columns ``ucol[uptr[k]:uptr[k + 1]]`` (right-looking Gaussian elimination, Golub & Van Loan alg. 3.2.1
+    ``a`` is the ``n x n`` matrix stored by its fill: entry ``e`` is the one at ``fill[e]`` (row-major
+    ``i n + j``, ascending), eliminated in the order ``0..n-1`` over the symbolic fill: pivot ``k``'s L column
+    has the rows ``lrow[lptr[k]:lptr[k + 1]]`` and its U row the columns ``ucol[uptr[k]:uptr[k + 1]]``
+    (right-looking Gaussian elimination, Golub & Van Loan alg. 3.2.1
     restricted to the pattern, static pivots; False on a zero or non-finite pivot).  The diagonal keeps the
     pivots' reciprocals, which ``sp_solve`` multiplies by (a division per row costs several multiplications'
     latency on the solve's chain).
@@ -278,47 +311,51 @@ def lu_source(n: int, lptr: Sequence[int], lrow: Sequence[int], uptr: Sequence[i
     order, so the same rounding).  The code grows with the LU's operation count, so each is compiled once
     and called (not inlined into the two solves and the factorisation's call site).
     """
+    at = fill_index(fill)
     f = ["@njit(cache=True)", "def sp_factor(a):"]
     for k in range(n):
-        kk = k * n + k
+        kk = at[k * n + k]
         f += [f"    piv = a[{kk}]", "    if not (abs(piv) > 0.0 and abs(piv) < math.inf):", "        return False",
               "    inv = 1.0 / piv", f"    a[{kk}] = inv"]
         for e in range(lptr[k], lptr[k + 1]):
             i = lrow[e]
-            f += [f"    lik = a[{i * n + k}] * inv", f"    a[{i * n + k}] = lik"]
-            f += [f"    a[{i * n + j}] -= lik * a[{k * n + j}]" for j in ucol[uptr[k]:uptr[k + 1]]]
+            f += [f"    lik = a[{at[i * n + k]}] * inv", f"    a[{at[i * n + k]}] = lik"]
+            f += [f"    a[{at[i * n + j]}] -= lik * a[{at[k * n + j]}]" for j in ucol[uptr[k]:uptr[k + 1]]]
     f.append("    return True")
     s = ["@njit(cache=True)", "def sp_solve(a, b):", "    # b <- (L U)^-1 b with sp_factor's factors"]
     for k in range(n):
         if lptr[k + 1] > lptr[k]:
             s.append(f"    bk = b[{k}]")
-        s += [f"    b[{i}] -= a[{i * n + k}] * bk" for i in lrow[lptr[k]:lptr[k + 1]]]
+        s += [f"    b[{i}] -= a[{at[i * n + k]}] * bk" for i in lrow[lptr[k]:lptr[k + 1]]]
     for k in range(n - 1, -1, -1):
         s.append(f"    s = b[{k}]")
-        s += [f"    s -= a[{k * n + j}] * b[{j}]" for j in ucol[uptr[k]:uptr[k + 1]]]
-        s.append(f"    b[{k}] = s * a[{k * n + k}]")
+        s += [f"    s -= a[{at[k * n + j]}] * b[{j}]" for j in ucol[uptr[k]:uptr[k + 1]]]
+        s.append(f"    b[{k}] = s * a[{at[k * n + k]}]")
     s.append("    return")
     return "\n\n" + "\n".join(f) + "\n\n\n" + "\n".join(s) + "\n"
 
 
-def stamp_source(n: int, x0: int, bw: Sequence[tuple[int, int, float]], js_port: Sequence[int],
-                 nvp: Sequence[Sequence[tuple[int, float]]]) -> str:
+def stamp_source(n: int, x0: int, st: Sequence[tuple[int, int, float]], bw: Sequence[tuple[int, int, float]],
+                 js_port: Sequence[int], nvp: Sequence[Sequence[tuple[int, float]]]) -> str:
     """``sp_assemble(theta, a, jv)`` and ``sp_direction(a, jv, g, b, dz)``, compiled once and called (as
     :func:`lu_source`'s functions).
 
-    ``sp_assemble``: ``a = S0 + W_U J Nv_U``: ``S0`` at the fill positions (``SP_FILLPOS``, from
-    ``theta[x0 + 1 + e]``), then the device stamps (``ST_POS``, ``ST_COEF``, ``ST_SLOT``), as loops over those
-    index arrays.  ``sp_direction``, straight-line: the push-through direction
+    ``sp_assemble``: ``a = S0 + W_U J Nv_U`` (``a`` stored by its fill, :func:`lu_source`): ``S0`` (a copy of
+    ``theta[x0 + 1:]``), then the device stamps ``st = (entry of a, J slot, coefficient)``, one statement per
+    entry that sums its terms in their order (``a[e] = a[e] + c1 * jv[s1] + ...``: the rounding of the loop
+    ``a[e] += c * jv[s]`` over them).  ``sp_direction``, straight-line: the push-through direction
     ``dz = (I - K J)^-1 g = g - Nv_U (S0 + W_U J Nv_U)^-1 W_U J g`` (``a`` holds the LU): ``b = W_U J g`` from
     the terms ``bw = (row, J slot, coefficient)`` (J slot ``s`` reads port ``js_port[s]``), ``sp_solve``, then
     ``dz_i = g_i - sum`` over ``nvp[i] = ((node, coefficient), ...)``.  Each sum runs in the order of its terms
     (the loops' order: the same rounding).  On the Big Muff (144 + 72 direction terms) the direction takes
-    124 ns against 231 ns as loops.  The stamps stay loops: straight-line, their 288 terms took 211 -> 84 ns
-    (4 % of a sample) for about 10 s more first compile (bench_big.py, CPU time on a loaded machine).
+    124 ns against 231 ns as loops.
     """
     m = ["@njit(cache=True)", "def sp_assemble(theta, a, jv):", "    for e in range(SP_NFILL):",
-         f"        a[SP_FILLPOS[e]] = theta[{x0 + 1} + e]", "    for e in range(ST_POS.shape[0]):",
-         "        a[ST_POS[e]] += ST_COEF[e] * jv[ST_SLOT[e]]"]
+         f"        a[e] = theta[{x0 + 1} + e]"]
+    terms: dict[int, list[str]] = {}
+    for e, slot, coef in st:
+        terms.setdefault(e, []).append(f" + {coef!r} * jv[{slot}]")
+    m += [f"    a[{e}] = a[{e}]{''.join(t)}" for e, t in terms.items()]
     m.append("    return")
     rows: dict[int, list[tuple[int, float]]] = {}
     for r, slot, coef in bw:
@@ -373,4 +410,4 @@ def device_loops(groups: Sequence[dict]) -> str:
     return "\n\n" + "\n".join(ev) + "\n\n\n" + "\n".join(vj) + "\n\n\n" + nle
 
 
-__all__ = ["HOOKS", "constants", "device_loops", "lu_source", "stamp_source"]
+__all__ = ["HOOKS", "constants", "device_loops", "fill_index", "lu_source", "stamp_source"]
