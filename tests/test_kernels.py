@@ -305,7 +305,7 @@ def test_clipper_vs_brentq(clipper, fs):
     ref = clipper_brentq(sig, fs)
     assert np.abs(ref).max() > 0.55  # the diodes conduct
     takes = ss.explicit_plan(clipper, clipper_matrices(fs)[8], clipper_theta().numpy()) is not None
-    assert takes or fs < 384e3  # at 384 kHz DK takes it (one omega + one linearised correction)
+    assert takes or fs < 384e3  # at 384 kHz DK takes it (one omega + one chord correction)
     for explicit in (True, False):
         y, _, stats = run_state_space(
             [torch.tensor(m) for m in clipper_matrices(fs)],
@@ -327,8 +327,8 @@ def test_explicit_root_plan_and_fallback(clipper):
     fs = 384e3
     mats = clipper_matrices(fs)
     theta = clipper_theta().numpy()
-    assert ss.explicit_plan(clipper, mats[8], theta) == (2, True)  # one omega + one closed-form Newton correction
-    big = clipper_theta(1e-6).numpy()  # R IsS / VS no longer tiny: more Newton corrections (eq. (12))
+    assert ss.explicit_plan(clipper, mats[8], theta) == (2, True)  # one omega + one chord correction
+    big = clipper_theta(1e-6).numpy()  # R IsS / VS no longer tiny: more chord corrections (eq. (12))
     steps = ss.explicit_plan(clipper, mats[8], big, MAX_OMEGA_STEPS)
     assert steps is not None and steps[0] > ss.DK_MAX_OMEGA and steps[1]
     assert ss.explicit_plan(clipper, mats[8], big) is None  # DK's Newton is cheaper there

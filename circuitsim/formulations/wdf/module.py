@@ -96,7 +96,7 @@ class WDFModule(AbstractCircuitModule):
 
         'omega': the core's explicit root (one port, at most one plain diode each way, no charge,
         an error bound below ``OMEGA_TOL``; :func:`circuitsim.kernels.statespace.explicit_plan`):
-        ``cost`` is one Wright-omega evaluation plus ``cost - 1`` closed-form Newton corrections.
+        ``cost`` is one Wright-omega evaluation plus ``cost - 1`` division-free chord corrections.
         """
         nl = self.topology.nonlinearity
         if nl.n_ports == 0:
@@ -182,7 +182,7 @@ class WDFModule(AbstractCircuitModule):
         kind, steps = self.root_path()
         if kind == "omega":
             k = steps[0] - 1
-            how = f"1 evaluation + {k} closed-form Newton correction{'s' if k != 1 else ''}" if k else "1 evaluation"
+            how = f"1 evaluation + {k} chord correction{'s' if k != 1 else ''}" if k else "1 evaluation"
             return f"explicit Wright omega, {how} per sample, no Newton iteration"
         return "Newton on the compiled core"
 
