@@ -51,9 +51,14 @@ class _BlockCopy:
     inlined call site, quadratic in the inlined code (numba issues #8989, #9204).  It was ~45 % of
     the first compile of a generated module (cProfile of the diode clipper's first forward).
     Here the blocks of one IR share one copy of its scope, as the blocks of the original share the
-    original: a block copied a second time starts a new copy (the next ``copy_ir`` call).  Only
-    the inliner's module sees this function (it is the only ``copy.deepcopy`` there); it changes
-    no IR, only how many scope copies exist, so the compiled code is the same.
+    original: a block copied a second time starts a new copy (the next ``copy_ir`` call).
+
+    The second copy ``inline_ir`` makes is of its own first copy (blocks whose scope is the copy made
+    here), an "unmutated copy" that it returns as ``callee_ir_original`` and that its two callers in
+    numba (``InlineInlinables``, ``InlineOverloads``) discard: that block is returned as it is, not
+    copied (half the copying, 13 % of the clipper's first forward under cProfile).  Only the
+    inliner's module sees this function (it is the only ``copy.deepcopy`` there); it changes no IR
+    that numba keeps, only how many copies exist, so the compiled code is the same.
     """
 
     def __init__(self) -> None:
@@ -72,6 +77,8 @@ class _BlockCopy:
             return copy.deepcopy(x, memo)
         with self._lock:
             s = x.scope
+            if s is self._copy:  # a block of the copy just made: inline_ir's discarded second copy
+                return x
             if self._scope is not s or id(x) in self._seen:
                 self._scope, self._copy, self._seen = s, copy.deepcopy(s, {}), set()
             self._seen.add(id(x))
@@ -79,16 +86,58 @@ class _BlockCopy:
         return copy.deepcopy(x, {id(s): scope_copy})
 
 
+# the untyped IR of each inlined circuitsim function, by (function, flags.no_rewrites)
+_UNTYPED: dict[tuple[object, bool], object] = {}
+
+
+def _inline_function(self, caller_ir, block, i, function, arg_typs=None):  # noqa: ANN001, ANN202 (numba's)
+    """``InlineWorker.inline_function`` that runs the untyped passes of a circuitsim function once per
+    process instead of once per call site.
+
+    numba translates the bytecode of an ``inline="always"`` callee and runs the whole untyped pipeline
+    on it (its own inlining included, recursively) at every call site (``InlineWorker.run_untyped_passes``);
+    the IR depends only on the function and on the flag that chooses passes (``no_rewrites``; numba runs
+    them with ``enable_ssa`` False), so it is kept and each call site inlines a copy (``inline_ir`` copies what it is
+    given before it changes anything).  Functions of other modules (numba's overloads), closures and
+    callers with ``locals`` type annotations go through numba's own path.
+    """
+    key = (function, bool(self.flags.no_rewrites))
+    if (not getattr(function, "__module__", "").startswith("circuitsim") or function.__code__.co_freevars
+            or self.locals):
+        return _NUMBA_INLINE_FUNCTION(self, caller_ir, block, i, function, arg_typs=arg_typs)
+    callee_ir = _UNTYPED.get(key)
+    if callee_ir is None:
+        callee_ir = _UNTYPED[key] = self.run_untyped_passes(function)
+    else:
+        self.flags.enable_ssa = False  # run_untyped_passes' side effect on the caller's flags
+    # inline_ir deep-copies the blocks (the same block objects each time: _BlockCopy tells copies apart by
+    # them) and builds its own dict of them; the definitions are this call's own
+    callee_ir = copy.copy(callee_ir)
+    defs = callee_ir._definitions = copy.copy(callee_ir._definitions)
+    for k in defs:
+        defs[k] = list(defs[k])
+    return self.inline_ir(caller_ir, block, i, callee_ir, function.__code__.co_freevars, arg_typs=arg_typs)
+
+
+_NUMBA_INLINE_FUNCTION = None
+
+
 def install_inline_copy() -> None:
-    """Give numba's inliner :class:`_BlockCopy` (idempotent; called before a generated module compiles).
+    """Give numba's inliner :class:`_BlockCopy` and :func:`_inline_function` (idempotent; called before a
+    generated module compiles).
 
     Skipped, leaving numba as it is, where its inliner does not copy blocks that way
     (``numba.core.inline_closurecall`` without a module-level ``copy``).
     """
+    global _NUMBA_INLINE_FUNCTION
     from numba.core import inline_closurecall
 
     if getattr(inline_closurecall, "copy", None) is copy:
         inline_closurecall.copy = _BlockCopy()
+        worker = inline_closurecall.InlineWorker
+        if _NUMBA_INLINE_FUNCTION is None and hasattr(worker, "run_untyped_passes"):
+            _NUMBA_INLINE_FUNCTION = worker.inline_function
+            worker.inline_function = _inline_function
 
 
 def _module_file(name: str) -> Path | None:
