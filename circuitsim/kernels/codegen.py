@@ -188,9 +188,21 @@ def _cold(name: str, source: str) -> str:
     return _COLD_CALL.sub(r"\1_cold(", source) if name in _COLD_TEMPLATES else source
 
 
-def _cold_wrappers() -> str:
+_NL_EVAL = re.compile(r"\bnl_eval\(")
+
+
+def _cold_wrappers(hooks: Iterable[object], shared_eval: bool) -> str:
+    # fm_eval_cold: fm_eval, not inlined; with shared_eval, a copy of the formulation's fm_eval that calls the
+    # nonlinearity module's nl_eval_cold (linked by step_module) for nl_eval, so the device equations it
+    # evaluates are the ones the DC point compiled (a BJT circuit's first forward compiled them again here: 1.6 s)
+    by_name = {h.__name__: h for h in hooks}
     out = []
     for name in _COLD_HOOKS:
+        src = inspect.getsource(by_name[name]) if name in by_name else ""
+        if shared_eval and _NL_EVAL.search(src):
+            out.append("\n\n@njit(cache=True)\n" + _NL_EVAL.sub("nl_eval_cold(", src.replace(
+                f"def {name}(", f"def {name}_cold(", 1)))
+            continue
         args = ", ".join(inspect.signature(getattr(core, name)).parameters)
         out.append(f"\n\n@njit(cache=True)\ndef {name}_cold({args}):\n    return {name}({args})\n")
     return "".join(out)
@@ -200,14 +212,16 @@ def _cold_wrappers() -> str:
 _DEFAULT_CONSTANTS = "FM_EXPLICIT = 0\nFM_LC = N_LC\n"
 
 
-def formulation_source(step: StepFormulation) -> str:
+def formulation_source(step: StepFormulation, shared_eval: bool = False) -> str:
     """The formulation's constants and hooks, each hook compiled ``inline="always"``.
 
     A formulation without ``fm_solve`` gets the core's default (never solves) and ``FM_EXPLICIT = 0``.
+    ``shared_eval``: the module links the nonlinearity module's ``nl_eval_cold`` (:func:`step_module`),
+    which the cold copy of ``fm_eval`` then calls.
     """
     names = {h.__name__ for h in step.hooks}
     hooks = (*step.hooks, *(h for h in (core.fm_solve,) if h.__name__ not in names))
-    code = "".join(f"\n\n{_INLINE}\n{inspect.getsource(h)}" for h in hooks) + _cold_wrappers()
+    code = "".join(f"\n\n{_INLINE}\n{inspect.getsource(h)}" for h in hooks) + _cold_wrappers(hooks, shared_eval)
     return f"\n# ---- formulation {step.name}\n{_DEFAULT_CONSTANTS}{step.constants}\n{code}\n"
 
 
@@ -244,7 +258,8 @@ def _forward_copies() -> str:
     )
 
 
-_HEADER = "\nfrom circuitsim.kernels.linalg import borrow  # noqa: E402\n"
+_HEADER = ("\nfrom circuitsim.kernels.linalg import borrow  # noqa: E402\n"
+           "from circuitsim.kernels.nonlinearity import generated_module  # noqa: E402\n")
 
 
 def step_module(nb_source: str, step: StepFormulation | None = None) -> ModuleType:
@@ -260,7 +275,14 @@ def step_module(nb_source: str, step: StepFormulation | None = None) -> ModuleTy
         from circuitsim.kernels.statespace import DK_STEP
 
         step = DK_STEP
-    source = nb_source + _HEADER + formulation_source(step) + core_source()
+    # the nonlinearity's own module (Nonlinearity.eval_batch's, the DC point's): its nl_eval_cold, compiled
+    # once, serves this module's cold code too (formulation_source)
+    shared = "\ndef nl_eval_cold(" in nb_source
+    link = ""
+    if shared:
+        link = (f"\nnl_eval_cold = generated_module({load_generated(nb_source).__name__!r}).nl_eval_cold"
+                "  # noqa: E402, F811\n")
+    source = nb_source + _HEADER + link + formulation_source(step, shared) + core_source()
     deps = source_dependencies([source]) + [Path(core.__file__), Path(linalg.__file__), *step.dependencies]
     module = load_generated(source, deps)
     _BUILDS.setdefault(module.__name__, (source, tuple(deps)))
