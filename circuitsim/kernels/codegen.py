@@ -11,13 +11,16 @@ imported by :func:`circuitsim.kernels.nonlinearity.load_generated` (content-addr
 ``cache=True`` holds across processes).
 
 First-use compile time (``benchmarks/bench_compile.py``) is mostly numba's ``inline="always"``
-machinery, typing and lowering, not LLVM.  Three things keep it down: numba's inliner copies each
-callee's scope once per IR copy instead of once per block (:func:`install_inline_copy`); the cold
-code (the start of an item, the fallbacks) calls one shared non-inlined ``fm_eval_cold`` instead of
-inlining the device equations again (the adjoint keeps its inlined copy: its loop over the saved
-samples is hot); and the module's ``forward_item`` has no fallbacks, which compile only when a
-sample first needs them (``forward_item_full``, :data:`FORWARD_COPIES`).  The backward
-(``backward_item``) compiles on its first call.
+machinery, typing and lowering, not LLVM.  These keep it down: numba's inliner copies each
+callee's scope once per IR copy instead of once per block, skips the copy of the IR it discards, and
+runs the untyped passes of each inlined function once per process instead of once per call site
+(:func:`install_inline_copy`); the cold code (the start of an item, the fallbacks) calls one shared
+non-inlined ``fm_eval_cold`` instead of inlining the device equations again, and that one calls the
+nonlinearity module's ``nl_eval_cold``, which the DC operating point has compiled already (the
+adjoint keeps its inlined copy: its loop over the saved samples is hot); and the module's
+``forward_item`` has no fallbacks, which compile only when a sample first needs them
+(``forward_item_full``, :data:`FORWARD_COPIES`).  The backward (``backward_item``) compiles on its
+first call.  None of it changes the IR numba keeps (outputs and gradients are bitwise the same).
 """
 
 from __future__ import annotations
