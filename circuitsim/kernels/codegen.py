@@ -11,13 +11,16 @@ imported by :func:`circuitsim.kernels.nonlinearity.load_generated` (content-addr
 ``cache=True`` holds across processes).
 
 First-use compile time (``benchmarks/bench_compile.py``) is mostly numba's ``inline="always"``
-machinery, typing and lowering, not LLVM.  Three things keep it down: numba's inliner copies each
-callee's scope once per IR copy instead of once per block (:func:`install_inline_copy`); the cold
-code (the start of an item, the fallbacks) calls one shared non-inlined ``fm_eval_cold`` instead of
-inlining the device equations again (the adjoint keeps its inlined copy: its loop over the saved
-samples is hot); and the module's ``forward_item`` has no fallbacks, which compile only when a
-sample first needs them (``forward_item_full``, :data:`FORWARD_COPIES`).  The backward
-(``backward_item``) compiles on its first call.
+machinery, typing and lowering, not LLVM.  These keep it down: numba's inliner copies each
+callee's scope once per IR copy instead of once per block, skips the copy of the IR it discards, and
+runs the untyped passes of each inlined function once per process instead of once per call site
+(:func:`install_inline_copy`); the cold code (the start of an item, the fallbacks) calls one shared
+non-inlined ``fm_eval_cold`` instead of inlining the device equations again, and that one calls the
+nonlinearity module's ``nl_eval_cold``, which the DC operating point has compiled already (the
+adjoint keeps its inlined copy: its loop over the saved samples is hot); and the module's
+``forward_item`` has no fallbacks, which compile only when a sample first needs them
+(``forward_item_full``, :data:`FORWARD_COPIES`).  The backward (``backward_item``) compiles on its
+first call.  None of it changes the IR numba keeps (outputs and gradients are bitwise the same).
 """
 
 from __future__ import annotations
@@ -51,9 +54,14 @@ class _BlockCopy:
     inlined call site, quadratic in the inlined code (numba issues #8989, #9204).  It was ~45 % of
     the first compile of a generated module (cProfile of the diode clipper's first forward).
     Here the blocks of one IR share one copy of its scope, as the blocks of the original share the
-    original: a block copied a second time starts a new copy (the next ``copy_ir`` call).  Only
-    the inliner's module sees this function (it is the only ``copy.deepcopy`` there); it changes
-    no IR, only how many scope copies exist, so the compiled code is the same.
+    original: a block copied a second time starts a new copy (the next ``copy_ir`` call).
+
+    The second copy ``inline_ir`` makes is of its own first copy (blocks whose scope is the copy made
+    here), an "unmutated copy" that it returns as ``callee_ir_original`` and that its two callers in
+    numba (``InlineInlinables``, ``InlineOverloads``) discard: that block is returned as it is, not
+    copied (half the copying, 13 % of the clipper's first forward under cProfile).  Only the
+    inliner's module sees this function (it is the only ``copy.deepcopy`` there); it changes no IR
+    that numba keeps, only how many copies exist, so the compiled code is the same.
     """
 
     def __init__(self) -> None:
@@ -72,6 +80,8 @@ class _BlockCopy:
             return copy.deepcopy(x, memo)
         with self._lock:
             s = x.scope
+            if s is self._copy:  # a block of the copy just made: inline_ir's discarded second copy
+                return x
             if self._scope is not s or id(x) in self._seen:
                 self._scope, self._copy, self._seen = s, copy.deepcopy(s, {}), set()
             self._seen.add(id(x))
@@ -79,16 +89,58 @@ class _BlockCopy:
         return copy.deepcopy(x, {id(s): scope_copy})
 
 
+# the untyped IR of each inlined circuitsim function, by (function, flags.no_rewrites)
+_UNTYPED: dict[tuple[object, bool], object] = {}
+
+
+def _inline_function(self, caller_ir, block, i, function, arg_typs=None):  # noqa: ANN001, ANN202 (numba's)
+    """``InlineWorker.inline_function`` that runs the untyped passes of a circuitsim function once per
+    process instead of once per call site.
+
+    numba translates the bytecode of an ``inline="always"`` callee and runs the whole untyped pipeline
+    on it (its own inlining included, recursively) at every call site (``InlineWorker.run_untyped_passes``);
+    the IR depends only on the function and on the flag that chooses passes (``no_rewrites``; numba runs
+    them with ``enable_ssa`` False), so it is kept and each call site inlines a copy (``inline_ir`` copies what it is
+    given before it changes anything).  Functions of other modules (numba's overloads), closures and
+    callers with ``locals`` type annotations go through numba's own path.
+    """
+    key = (function, bool(self.flags.no_rewrites))
+    if (not getattr(function, "__module__", "").startswith("circuitsim") or function.__code__.co_freevars
+            or self.locals):
+        return _NUMBA_INLINE_FUNCTION(self, caller_ir, block, i, function, arg_typs=arg_typs)
+    callee_ir = _UNTYPED.get(key)
+    if callee_ir is None:
+        callee_ir = _UNTYPED[key] = self.run_untyped_passes(function)
+    else:
+        self.flags.enable_ssa = False  # run_untyped_passes' side effect on the caller's flags
+    # inline_ir deep-copies the blocks (the same block objects each time: _BlockCopy tells copies apart by
+    # them) and builds its own dict of them; the definitions are this call's own
+    callee_ir = copy.copy(callee_ir)
+    defs = callee_ir._definitions = copy.copy(callee_ir._definitions)
+    for k in defs:
+        defs[k] = list(defs[k])
+    return self.inline_ir(caller_ir, block, i, callee_ir, function.__code__.co_freevars, arg_typs=arg_typs)
+
+
+_NUMBA_INLINE_FUNCTION = None
+
+
 def install_inline_copy() -> None:
-    """Give numba's inliner :class:`_BlockCopy` (idempotent; called before a generated module compiles).
+    """Give numba's inliner :class:`_BlockCopy` and :func:`_inline_function` (idempotent; called before a
+    generated module compiles).
 
     Skipped, leaving numba as it is, where its inliner does not copy blocks that way
     (``numba.core.inline_closurecall`` without a module-level ``copy``).
     """
+    global _NUMBA_INLINE_FUNCTION
     from numba.core import inline_closurecall
 
     if getattr(inline_closurecall, "copy", None) is copy:
         inline_closurecall.copy = _BlockCopy()
+        worker = inline_closurecall.InlineWorker
+        if _NUMBA_INLINE_FUNCTION is None and hasattr(worker, "run_untyped_passes"):
+            _NUMBA_INLINE_FUNCTION = worker.inline_function
+            worker.inline_function = _inline_function
 
 
 def _module_file(name: str) -> Path | None:
@@ -139,9 +191,21 @@ def _cold(name: str, source: str) -> str:
     return _COLD_CALL.sub(r"\1_cold(", source) if name in _COLD_TEMPLATES else source
 
 
-def _cold_wrappers() -> str:
+_NL_EVAL = re.compile(r"\bnl_eval\(")
+
+
+def _cold_wrappers(hooks: Iterable[object], shared_eval: bool) -> str:
+    # fm_eval_cold: fm_eval, not inlined; with shared_eval, a copy of the formulation's fm_eval that calls the
+    # nonlinearity module's nl_eval_cold (linked by step_module) for nl_eval, so the device equations it
+    # evaluates are the ones the DC point compiled (a BJT circuit's first forward compiled them again here: 1.6 s)
+    by_name = {h.__name__: h for h in hooks}
     out = []
     for name in _COLD_HOOKS:
+        src = inspect.getsource(by_name[name]) if name in by_name else ""
+        if shared_eval and _NL_EVAL.search(src):
+            out.append("\n\n@njit(cache=True)\n" + _NL_EVAL.sub("nl_eval_cold(", src.replace(
+                f"def {name}(", f"def {name}_cold(", 1)))
+            continue
         args = ", ".join(inspect.signature(getattr(core, name)).parameters)
         out.append(f"\n\n@njit(cache=True)\ndef {name}_cold({args}):\n    return {name}({args})\n")
     return "".join(out)
@@ -151,14 +215,16 @@ def _cold_wrappers() -> str:
 _DEFAULT_CONSTANTS = "FM_EXPLICIT = 0\nFM_LC = N_LC\n"
 
 
-def formulation_source(step: StepFormulation) -> str:
+def formulation_source(step: StepFormulation, shared_eval: bool = False) -> str:
     """The formulation's constants and hooks, each hook compiled ``inline="always"``.
 
     A formulation without ``fm_solve`` gets the core's default (never solves) and ``FM_EXPLICIT = 0``.
+    ``shared_eval``: the module links the nonlinearity module's ``nl_eval_cold`` (:func:`step_module`),
+    which the cold copy of ``fm_eval`` then calls.
     """
     names = {h.__name__ for h in step.hooks}
     hooks = (*step.hooks, *(h for h in (core.fm_solve,) if h.__name__ not in names))
-    code = "".join(f"\n\n{_INLINE}\n{inspect.getsource(h)}" for h in hooks) + _cold_wrappers()
+    code = "".join(f"\n\n{_INLINE}\n{inspect.getsource(h)}" for h in hooks) + _cold_wrappers(hooks, shared_eval)
     return f"\n# ---- formulation {step.name}\n{_DEFAULT_CONSTANTS}{step.constants}\n{code}\n"
 
 
@@ -195,7 +261,8 @@ def _forward_copies() -> str:
     )
 
 
-_HEADER = "\nfrom circuitsim.kernels.linalg import borrow  # noqa: E402\n"
+_HEADER = ("\nfrom circuitsim.kernels.linalg import borrow  # noqa: E402\n"
+           "from circuitsim.kernels.nonlinearity import generated_module  # noqa: E402\n")
 
 
 def step_module(nb_source: str, step: StepFormulation | None = None) -> ModuleType:
@@ -211,7 +278,14 @@ def step_module(nb_source: str, step: StepFormulation | None = None) -> ModuleTy
         from circuitsim.kernels.statespace import DK_STEP
 
         step = DK_STEP
-    source = nb_source + _HEADER + formulation_source(step) + core_source()
+    # the nonlinearity's own module (Nonlinearity.eval_batch's, the DC point's): its nl_eval_cold, compiled
+    # once, serves this module's cold code too (formulation_source)
+    shared = "\ndef nl_eval_cold(" in nb_source
+    link = ""
+    if shared:
+        link = (f"\nnl_eval_cold = generated_module({load_generated(nb_source).__name__!r}).nl_eval_cold"
+                "  # noqa: E402, F811\n")
+    source = nb_source + _HEADER + link + formulation_source(step, shared) + core_source()
     deps = source_dependencies([source]) + [Path(core.__file__), Path(linalg.__file__), *step.dependencies]
     module = load_generated(source, deps)
     _BUILDS.setdefault(module.__name__, (source, tuple(deps)))
