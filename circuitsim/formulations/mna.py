@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from circuitsim.formulations.base import AbstractCircuitModule, Diagnostics
@@ -88,19 +87,8 @@ class MNAModule(AbstractCircuitModule):
         s = self.source_values(m, u)  # (batch, time, n_sources)
         diag = MNADiagnostics(samples=u.shape[1])
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (m.G, m.Cm, m.theta, s))
-        theta_np = m.theta.detach().numpy()
 
-        def device_eval(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            """f and df/dv without autograd: the compiled device code (µs) instead of torch ops (~0.3 ms)."""
-            if nl.n_outputs == 0:
-                return nl.torch_eval(v, m.theta.detach(), jacobian=True)
-            try:
-                pairs = [nl.eval_numpy(vb, theta_np) for vb in v.numpy()]
-            except ArithmeticError:  # the compiled code raises where torch gives inf/NaN (a step to 1e289 V):
-                nan = torch.full((v.shape[0], nl.n_outputs), float("nan"), dtype=v.dtype)  # Newton falls back
-                return nan, nan.unsqueeze(-1).expand(-1, -1, v.shape[-1])
-            return (torch.from_numpy(np.stack([p[0] for p in pairs])),
-                    torch.from_numpy(np.stack([p[1] for p in pairs])))
+        device_eval = topo.device_evaluator(m.theta)
 
         def charges(x: torch.Tensor, f: torch.Tensor | None = None) -> torch.Tensor:
             """``z = Cm x + Wq f_q(Nv x)`` (``f``: the device outputs at ``x`` when known, without autograd)."""
@@ -164,11 +152,11 @@ class MNAModule(AbstractCircuitModule):
             if split not in mats:
                 k = 2.0 * split * fs
                 a_mat, w_mat = m.G + k * m.Cm, m.Wi + k * m.Wq
-                mats[split] = (a_mat, w_mat, a_mat.detach(), w_mat.detach())
+                mats[split] = (a_mat, w_mat, a_mat.detach(), w_mat.detach(), topo.jacobian(w_mat.detach(), nv_d))
             return mats[split]
 
         def run(split: int, s: torch.Tensor, b: Boundary, offset: int) -> tuple[torch.Tensor, Boundary, dict]:
-            a_mat, w_mat, a_d, w_d = matrices(split)
+            a_mat, w_mat, a_d, w_d, jacobian = matrices(split)
             k = 2.0 * split * fs
             h, z, x_prev, x_prev2 = b.state, b.charge, b.warm[:, 0], b.warm[:, 1]
             limited_iter = SPLIT_ITER if 2 * split <= max_split else FINAL_ITER
@@ -183,7 +171,7 @@ class MNAModule(AbstractCircuitModule):
                 def fn(xx: torch.Tensor, rhs_d: torch.Tensor = rhs_d) -> tuple[torch.Tensor, torch.Tensor]:
                     f, jf = device_eval(xx @ nv_d.T)
                     last[:] = [xx, f]
-                    return xx @ a_d.T + f @ w_d.T - rhs_d, a_d + w_d @ jf @ nv_d
+                    return xx @ a_d.T + f @ w_d.T - rhs_d, jacobian(a_d, jf)
 
                 with torch.no_grad():
                     # plain Newton from a linear extrapolation; then junction-limited Newton from the last solution
@@ -219,3 +207,4 @@ class MNAModule(AbstractCircuitModule):
             return Boundary(b.state + (2.0 * fs * (k_to - k_from)) * b.charge, b.charge, warm, b.sources)
 
         return run, remap
+

@@ -52,24 +52,23 @@ def operating_point(
     Returns the unknowns (batch, n): node voltages in volts, branch currents in amperes.
     Runs without autograd; formulations attach the implicit-function gradient themselves.
     """
-    nl = topology.nonlinearity
     batch = sources.shape[0]
     n = topology.size
     info = OperatingPointInfo()
     limit = junction_limiter(topology, m.Nv)
     node_rows = torch.zeros(n, dtype=m.G.dtype)
     node_rows[: topology.n_nodes] = 1.0
+    device_eval = topology.device_evaluator(m.theta)
+    jacobian = topology.jacobian(m.Wi.detach(), m.Nv.detach())
+    g, wi, nv, bu = (t.detach() for t in (m.G, m.Wi, m.Nv, m.Bu))
 
     def make(scale: float, gmin: float):
-        b = scale * sources @ m.Bu.T
-        gdiag = torch.diag(gmin * node_rows)
+        b = scale * sources.detach() @ bu.T
+        a = g + torch.diag(gmin * node_rows)
 
         def fn(x):
-            v = x @ m.Nv.T
-            f, jf = nl.torch_eval(v, m.theta, jacobian=True)
-            res = x @ (m.G + gdiag).T + f @ m.Wi.T - b
-            jac = m.G + gdiag + m.Wi @ jf @ m.Nv
-            return res, jac
+            f, jf = device_eval(x @ nv.T)
+            return x @ a.T + f @ wi.T - b, jacobian(a, jf)
 
         return fn
 
