@@ -19,6 +19,8 @@ class NewtonError(CircuitsimError, RuntimeError):
     resumes at the failure instead of running those samples again.
     """
 
+    partial: Any = None  # a class default, so that subclasses with their own __init__ have it too
+
     def __init__(self, message: str, sample: int | None = None, time: float | None = None):
         where = ""
         if sample is not None:
@@ -26,7 +28,6 @@ class NewtonError(CircuitsimError, RuntimeError):
         super().__init__(f"Newton did not converge{where}: {message}")
         self.sample = sample
         self.time = time
-        self.partial: Any = None
 
 
 @dataclass
