@@ -16,7 +16,6 @@ import pytest
 
 from circuitsim.api import load
 from circuitsim.netlist import NetlistError, NetlistWarning
-from circuitsim.solvers.newton import NewtonError
 from circuitsim.spice import operating_point_ngspice
 
 pytestmark = pytest.mark.requires_ngspice
@@ -327,8 +326,15 @@ def test_wild_netlist_at_ngspice_loose_tolerances(name: str, source: str, output
 # Its input pair's emitters and bias node (xu1.5, xu1.7, xu1.8) are held only by junctions and a current source, so
 # DK's M = G + 2/T Cm is singular and the automatic choice, as a user gets it, is MNA (system/checks.py); and plain
 # DC Newton from zero runs off to a 1e80 A state, which solvers/dc.py rejects for gmin stepping.
+# And KiCad's golden export of its multiunit_pinmap_split QA schematic: a Fliege notch on the two units of KiCad's
+# universal op-amp (uopamp_lvl2_2x: G sources, rail and current-limit diodes, zeners of BV = Vmax = 50 V) on +-5 V.
+# Its nodes x1.n005, x1.n006 are joined only through a G source and diodes (auto: MNA).  In its transient, G6 drives
+# xu1.x1.n005 towards its zener's 45 V knee within ten samples of a sine; there plain Newton from the extrapolated
+# guess ran off to a branch current of 7e50 A (residual 1e82) whose step looked small beside it, and newton()
+# accepted it until it required the equations to hold at an answer to rounding (solvers/newton.py).
 # (file, input source, output node)
-WILD_VENDOR_OPAMP = [("kicad_sallen_key/legacy_sallen_key.spice", "V1", "/lowpass")]
+WILD_VENDOR_OPAMP = [("kicad_sallen_key/legacy_sallen_key.spice", "V1", "/lowpass"),
+                     ("kicad_fliege_notch/multiunit_pinmap_split.cir", "V1", "/out")]
 
 
 @pytest.mark.parametrize("name, source, output", WILD_VENDOR_OPAMP, ids=[w[0] for w in WILD_VENDOR_OPAMP])
@@ -647,7 +653,7 @@ BA4558_STAGES = {
                 "R2 n out 100k\nX1 0 n vcc vee out ba4558r_sub\nRL out 0 10k\n", ()),
     "dual_x20_9V_clipping": ("BA4558R dual, inverting x20 on +-9 V, clipping; the other half a grounded follower\n",
                              "VCC vcc 0 9\nVEE vee 0 -9\nVIN in 0 0\nR1 in n 10k\nR2 n out 200k\n"
-                             "X1 out n 0 vee 0 o2 o2 vcc BA4558R\nRL out 0 10k\n", ()),
+                             "X1 out n 0 vee 0 o2 o2 vcc BA4558R\nRL out 0 10k\n", ("sweep",)),
     "tube_screamer_clipper": ("BA4558 Tube-Screamer-style clipping stage, 1N914 pair in the feedback, 9 V single\n",
                               "VCC vcc 0 9\nVREF ref 0 4.5\nVIN in ref 0\nR1 in p 1k\nR4 n m 4.7k\nC3 m ref 47n\n"
                               "R6 n f 51k\nR7 f out 100k\nC4 n out 51p\nD1 n out D1N914\nD2 out n D1N914\n"
@@ -701,29 +707,20 @@ def test_ba4558_validation_copy_reads_as_ngspice_pspice_mode(tmp_path: Path, sta
 # x1.n165977, the bias line x1.n168651, the output stage's x1.n227264), which ngspice holds through the GMIN across
 # every junction.  MNA's Newton matrix has the device Jacobians, GMIN included, and solves them; DK, which
 # eliminates with M = G + 2/T Cm alone, refuses them in one line (system/checks.py), and load(method="auto")
-# falls back to MNA.  The dual clipping stage stops with MNA's NewtonError on the 1 V pluck at sample 606 (1.58 ms,
-# residual 0.095 after 500 iterations; 98 s at load 7): a strict xfail on exactly that error, so the marker must go
-# when its cause does.  The test runs those 2 ms first, so that it fails in a minute rather than after the others.
-BA4558_NEWTON = pytest.mark.xfail(raises=NewtonError, strict=True,
-                                  reason="MNA's Newton does not converge at sample 606 of the dual stage's 1 V pluck")
-BA4558_CASES = [pytest.param(stage, marks=BA4558_NEWTON) if stage.startswith("dual") else stage
-                for stage in BA4558_STAGES]
+# falls back to MNA.  The dual clipping stage's Newton fails at sample 606 of the 1 V pluck (1.58 ms) and at others
+# of the sweep; MNA splits those samples into substeps (solvers/substep.py), so every signal runs to its end.
+# Its sweep is held to the foundation rule in its own test below, which does not pass yet (a strict xfail).
+BA4558_SWEEP_SHORT = "dual_x20_9V_clipping"
 
 
-@pytest.mark.parametrize("stage", BA4558_CASES)
+@pytest.mark.parametrize("stage", list(BA4558_STAGES))
 def test_ba4558_macromodel_as_published_matches_ngspice(tmp_path: Path, stage: str) -> None:
     """``validate`` (MNA) at 48 kHz x 8: the DC point to ngspice's Newton tolerance, and ESR <= 1e-5 on every
-    standard signal but the listed ones, which must meet it at 4x the rate after a >= 20x drop."""
+    standard signal but the listed ones, which must meet it at 4x the rate after a >= 20x drop (the dual stage's
+    sweep: ``test_ba4558_dual_stage_sweep_at_4x_the_rate``)."""
     from circuitsim.validate import validate
 
     path = _ba4558_stage(tmp_path, stage)
-    if stage == "dual_x20_9V_clipping":  # where MNA's Newton fails today (BA4558_NEWTON): first, to fail fast
-        import torch
-
-        from circuitsim.signals import standard_signals
-
-        with torch.no_grad():
-            load(path, "mna", 384000.0)(torch.as_tensor(standard_signals(384000.0, 0.01)["pluck_1V"][:768]))
     report = validate(path, method="mna", duration=0.01)
     print(report.table())
     _assert_dc_matches(report.dc, 20)
@@ -732,7 +729,7 @@ def test_ba4558_macromodel_as_published_matches_ngspice(tmp_path: Path, stage: s
     limited = BA4558_STAGES[stage][2]
     assert all(e <= 1e-5 for sig, e in errors.items() if sig not in limited), report.table()
     for sig in limited:
-        if errors[sig] > 1e-5:
+        if errors[sig] > 1e-5 and not (stage == BA4558_SWEEP_SHORT and sig == "sweep"):
             fine = _ba4558_esr_at(path, 4 * report.sim_rate, sig)
             print(f"{sig}: ESR {errors[sig]:.3e} at {report.sim_rate:g} Hz, {fine:.3e} at 4x the rate")
             assert fine <= 1e-5 and fine <= errors[sig] / 20, (sig, errors[sig], fine)
@@ -740,6 +737,24 @@ def test_ba4558_macromodel_as_published_matches_ngspice(tmp_path: Path, stage: s
         assert 6.0 < max(r.peak for r in report.signals) < 9.0
     if stage == "tube_screamer_clipper":  # gain 33 in band; out = in + the feedback, which the diodes hold under 1 V
         assert 0.5 < max(r.peak for r in report.signals) < 2.0
+
+
+# The dual stage's sweep at 48 kHz x 8 differs from ngspice by ESR 1.2e-4, all of it at the instants where the
+# output leaves clipping and slews (0.9 V/us): there the fixed-step trapezoidal rule starts the slew early (0.47 us
+# at 384 kHz, 0.23 us at 1.536 MHz, 0.02 us at 3.072 MHz, against a reference that moves by 3e-10 at TMAX/4 or
+# reltol 1e-7), so the error is the integration's, as the rule's drop asks; but at 4x the rate it is 1.0e-5, an 12x
+# drop where the rule asks for 20x (ngspice shortens its steps there by its truncation-error control; circuitsim
+# splits a sample only where Newton fails).  A strict xfail on exactly that assertion: the marker goes when it passes.
+@pytest.mark.xfail(raises=AssertionError, strict=True,
+                   reason="the BA4558 dual stage's sweep drops 12x at 4x the rate, where the rule asks for 20x")
+def test_ba4558_dual_stage_sweep_at_4x_the_rate(tmp_path: Path) -> None:
+    """The sweep held to the foundation rule: ESR <= 1e-5 at 4x the rate after a >= 20x drop."""
+    path = _ba4558_stage(tmp_path, BA4558_SWEEP_SHORT)
+    fs = 384000.0
+    coarse, fine = (_ba4558_esr_at(path, rate, "sweep") for rate in (fs, 4 * fs))
+    print(f"sweep: ESR {coarse:.3e} at {fs:g} Hz, {fine:.3e} at 4x the rate")
+    assert coarse > 1e-5  # else the sweep meets the plain threshold
+    assert fine <= 1e-5 and fine <= coarse / 20, (coarse, fine)
 
 
 def _ba4558_esr_at(path: Path, fs: float, sig: str) -> float:

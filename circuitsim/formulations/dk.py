@@ -35,7 +35,16 @@ from circuitsim.kernels.autograd import run_state_space
 from circuitsim.kernels.core import KernelOptions
 from circuitsim.solvers.dc import operating_point
 from circuitsim.solvers.newton import NewtonError
-from circuitsim.solvers.substep import Boundary, Remap, Runner, SubstepReport, merge_stats, run_substepped
+from circuitsim.solvers.substep import (
+    Boundary,
+    Remap,
+    Runner,
+    SubstepCounts,
+    SubstepReport,
+    merge_stats,
+    record_substeps,
+    run_items_substepped,
+)
 from circuitsim.system.mna_system import DTYPE, MNAMatrices
 
 
@@ -125,12 +134,8 @@ RANGE = 1e3
 
 
 @dataclass
-class DKDiagnostics(Diagnostics):
+class DKDiagnostics(SubstepCounts, Diagnostics):
     """DK's diagnostics: the Newton work, and how often a sample had to be split into substeps."""
-
-    substepped: int = 0  # samples of this call that Newton solved only in substeps
-    max_substeps: int = 1  # the finest split used (substeps per sample)
-    substepped_total: int = 0  # substepped samples since the stream started (streaming blocks add up)
 
 
 @dataclass
@@ -272,10 +277,7 @@ class DKModule(AbstractCircuitModule):
             if head is not None:
                 y = torch.cat([head, y], dim=1)
         record_newton_stats(diag, merge_stats(report.stats))
-        diag.substepped, diag.max_substeps = report.samples, report.max_split
-        diag.substepped_total = before + report.samples
-        if report.samples:
-            diag.fallbacks.append(f"{report.samples} samples needed substeps (up to {report.max_split} per sample)")
+        record_substeps(diag, report, before)
         self.diagnostics = diag
         done = (0 if state is None else state.samples) + u.shape[1]
         return y, DKState(end.state, end.warm, done, end.charge, end.sources, diag.substepped_total)
@@ -283,20 +285,5 @@ class DKModule(AbstractCircuitModule):
     @staticmethod
     def _substepped(run: Runner, remap: Remap, s: torch.Tensor, start: Boundary, offset: int, max_split: int
                     ) -> tuple[torch.Tensor, Boundary, SubstepReport]:
-        """Each batch item on its own through :func:`run_substepped` (so items stay independent)."""
-        report, ys, ends = SubstepReport(), [], []
-        for i in range(s.shape[0]):
-            one = Boundary(*(t[i : i + 1] if t is not None else None for t in
-                             (start.state, start.charge, start.warm, start.sources)))
-            y, end, rep = run_substepped(run, remap, s[i : i + 1], one, offset, max_split)
-            ys.append(y)
-            ends.append(end)
-            report.samples += rep.samples
-            report.max_split = max(report.max_split, rep.max_split)
-            report.stats += rep.stats
-        warms = [e.warm for e in ends]
-        if len({tuple(w.shape) for w in warms}) > 1:  # a substepped end holds port voltages only
-            warms = [_ports(w) for w in warms]
-        end = Boundary(*(torch.cat([torch.as_tensor(t) for t in ts]) for ts in
-                         ([e.state for e in ends], [e.charge for e in ends], warms, [e.sources for e in ends])))
-        return torch.cat(ys), end, report
+        """Each batch item on its own (:func:`run_items_substepped`); a substepped end holds port voltages only."""
+        return run_items_substepped(run, remap, s, start, offset, max_split, warm=_ports)

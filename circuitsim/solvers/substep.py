@@ -6,7 +6,9 @@ steps of tens of volts per sample), the same sample is retried as two trapezoida
 twice the rate, with the input linearly interpolated between the two samples it joins, each half
 split again where it still fails, down to ``max_split`` substeps; the chain then goes back to the
 original rate at the sample's end.  The map between the states of two rates is the formulation's
-(``remap``); for DK it is exact (docs/validation.md, "Substepping").
+(``remap``); for DK and MNA it is exact (docs/validation.md, "Substepping"): both carry the trapezoidal
+history ``h = 2/T z + r`` of the charges ``z`` and the reactive currents ``r``, which are the same at
+every rate, so the history of the same point at the step ``T'`` is ``h + (2/T' - 2/T) z``.
 
 The chain is written in torch around the formulation's differentiable runner, so gradients
 pass through substepped samples as through any other.
@@ -84,7 +86,9 @@ def run_substepped(run: Runner, remap: Remap, sources: torch.Tensor, start: Boun
                 if not pos <= bad < n:
                     raise
                 n, first_error = bad, first_error or err
-                continue
+                if err.partial is None:
+                    continue
+                y, end, st = err.partial  # the runner kept the samples before the failure: no second run
             ys.append(y)
             report.stats.append(st)
             b = end
@@ -105,6 +109,51 @@ def run_substepped(run: Runner, remap: Remap, sources: torch.Tensor, start: Boun
         pos = n + 1
     y = torch.cat(ys, dim=1) if ys else sources.new_zeros(sources.shape[0], 0)
     return y, b, report
+
+
+def run_items_substepped(run: Runner, remap: Remap, sources: torch.Tensor, start: Boundary, sample_offset: int,
+                         max_split: int, warm: Callable[[torch.Tensor | np.ndarray | None], object] | None = None
+                         ) -> tuple[torch.Tensor, Boundary, SubstepReport]:
+    """Each batch item on its own through :func:`run_substepped` (so items stay independent of each other).
+
+    Returns the outputs (batch, T), the items' end boundaries joined into one, and one report for all.
+    ``warm`` maps each item's warm start before they are joined, where a substepped item's end holds
+    a different kind of warm start than an unsplit one's (DK: port voltages against the kernel's array).
+    """
+    report, ys, ends = SubstepReport(), [], []
+    for i in range(sources.shape[0]):
+        one = Boundary(*(t[i : i + 1] if t is not None else None for t in
+                         (start.state, start.charge, start.warm, start.sources)))
+        y, end, rep = run_substepped(run, remap, sources[i : i + 1], one, sample_offset, max_split)
+        ys.append(y)
+        ends.append(end)
+        report.samples += rep.samples
+        report.max_split = max(report.max_split, rep.max_split)
+        report.stats += rep.stats
+    warms = [e.warm for e in ends]
+    if warm is not None and len({tuple(w.shape) for w in warms}) > 1:
+        warms = [warm(w) for w in warms]
+    end = Boundary(*(torch.cat([torch.as_tensor(t) for t in ts]) for ts in
+                     ([e.state for e in ends], [e.charge for e in ends], warms, [e.sources for e in ends])))
+    return torch.cat(ys), end, report
+
+
+@dataclass
+class SubstepCounts:
+    """The diagnostics fields of a formulation that substeps (a mixin of its ``Diagnostics``)."""
+
+    substepped: int = 0  # samples of this call that Newton solved only in substeps
+    max_substeps: int = 1  # the finest split used (substeps per sample)
+    substepped_total: int = 0  # substepped samples since the stream started (streaming blocks add up)
+
+
+def record_substeps(diag: SubstepCounts, report: SubstepReport, before: int) -> None:
+    """Put ``report`` into ``diag`` and its ``fallbacks`` (``before``: substepped samples of the stream's earlier
+    blocks); ``diag`` is a formulation's ``Diagnostics`` with the :class:`SubstepCounts` fields."""
+    diag.substepped, diag.max_substeps = report.samples, report.max_split
+    diag.substepped_total = before + report.samples
+    if report.samples:
+        diag.fallbacks.append(f"{report.samples} samples needed substeps (up to {report.max_split} per sample)")
 
 
 def merge_stats(stats: Sequence[dict[str, int]]) -> dict[str, int]:

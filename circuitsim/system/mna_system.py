@@ -14,16 +14,17 @@ turns parameter values into the matrices with torch, so gradients reach every va
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import sympy
 import torch
 
 from circuitsim.circuit.circuit import GROUND, Circuit, FlatElement
 from circuitsim.devices.family import DeviceFamily
 from circuitsim.devices.registry import family_for_letter
-from circuitsim.kernels.nonlinearity import DeviceBlock, ExprBlock, Nonlinearity, build_nonlinearity
+from circuitsim.kernels.nonlinearity import DeviceBlock, ExprBlock, Nonlinearity, build_nonlinearity, load_generated
 from circuitsim.netlist import NetlistError
 from circuitsim.netlist.ast import Binary, BranchI, Expr, Name, NodeV, Num
 from circuitsim.netlist.expr import TORCH_OPS, children, evaluate, free_names, to_sympy
@@ -152,6 +153,69 @@ class MNATopology:
     def junction_ports(self) -> set[int]:
         """Indices of the ports that are pn junctions of diodes and BJTs."""
         return set(self._junctions)
+
+    def jacobian_entries(self) -> list[tuple[int, int]]:
+        """The (output, port) pairs where the device Jacobian ``df/dv`` may be nonzero: each block's outputs
+        against its own ports."""
+        pairs: set[tuple[int, int]] = set()
+        for blk in self.blocks:
+            outs = blk.outs if isinstance(blk, DeviceBlock) else (blk.out,)
+            ports = blk.ports if isinstance(blk, DeviceBlock) else tuple(p for _, p in blk.ports)
+            pairs.update((o, p) for o in outs if o >= 0 for p in ports)
+        return sorted(pairs)
+
+    def jacobian(self, w: torch.Tensor, nv: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``(a, J) -> a + w J nv`` for a batch of device Jacobians ``J`` (batch, n_out, n_ports), without autograd.
+
+        Assembled entry by entry: ``J`` is nonzero only at :meth:`jacobian_entries` and each column of
+        ``w`` and row of ``nv`` joins at most two unknowns, so each entry adds at most four terms (dense
+        products of these small matrices cost 10x more, and far more where torch's threads wait on a
+        loaded machine).
+        """
+        n, n_ports = w.shape[0], nv.shape[0]
+        to, src, coef = [], [], []
+        for o, p in self.jacobian_entries():
+            for i in torch.nonzero(w[:, o]).flatten().tolist():
+                for j in torch.nonzero(nv[p]).flatten().tolist():
+                    to.append(i * n + j)
+                    src.append(o * n_ports + p)
+                    coef.append(float(w[i, o] * nv[p, j]))
+        to_t, src_t = torch.tensor(to, dtype=torch.long), torch.tensor(src, dtype=torch.long)
+        coef_t = torch.tensor(coef, dtype=w.dtype)
+
+        def add(a: torch.Tensor, jf: torch.Tensor) -> torch.Tensor:
+            batch = jf.shape[0]
+            jac = a.reshape(1, n * n).repeat(batch, 1)
+            jac.index_add_(1, to_t, jf.reshape(batch, -1)[:, src_t] * coef_t)
+            return jac.view(batch, n, n)
+
+        return add
+
+    def device_evaluator(self, theta: torch.Tensor) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """``v -> (f, df/dv)`` at port voltages ``v`` (batch, n_ports) volts, from the compiled device code,
+        without autograd (for Newton iterations; gradients come from an implicit step with torch_eval).
+
+        Where the compiled code raises (a Newton step to 1e289 V overflows a junction exponential, where
+        torch would give inf), ``f`` and ``J`` are NaN, which :func:`circuitsim.solvers.newton.newton`
+        reports as not converged, so the caller falls back.
+        """
+        nl = self.nonlinearity
+        if nl.n_outputs == 0 or nl.n_ports == 0:
+            return lambda v: nl.torch_eval(v, theta.detach(), jacobian=True)
+        batch_eval = load_generated(nl.nb_source).nl_eval_batch
+        theta_np = np.ascontiguousarray(theta.detach().numpy(), dtype=np.float64)
+
+        def evaluate(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            vb = np.ascontiguousarray(v.detach().numpy(), dtype=np.float64)
+            f = np.zeros((vb.shape[0], nl.n_outputs))
+            jf = np.zeros((vb.shape[0], nl.n_outputs, nl.n_ports))
+            try:
+                batch_eval(vb, theta_np, f, jf)
+            except ArithmeticError:
+                f[:], jf[:] = np.nan, np.nan
+            return torch.from_numpy(f), torch.from_numpy(jf)
+
+        return evaluate
 
     def _float(self, expr: Expr) -> float:
         leaves = {k: torch.tensor(p.value, dtype=DTYPE) for k, p in self.circuit.params.items()}
