@@ -68,9 +68,7 @@ class _StampPlan:
 
     inv: list[Expr]  # expressions whose reciprocal is stamped (ohms -> siemens)
     plain: list[Expr | None]  # expressions stamped as they are (None: the constant 1)
-    mat: torch.Tensor  # (entries,) 0 for G, 1 for Cm
-    rows: torch.Tensor  # (entries,) row index
-    cols: torch.Tensor  # (entries,) column index
+    flat: torch.Tensor  # (entries,) index into the flattened (2, n, n) [G, Cm]: (matrix * n + row) * n + column
     value: torch.Tensor  # (entries,) index into [1 / inv values, plain values]
     coef: torch.Tensor  # (entries,) sign a_i b_j of the stamp (and -1 for L, E, H values)
     constants: tuple[torch.Tensor, ...]  # Bu, Nv, Wi, Wq, out (value-independent incidence)
@@ -402,9 +400,7 @@ class MNATopology:
         plan = _StampPlan(
             inv=inv,
             plain=plain,
-            mat=torch.tensor([e[0] for e in entries], dtype=torch.long),
-            rows=torch.tensor([e[1] for e in entries], dtype=torch.long),
-            cols=torch.tensor([e[2] for e in entries], dtype=torch.long),
+            flat=torch.tensor([(e[0] * n + e[1]) * n + e[2] for e in entries], dtype=torch.long),
             value=torch.tensor(where, dtype=torch.long),
             coef=torch.tensor([e[5] for e in entries], dtype=DTYPE),
             constants=(bu, nv, wi, wq, out),
@@ -417,7 +413,7 @@ class MNATopology:
 
         A few batched torch ops on the precomputed :meth:`_stamp_plan`: the element values are stacked
         into one vector, the resistances inverted in one division, and every stamp entry is put into
-        ``[G, Cm]`` by one accumulating ``index_put`` (the sums round as stamp by stamp).
+        ``[G, Cm]`` by one ``index_add`` (in entry order: the sums round as stamp by stamp).
         """
         n = self.size
         plan = self._stamp_plan()
@@ -428,10 +424,11 @@ class MNATopology:
             parts.append(1.0 / torch.stack([ev(e) for e in plan.inv]))
         if plan.plain:
             parts.append(torch.stack([ev(e) for e in plan.plain]))
-        gc = torch.zeros(2, n, n, dtype=DTYPE)
-        if parts:
+        gc = torch.zeros(2 * n * n, dtype=DTYPE)
+        if parts:  # index_select / index_add: their backwards are each other, cheaper than index / index_put's
             values = parts[0] if len(parts) == 1 else torch.cat(parts)
-            gc = gc.index_put((plan.mat, plan.rows, plan.cols), values[plan.value] * plan.coef, accumulate=True)
+            gc = gc.index_add(0, plan.flat, values.index_select(0, plan.value) * plan.coef)
+        gc = gc.reshape(2, n, n)
         src_vals = [torch.tensor(0.0, dtype=DTYPE)]
         for el in self.sources[1:]:
             if el is not None:
