@@ -268,10 +268,16 @@ class MNATopology:
         """Model parameters (ngspice defaults where the card is silent) scaled for the instance as ngspice does."""
         el, fam = dev.element, dev.family
         env = leaves if leaves is not None else self.leaf_values()
+        cache = self.__dict__.setdefault("_default_tensors", {})
+        hit = cache.get(id(fam.defaults))
+        if hit is None or hit[0] is not fam.defaults:  # the defaults as tensors, made once (never written to)
+            tensors = {k: torch.tensor(v, dtype=DTYPE) for k, v in fam.defaults.items()}
+            hit = cache[id(fam.defaults)] = (fam.defaults, tensors)
+        defaults = hit[1]
         p: dict[str, torch.Tensor] = {}
-        for name, default in fam.defaults.items():
+        for name in fam.defaults:
             expr = el.model.params.get(name)
-            p[name] = evaluate(expr, env, TORCH_OPS) if expr is not None else torch.tensor(default, dtype=DTYPE)
+            p[name] = evaluate(expr, env, TORCH_OPS) if expr is not None else defaults[name]
         inst = {k: evaluate(el.params[k], env, TORCH_OPS) for k in fam.scaling if k in el.params}
         return fam.instance_params(p, inst, el.model.type)
 
