@@ -101,31 +101,26 @@ def state_basis(m: MNAMatrices) -> torch.Tensor:
 
 
 def dk_matrices(m: MNAMatrices, sample_rate: float, q: torch.Tensor) -> DKMatrices:
-    """Eliminate the MNA unknowns, leaving the state ``Qᵀ h`` and the port voltages (see module doc).
-
-    One solve ``M⁻¹ [Q, Bu, W]`` and two products with it: the state rows ``4/T Qᵀ Cm`` and the output
-    and port rows ``[c; Nv]``, whose column blocks are the nine matrices (few autograd nodes per call).
-    """
+    """Eliminate the MNA unknowns, leaving the state ``Qᵀ h`` and the port voltages (see module doc)."""
     k2 = 2.0 * sample_rate
     mm = m.G + k2 * m.Cm
     w = m.Wi + k2 * m.Wq
-    sol = torch.linalg.solve(mm, torch.cat([q, m.Bu, w], dim=1))
+    rhs = torch.cat([q, m.Bu, w], dim=1)
+    sol = torch.linalg.solve(mm, rhs)
     ns, nu = q.shape[1], m.Bu.shape[1]
+    mq, mb, mw = sol[:, :ns], sol[:, ns : ns + nu], sol[:, ns + nu :]
     z = 2.0 * k2 * (q.T @ m.Cm)
-    top = z @ sol  # (ns, ns + nu + n_out): [Qᵀ Cm M⁻¹ Q, Qᵀ Cm M⁻¹ Bu, Qᵀ Cm M⁻¹ W] times 4/T
-    rows = torch.cat([m.out.unsqueeze(0), m.Nv]) @ sol  # (1 + n_ports, ...): [c; Nv] M⁻¹ [Q, Bu, W]
-    a, b, cw = top.split([ns, nu, sol.shape[1] - ns - nu], dim=1)
-    (d, e, f), (g, h, k) = (r.split([ns, nu, sol.shape[1] - ns - nu], dim=1) for r in rows.split([1, m.Nv.shape[0]]))
+    c = m.out.unsqueeze(0)
     return DKMatrices(
-        A=a - torch.eye(ns, dtype=DTYPE),
-        B=b,
-        C=2.0 * k2 * (q.T @ m.Wq) - cw,
-        D=d,
-        E=e,
-        F=-f,
-        G=g,
-        H=h,
-        K=-k,
+        A=z @ mq - torch.eye(ns, dtype=DTYPE),
+        B=z @ mb,
+        C=2.0 * k2 * (q.T @ m.Wq) - z @ mw,
+        D=c @ mq,
+        E=c @ mb,
+        F=-(c @ mw),
+        G=m.Nv @ mq,
+        H=m.Nv @ mb,
+        K=-(m.Nv @ mw),
         Q=q,
     )
 
