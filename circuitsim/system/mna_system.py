@@ -62,6 +62,18 @@ class _Device:
     internal: dict[str, int]  # terminal -> unknown index after the series resistors
 
 
+@dataclass
+class _StampPlan:
+    """Where :meth:`MNATopology.assemble` puts each value (index tensors built once per topology)."""
+
+    inv: list[Expr]  # expressions whose reciprocal is stamped (ohms -> siemens)
+    plain: list[Expr | None]  # expressions stamped as they are (None: the constant 1)
+    flat: torch.Tensor  # (entries,) index into the flattened (2, n, n) [G, Cm]: (matrix * n + row) * n + column
+    value: torch.Tensor  # (entries,) index into [1 / inv values, plain values]
+    coef: torch.Tensor  # (entries,) sign a_i b_j of the stamp (and -1 for L, E, H values)
+    constants: tuple[torch.Tensor, ...]  # Bu, Nv, Wi, Wq, out (value-independent incidence)
+
+
 class MNATopology:
     """Structure of a circuit's MNA equations: unknowns, stamps, ports, device outputs."""
 
@@ -256,10 +268,16 @@ class MNATopology:
         """Model parameters (ngspice defaults where the card is silent) scaled for the instance as ngspice does."""
         el, fam = dev.element, dev.family
         env = leaves if leaves is not None else self.leaf_values()
+        cache = self.__dict__.setdefault("_default_tensors", {})
+        hit = cache.get(id(fam.defaults))
+        if hit is None or hit[0] is not fam.defaults:  # the defaults as tensors, made once (never written to)
+            tensors = {k: torch.tensor(v, dtype=DTYPE) for k, v in fam.defaults.items()}
+            hit = cache[id(fam.defaults)] = (fam.defaults, tensors)
+        defaults = hit[1]
         p: dict[str, torch.Tensor] = {}
-        for name, default in fam.defaults.items():
+        for name in fam.defaults:
             expr = el.model.params.get(name)
-            p[name] = evaluate(expr, env, TORCH_OPS) if expr is not None else torch.tensor(default, dtype=DTYPE)
+            p[name] = evaluate(expr, env, TORCH_OPS) if expr is not None else defaults[name]
         inst = {k: evaluate(el.params[k], env, TORCH_OPS) for k in fam.scaling if k in el.params}
         return fam.instance_params(p, inst, el.model.type)
 
@@ -317,68 +335,61 @@ class MNATopology:
         """The netlist's parameter values as float64 tensors (no grad)."""
         return {k: torch.tensor(p.value, dtype=DTYPE) for k, p in self.circuit.params.items()}
 
-    def assemble(self, leaves: Mapping[str, torch.Tensor]) -> MNAMatrices:
-        """Matrices for the given parameter values (tensors keyed by leaf name)."""
-        n = self.size
-        ev = lambda e: evaluate(e, leaves, TORCH_OPS)  # noqa: E731
-        g_idx: list[tuple[int, int]] = []
-        g_val: list[torch.Tensor] = []
-        c_idx: list[tuple[int, int]] = []
-        c_val: list[torch.Tensor] = []
-        one = torch.tensor(1.0, dtype=DTYPE)
+    def _stamp_plan(self) -> _StampPlan:
+        """The assembly's structure, computed once per topology: which value goes where with which sign.
 
-        def stamp(idx, val, rows: Row, cols: Row, v):
+        Each stamp ``v a bᵀ`` of a value ``v`` (siemens, farads, henries or a gain) and incidence rows
+        ``a``, ``b`` becomes entries ``(matrix, i, j, value index, a_i b_j)``, in the order the stamps are
+        made (so the accumulated sums round exactly as stamp-by-stamp); the constant incidence matrices
+        (``Bu``, ``Nv``, ``Wi``, ``Wq``, ``out``) are built here once.
+        """
+        plan = getattr(self, "_plan", None)
+        if plan is not None:
+            return plan
+        n = self.size
+        inv: list[Expr] = []  # values used as 1 / expression (resistances)
+        plain: list[Expr | None] = []  # values used as the expression itself (None: the constant 1)
+        entries: list[tuple[int, int, int, bool, int, float]] = []  # (matrix, i, j, inverse?, index, coefficient)
+
+        def stamp(mat: int, rows: Row, cols: Row, expr: Expr | None, inverse: bool = False, sign: float = 1.0):
+            group = inv if inverse else plain
+            group.append(expr)
             for i, ci in rows:
                 for j, cj in cols:
-                    idx.append((i, j))
-                    val.append(v * (ci * cj))
+                    entries.append((mat, i, j, inverse, len(group) - 1, sign * (ci * cj)))
 
         for _, ohms, pair in self.resistors:
-            stamp(g_idx, g_val, pair, pair, 1.0 / ev(ohms))
-        bu = torch.zeros(n, len(self.sources), dtype=DTYPE)
-        src_vals = [torch.tensor(0.0, dtype=DTYPE)]
+            stamp(0, pair, pair, ohms, inverse=True)
         for el in self.circuit.elements:
-            k = el.kind
-            nd = el.nodes
+            k, nd = el.kind, el.nodes
             if k == "R":
-                stamp(g_idx, g_val, _pair(nd[0], nd[1]), _pair(nd[0], nd[1]), 1.0 / ev(el.value))
+                stamp(0, _pair(nd[0], nd[1]), _pair(nd[0], nd[1]), el.value, inverse=True)
             elif k == "C":
-                stamp(c_idx, c_val, _pair(nd[0], nd[1]), _pair(nd[0], nd[1]), ev(el.value))
+                stamp(1, _pair(nd[0], nd[1]), _pair(nd[0], nd[1]), el.value)
             elif k in ("L", "V", "E", "H") or (k == "B" and "V" in el.params):
                 br = ((self.branch[el.name], 1.0),)
-                stamp(g_idx, g_val, _pair(nd[0], nd[1]), br, one)
-                stamp(g_idx, g_val, br, _pair(nd[0], nd[1]), one)
+                stamp(0, _pair(nd[0], nd[1]), br, None)
+                stamp(0, br, _pair(nd[0], nd[1]), None)
                 if k == "L":
-                    stamp(c_idx, c_val, br, br, -ev(el.value))
+                    stamp(1, br, br, el.value, sign=-1.0)
                 elif k == "E" and "VALUE" not in el.params:
-                    stamp(g_idx, g_val, br, _pair(nd[2], nd[3]), -ev(el.value))
+                    stamp(0, br, _pair(nd[2], nd[3]), el.value, sign=-1.0)
                 elif k == "H":  # v(out+) - v(out-) = r * i(Vcontrol)
-                    stamp(g_idx, g_val, br, self._control_branch(el), -ev(el.value))
+                    stamp(0, br, self._control_branch(el), el.value, sign=-1.0)
             elif k == "F":  # gain * i(Vcontrol) flows from out+ through the source to out-
-                stamp(g_idx, g_val, _pair(nd[0], nd[1]), self._control_branch(el), ev(el.value))
+                stamp(0, _pair(nd[0], nd[1]), self._control_branch(el), el.value)
             elif k == "G" and "VALUE" not in el.params:
-                stamp(g_idx, g_val, _pair(nd[0], nd[1]), _pair(nd[2], nd[3]), ev(el.value))
+                stamp(0, _pair(nd[0], nd[1]), _pair(nd[2], nd[3]), el.value)
+
+        bu = torch.zeros(n, len(self.sources), dtype=DTYPE)
         for ch, el in enumerate(self.sources):
             if el is None:
                 continue
-            col = _pair(el.nodes[0], el.nodes[1])
             if el.kind == "V":
                 bu[self.branch[el.name], ch] = 1.0
             else:
-                for i, c in col:
+                for i, c in _pair(el.nodes[0], el.nodes[1]):
                     bu[i, ch] = -c
-            if ch > 0:
-                src_vals.append(self._source_value(el, leaves))
-
-        def dense(idx, val):
-            m = torch.zeros(n, n, dtype=DTYPE)
-            if idx:
-                rows = torch.tensor([i for i, _ in idx])
-                cols = torch.tensor([j for _, j in idx])
-                vals = torch.stack([torch.as_tensor(v, dtype=DTYPE) for v in val])
-                m = m.index_put((rows, cols), vals, accumulate=True)
-            return m
-
         nv = torch.zeros(len(self.ports), n, dtype=DTYPE)
         for p, row in enumerate(self.ports):
             for i, c in row:
@@ -388,6 +399,46 @@ class MNATopology:
         for o, (col, charge) in enumerate(self.outputs):
             for i, c in col:
                 (wq if charge else wi)[i, o] = c
+        out = torch.zeros(n, dtype=DTYPE)
+        out[self.output] = 1.0
+        # the value vector is [1 / inverse values..., plain values...]
+        where = [idx if inverse else len(inv) + idx for _, _, _, inverse, idx, _ in entries]
+        plan = _StampPlan(
+            inv=inv,
+            plain=plain,
+            flat=torch.tensor([(e[0] * n + e[1]) * n + e[2] for e in entries], dtype=torch.long),
+            value=torch.tensor(where, dtype=torch.long),
+            coef=torch.tensor([e[5] for e in entries], dtype=DTYPE),
+            constants=(bu, nv, wi, wq, out),
+        )
+        self._plan = plan
+        return plan
+
+    def assemble(self, leaves: Mapping[str, torch.Tensor]) -> MNAMatrices:
+        """Matrices for the given parameter values (tensors keyed by leaf name).
+
+        A few batched torch ops on the precomputed :meth:`_stamp_plan`: the element values are stacked
+        into one vector, the resistances inverted in one division, and every stamp entry is put into
+        ``[G, Cm]`` by one ``index_add`` (in entry order: the sums round as stamp by stamp).
+        """
+        n = self.size
+        plan = self._stamp_plan()
+        one = torch.tensor(1.0, dtype=DTYPE)
+        ev = lambda e: one if e is None else torch.as_tensor(evaluate(e, leaves, TORCH_OPS), dtype=DTYPE)  # noqa: E731
+        parts = []
+        if plan.inv:
+            parts.append(1.0 / torch.stack([ev(e) for e in plan.inv]))
+        if plan.plain:
+            parts.append(torch.stack([ev(e) for e in plan.plain]))
+        gc = torch.zeros(2 * n * n, dtype=DTYPE)
+        if parts:  # index_select / index_add: their backwards are each other, cheaper than index / index_put's
+            values = parts[0] if len(parts) == 1 else torch.cat(parts)
+            gc = gc.index_add(0, plan.flat, values.index_select(0, plan.value) * plan.coef)
+        gc = gc.reshape(2, n, n)
+        src_vals = [torch.tensor(0.0, dtype=DTYPE)]
+        for el in self.sources[1:]:
+            if el is not None:
+                src_vals.append(self._source_value(el, leaves))
         pieces = []
         for kind, what, _, _ in self._theta_sources:
             if kind == "leaf":
@@ -395,9 +446,8 @@ class MNATopology:
             else:
                 pieces.append(what.family.theta(self._device_params(what, leaves), what.element.model.type))
         theta = torch.cat(pieces) if pieces else torch.zeros(0, dtype=DTYPE)
-        out = torch.zeros(n, dtype=DTYPE)
-        out[self.output] = 1.0
-        mats = MNAMatrices(dense(g_idx, g_val), dense(c_idx, c_val), bu, nv, wi, wq, theta, out, torch.stack(src_vals))
+        bu, nv, wi, wq, out = (t.clone() for t in plan.constants)  # fresh tensors: callers may write into them
+        mats = MNAMatrices(gc[0], gc[1], bu, nv, wi, wq, theta, out, torch.stack(src_vals))
         check_finite(self, mats)  # a value that makes a stamp infinite or NaN: name the element
         if not getattr(self, "_companion_checked", False):  # DK's M singular at every step: once, no device code
             self._companion_checked = True

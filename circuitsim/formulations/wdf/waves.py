@@ -60,6 +60,19 @@ class RTypeData:
 
 
 @dataclass
+class _RTypeStructure:
+    """What :meth:`Adapter._rtype` needs of an R-type that no value changes (built once per adaptor)."""
+
+    unknowns: list[int]  # node ids (then -2 - k for branch k, -1 for chains) of z
+    ports: list  # (n1, n2) per port: children, then up
+    P: torch.Tensor  # (nz, ports) port incidence
+    X: torch.Tensor  # (nz, nz) incidence rows of branches and chains
+    Bu: torch.Tensor  # (nz, Nu) source incidence
+    gains: list  # (row, column, coefficient, E or G element) value stamps into X
+    maps: tuple[torch.Tensor, torch.Tensor] | None  # root: Nv and [Wq, Wi + 2/T Wq]
+
+
+@dataclass
 class Adapted:
     """Port resistances of every leaf and adaptor and the adaptors' scattering data at given values."""
 
@@ -87,6 +100,7 @@ class Adapter:
         self.recomputed: dict[int, int] = {a.index: 0 for a in tree.adaptors}
         self.recomputed[-1] = 0
         self._memo: dict[int, tuple[tuple, object]] = {}
+        self._structures: dict[int, _RTypeStructure] = {}
 
     def _ev(self, expr, env):  # noqa: ANN001
         return evaluate(expr, env, TORCH_OPS)
@@ -151,8 +165,13 @@ class Adapter:
         return [torch.as_tensor(self._ev(el.value, env), dtype=DTYPE) for el in a.inside
                 if el.kind in ("E", "G") and el.value is not None and "VALUE" not in el.params]
 
-    # ------------------------------------------------------------------ R-type by MNA
-    def _rtype(self, a: Adaptor, rs: list[torch.Tensor], env: Mapping[str, torch.Tensor]) -> RTypeData:
+    def _rtype_structure(self, a: Adaptor) -> _RTypeStructure:
+        """The value-independent part of an R-type's internal MNA (built once per adaptor): unknowns,
+        port incidence ``P``, the incidence rows of branches and chains in ``X``, ``Bu`` and the root's
+        device maps."""
+        hit = self._structures.get(a.index)
+        if hit is not None:
+            return hit
         topo = self.topo
         is_root = a.up is None
         ref = GROUND if GROUND in a.nodes else a.nodes[0]
@@ -189,6 +208,10 @@ class Adapter:
                     X[local[n], row] += c
                     X[row, local[n]] += c
 
+        # (row, column, coefficient, element) of the value stamps, added per call in element order: they
+        # touch a branch's own row (E) or node x node entries (G), which no incidence stamp of another
+        # element shares, so adding them after the incidence rows gives the same numbers
+        gains: list = []
         for el in list(a.inside) + dev_elems:
             k = el.kind
             if el.name in branch_of:
@@ -196,19 +219,17 @@ class Adapter:
             if k == "V":
                 Bu[branch_of[el.name], channels[el.name]] = 1.0
             elif k == "E" and "VALUE" not in el.params:
-                gain = torch.as_tensor(self._ev(el.value, env), dtype=DTYPE)
                 br = branch_of[el.name]
                 for n, c in ((el.nodes[2], 1.0), (el.nodes[3], -1.0)):
                     if n in local:
-                        X[br, local[n]] = X[br, local[n]] - c * gain
+                        gains.append((br, local[n], -c, el))
                     elif n != ref:  # pragma: no cover - control nodes are protected
                         raise NetlistError(f"{el.name}: control node outside its R-type adaptor", el.loc)
             elif k == "G" and "VALUE" not in el.params:
-                g = torch.as_tensor(self._ev(el.value, env), dtype=DTYPE)
                 for n, c in ((el.nodes[0], 1.0), (el.nodes[1], -1.0)):
                     for m_, d in ((el.nodes[2], 1.0), (el.nodes[3], -1.0)):
                         if n in local and m_ in local:
-                            X[local[n], local[m_]] = X[local[n], local[m_]] + c * d * g
+                            gains.append((local[n], local[m_], c * d, el))
             elif k == "I":
                 for n, c in ((el.nodes[0], 1.0), (el.nodes[1], -1.0)):
                     if n in local:
@@ -217,6 +238,38 @@ class Adapter:
             inc(row, n1, n2)
             for leaf, s in chain:
                 Bu[row, leaf.channel] += float(s)
+        maps = None
+        if is_root:
+            m = topo.nonlinearity
+            nv = torch.zeros(m.n_ports, nz, dtype=DTYPE)
+            for j, row in enumerate(topo.ports):
+                for i, c in row:
+                    if i not in local:
+                        raise NetlistError(f"{self._names(a)}: a device port refers to an unknown outside the "
+                                           "root adaptor", None)
+                    nv[j, local[i]] = c
+            wi = torch.zeros(nz, m.n_outputs, dtype=DTYPE)
+            wq = torch.zeros(nz, m.n_outputs, dtype=DTYPE)
+            for o, (col, charge) in enumerate(topo.outputs):
+                for i, c in col:
+                    (wq if charge else wi)[local[i], o] = c
+            maps = (nv, torch.cat([wq, wi + 2.0 * self.fs * wq], dim=1))
+        out = _RTypeStructure(unknowns, ports, P, X, Bu, gains, maps)
+        self._structures[a.index] = out
+        return out
+
+    # ------------------------------------------------------------------ R-type by MNA
+    def _rtype(self, a: Adaptor, rs: list[torch.Tensor], env: Mapping[str, torch.Tensor]) -> RTypeData:
+        st = self._rtype_structure(a)
+        topo = self.topo
+        is_root = a.up is None
+        unknowns, ports, P, Bu = st.unknowns, st.ports, st.P, st.Bu
+        nu = Bu.shape[1]
+        X = st.X
+        if st.gains:
+            X = X.clone()
+            for i, j, c, el in st.gains:  # X[i, j] - c gain (E), + c d g (G), as stamp by stamp
+                X[i, j] = X[i, j] + c * torch.as_tensor(self._ev(el.value, env), dtype=DTYPE)
         Rt = torch.stack(rs) if rs else torch.zeros(0, dtype=DTYPE)
         Gc = 1.0 / Rt
         Pc = P[:, : len(rs)]
@@ -238,20 +291,8 @@ class Adapter:
         rhs = torch.cat([P * Ginv, Bu], dim=1)
         data_f = None
         if is_root:
-            m = topo.nonlinearity
-            nv = torch.zeros(m.n_ports, nz, dtype=DTYPE)
-            for j, row in enumerate(topo.ports):
-                for i, c in row:
-                    if i not in local:
-                        raise NetlistError(f"{self._names(a)}: a device port refers to an unknown outside the "
-                                           "root adaptor", None)
-                    nv[j, local[i]] = c
-            wi = torch.zeros(nz, m.n_outputs, dtype=DTYPE)
-            wq = torch.zeros(nz, m.n_outputs, dtype=DTYPE)
-            for o, (col, charge) in enumerate(topo.outputs):
-                for i, c in col:
-                    (wq if charge else wi)[local[i], o] = c
-            rhs = torch.cat([rhs, wq, wi + 2.0 * self.fs * wq], dim=1)
+            nv, device_cols = st.maps
+            rhs = torch.cat([rhs, device_cols], dim=1)
             data_f = nv
         try:
             sol = torch.linalg.solve(X, rhs)
