@@ -24,7 +24,7 @@ import torch
 from circuitsim.circuit.circuit import GROUND, Circuit, FlatElement
 from circuitsim.devices.family import DeviceFamily
 from circuitsim.devices.registry import family_for_letter
-from circuitsim.kernels.nonlinearity import DeviceBlock, ExprBlock, Nonlinearity, build_nonlinearity, load_generated
+from circuitsim.kernels.nonlinearity import DeviceBlock, ExprBlock, Nonlinearity, build_nonlinearity
 from circuitsim.netlist import NetlistError
 from circuitsim.netlist.ast import Binary, BranchI, Expr, Name, NodeV, Num
 from circuitsim.netlist.expr import TORCH_OPS, children, evaluate, free_names, to_sympy
@@ -214,17 +214,14 @@ class MNATopology:
         nl = self.nonlinearity
         if nl.n_outputs == 0 or nl.n_ports == 0:
             return lambda v: nl.torch_eval(v, theta.detach(), jacobian=True)
-        batch_eval = load_generated(nl.nb_source).nl_eval_batch
-        theta_np = np.ascontiguousarray(theta.detach().numpy(), dtype=np.float64)
+        theta_np = theta.detach().numpy()
 
         def evaluate(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            vb = np.ascontiguousarray(v.detach().numpy(), dtype=np.float64)
-            f = np.zeros((vb.shape[0], nl.n_outputs))
-            jf = np.zeros((vb.shape[0], nl.n_outputs, nl.n_ports))
             try:
-                batch_eval(vb, theta_np, f, jf)
+                f, jf = nl.eval_batch(v.detach().numpy(), theta_np)
             except ArithmeticError:
-                f[:], jf[:] = np.nan, np.nan
+                f = np.full((v.shape[0], nl.n_outputs), np.nan)
+                jf = np.full((v.shape[0], nl.n_outputs, nl.n_ports), np.nan)
             return torch.from_numpy(f), torch.from_numpy(jf)
 
         return evaluate
