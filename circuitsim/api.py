@@ -77,7 +77,8 @@ def load(
     ``wavefile=`` source) to the voltage at ``output_node``.  ``weights``: the ``.stn`` file of
     ``method="stn"`` (docs/stn.md).  ``method="auto"`` (the default) is :func:`choose_method`'s choice,
     kept with its reason in ``model.choice``.  ``max_local_error`` (dk, sparse): split samples whose estimated
-    local truncation error, relative to each charge's swing, exceeds it (``DKModule.max_local_error``; None: off).
+    local truncation error, relative to the range of each charge and of the output,
+    exceeds it (``DKModule.max_local_error``; None: off).
     """
     if method != "auto" and method not in METHODS:
         raise UsageError(f"unknown method '{method}' (available: auto, {', '.join(sorted(METHODS))})")

@@ -46,8 +46,9 @@ def _add_circuit_options(p: argparse.ArgumentParser) -> None:
 
 def _add_local_error_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-local-error", type=float, default=None, metavar="E",
-                   help="(dk, sparse) split samples whose estimated local truncation error, relative to each "
-                        "charge's swing, exceeds E (default: off, the fixed step; docs/validation.md, 'Substepping')")
+                   help="(dk, sparse) split samples whose estimated local truncation error, relative to the range "
+                        "of each charge and of the output, exceeds E (default: off, the fixed step; "
+                        "docs/validation.md, 'Substepping')")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

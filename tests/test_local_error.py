@@ -32,11 +32,11 @@ FS = 48000.0 * 8
 # (netlist, input source, output node, ngspice's tolerances, signal, max_local_error): the cases of
 # docs/validation.md's local-error table whose ESR at 48 kHz x 8 exceeds 1e-5 with the fixed step
 CASES = [
-    ("netlists/ts808_clipping.cir", "VIN", "out", {}, "sweep", 1e-2),
-    ("netlists/bjt_common_emitter.cir", "VIN", "out", {}, "sweep", 1e-2),
+    ("netlists/ts808_clipping.cir", "VIN", "out", {}, "sweep", 3e-3),
+    ("netlists/bjt_common_emitter.cir", "VIN", "out", {}, "sweep", 3e-3),
     # Newton needs substeps on this sweep at x8 before the local error is judged (the Newton path)
-    ("tests/data/wild/mkiicp_full.net", "V1", "wout", {"abstol": 1e-9, "vntol": 1e-6}, "sweep", 1e-2),
-    ("tests/data/wild/ece341_bjt_tran.sp", "VIN", "out", {}, "sweep", 3e-4),
+    ("tests/data/wild/mkiicp_full.net", "V1", "wout", {"abstol": 1e-9, "vntol": 1e-6}, "sweep", 3e-3),
+    ("tests/data/wild/ece341_bjt_tran.sp", "VIN", "out", {}, "sweep", 3e-3),
 ]
 
 

@@ -178,6 +178,11 @@ def _ports(warm: torch.Tensor | np.ndarray | None) -> torch.Tensor | np.ndarray 
     return warm[:, 0, :] if warm is not None and warm.ndim == 3 else warm
 
 
+def _with_output(charge: torch.Tensor | None) -> torch.Tensor | None:
+    """``charge`` (batch, Nc) after an unknown output (NaN): the columns the runner's ``charges`` dict holds."""
+    return None if charge is None else torch.cat([torch.full_like(charge[:, :1], float("nan")), charge], dim=1)
+
+
 class DKModule(AbstractCircuitModule):
     """Nonlinear state-space (DK method) formulation with the compiled per-sample core.
 
@@ -187,7 +192,8 @@ class DKModule(AbstractCircuitModule):
 
     method = "dk"
     max_substeps = 64
-    #: split samples whose estimated local truncation error, relative to each charge's swing, exceeds this
+    #: split samples whose estimated local truncation error, relative to the range of each charge and of the
+    #: output, exceeds this
     #: (None: off, the plain fixed step; :func:`circuitsim.solvers.substep.local_error_splits`)
     max_local_error: float | None = None
 
@@ -215,7 +221,8 @@ class DKModule(AbstractCircuitModule):
         finest split such a solution is kept (it may be real).  ``watch``: the substepping chain (damped
         Newton stops sooner, ``SUBSTEP_OPTIONS``).  ``head`` (batch, 1): outputs put before the run's
         (the operating point's sample), so that the signal is joined in one copy.  ``charges``: a dict that
-        each run at the base rate puts the charges ``c`` of all its samples into (batch, T, Nc), by first sample.
+        each run at the base rate puts the output and the charges ``c`` of all its samples into (batch, T,
+        1 + Nc), by first sample (what :func:`local_error_splits` watches).
         """
         fs, nl, ns = self.sample_rate, self.topology.nonlinearity, d.A.shape[0]
         mats: dict[int, tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = {}
@@ -241,7 +248,7 @@ class DKModule(AbstractCircuitModule):
                 ys.append(first_output(y))
                 stats.append(st)
                 if charges is not None and split == 1:
-                    charges[first] = y[..., 1 : 1 + ns]
+                    charges[first] = y[..., : 1 + ns]
             y_all = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
             return y_all, Boundary(q, y[:, -1, 1 : 1 + ns], v, s[:, -1]), merge_stats(stats)
 
@@ -278,7 +285,8 @@ class DKModule(AbstractCircuitModule):
             if not rest.shape[1] and head is not None:
                 y = head
             report = SubstepReport(stats=[stats])
-            splits = None if charges is None else local_error_splits(charges[offset], start.charge, tol, max_split)
+            splits = None if charges is None else local_error_splits(charges[offset], _with_output(start.charge),
+                                                                     tol, max_split)
             if splits is not None and splits.max() > 1:  # again, item by item, the flagged samples split
                 run, remap = self._runner(m, d, max_split, watch=True)
                 y, end, report = run_items_substepped(run, remap, rest, start, offset, max_split, _ports, splits)
@@ -304,4 +312,4 @@ class DKModule(AbstractCircuitModule):
                     ) -> tuple[torch.Tensor, Boundary, SubstepReport]:
         """Each batch item on its own (:func:`run_items_substepped`); a substepped end holds port voltages only.
         ``tol``, ``charges``: each item run again split where its local error exceeds ``tol``."""
-        return run_items_substepped(run, remap, s, start, offset, max_split, _ports, None, tol, charges)
+        return run_items_substepped(run, remap, s, start, offset, max_split, _ports, None, tol, charges, _with_output)

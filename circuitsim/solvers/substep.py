@@ -121,27 +121,31 @@ def local_error_splits(charges: torch.Tensor, before: torch.Tensor | None, toler
                        ) -> np.ndarray:
     """Substeps per sample (batch, T) that bring each sample's estimated local error within ``tolerance``.
 
-    ``charges`` (batch, T, Nc) are the reactive charges ``z`` at the samples of a run (coulombs / webers),
-    ``before`` (batch, Nc) those at the sample before it (None: unknown).  The trapezoidal rule's local
-    truncation error of one step is ``-T³/12 d³z/dt³`` (Hairer, Nørsett & Wanner, Solving ODEs I, §II.7; the
-    estimate SPICE3's ``CKTterr`` makes from divided differences of the charges, with its ``trapCoeff`` 1/12),
-    and ``T³ d³z/dt³`` is the third difference ``Δ³z[n] = z[n] - 3 z[n-1] + 3 z[n-2] - z[n-3]``.  A step's
-    error is the largest ``|Δ³z|/12`` of the three windows that contain it, relative to each charge's swing
-    over the run (``max |z - z[first]|``, at least 1e-9 of its largest magnitude), largest over the charges.
-    The ``k`` substeps of a split sample have local errors ``k⁻³`` of it and add up to ``k⁻²`` of it, so a
-    sample with relative error ``e > tolerance`` gets the smallest power of two ``k >= sqrt(e / tolerance)``,
-    at most ``max_split``; every other sample 1.  The first samples of a run, whose windows would need
-    charges before ``before``, and the neighbours of a NaN charge (a sample Newton solved only in substeps,
-    :func:`gather_charges`) are judged by the windows that exist.
+    ``charges`` (batch, T, Nc) are what is watched at the samples of a run: the reactive charges ``z``
+    (coulombs / webers) and any output (volts), ``before`` (batch, Nc) the same at the sample before the
+    run (None: unknown; NaN entries and NaN samples are unknown).  The trapezoidal rule's local truncation
+    error of one step is ``-T³/12 d³z/dt³`` (Hairer, Nørsett & Wanner, Solving ODEs I, §II.7; the estimate
+    SPICE3's ``CKTterr`` makes from divided differences of the charges, with its ``trapCoeff`` 1/12), and
+    ``T³ d³z/dt³`` is the third difference ``Δ³z[n] = z[n] - 3 z[n-1] + 3 z[n-2] - z[n-3]``.  A step's error
+    is the largest ``|Δ³z|/12`` of the three windows that contain it, relative to each column's peak-to-peak
+    range over the run (at least 1e-9 of its largest magnitude), largest over the columns.  An output that is
+    the current of a coupling capacitor is the derivative of a charge, so it is watched too: its error is
+    what the ESR measures.  The ``k`` substeps of a split sample have local errors ``k⁻³`` of it and add up
+    to ``k⁻²`` of it, so a sample with relative error ``e > tolerance`` gets the smallest power of two
+    ``k >= sqrt(e / tolerance)``, at most ``max_split``; every other sample 1.  The first samples of a run,
+    whose windows would need values before ``before``, and the neighbours of an unknown value (a sample
+    Newton solved only in substeps, :func:`gather_charges`) are judged by the windows that exist.
     """
     with torch.no_grad():
         z = charges.detach()
         if before is not None:
             z = torch.cat([before.detach().unsqueeze(1), z], dim=1)
         lead = z.shape[1] - charges.shape[1]  # 1 where ``before`` was prepended
-        known = z.nan_to_num(0.0)
-        scale = torch.where(z.isnan(), 0.0, known - known[:, :1]).abs().amax(dim=1, keepdim=True)
-        scale = torch.maximum(scale, 1e-9 * known.abs().amax(dim=1, keepdim=True)).clamp_min(1e-300)
+        gap = z.isnan()
+        top = torch.where(gap, -torch.inf, z).amax(dim=1, keepdim=True)
+        bottom = torch.where(gap, torch.inf, z).amin(dim=1, keepdim=True)
+        size = torch.maximum(top.abs(), bottom.abs()).nan_to_num(0.0, 0.0, 0.0)
+        scale = torch.maximum((top - bottom).nan_to_num(0.0, 0.0, 0.0), 1e-9 * size).clamp_min(1e-300)
         d3 = torch.zeros_like(z)
         if z.shape[1] > 3:
             d3[:, 3:] = (z[:, 3:] - 3 * z[:, 2:-1] + 3 * z[:, 1:-2] - z[:, :-3]).abs() / (12 * scale)
@@ -214,8 +218,9 @@ def run_scheduled(run: Runner, remap: Remap, sources: torch.Tensor, start: Bound
 
 
 def gather_charges(collected: dict[int, torch.Tensor], sample_offset: int, T: int) -> torch.Tensor:
-    """The charges (batch, T, Nc) of samples ``sample_offset ..`` from base-rate runs' charges keyed by their first
-    sample; NaN at samples no base-rate run solved (those Newton solved only in substeps)."""
+    """What :func:`local_error_splits` watches (batch, T, Nc) at samples ``sample_offset ..``, from the base-rate
+    runs' values keyed by their first sample; NaN at samples no base-rate run solved (those Newton solved only
+    in substeps)."""
     first = next(iter(collected.values()))
     out = first.new_full((first.shape[0], T, first.shape[2]), float("nan"))
     for n, c in collected.items():
@@ -226,7 +231,8 @@ def gather_charges(collected: dict[int, torch.Tensor], sample_offset: int, T: in
 def run_items_substepped(run: Runner, remap: Remap, sources: torch.Tensor, start: Boundary, sample_offset: int,
                          max_split: int, warm: Callable[[torch.Tensor | np.ndarray | None], object] | None = None,
                          splits: np.ndarray | None = None, tolerance: float | None = None,
-                         collected: dict[int, torch.Tensor] | None = None
+                         collected: dict[int, torch.Tensor] | None = None,
+                         before: Callable[[torch.Tensor | None], torch.Tensor | None] | None = None
                          ) -> tuple[torch.Tensor, Boundary, SubstepReport]:
     """Each batch item on its own through :func:`run_substepped` (so items stay independent of each other).
 
@@ -234,8 +240,9 @@ def run_items_substepped(run: Runner, remap: Remap, sources: torch.Tensor, start
     ``warm`` maps each item's warm start before they are joined, where a substepped item's end holds
     a different kind of warm start than an unsplit one's (DK: port voltages against the kernel's array).
     ``splits`` (batch, T): substeps per sample asked for in advance (:func:`run_scheduled`).  ``tolerance``: each
-    item is run again with :func:`local_error_splits`'s schedule at that tolerance, from the charges that its
-    base-rate runs put into ``collected`` (the runner's dict, keyed by a run's first sample).
+    item is run again with :func:`local_error_splits`'s schedule at that tolerance, from the values that its
+    base-rate runs put into ``collected`` (the runner's dict, keyed by a run's first sample); ``before`` maps
+    an item's start charge to the values watched before its first sample.
     """
     report, ys, ends = SubstepReport(), [], []
     for i in range(sources.shape[0]):
@@ -247,7 +254,7 @@ def run_items_substepped(run: Runner, remap: Remap, sources: torch.Tensor, start
             y, end, rep = run_substepped(run, remap, sources[i : i + 1], one, sample_offset, max_split)
             if tolerance is not None and collected:
                 z = gather_charges(collected, sample_offset, sources.shape[1])
-                plan = local_error_splits(z, one.charge, tolerance, max_split)[0]
+                plan = local_error_splits(z, (before or (lambda c: c))(one.charge), tolerance, max_split)[0]
                 if plan.max() > 1:
                     stats = rep.stats
                     y, end, rep = run_scheduled(run, remap, sources[i : i + 1], one, plan, sample_offset, max_split)
