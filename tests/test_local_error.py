@@ -157,3 +157,18 @@ def test_validate_takes_max_local_error(capsys: pytest.CaptureFixture) -> None:
         return float(next(word for word in line.split() if "e-" in word))
 
     assert sweep_esr(refined) < sweep_esr(fixed) / 10
+
+
+def test_streaming_blocks_are_refined_against_ngspice() -> None:
+    """Blocks of a stream (each judged from its own charges and the previous block's last ones) stay within 1e-5."""
+    x = standard_signals(FS, 0.01)["sweep"]
+    ref = simulate_ngspice(ROOT / "netlists/ts808_clipping.cir", x, FS, "VIN", "out", tmax=1 / (16 * FS))
+    model = _load("netlists/ts808_clipping.cir", "VIN", "out", max_local_error=3e-3)
+    state, ys, refined = None, [], 0
+    with torch.no_grad():
+        for block in np.array_split(x, 5):
+            y, state = model.stream(torch.as_tensor(block), state)
+            ys.append(y.numpy())
+            refined += model.diagnostics.refined
+    assert refined > 0
+    assert esr(np.concatenate(ys), ref) < 1e-5

@@ -158,8 +158,11 @@ def local_error_splits(charges: torch.Tensor, before: torch.Tensor | None, toler
     return np.minimum(k, max_split).astype(np.int64)
 
 
-# a run call costs about as much as this many substeps of the compiled kernel (DK, TS-808 clipping stage at
-# 384 kHz: ~0.6 ms against ~0.6 us per substep), so two split runs closer than that are run as one
+# two split runs are run as one where the unsplit samples between them would cost fewer extra substeps than
+# this: a segment costs ~0.1 ms of CPU in calls (DK's runner, TS-808 clipping stage at 384 kHz) against ~0.5 us
+# a substep, and joining also splits the samples next to the flagged ones.  Measured on that stage's sweep at
+# max_local_error 3e-3: 2.1x the fixed step's CPU time at 1024, 7.5x at 64, 12x unjoined, the ESR 8e-7 to 1e-6;
+# on the Mark IIC+ sweep 1024 gives ESR 6.7e-7, unjoined 1.2e-5 (docs/validation.md, "Substepping")
 JOIN_SUBSTEPS = 1024
 
 
