@@ -16,6 +16,7 @@ pass through substepped samples as through any other.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -136,23 +137,24 @@ def local_error_splits(charges: torch.Tensor, before: torch.Tensor | None, toler
     whose windows would need values before ``before``, and the neighbours of an unknown value (a sample
     Newton solved only in substeps, :func:`gather_charges`) are judged by the windows that exist.
     """
-    with torch.no_grad():
-        z = charges.detach()
-        if before is not None:
-            z = torch.cat([before.detach().unsqueeze(1), z], dim=1)
-        lead = z.shape[1] - charges.shape[1]  # 1 where ``before`` was prepended
-        gap = z.isnan()
-        top = torch.where(gap, -torch.inf, z).amax(dim=1, keepdim=True)
-        bottom = torch.where(gap, torch.inf, z).amin(dim=1, keepdim=True)
-        size = torch.maximum(top.abs(), bottom.abs()).nan_to_num(0.0, 0.0, 0.0)
-        scale = torch.maximum((top - bottom).nan_to_num(0.0, 0.0, 0.0), 1e-9 * size).clamp_min(1e-300)
-        d3 = torch.zeros_like(z)
-        if z.shape[1] > 3:
-            d3[:, 3:] = (z[:, 3:] - 3 * z[:, 2:-1] + 3 * z[:, 1:-2] - z[:, :-3]).abs() / (12 * scale)
-        e = d3.nan_to_num(0.0).amax(dim=2)  # (batch, L): the window ending at each point
-        pad = torch.nn.functional.pad
-        # the step into point n lies in the windows ending at n, n + 1 and n + 2
-        err = torch.maximum(e, torch.maximum(pad(e[:, 1:], (0, 1)), pad(e[:, 2:], (0, 2))))[:, lead:].numpy()
+    z = charges.detach().numpy()
+    if before is not None:
+        z = np.concatenate([before.detach().numpy()[:, None], z], axis=1)
+    lead = z.shape[1] - charges.shape[1]  # 1 where ``before`` was prepended
+    with warnings.catch_warnings():  # a column with no known value: scale 1e-300 and no window
+        warnings.simplefilter("ignore", RuntimeWarning)
+        top, bottom = np.nanmax(z, axis=1, keepdims=True), np.nanmin(z, axis=1, keepdims=True)
+    size = np.nan_to_num(np.maximum(np.abs(top), np.abs(bottom)))
+    scale = np.maximum(np.maximum(np.nan_to_num(top - bottom), 1e-9 * size), 1e-300)
+    e = np.zeros(z.shape[:2])  # (batch, L): the window ending at each point
+    if z.shape[1] > 3:
+        d3 = np.abs(z[:, 3:] - 3 * z[:, 2:-1] + 3 * z[:, 1:-2] - z[:, :-3]) / (12 * scale)
+        e[:, 3:] = np.nan_to_num(d3).max(axis=2)
+    # the step into point n lies in the windows ending at n, n + 1 and n + 2
+    err = e.copy()
+    err[:, :-1] = np.maximum(err[:, :-1], e[:, 1:])
+    err[:, :-2] = np.maximum(err[:, :-2], e[:, 2:])
+    err = err[:, lead:]
     ratio = np.sqrt(np.maximum(err / tolerance, 1.0))
     k = np.exp2(np.ceil(np.log2(ratio) - 1e-12))
     return np.minimum(k, max_split).astype(np.int64)
@@ -172,15 +174,15 @@ def schedule(splits: np.ndarray, join: int = JOIN_SUBSTEPS) -> list[tuple[int, i
     Consecutive split samples form one segment at their largest split; two split segments whose gap of
     unsplit samples would cost fewer than ``join`` extra substeps at the larger split are joined.
     """
-    flagged = np.flatnonzero(splits > 1)
+    flagged = np.concatenate([[False], splits > 1, [False]])
+    edges = np.flatnonzero(flagged[1:] != flagged[:-1])  # starts and ends of the runs of split samples
     out: list[tuple[int, int, int]] = []
-    for n in flagged:
-        k = int(splits[n])
-        if out and (n - out[-1][1]) * (max(k, out[-1][2]) - 1) <= join:
-            first, _, k0 = out[-1]
-            out[-1] = (first, n + 1, max(k, k0))
+    for first, end in zip(edges[::2].tolist(), edges[1::2].tolist()):
+        k = int(splits[first:end].max())
+        if out and (first - out[-1][1]) * (max(k, out[-1][2]) - 1) <= join:
+            out[-1] = (out[-1][0], end, max(k, out[-1][2]))
         else:
-            out.append((int(n), int(n) + 1, k))
+            out.append((first, end, k))
     full, pos = [], 0
     for first, end, k in out:
         if first > pos:
