@@ -16,7 +16,6 @@ pass through substepped samples as through any other.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -141,15 +140,15 @@ def local_error_splits(charges: torch.Tensor, before: torch.Tensor | None, toler
     if before is not None:
         z = np.concatenate([before.detach().numpy()[:, None], z], axis=1)
     lead = z.shape[1] - charges.shape[1]  # 1 where ``before`` was prepended
-    with warnings.catch_warnings():  # a column with no known value: scale 1e-300 and no window
-        warnings.simplefilter("ignore", RuntimeWarning)
-        top, bottom = np.nanmax(z, axis=1, keepdims=True), np.nanmin(z, axis=1, keepdims=True)
+    z = np.ascontiguousarray(z.transpose(0, 2, 1))  # (batch, Nc, L): the reductions over Nc are elementwise
+    # fmax / fmin skip NaN (an unknown value); a column with none known gets scale 1e-300 and no window
+    top, bottom = np.fmax.reduce(z, axis=2), np.fmin.reduce(z, axis=2)
     size = np.nan_to_num(np.maximum(np.abs(top), np.abs(bottom)))
     scale = np.maximum(np.maximum(np.nan_to_num(top - bottom), 1e-9 * size), 1e-300)
-    e = np.zeros(z.shape[:2])  # (batch, L): the window ending at each point
-    if z.shape[1] > 3:
-        d3 = np.abs(z[:, 3:] - 3 * z[:, 2:-1] + 3 * z[:, 1:-2] - z[:, :-3]) / (12 * scale)
-        e[:, 3:] = np.nan_to_num(d3).max(axis=2)
+    e = np.zeros((z.shape[0], z.shape[2]))  # (batch, L): the window ending at each point
+    if z.shape[2] > 3:
+        d3 = np.abs(z[..., 3:] - 3 * z[..., 2:-1] + 3 * z[..., 1:-2] - z[..., :-3]) * (1.0 / (12 * scale))[..., None]
+        e[:, 3:] = np.nan_to_num(np.fmax.reduce(d3, axis=1))
     # the step into point n lies in the windows ending at n, n + 1 and n + 2
     err = e.copy()
     err[:, :-1] = np.maximum(err[:, :-1], e[:, 1:])
