@@ -68,6 +68,7 @@ def load(
     output_node: str = "out",
     dialect: str | None = None,
     weights: str | Path | None = None,
+    max_local_error: float | None = None,
 ) -> AbstractCircuitModule:
     """Load a netlist as a ``torch.nn.Module`` running at ``sample_rate`` hertz.
 
@@ -75,7 +76,9 @@ def load(
     independent voltage source ``input_source``; without a VIN, the netlist's one LTspice
     ``wavefile=`` source) to the voltage at ``output_node``.  ``weights``: the ``.stn`` file of
     ``method="stn"`` (docs/stn.md).  ``method="auto"`` (the default) is :func:`choose_method`'s choice,
-    kept with its reason in ``model.choice``.
+    kept with its reason in ``model.choice``.  ``max_local_error`` (dk, sparse): split samples whose estimated
+    local truncation error, relative to the range of each charge and of the output,
+    exceeds it (``DKModule.max_local_error``; None: off).
     """
     if method != "auto" and method not in METHODS:
         raise UsageError(f"unknown method '{method}' (available: auto, {', '.join(sorted(METHODS))})")
@@ -101,6 +104,12 @@ def load(
         model, choice = MNAModule(circuit, sample_rate, source, output_node), "mna: M = G + 2/T Cm is singular"
     if choice is not None:
         model.choice = choice
+    if max_local_error is not None:
+        if not isinstance(model, DKModule):
+            raise UsageError(f"--max-local-error applies to methods dk and sparse, not '{model.method}'")
+        if not max_local_error > 0:
+            raise UsageError(f"--max-local-error must be a positive number, got {max_local_error}")
+        model.max_local_error = float(max_local_error)
     return model
 
 

@@ -44,6 +44,13 @@ def _add_circuit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-node", default="out", help="node whose voltage is the output")
 
 
+def _add_local_error_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-local-error", type=float, default=None, metavar="E",
+                   help="(dk, sparse) split samples whose estimated local truncation error, relative to the range "
+                        "of each charge and of the output, exceeds E (default: off, the fixed step; "
+                        "docs/validation.md, 'Substepping')")
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -76,7 +83,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if oversample < 1:
         raise UsageError("--oversample must be a positive integer")
     model = load(args.netlist, args.method, fs * oversample, params=params, dialect=args.dialect,
-                 input_source=args.input_source, output_node=args.output_node, weights=args.weights)
+                 input_source=args.input_source, output_node=args.output_node, weights=args.weights,
+                 max_local_error=args.max_local_error)
     energy_parts = _energy_hook(args, model)
     total = peak = 0.0
     written = 0
@@ -179,6 +187,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         output_node=args.output_node,
         dialect=args.dialect,
         reference_abstol=args.abstol,
+        max_local_error=args.max_local_error,
     )
     print(report.table())
     if args.plot is not None:
@@ -329,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oversample", type=int, default=None,
                    help="simulate at N times the input rate (default: 1 for linear circuits, 8 for nonlinear "
                         f"ones); the up/down-sampling filters' latency is {_latency_text()}")
+    _add_local_error_option(p)
     p.add_argument("--input-volts", type=float, default=1.0, help="volts per full-scale input sample")
     p.add_argument("--ac-couple", type=float, nargs="?", const=DEFAULT_AC_COUPLE_HZ, default=None, metavar="HZ",
                    help=f"remove DC with a first-order high-pass at HZ (default {DEFAULT_AC_COUPLE_HZ:g} Hz), "
@@ -379,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, help="also save the waveforms and differences as a PNG")
     p.add_argument("--abstol", type=float, default=1e-15, metavar="A",
                    help="ngspice's ABSTOL (amperes) for the reference; 1e-12 where it reports timestep too small")
+    _add_local_error_option(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("fit", help="learn component values from input/output recordings")

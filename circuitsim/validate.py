@@ -118,6 +118,7 @@ def validate(
     reference_tmax: float | None = None,
     dialect: str | None = None,
     reference_abstol: float = 1e-15,
+    max_local_error: float | None = None,
 ) -> ValidationReport:
     """Run ``netlist`` through circuitsim and ngspice on the standard signals at ``sample_rate*oversample``.
 
@@ -128,14 +129,15 @@ def validate(
     ``reference_abstol`` is ngspice's ABSTOL (amperes): at 1e-15 ngspice stops with "timestep too
     small" on the 400 V Mark IIC+ preamp (tests/data/wild/mkiicp_full.net), where 1e-9 runs.
     ``dialect`` as for :func:`circuitsim.load` (None: detected); ngspice runs on a copy rewritten
-    for that dialect, never on changed source files (docs/netlists.md).
+    for that dialect, never on changed source files (docs/netlists.md).  ``max_local_error``: as for
+    :func:`circuitsim.load` (DK's local-error-driven substeps; None: off).
     """
     from circuitsim.signals import standard_signals
     from circuitsim.spice import simulate_ngspice
 
     fs = sample_rate * oversample
     model = load(netlist, method, fs, params=params, input_source=input_source, output_node=output_node,
-                 dialect=dialect)
+                 dialect=dialect, max_local_error=max_local_error)
     dialect = model.circuit.netlist.dialect
     input_source = model.topology.input_source.name if model.topology.input_source is not None else input_source
     report = ValidationReport(str(netlist), method, fs)

@@ -41,6 +41,7 @@ from circuitsim.solvers.substep import (
     Runner,
     SubstepCounts,
     SubstepReport,
+    local_error_splits,
     merge_stats,
     record_substeps,
     run_items_substepped,
@@ -177,6 +178,11 @@ def _ports(warm: torch.Tensor | np.ndarray | None) -> torch.Tensor | np.ndarray 
     return warm[:, 0, :] if warm is not None and warm.ndim == 3 else warm
 
 
+def _with_output(charge: torch.Tensor | None) -> torch.Tensor | None:
+    """``charge`` (batch, Nc) after an unknown output (NaN): the columns the runner's ``charges`` dict holds."""
+    return None if charge is None else torch.cat([torch.full_like(charge[:, :1], float("nan")), charge], dim=1)
+
+
 class DKModule(AbstractCircuitModule):
     """Nonlinear state-space (DK method) formulation with the compiled per-sample core.
 
@@ -186,6 +192,10 @@ class DKModule(AbstractCircuitModule):
 
     method = "dk"
     max_substeps = 64
+    #: split samples whose estimated local truncation error, relative to the range of each charge and of the
+    #: output, exceeds this
+    #: (None: off, the plain fixed step; :func:`circuitsim.solvers.substep.local_error_splits`)
+    max_local_error: float | None = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -196,8 +206,8 @@ class DKModule(AbstractCircuitModule):
         m = self.matrices()
         return m, self.cached("dk", lambda: dk_matrices(m, self.sample_rate, self._q))
 
-    def _runner(self, m: MNAMatrices, d: DKMatrices, max_split: int, watch: bool, head: torch.Tensor | None = None
-                ) -> tuple[Runner, Remap]:
+    def _runner(self, m: MNAMatrices, d: DKMatrices, max_split: int, watch: bool, head: torch.Tensor | None = None,
+                charges: dict[int, torch.Tensor] | None = None) -> tuple[Runner, Remap]:
         """The DK run of samples at ``split`` x the rate and the exact state map between two rates.
 
         A run's last sample also gives the charges ``c`` (:func:`charge_rows`).  With ``h = 2/T c + r``
@@ -210,7 +220,9 @@ class DKModule(AbstractCircuitModule):
         samples run on garbage); the kernel reports the sample at once (no fallbacks).  At the
         finest split such a solution is kept (it may be real).  ``watch``: the substepping chain (damped
         Newton stops sooner, ``SUBSTEP_OPTIONS``).  ``head`` (batch, 1): outputs put before the run's
-        (the operating point's sample), so that the signal is joined in one copy.
+        (the operating point's sample), so that the signal is joined in one copy.  ``charges``: a dict that
+        each run at the base rate puts the output and the charges ``c`` of all its samples into (batch, T,
+        1 + Nc), by first sample (what :func:`local_error_splits` watches).
         """
         fs, nl, ns = self.sample_rate, self.topology.nonlinearity, d.A.shape[0]
         mats: dict[int, tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = {}
@@ -224,7 +236,7 @@ class DKModule(AbstractCircuitModule):
 
         def run(split: int, s: torch.Tensor, b: Boundary, offset: int) -> tuple[torch.Tensor, Boundary, dict]:
             plain, extra = matrices(split)
-            cut = s.shape[1] - 1  # samples run without the extra rows: all but the last
+            cut = 0 if charges is not None else s.shape[1] - 1  # samples run without the extra rows
             options = replace(base, bound=RANGE if 2 * split <= max_split else math.inf)
             q, v, ys, stats = b.state, b.warm, [] if head is None else [head], []
             for lin, part, first in ((plain, s[:, :cut], offset), (extra, s[:, cut:], offset + cut)):
@@ -235,6 +247,8 @@ class DKModule(AbstractCircuitModule):
                 q, v = final["x"], final["v"]
                 ys.append(first_output(y))
                 stats.append(st)
+                if charges is not None and split == 1:
+                    charges[first] = y[..., : 1 + ns]
             y_all = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
             return y_all, Boundary(q, y[:, -1, 1 : 1 + ns], v, s[:, -1]), merge_stats(stats)
 
@@ -263,17 +277,27 @@ class DKModule(AbstractCircuitModule):
             start = Boundary(state.q, state.charge, state.v, state.sources)
             head, rest, offset, before = None, s, state.samples, state.substepped
         max_split = self.max_substeps if start.charge is not None else 1
+        tol = self.max_local_error if max_split > 1 and rest.shape[1] else None
+        charges: dict[int, torch.Tensor] | None = None if tol is None else {}
         try:  # the whole batch at once; substeps (item by item) only where Newton fails
-            run, _ = self._runner(m, d, max_split, watch=False, head=head)
+            run, _ = self._runner(m, d, max_split, watch=False, head=head, charges=charges)
             y, end, stats = run(1, rest, start, offset) if rest.shape[1] else (rest[..., 0], start, {})
             if not rest.shape[1] and head is not None:
                 y = head
             report = SubstepReport(stats=[stats])
+            splits = None if charges is None else local_error_splits(charges[offset], _with_output(start.charge),
+                                                                     tol, max_split)
+            if splits is not None and splits.max() > 1:  # again, item by item, the flagged samples split
+                run, remap = self._runner(m, d, max_split, watch=True)
+                y, end, report = run_items_substepped(run, remap, rest, start, offset, max_split, _ports, splits)
+                report.stats.append(stats)
+                if head is not None:
+                    y = torch.cat([head, y], dim=1)
         except NewtonError:
             if max_split == 1:
                 raise
-            run, remap = self._runner(m, d, max_split, watch=True)
-            y, end, report = self._substepped(run, remap, rest, start, offset, max_split)
+            run, remap = self._runner(m, d, max_split, watch=True, charges=charges)
+            y, end, report = self._substepped(run, remap, rest, start, offset, max_split, tol, charges)
             if head is not None:
                 y = torch.cat([head, y], dim=1)
         record_newton_stats(diag, merge_stats(report.stats))
@@ -283,7 +307,9 @@ class DKModule(AbstractCircuitModule):
         return y, DKState(end.state, end.warm, done, end.charge, end.sources, diag.substepped_total)
 
     @staticmethod
-    def _substepped(run: Runner, remap: Remap, s: torch.Tensor, start: Boundary, offset: int, max_split: int
+    def _substepped(run: Runner, remap: Remap, s: torch.Tensor, start: Boundary, offset: int, max_split: int,
+                    tol: float | None = None, charges: dict[int, torch.Tensor] | None = None
                     ) -> tuple[torch.Tensor, Boundary, SubstepReport]:
-        """Each batch item on its own (:func:`run_items_substepped`); a substepped end holds port voltages only."""
-        return run_items_substepped(run, remap, s, start, offset, max_split, warm=_ports)
+        """Each batch item on its own (:func:`run_items_substepped`); a substepped end holds port voltages only.
+        ``tol``, ``charges``: each item run again split where its local error exceeds ``tol``."""
+        return run_items_substepped(run, remap, s, start, offset, max_split, _ports, None, tol, charges, _with_output)
