@@ -24,7 +24,8 @@ issue-12 table's, with ``--base REV`` any revision whose generated device code t
     python benchmarks/bench_devices.py --base c9bf243 --sine --forward-only bjt_common_emitter
 
 ``--predictors``: where the Newton time of a DK circuit goes on the ``--sine`` input, measured, not timed: the
-kernel's mean iterations per sample with each of its predictors (``KernelOptions.predictor``), and, from the
+kernel's mean iterations per sample with each of its predictors (``KernelOptions.predictor``; Newton on every
+sample, ``explicit=False``, where the circuit has an explicit root), and, from the
 converged trajectory (port voltages z[n], states, p[n] = G x[n] + H u[n], M[n] = I - K J(z[n])), how far each
 predictor lands from z[n] in units of the tolerance (s = max_i |z_pred - z|_i / (reltol |z_i| + abstol)), against the
 radius 1 / sqrt(c) within which the stop rule accepts a sample after one Newton step (c: the quadratic constant the
@@ -165,6 +166,7 @@ def predictor_errors(circuits: list[str]) -> None:
         finally:
             core.forward = real
         module, lin, P, theta, u, x0, zi, opts = max(calls, key=lambda a: a[4].shape[1])[:8]
+        opts = dataclasses.replace(opts, explicit=False)  # Newton on every sample, explicit root or not
         T = u.shape[1]
         if module.NZ == 0:
             print(f"{name}: no Newton unknowns")
