@@ -22,6 +22,18 @@ issue-12 table's, with ``--base REV`` any revision whose generated device code t
 (``--forward-only``: no backward timing).
 
     python benchmarks/bench_devices.py --base c9bf243 --sine --forward-only bjt_common_emitter
+
+``--predictors``: where the Newton time of a DK circuit goes on the ``--sine`` input, measured, not timed: the
+kernel's mean iterations per sample with each of its predictors (``KernelOptions.predictor``; Newton on every
+sample, ``explicit=False``, where the circuit has an explicit root), and, from the
+converged trajectory (port voltages z[n], states, p[n] = G x[n] + H u[n], M[n] = I - K J(z[n])), how far each
+predictor lands from z[n] in units of the tolerance (s = max_i |z_pred - z|_i / (reltol |z_i| + abstol)), against the
+radius 1 / sqrt(c) within which the stop rule accepts a sample after one Newton step (c: the quadratic constant the
+kernel measured, ``core.newton_plain``): tangent z[n-1] + M[n-1]^-1 (p[n] - p[n-1]), central
+z[n-2] + M[n-1]^-1 (p[n] - p[n-2]), linear 2 z[n-1] - z[n-2], and, as a reference no predictor can reach, the
+trapezoidal tangent with the unknown M[n], z[n-1] + ((M[n-1] + M[n]) / 2)^-1 (p[n] - p[n-1]).
+
+    python benchmarks/bench_devices.py --predictors bjt_common_emitter
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -132,6 +145,65 @@ def device_eval(base: str, circuits: list[str], repeats: int) -> None:
               f"max relative difference of f and J {diff:.1e}")
 
 
+def predictor_errors(circuits: list[str]) -> None:
+    """Iterations per sample and predictor errors of each circuit's DK kernel on the --sine input (module doc)."""
+    from benchmarks.bench_dk import sine
+    from circuitsim.kernels import core
+
+    x = torch.as_tensor(sine(0.5, FS, 1000.0, 0.5)).unsqueeze(0)
+    for name in circuits:
+        m = load(ROOT / "netlists" / f"{name}.cir", "dk", FS)
+        calls, real = [], core.forward
+
+        def spy(*a, _calls=calls, _real=real, **k):  # noqa: ANN002, ANN003, ANN202 (the model's kernel calls)
+            _calls.append(a)
+            return _real(*a, **k)
+
+        core.forward = spy
+        try:
+            with torch.no_grad():
+                m(x)
+        finally:
+            core.forward = real
+        module, lin, P, theta, u, x0, zi, opts = max(calls, key=lambda a: a[4].shape[1])[:8]
+        opts = dataclasses.replace(opts, explicit=False)  # Newton on every sample, explicit root or not
+        T = u.shape[1]
+        if module.NZ == 0:
+            print(f"{name}: no Newton unknowns")
+            continue
+        iters = {}
+        for pred in core.PREDICTORS:
+            st = real(module, lin, P, theta, u, x0, zi, dataclasses.replace(opts, predictor=pred), False).stats[0]
+            iters[pred] = st[core.ST_ITER] / T
+        res = real(module, lin, P, theta, u, x0, zi, dataclasses.replace(opts, state_budget=1 << 40), True)
+        z, xs, c = res.v[0], res.checkpoints[0], res.warm[0, core.W_EST, 0]
+        G, H = lin[6], lin[7]
+        p = xs @ G.T + u[0] @ H.T
+        _, J = m.topology.nonlinearity.eval_batch(z, theta)
+        M = np.eye(z.shape[1]) - np.einsum("ik,nkj->nij", P[0], J)  # DK: M = I - K J (kernels/statespace.py)
+        n = np.arange(2, T)
+
+        def solve(Mn, b):  # noqa: ANN001, ANN202
+            return np.linalg.solve(Mn, b[..., None])[..., 0]
+
+        preds = {
+            "tangent": z[n - 1] + solve(M[n - 1], p[n] - p[n - 1]),
+            "central": z[n - 2] + solve(M[n - 1], p[n] - p[n - 2]),
+            "linear": 2 * z[n - 1] - z[n - 2],
+            "trapezoid, M[n] known": z[n - 1] + solve(0.5 * (M[n - 1] + M[n]), p[n] - p[n - 1]),
+        }
+        tol = opts.reltol * np.abs(z[n]) + opts.abstol
+        radius = 1.0 / math.sqrt(c) if c > 0 else 1.0
+        kernel = "  ".join(f"{k} {v:.3f}" for k, v in iters.items())
+        print(f"{name}: {T} samples; kernel Newton it/sample: {kernel}; one-step radius 1/sqrt(c) = {radius:.3g} "
+              f"tolerances (c = {c:.3g})")
+        for k, zp in preds.items():
+            s = (np.abs(zp - z[n]) / tol).max(1)
+            q = np.quantile(s, [0.5, 0.9])
+            print(f"    {k:22s} within one step {np.mean(s <= radius):6.1%}  within tolerance {np.mean(s <= 1):6.1%}  "
+                  f"median s {q[0]:.3g}  90 % {q[1]:.3g}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="3152f26")
@@ -139,11 +211,15 @@ def main() -> None:
     ap.add_argument("--eval", metavar="REV", help="the device evaluation alone, against revision REV's generated code")
     ap.add_argument("--sine", action="store_true", help="bench_dk.py's sine input (1 kHz, 0.5 V, 0.5 s)")
     ap.add_argument("--forward-only", action="store_true", help="no forward + backward timing")
+    ap.add_argument("--predictors", action="store_true", help="Newton iterations and predictor errors (module doc)")
     ap.add_argument("circuits", nargs="*", default=["diode_clipper", "bjt_common_emitter", "triode_common_cathode"])
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.eval:
         device_eval(args.eval, args.circuits, args.repeats)
+        return
+    if args.predictors:
+        predictor_errors(args.circuits)
         return
     t = np.arange(FS) / FS
     x = 0.3 * np.sin(2 * np.pi * 110 * t) * np.exp(-2 * t) + 0.05 * np.sin(2 * np.pi * 440 * t)  # 1 s
