@@ -13,6 +13,14 @@ It prints ns/sample and the ratios PH / DK (issue 9's target: PH forward within 
 and the largest PH - DK difference (volts) as a check that both ran the same circuit.
 
     python benchmarks/bench_phs.py [--seconds 0.25] [--repeats 5] [--clock wall|cpu] [--circuits ...] [--write]
+    python benchmarks/bench_phs.py --breakdown [--seconds 0.1] [--circuits ...]
+
+``--breakdown`` (the nonlinear circuits) measures where PH's forward time goes, by CPU time: PH and DK forward
+ns/sample, DK with its Newton at PH's step options (``explicit=False``: no explicit diode root) and its Newton
+iterations a sample; one evaluation of the step nonlinearity (``nl_eval``, ns, a compiled loop of 2e6 calls)
+against DK's; and the largest power-balance residual over the standard signals (4 ms at 384 kHz, 10 ms at
+96 kHz) with PH's step options and with the core's defaults (DK's: reltol 1e-10, early accept), relative to the
+record's largest power term.
 
 ``--clock cpu`` times each call by the thread's CPU time (``time.thread_time``) instead of the wall clock: on a
 shared machine the wall clock also counts the time the process waits for a core, which at a load average of 8 on
@@ -98,6 +106,109 @@ def bench(stem: str, seconds: float, repeats: int, clock: str = "wall") -> dict 
     return {**ns, "diff": float((y_ph - y_dk).abs().max()), "residual": residual}
 
 
+def _nl_eval_ns(fn, theta: np.ndarray, n_ports: int, n_out: int, n_work: int, calls: int = 2_000_000) -> float:
+    """ns per call of a generated ``nl_eval(v, theta, f, J, work)``, best of 5 loops of ``calls`` (CPU time)."""
+    from numba import njit
+
+    v0 = 0.3 + 0.01 * np.random.default_rng(1).standard_normal(n_ports)
+
+    @njit
+    def loop(v, theta, f, J, work, n):  # noqa: ANN001, ANN202
+        s = 0.0
+        for i in range(n):
+            for k in range(v.shape[0]):  # every port moves: no part of the evaluation is hoisted out of the loop
+                v[k] = v0[k] + 1e-9 * ((i + k) & 7)
+            fn(v, theta, f, J, work)
+            s += f[0]
+        return s
+
+    args = (v0.copy(), theta, np.zeros(n_out), np.zeros((n_out, n_ports)), np.zeros(max(n_work, 1)))
+    loop(*args, 10)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.thread_time()
+        loop(*args, calls)
+        best = min(best, time.thread_time() - t0)
+    return best / calls * 1e9
+
+
+def breakdown(stem: str, seconds: float, repeats: int) -> str:
+    """One row of ``--breakdown`` (module docstring)."""
+    from dataclasses import replace
+
+    import circuitsim.kernels.autograd as ag
+    from circuitsim.formulations.phs.kernel import ph_module, theta_with_options
+    from circuitsim.kernels import codegen
+    from circuitsim.kernels.autograd import NewtonError
+    from circuitsim.kernels.core import KernelOptions
+    from circuitsim.signals import standard_signals
+
+    path = ROOT / "netlists" / f"{stem}.cir"
+    ph, dk = load(path, "phs", FS), load(path, "dk", FS)
+    ch = ph.storage.charges
+    if ch is None:
+        return f"| {stem} | linear: no step nonlinearity |"
+    n = int(seconds * FS)
+    x = torch.as_tensor(0.5 * np.sin(2 * np.pi * 1000.0 * np.arange(n) / FS)).unsqueeze(0)
+    opts = ph.step_options()
+    newton = replace(opts, explicit=False)
+
+    def fwd(model, options=None):  # noqa: ANN001, ANN202
+        def go():
+            old = ag.DEFAULT_OPTIONS
+            ag.DEFAULT_OPTIONS = options or old  # DK reads it per call (formulations/dk.py)
+            try:
+                with torch.no_grad():
+                    model(x)
+            finally:
+                ag.DEFAULT_OPTIONS = old
+        return go
+
+    fns = {"dk": fwd(dk), "phs": fwd(ph), "dk_newton": fwd(dk, newton)}
+    for f in fns.values():
+        f()
+    best = _interleaved(fns, repeats, time.thread_time)
+    fwd(dk, newton)()
+    its = dk.diagnostics.newton_iterations / n
+    m, _, _ = ph.ph_matrices()
+    mod = ph_module(ch.step_nl, ch.free_ports(), m.theta.numel())
+    theta = m.theta.detach().numpy()
+    t_ph = _nl_eval_ns(mod.ph_nl_eval, theta_with_options(m.theta, opts).detach().numpy(), ch.step_nl.n_ports,
+                       ch.step_nl.n_outputs, mod.N_WORK)
+    nl = dk.topology.nonlinearity
+    dmod = codegen.dk_module(nl)
+    t_dk = _nl_eval_ns(dmod.nl_eval, theta, nl.n_ports, nl.n_outputs, dmod.N_WORK)
+    worst = {}
+    for label, o in (("ph", None), ("default", KernelOptions())):
+        w: float | str = 0.0
+        for fs, dur in ((float(FS), 0.004), (96000.0, 0.01)):
+            model = load(path, "phs", fs)
+            model.record_energy, model.newton_options = True, o
+            for name, sig in standard_signals(fs, dur).items():
+                try:
+                    with torch.no_grad():
+                        model(torch.as_tensor(sig))
+                except NewtonError as exc:
+                    w = f"Newton fails ({name}, {fs / 1000:g} kHz, sample {exc.sample})"
+                    break
+                r = model.last_energy
+                largest = max(np.abs(np.diff(r.stored_J) * fs).max(), np.abs(r.dissipated_W).max(),
+                              np.abs(r.ports_W).max())
+                w = max(w, float(np.abs(r.residual_W).max() / largest))
+            if isinstance(w, str):
+                break
+        worst[label] = w if isinstance(w, str) else f"{w:.1e}"
+    ns = {k: v / n * 1e9 for k, v in best.items()}
+    return (f"| {stem} | {ns['dk']:.0f} | {ns['phs']:.0f} | {ns['phs'] / ns['dk']:.2f} | {ns['dk_newton']:.0f} "
+            f"({its:.2f}) | {ns['phs'] / ns['dk_newton']:.2f} | {t_ph:.1f} | {t_dk:.1f} | {worst['ph']} | "
+            f"{worst['default']} |")
+
+
+BREAKDOWN_HEAD = ("| circuit | DK fwd ns/sample | PH fwd ns/sample | PH / DK | DK Newton at PH's options ns/sample "
+                  "(iterations) | PH / that | PH step nl_eval ns | DK nl_eval ns | balance, PH's options | "
+                  "balance, core defaults |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
 def table(rows: dict[str, dict | str]) -> str:
     lines = ["| circuit | DK fwd ns/sample | PH fwd ns/sample | PH / DK fwd | PH full Newton / PH fwd | "
              "PH fwd + energy report ns/sample | "
@@ -123,8 +234,15 @@ def main() -> None:
                     help="wall: elapsed time; cpu: the thread's CPU time (a shared machine's waits left out)")
     ap.add_argument("--circuits", nargs="*", default=CIRCUITS)
     ap.add_argument("--write", action="store_true", help="update BENCHMARKS.md's section")
+    ap.add_argument("--breakdown", action="store_true", help="where PH's forward time goes (module docstring)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.breakdown:
+        print(BREAKDOWN_HEAD)
+        for stem in args.circuits:
+            print(breakdown(stem, args.seconds, args.repeats), flush=True)
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
+        return
     rows = {stem: bench(stem, args.seconds, args.repeats, args.clock) for stem in args.circuits}
     text = table(rows)
     print(f"clock: {args.clock}; load average at the end {os.getloadavg()[0]:.1f}")

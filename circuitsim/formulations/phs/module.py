@@ -55,6 +55,8 @@ class PHSModule(AbstractCircuitModule):
         # Newton on the coupled ports alone, the damped storage's earlier values read once a sample (kernel.py);
         # False: the core's Newton on every port of the step (benchmarks/bench_phs.py's A/B)
         self.reduced_solve = True
+        # the step's Newton options instead of step_options()'s choice (benchmarks/bench_phs.py --breakdown)
+        self.newton_options: KernelOptions | None = None
 
     # ------------------------------------------------------------ structure
     def describe(self) -> str:
@@ -149,10 +151,7 @@ class PHSModule(AbstractCircuitModule):
             # previous sample as first guess: the tangent takes 1.9 iterations a sample on the booster against 3.1
             # (kernel.py's solve, 384 kHz sine), but its power-balance run then fails at sample 523, every fallback
             # included
-            opts = None
-            if ch is not None:
-                opts = (KernelOptions(reltol=1e-9, predictor="previous") if ch.size
-                        else KernelOptions(reltol=1e-12, early=False))
+            opts = self.step_options()
             module = self._step_module(sm, nl_step, m.theta.numel())
             theta = m.theta if module is None else theta_with_options(m.theta, opts or KernelOptions())
             ys, final, stats = run_state_space(sm.step, theta, steps[..., :1] - u0.unsqueeze(1), x0, nl_step,
@@ -180,6 +179,14 @@ class PHSModule(AbstractCircuitModule):
         self.diagnostics = diag
         last_src = src[:, -1] if src.shape[1] else prev_src
         return y, PHSState(ds_new, last_src, op, v_end, vi_end, offset + u.shape[1], stored)
+
+    def step_options(self) -> KernelOptions | None:
+        """The step's Newton options: ``newton_options`` where set, else the choice argued in :meth:`run`'s
+        comment (None: the core's defaults, without a step nonlinearity of damped storage)."""
+        ch = self.storage.charges
+        if self.newton_options is not None or ch is None:
+            return self.newton_options
+        return KernelOptions(reltol=1e-9, predictor="previous") if ch.size else KernelOptions(reltol=1e-12, early=False)
 
     def _step_module(self, sm: StepMatrices, nl_step, n_theta: int):  # noqa: ANN001, ANN202
         """The step's generated module: with damped storage, Newton on the coupled ports alone, the earlier
