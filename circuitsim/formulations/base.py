@@ -13,7 +13,7 @@ from torch import nn
 
 from circuitsim.circuit.circuit import Circuit, ParamKind
 from circuitsim.errors import UnknownNameError, UsageError
-from circuitsim.solvers.dc import OperatingPointInfo, operating_point
+from circuitsim.solvers.dc import OperatingPointInfo, linear_point, operating_point
 from circuitsim.system.mna_system import DTYPE, MNAMatrices, MNATopology
 
 
@@ -144,6 +144,21 @@ class AbstractCircuitModule(nn.Module):
         s = self.source_values(m, u0)
         return operating_point(self.topology, m, s)
 
+    def start_point(self, m: MNAMatrices, s0: torch.Tensor) -> tuple[torch.Tensor, OperatingPointInfo]:
+        """The DC operating point (batch, n) at sources ``s0`` (batch, n_sources), carrying its gradient.
+
+        A circuit without device outputs: one differentiable solve of ``G x = Bu s``
+        (:func:`~circuitsim.solvers.dc.linear_point`).  Otherwise Newton without autograd, then one
+        implicit-function step (:meth:`MNATopology.implicit_step`) for the gradient.
+        """
+        info = OperatingPointInfo()
+        x = linear_point(self.topology, m, s0, info)
+        if x is not None:
+            return x, info
+        with torch.no_grad():
+            x, info = operating_point(self.topology, m, s0)
+        return self.topology.implicit_step(m, x, m.G, m.Wi, s0 @ m.Bu.T), info
+
     def dc_voltages(self, u0: float = 0.0) -> dict[str, float]:
         """Node voltages (volts) and source currents (amperes) at the DC operating point, by name."""
         x, _ = self.operating_point(torch.tensor([u0], dtype=DTYPE))
@@ -164,8 +179,13 @@ class AbstractCircuitModule(nn.Module):
         The simulation starts from the DC operating point with the input at its first sample.
         """
         u, squeeze = self._as_batch(x)
-        y, _ = self._simulate(u, None)
+        y = self._output(u)
         return y[0] if squeeze else y
+
+    def _output(self, u: torch.Tensor) -> torch.Tensor:
+        """Output volts (batch, time) of a run from the DC operating point whose end state is not kept
+        (:meth:`forward`); a formulation that spends work on the end state overrides this to skip it."""
+        return self._simulate(u, None)[0]
 
     def stream(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
         """Process one block of a long signal: returns (output, state to pass with the next block).
