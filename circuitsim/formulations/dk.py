@@ -33,7 +33,6 @@ from circuitsim.formulations.base import AbstractCircuitModule, Diagnostics
 from circuitsim.kernels import autograd
 from circuitsim.kernels.autograd import run_state_space
 from circuitsim.kernels.core import KernelOptions
-from circuitsim.solvers.dc import operating_point
 from circuitsim.solvers.newton import NewtonError
 from circuitsim.solvers.substep import (
     Boundary,
@@ -207,7 +206,8 @@ class DKModule(AbstractCircuitModule):
         return m, self.cached("dk", lambda: dk_matrices(m, self.sample_rate, self._q))
 
     def _runner(self, m: MNAMatrices, d: DKMatrices, max_split: int, watch: bool, head: torch.Tensor | None = None,
-                charges: dict[int, torch.Tensor] | None = None) -> tuple[Runner, Remap]:
+                charges: dict[int, torch.Tensor] | None = None, end_charges: bool = True
+                ) -> tuple[Runner, Remap]:
         """The DK run of samples at ``split`` x the rate and the exact state map between two rates.
 
         A run's last sample also gives the charges ``c`` (:func:`charge_rows`).  With ``h = 2/T c + r``
@@ -222,26 +222,34 @@ class DKModule(AbstractCircuitModule):
         Newton stops sooner, ``SUBSTEP_OPTIONS``).  ``head`` (batch, 1): outputs put before the run's
         (the operating point's sample), so that the signal is joined in one copy.  ``charges``: a dict that
         each run at the base rate puts the output and the charges ``c`` of all its samples into (batch, T,
-        1 + Nc), by first sample (what :func:`local_error_splits` watches).
+        1 + Nc), by first sample (what :func:`local_error_splits` watches).  ``end_charges=False``: the
+        run's end state is not kept (``forward``), so no sample needs the extra rows and the whole run is
+        one kernel call; its boundary has no charge and cannot be remapped.
         """
         fs, nl, ns = self.sample_rate, self.topology.nonlinearity, d.A.shape[0]
-        mats: dict[int, tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = {}
+        mats: dict[tuple[int, bool], tuple[torch.Tensor, ...]] = {}
         base = SUBSTEP_OPTIONS if watch else autograd.DEFAULT_OPTIONS  # (read per call: benchmarks swap it)
 
-        def matrices(split: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-            if split not in mats:
-                dd = d if split == 1 else self.cached(f"dk{split}", lambda: dk_matrices(m, split * fs, self._q))
-                mats[split] = (dd.as_tuple(), charge_rows(dd, split * fs).as_tuple())
-            return mats[split]
+        def matrices(split: int, rows: bool) -> tuple[torch.Tensor, ...]:
+            """The maps at ``split`` x the rate, with the charge rows where ``rows`` (each formed once)."""
+            if (split, rows) not in mats:
+                if rows:
+                    mats[split, rows] = charge_rows(StateSpaceMatrices(*matrices(split, False)), split * fs).as_tuple()
+                else:
+                    dd = d if split == 1 else self.cached(f"dk{split}", lambda: dk_matrices(m, split * fs, self._q))
+                    mats[split, rows] = dd.as_tuple()
+            return mats[split, rows]
 
         def run(split: int, s: torch.Tensor, b: Boundary, offset: int) -> tuple[torch.Tensor, Boundary, dict]:
-            plain, extra = matrices(split)
-            cut = 0 if charges is not None else s.shape[1] - 1  # samples run without the extra rows
+            # samples run without the extra rows: none where every sample's charges are watched, all but the
+            # last where the end state is kept, else all
+            cut = 0 if charges is not None else s.shape[1] - 1 if end_charges else s.shape[1]
             options = replace(base, bound=RANGE if 2 * split <= max_split else math.inf)
             q, v, ys, stats = b.state, b.warm, [] if head is None else [head], []
-            for lin, part, first in ((plain, s[:, :cut], offset), (extra, s[:, cut:], offset + cut)):
+            for rows, part, first in ((False, s[:, :cut], offset), (True, s[:, cut:], offset + cut)):
                 if part.shape[1] == 0:
                     continue
+                lin = matrices(split, rows)
                 y, final, st = run_state_space(lin, m.theta, part, q, nl, sample_rate=split * fs, v_init=v,
                                                sample_offset=first, options=options)
                 q, v = final["x"], final["v"]
@@ -250,23 +258,28 @@ class DKModule(AbstractCircuitModule):
                 if charges is not None and split == 1:
                     charges[first] = y[..., : 1 + ns]
             y_all = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
-            return y_all, Boundary(q, y[:, -1, 1 : 1 + ns], v, s[:, -1]), merge_stats(stats)
+            charge = y[:, -1, 1 : 1 + ns] if end_charges or charges is not None else None
+            return y_all, Boundary(q, charge, v, s[:, -1]), merge_stats(stats)
 
         def remap(b: Boundary, k_from: int, k_to: int) -> Boundary:
             return Boundary(b.state + (2.0 * fs * (k_to - k_from)) * b.charge, b.charge, _ports(b.warm), b.sources)
 
         return run, remap
 
-    def _simulate(self, u: torch.Tensor, state: DKState | None) -> tuple[torch.Tensor, DKState]:
+    def _output(self, u: torch.Tensor) -> torch.Tensor:
+        return self._simulate(u, None, keep_state=False)[0]
+
+    def _simulate(self, u: torch.Tensor, state: DKState | None, keep_state: bool = True
+                  ) -> tuple[torch.Tensor, DKState]:
+        """Run ``u`` (batch, time) volts from ``state`` (None: the operating point).  ``keep_state=False``:
+        the returned state is not used (``forward``), so the run does not form the end charges (one kernel
+        call instead of two); it has no charge and a stream cannot continue from it with substeps."""
         m, d = self.dk()
         s = self.source_values(m, u)
         diag = DKDiagnostics(samples=u.shape[1])
         k2 = 2.0 * self.sample_rate
         if state is None:
-            with torch.no_grad():
-                x_op, diag.operating_point = operating_point(self.topology, m, s[:, 0])
-            # implicit-function step so the operating point carries its gradient
-            x_op = self.topology.implicit_step(m, x_op, m.G, m.Wi, s[:, 0] @ m.Bu.T)
+            x_op, diag.operating_point = self.start_point(m, s[:, 0])
             charge = x_op @ m.Cm.T  # at DC the reactive currents are 0: h0 = 2/T c0, c0 = Q' (Cm x + Wq f)
             if any(q for _, q in self.topology.outputs):  # device charges (Wq is zero without them)
                 charge = charge + self.topology.nonlinearity.torch_eval(x_op @ m.Nv.T, m.theta) @ m.Wq.T
@@ -280,7 +293,7 @@ class DKModule(AbstractCircuitModule):
         tol = self.max_local_error if max_split > 1 and rest.shape[1] else None
         charges: dict[int, torch.Tensor] | None = None if tol is None else {}
         try:  # the whole batch at once; substeps (item by item) only where Newton fails
-            run, _ = self._runner(m, d, max_split, watch=False, head=head, charges=charges)
+            run, _ = self._runner(m, d, max_split, watch=False, head=head, charges=charges, end_charges=keep_state)
             y, end, stats = run(1, rest, start, offset) if rest.shape[1] else (rest[..., 0], start, {})
             if not rest.shape[1] and head is not None:
                 y = head

@@ -505,6 +505,11 @@ class TorchOps(Ops):
     """float64 torch tensors; every function keeps autograd (max via ``torch.maximum``, ...)."""
 
     name = "torch"
+    #: distinct numbers whose tensors :meth:`const` keeps (the numbers of the netlists in use)
+    CONSTANTS_KEPT = 4096
+
+    def __init__(self) -> None:
+        self._consts: dict[str, Any] = {}
 
     @staticmethod
     def _torch():
@@ -513,8 +518,19 @@ class TorchOps(Ops):
         return torch
 
     def const(self, x: float) -> Any:
-        torch = self._torch()
-        return torch.tensor(float(x), dtype=torch.float64)
+        """``x`` as a float64 scalar tensor, made once per number: an assembly evaluates the same
+        expressions on every call, and a new tensor per number cost 2 us each.  The expression operations
+        never write into their operands; a kept tensor that was written to in place (its version moved) or
+        made to require grad is replaced, so a caller that does cannot change a later result."""
+        x = float(x)
+        key = x.hex()  # one key per bit pattern: -0.0 is not 0.0
+        t = self._consts.get(key)
+        if t is None or t._version or t.requires_grad:
+            if len(self._consts) >= self.CONSTANTS_KEPT:
+                self._consts.clear()
+            torch = self._torch()
+            t = self._consts[key] = torch.tensor(x, dtype=torch.float64)
+        return t
 
     def value(self, x: Any) -> Any:
         torch = self._torch()

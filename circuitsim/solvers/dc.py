@@ -2,7 +2,8 @@
 
 Plain damped Newton first; if it fails, gmin stepping (a conductance from every node to
 ground, reduced decade by decade) and then source stepping (all sources ramped from 0),
-the fallbacks of SPICE3 (Nagel 1975, ch. 5).
+the fallbacks of SPICE3 (Nagel 1975, ch. 5).  A circuit without device outputs is the linear
+system ``G x = Bu s``: one solve (:func:`linear_point`), with Newton only where that solve fails.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from circuitsim.solvers.newton import NewtonError, newton
+from circuitsim.solvers.newton import NewtonError, _at_rounding_level, newton
 from circuitsim.system.mna_system import MNAMatrices, MNATopology
 
 JUNCTION_STEP = 0.5  # volts: largest change of a junction voltage in one Newton step
 # continuation steps before source stepping gives up (ngspice gives up after its `srcsteps`); a
 # circuit that needs more has no operating point this homotopy can reach in reasonable time
 SOURCE_STEPS = 200
+ABSTOL = 1e-13  # volts / amperes: newton()'s default abstol, the rounding test's absolute floor
 
 
 @dataclass
@@ -44,6 +46,35 @@ def junction_limiter(topology: MNATopology, nv: torch.Tensor):
     return limit
 
 
+def linear_point(
+    topology: MNATopology, m: MNAMatrices, sources: torch.Tensor, info: OperatingPointInfo | None = None
+) -> torch.Tensor | None:
+    """``x = G⁻¹ Bu s`` (batch, n) for sources ``s`` (batch, n_sources), where ``G x = Bu s`` is the whole
+    DC system (no device outputs); ``None`` for a circuit with devices.
+
+    One LU solve, differentiable where grad is on: autograd's solve backward is the implicit-function
+    gradient ``dx/dθ = -G⁻¹ (∂G/∂θ x - ∂(Bu s)/∂θ)`` that :meth:`MNATopology.implicit_step` forms.  Also
+    ``None`` where ``G`` is singular or the answer does not satisfy the equations to rounding (Newton's
+    own acceptance test, :func:`circuitsim.solvers.newton._at_rounding_level`): then the caller's Newton,
+    with its gmin stepping, decides.  ``info`` (when given) records one iteration and the residual.
+    """
+    if topology.nonlinearity.n_outputs:
+        return None
+    b = sources @ m.Bu.T
+    try:
+        x = torch.linalg.solve(m.G, b.T).T  # one factorisation for the whole batch
+    except torch.linalg.LinAlgError:
+        return None
+    with torch.no_grad():
+        r = x @ m.G.T - b
+        jac = m.G.detach().expand(x.shape[0], -1, -1)
+        if not bool(torch.isfinite(r).all()) or not _at_rounding_level(r, jac, x, ABSTOL):
+            return None
+    if info is not None:
+        info.iterations, info.residual = 1, float(r.abs().max()) if r.numel() else 0.0
+    return x
+
+
 def operating_point(
     topology: MNATopology, m: MNAMatrices, sources: torch.Tensor, x0: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, OperatingPointInfo]:
@@ -55,6 +86,10 @@ def operating_point(
     batch = sources.shape[0]
     n = topology.size
     info = OperatingPointInfo()
+    with torch.no_grad():
+        x = linear_point(topology, m, sources, info)
+    if x is not None:
+        return x, info
     limit = junction_limiter(topology, m.Nv)
     node_rows = torch.zeros(n, dtype=m.G.dtype)
     node_rows[: topology.n_nodes] = 1.0

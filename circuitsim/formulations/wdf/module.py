@@ -16,7 +16,6 @@ from circuitsim.kernels.autograd import run_state_space
 from circuitsim.kernels.codegen import step_module
 from circuitsim.kernels.explicit_root import MAX_OMEGA_STEPS
 from circuitsim.kernels.statespace import dk_step, explicit_plan
-from circuitsim.solvers.dc import operating_point
 from circuitsim.system.mna_system import MNAMatrices
 
 # the WDF's generated modules by nonlinearity source (the explicit-root structure follows from it)
@@ -60,9 +59,7 @@ class WDFModule(AbstractCircuitModule):
         diag = Diagnostics(samples=u.shape[1])
         nl = self.topology.nonlinearity
         if state is None:
-            with torch.no_grad():
-                x_op, diag.operating_point = operating_point(self.topology, m, s[:, 0])
-            x_op = self.topology.implicit_step(m, x_op, m.G, m.Wi, s[:, 0] @ m.Bu.T)
+            x_op, diag.operating_point = self.start_point(m, s[:, 0])
             v_op = x_op @ m.Nv.T
             f_op = nl.torch_eval(v_op, m.theta) if nl.n_outputs else x_op[:, :0]
             x0 = initial_state(self.tree, self.topology, ad, self.layout, x_op, f_op, self.sample_rate)
