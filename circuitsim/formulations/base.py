@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -164,8 +164,16 @@ class AbstractCircuitModule(nn.Module):
         x = linear_point(self.topology, m, s0, info)
         if x is not None:
             return x, info
-        with torch.no_grad():
-            x, info = operating_point(self.topology, m, s0)
+        # Newton's answer is a function of the values and s0 alone: kept (:meth:`cached`) while no value
+        # changes and no gradient is recorded, per source vector (repeated renders skip its ~14 iterations)
+        memo = self.cached("operating point", dict)
+        hit = memo.get("op")
+        if hit is not None and hit[0].shape == s0.shape and torch.equal(hit[0], s0):
+            x, info = hit[1], replace(hit[2])
+        else:
+            with torch.no_grad():
+                x, info = operating_point(self.topology, m, s0)
+            memo["op"] = (s0.detach().clone(), x, replace(info))
         return self.topology.implicit_step(m, x, m.G, m.Wi, s0 @ m.Bu.T), info
 
     def dc_voltages(self, u0: float = 0.0) -> dict[str, float]:
