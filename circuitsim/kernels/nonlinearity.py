@@ -50,7 +50,17 @@ import torch
 from circuitsim.devices.program import NB_HELPERS as _NB_HELPERS
 from circuitsim.devices.program import TORCH_NAMESPACE as _TORCH_NAMESPACE
 from circuitsim.devices.program import Emitter as _Emitter  # noqa: F401 (the printer, for callers)
-from circuitsim.devices.program import _t, cache_dir, shared_powers, softplus, torch_call, xpow, zero_steps
+from circuitsim.devices.program import (
+    _t,
+    cache_dir,
+    powlog,
+    shared_powers,
+    softplus,
+    torch_call,
+    xpow,
+    xpowlog,
+    zero_steps,
+)
 from circuitsim.devices.program import cse_code as _cse_code
 
 DTYPE = torch.float64
@@ -450,6 +460,12 @@ def build_nonlinearity(blocks: Sequence[Block], n_ports: int, n_outputs: int) ->
     lim = ["", "", inline, "def nl_limit(vold, vnew, lc):"]
     # gtheta += (df/dtheta)' mu for one sample, w.r.t. every theta entry (derived slots included)
     vjp = ["", "", inline, "def nl_vjp_theta(v, theta, mu, gtheta, work):"]
+    # the adjoint's pair (core.backward_core): nl_eval_grad is nl_eval that also writes the local partials of
+    # the parameter VJP into work[:N_WORK] (the tape), from the same common subexpressions; nl_vjp_saved is
+    # nl_vjp_theta from that tape, without evaluating the devices again
+    grad = ["", "", inline, "def nl_eval_grad(v, theta, f, J, work):"]
+    saved = ["", "", inline, "def nl_vjp_saved(v, theta, mu, gtheta, work):"]
+    n_tape = 0
     fterms: dict[int, str] = {}
     jterms: dict[tuple[int, int], list[str]] = {}
     n_theta = 0
@@ -472,8 +488,8 @@ def build_nonlinearity(blocks: Sequence[Block], n_ports: int, n_outputs: int) ->
             # the device sees s * sign * v and gives s * f (s: the runtime polarity, when it has one)
             pol = f"s{bi}" if dc.pol >= 0 else ""
             if pol:
-                lines.append(f"    {pol} = theta[{dc.pol}]")
-                vjp.append(f"    {pol} = theta[{dc.pol}]")
+                for part in (lines, vjp, grad, saved):
+                    part.append(f"    {pol} = theta[{dc.pol}]")
             vscale = " * ".join(x for x in (pol, repr(sgn) if sgn != 1.0 else "") if x)
             args = ", ".join(f"{vscale} * v[{k}]" if vscale else f"v[{k}]" for k in blk.ports)
             nout, nport = len(dc.outs), len(blk.ports)
@@ -481,6 +497,10 @@ def build_nonlinearity(blocks: Sequence[Block], n_ports: int, n_outputs: int) ->
             lines.append(f"    {', '.join(rets)}, = {dc.fname}({args}, theta[{off}:{off + size}])")
             mus = ", ".join(f"{pol} * mu[{o}]" if pol else f"mu[{o}]" for o in dc.outs)
             vjp.append(f"    {dc.fname}_vjp({args}, theta[{off}:{off + size}], {mus}, gtheta[{off}:{off + size}])")
+            tape = f"work[{n_tape}:{n_tape + dc.generated.n_tape}]"
+            n_tape += dc.generated.n_tape
+            grad.append(f"    {', '.join(rets)}, = {dc.fname}_grad({args}, theta[{off}:{off + size}], {tape})")
+            saved.append(f"    {dc.fname}_sweep({tape}, {mus}, gtheta[{off}:{off + size}])")
             for k, o in enumerate(dc.outs):
                 fterms[o] = f"{pol} * d{bi}_{k}" if pol else f"d{bi}_{k}"
                 for j, port in enumerate(blk.ports):
@@ -515,29 +535,43 @@ def build_nonlinearity(blocks: Sequence[Block], n_ports: int, n_outputs: int) ->
             derivs = [_derivative(expr, s) for s in port_syms]
             nb_names = {s: f"v[{k}]" for s, k in blk.ports}
             nb_names.update({s: f"theta[{k}]" for s, k in blk.params})
-            body, outs = _cse_code([expr] + [shared_powers(d) for d in derivs], nb_names, "numba", f"e{bi}", "    ")
+            fj = [expr] + [shared_powers(d) for d in derivs]
+            body, outs = _cse_code(fj, nb_names, "numba", f"e{bi}", "    ")
             lines.extend(body)
-            lines.append(f"    e{bi}_f = {outs[0]}")
+            pderivs = [_param_derivative(expr, s) for s, _ in blk.params]
+            # the tape: value, port derivatives and parameter derivatives from one set of subexpressions
+            tape_exprs = fj + [shared_powers(_tape_form(d)) for d in pderivs]
+            gbody, gouts = _cse_code(tape_exprs, nb_names, "numba", f"e{bi}", "    ")
+            grad.extend(gbody)
+            for part, o in ((lines, outs), (grad, gouts)):
+                part.append(f"    e{bi}_f = {o[0]}")
+                for j in range(len(blk.ports)):
+                    part.append(f"    e{bi}_d{j} = {o[1 + j]}")
             fterms[blk.out] = f"e{bi}_f"
-            for j, ((_, k), o) in enumerate(zip(blk.ports, outs[1:])):
-                lines.append(f"    e{bi}_d{j} = {o}")
+            for j, (_, k) in enumerate(blk.ports):
                 jterms.setdefault((blk.out, k), []).append(f"e{bi}_d{j}")
             if blk.params:
-                pderivs = [_param_derivative(expr, s) for s, _ in blk.params]
                 body, pouts = _cse_code(pderivs, nb_names, "numba", f"g{bi}", "    ")
                 vjp.extend(body)
                 for (_, k), o in zip(blk.params, pouts):
                     vjp.append(f"    gtheta[{k}] += mu[{blk.out}] * {o}")
+                for (_, k), o in zip(blk.params, gouts[len(fj):]):
+                    grad.append(f"    work[{n_tape}] = {o}")
+                    saved.append(f"    gtheta[{k}] += mu[{blk.out}] * work[{n_tape}]")
+                    n_tape += 1
             torch_exprs.append(_torch_expr(expr, derivs, blk, bi))
         else:
             raise TypeError(f"unknown block type {type(blk).__name__}")
 
     for o in range(n_outputs):
-        lines.append(f"    f[{o}] = {fterms.get(o, '0.0')}")
+        for part in (lines, grad):
+            part.append(f"    f[{o}] = {fterms.get(o, '0.0')}")
         for k in range(n_ports):
             terms = jterms.get((o, k))
-            lines.append(f"    J[{o}, {k}] = {' + '.join(terms) if terms else '0.0'}")
-    for part in (lines, prep, lim, vjp):
+            for part in (lines, grad):
+                part.append(f"    J[{o}, {k}] = {' + '.join(terms) if terms else '0.0'}")
+    n_work = max(n_work, n_tape)
+    for part in (lines, prep, lim, vjp, grad, saved):
         part.append("    return")
     # f and J at a batch of points (Nonlinearity.eval_batch); compiled only when first called.  Through
     # nl_eval_cold, one non-inlined copy of the device equations that the cold code of every formulation
@@ -557,7 +591,7 @@ def build_nonlinearity(blocks: Sequence[Block], n_ports: int, n_outputs: int) ->
     header.append("from circuitsim.kernels.statespace import borrow")
     header.append(f"\nNV = {n_ports}\nNF = {n_outputs}\nN_WORK = {n_work}\nN_LC = {max(n_lc, 1)}\n")
     devsrc = "".join("\n\n" + src for src in device_sources.values())
-    source = "\n".join(header) + _NB_HELPERS + devsrc + "\n".join(lines + prep + lim + vjp) + "\n"
+    source = "\n".join(header) + _NB_HELPERS + devsrc + "\n".join(lines + prep + lim + vjp + grad + saved) + "\n"
     return Nonlinearity(
         blocks=blocks,
         n_ports=n_ports,
@@ -569,6 +603,13 @@ def build_nonlinearity(blocks: Sequence[Block], n_ports: int, n_outputs: int) ->
         _torch_exprs=torch_exprs,
         _devices=devices,
     )
+
+
+def _tape_form(d: sympy.Expr) -> sympy.Expr:
+    """A parameter derivative as the tape evaluates it: ``xpow(b, e)`` as ``b**e`` and ``xpowlog(b, e)`` as
+    ``powlog(b, b**e)``, so that they share the ``pow`` of the value (the Koren triode's ``E1**EX``)."""
+    d = d.replace(xpowlog, lambda b, e: powlog(b, sympy.Pow(b, e)))
+    return d.replace(xpow, lambda b, e: sympy.Pow(b, e))
 
 
 def _torch_expr(expr: sympy.Expr, derivs: list[sympy.Expr], blk: ExprBlock, bi: int) -> _TorchExpr:
