@@ -11,6 +11,9 @@ From a program this module produces, with ``sympy.diff`` and ``sympy.cse``:
   value and local derivatives are common-subexpression-eliminated together;
 * the numba parameter VJP ``g += (df/dp)^T mu`` by reverse-mode chain rule over the same
   statements (:meth:`Program.numba_vjp_source`);
+* for the adjoint, both in one pass (:meth:`Program.numba_tape_source`): the forward with its Jacobian
+  that also writes the VJP's local partials into a tape, every region's value, Jacobian and partials
+  common-subexpression-eliminated together, and the reverse sweep over that tape alone;
 * torch functions for ``f`` and ``(f, J)`` (:meth:`Program.torch_functions`), differentiable by
   autograd; a region is evaluated only on the elements where it is active (masked gather and
   scatter), so unused regions never put ``inf`` or ``nan`` into values or gradients.  Autograd of

@@ -51,6 +51,12 @@ cotangent ``gphi = F' ybar[n] + C' xbar[n+1]`` of ``phi[n]``::
     dD += ybar[n] x[n]'     dE += ybar[n] u[n]'     dF += ybar[n] phi[n]'
     dG += w x[n]'           dH += w u[n]'
 
+The adjoint evaluates each device once per sample: it calls ``fm_eval_grad`` and ``fm_vjp_grad``, copies of the
+formulation's ``fm_eval`` and ``fm_vjp`` that :func:`circuitsim.kernels.codegen.formulation_source` makes with the
+nonlinearity's ``nl_eval_grad`` (``nl_eval`` that also writes the local partials of the parameter VJP, the tape,
+into the sample's own work row) and ``nl_vjp_saved`` (the VJP from that tape) where ``fm_eval`` calls ``nl_eval``
+once and ``fm_vjp`` calls ``nl_vjp_theta`` once (DK and the formulations on its hooks), else the hooks themselves.
+
 The outer products are summed per block of ``checkpoint`` samples as three matrix products (the
 cotangents ``(xbar[n+1], ybar[n], w[n])`` of the block against its ``x[n]``, ``u[n]``, ``phi[n]``;
 :func:`backward_core`), so the per-sample loop runs only the serial part: ``w``, ``fm_vjp`` and
