@@ -190,3 +190,50 @@ def _dk_against_mna(netlist, names, amp):
         assert gd[name] == pytest.approx(gm[name], rel=1e-7, abs=1e-12 * max(abs(v) for v in gm.values())), name
     scale = float(x_m.grad.abs().max())
     assert torch.allclose(x_d.grad, x_m.grad, rtol=1e-7, atol=1e-9 * scale)
+
+
+# the adjoint's one-pass device evaluation (core.backward_core): nl_eval_grad gives f and J and keeps the parameter
+# VJP's local partials in the sample's work (the tape), nl_vjp_saved forms the VJP from them; both against torch
+# autograd through Nonlinearity.torch_eval (the oracle of tests/test_kernels.py's compiled-gradient cases: diodes with
+# charge, breakdown and a reversed one, NPN, PNP, the Koren triode with cut-off and zero bases of its powers)
+_TAPE_LOOP = """
+
+@njit(cache=True)
+def tape_loop(v, theta, mu, f, J, g):
+    work = np.zeros((v.shape[0], N_WORK))
+    for n in range(v.shape[0]):
+        nl_eval_grad(v[n], theta, f[n], J[n], work[n])
+    for n in range(v.shape[0] - 1, -1, -1):  # the backward's order: the tapes of a block, read last first
+        nl_vjp_saved(v[n], theta, mu[n], g, work[n])
+"""
+
+
+@pytest.mark.parametrize("name", ["diodes", "npn", "pnp", "koren"])
+def test_one_pass_device_gradient_matches_torch(name):
+    from test_kernels import _vjp_case, rel
+
+    from circuitsim.kernels.autograd import theta_gradient
+    from circuitsim.kernels.nonlinearity import load_generated
+
+    nl, leaves, theta_fn, v, mu = _vjp_case(name, np.random.default_rng(21))
+    theta = theta_fn(leaves)
+    v, mu = v.reshape(-1, v.shape[-1]), mu.reshape(-1, mu.shape[-1])
+    mod = load_generated(nl.nb_source + _TAPE_LOOP)
+    f = np.zeros((len(v), nl.n_outputs))
+    jac = np.zeros((len(v), nl.n_outputs, nl.n_ports))
+    g = np.zeros(theta.numel())
+    mod.tape_loop(np.ascontiguousarray(v), theta.detach().numpy(), np.ascontiguousarray(mu), f, jac, g)
+    with torch.enable_grad():
+        f_t, j_t = nl.torch_eval(torch.tensor(v), theta.detach(), jacobian=True)
+    for k in range(nl.n_outputs):  # per output, relative to its scale (currents and charges)
+        assert rel(f[:, k], f_t[:, k]) < 1e-13, k
+        assert rel(jac[:, k], j_t[:, k]) < 1e-10, k
+    g_t = theta_gradient(nl, theta, v[None], mu[None])
+    raw = torch.autograd.grad(theta, list(leaves.values()), torch.from_numpy(g), retain_graph=True,
+                              allow_unused=True, materialize_grads=True)
+    raw_t = torch.autograd.grad(theta, list(leaves.values()), g_t, allow_unused=True, materialize_grads=True)
+    nonzero = 0
+    for k, a, b in zip(leaves, raw, raw_t):
+        assert abs(float(a - b)) <= 1e-10 * abs(float(b)), (k, float(a), float(b))
+        nonzero += float(b) != 0.0
+    assert nonzero >= len(leaves) - 4  # only RB, RC, ISC, IKR (no effect here) may be zero

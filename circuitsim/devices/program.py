@@ -11,6 +11,9 @@ From a program this module produces, with ``sympy.diff`` and ``sympy.cse``:
   value and local derivatives are common-subexpression-eliminated together;
 * the numba parameter VJP ``g += (df/dp)^T mu`` by reverse-mode chain rule over the same
   statements (:meth:`Program.numba_vjp_source`);
+* for the adjoint, both in one pass (:meth:`Program.numba_tape_source`): the forward with its Jacobian
+  that also writes the VJP's local partials into a tape, every region's value, Jacobian and partials
+  common-subexpression-eliminated together, and the reverse sweep over that tape alone;
 * torch functions for ``f`` and ``(f, J)`` (:meth:`Program.torch_functions`), differentiable by
   autograd; a region is evaluated only on the elements where it is active (masked gather and
   scatter), so unused regions never put ``inf`` or ``nan`` into values or gradients.  Autograd of
@@ -77,6 +80,13 @@ class xpow(sympy.Function):  # noqa: N801
 
 class xpowlog(sympy.Function):  # noqa: N801
     """``b**e * log(b)``, taken as 0 at ``b = 0`` (the limit for ``e > 0``, as torch's pow backward)."""
+
+    nargs = 2
+
+
+class powlog(sympy.Function):  # noqa: N801
+    """``w log(b)`` with ``w = b**e`` given, 0 at ``b = 0``: :class:`xpowlog` sharing the ``pow`` of ``b**e``
+    (numba only; the adjoint's tape, ``circuitsim.kernels.nonlinearity``)."""
 
     nargs = 2
 
@@ -231,6 +241,7 @@ NB_FUNCS: dict[type, str] = {
     sigmoid: "_sigmoid",
     xpow: "_xpow",
     xpowlog: "_xpowlog",
+    powlog: "_powlog",
     limexp: "_limexp",
     limexp_d: "_limexp_d",
     pow1m: "_pow1m",
@@ -436,6 +447,14 @@ def _xpowlog(b, e):
     if b == 0.0:
         return 0.0
     return b ** e * math.log(b)
+
+
+@njit(cache=True, inline="always")
+def _powlog(b, w):
+    # w log(b) with w = b**e, 0 at b = 0 (program.powlog)
+    if b == 0.0:
+        return 0.0
+    return w * math.log(b)
 
 
 @njit(cache=True, inline="always")
@@ -774,22 +793,21 @@ class Program:
         lines.append(f"    return ({', '.join(rets)},)")
         return "\n".join(lines) + "\n"
 
-    def numba_vjp_source(self, fname: str, decorator: str) -> str:
-        """``fname(v_0, ..., p, mu_0, ..., g)``: ``g[slot] += sum_k mu_k df_k/dp[slot]`` (reverse mode)."""
-        grad_params = {s: slot for s, slot, g in self.params if g}
+    def _local_partials(self, expr: sympy.Expr) -> tuple[list[sympy.Symbol], list[list[sympy.Expr]]]:
+        """The symbols a statement's reverse sweep needs its partials by (earlier statements and the
+        parameters with a VJP entry), and per region those partials."""
+        grad_params = {s for s, _, g in self.params if g}
         lets = {y for y, _ in self.stmts}
-        names = self._names("numba")
-        mus = [f"mu_{k}" for k in range(len(self.outputs))]
-        lines = [decorator, f"def {fname}({', '.join(str(v) for v in self.ports)}, p, {', '.join(mus)}, g):"]
-        partials: list[tuple[sympy.Symbol, list[tuple[sympy.Symbol, sympy.Symbol]]]] = []
-        for n, (y, expr) in enumerate(self.stmts):
-            wrt = sorted((x for x in expr.free_symbols if x in lets or x in grad_params), key=str)
-            psyms = [sympy.Symbol(f"{y}__p_{x}", real=True) for x in wrt]
-            for ps in psyms:
-                names[ps] = str(ps)
-            regions = [([val] + [zero_steps(sympy.diff(val, x)) for x in wrt], cond) for val, cond in _pieces(expr)]
-            self._emit_regions(lines, [str(y)] + [str(p) for p in psyms], regions, names, f"c{n}_")
-            partials.append((y, list(zip(wrt, psyms))))
+        wrt = sorted((x for x in expr.free_symbols if x in lets or x in grad_params), key=str)
+        return wrt, [[zero_steps(sympy.diff(val, x)) for x in wrt] for val, _ in _pieces(expr)]
+
+    def _sweep_lines(self, partials: Sequence[tuple[sympy.Symbol, Sequence[tuple[sympy.Symbol, str]]]],
+                     mus: Sequence[str]) -> list[str]:
+        # the reverse-mode chain rule over the statements: a_y = sum over later uses of a_use * d use / d y,
+        # from the outputs' mu back, and g[slot] += a_y * d y / d param; ``partials``: per statement, the
+        # (symbol, printed partial) pairs of its regions' local partials
+        grad_params = {s: slot for s, slot, g in self.params if g}
+        lines = []
         adj: dict[sympy.Symbol, str] = {}
         for k, (_, s) in enumerate(self.outputs):
             name = f"a_{s}"
@@ -806,8 +824,73 @@ class Program:
                 else:
                     adj[x] = f"a_{x}"
                     lines.append(f"    {adj[x]} = {adj[y]} * {ps}")
+        return lines
+
+    def numba_vjp_source(self, fname: str, decorator: str) -> str:
+        """``fname(v_0, ..., p, mu_0, ..., g)``: ``g[slot] += sum_k mu_k df_k/dp[slot]`` (reverse mode)."""
+        names = self._names("numba")
+        mus = [f"mu_{k}" for k in range(len(self.outputs))]
+        lines = [decorator, f"def {fname}({', '.join(str(v) for v in self.ports)}, p, {', '.join(mus)}, g):"]
+        partials: list[tuple[sympy.Symbol, list[tuple[sympy.Symbol, str]]]] = []
+        for n, (y, expr) in enumerate(self.stmts):
+            wrt, prows = self._local_partials(expr)
+            psyms = [sympy.Symbol(f"{y}__p_{x}", real=True) for x in wrt]
+            for ps in psyms:
+                names[ps] = str(ps)
+            regions = [([val] + pr, cond) for (val, cond), pr in zip(_pieces(expr), prows)]
+            self._emit_regions(lines, [str(y)] + [str(p) for p in psyms], regions, names, f"c{n}_")
+            partials.append((y, [(x, str(ps)) for x, ps in zip(wrt, psyms)]))
+        lines += self._sweep_lines(partials, mus)
         lines.append("    return")
         return "\n".join(lines) + "\n"
+
+    def numba_tape_source(self, fname: str, decorator: str) -> tuple[str, int]:
+        """The forward with Jacobian and the parameter VJP in one pass, for the adjoint: ``(source, tape size)``.
+
+        ``fname_grad(v_0, ..., p, t)`` returns what ``fname`` (:meth:`numba_eval_source`) returns and writes
+        into ``t`` the local partials of the reverse sweep (the ``y__p_x`` of :meth:`numba_vjp_source`),
+        each region's value, Jacobian and partials common-subexpression-eliminated together (the exp of a
+        junction, the softplus of a triode: once); ``fname_sweep(t, mu_0, ..., g)`` is then the sweep alone,
+        ``g[slot] += sum_k mu_k df_k/dp[slot]``, multiply-adds of the tape.  A partial that is the same number
+        in every region is a literal of the sweep, not a tape entry.  A ``zero_if`` statement is evaluated
+        (its parameter partials need not be 0 there), as in the VJP.
+        """
+        plan, deriv = self._jacobian_statements()
+        names = self._names("numba")
+        ports = ", ".join(str(v) for v in self.ports)
+        lines = [decorator, f"def {fname}_grad({ports}, p, t):"]
+        partials: dict[int, tuple[sympy.Symbol, list[tuple[sympy.Symbol, str]]]] = {}
+        size = 0
+        for n, (y, dsyms, regions) in self._schedule(plan):
+            if y in self.zero_if:
+                regions = regions[1:]
+            wrt, prows = self._local_partials(self.stmts[n][1])
+            refs, keep = [], []
+            for i in range(len(wrt)):
+                vals = {pr[i] for pr in prows}
+                const = vals.pop() if len(vals) == 1 else None
+                if const is not None and const.is_number:
+                    refs.append(Emitter(names, "numba")(const))
+                else:
+                    refs.append(f"t[{size}]")
+                    keep.append(i)
+                    size += 1
+            for d in dsyms:
+                if d is not None:
+                    names[d] = str(d)
+            lhs = [str(y)] + [str(d) for d in dsyms if d is not None] + [refs[i] for i in keep]
+            rows = [(row + [pr[i] for i in keep], cond) for (row, cond), pr in zip(regions, prows)]
+            self._emit_regions(lines, lhs, rows, names, f"c{n}_")
+            partials[n] = (y, list(zip(wrt, refs)))
+        rets = [str(s) for _, s in self.outputs]
+        for _, s in self.outputs:
+            rets += [Emitter(names, "numba")(d) for d in deriv[s]]
+        lines.append(f"    return ({', '.join(rets)},)")
+        mus = [f"mu_{k}" for k in range(len(self.outputs))]
+        sweep = [decorator, f"def {fname}_sweep(t, {', '.join(mus)}, g):"]
+        sweep += self._sweep_lines([partials[n] for n in sorted(partials)], mus)
+        sweep.append("    return")
+        return "\n".join(lines) + "\n\n\n" + "\n".join(sweep) + "\n", size
 
     def torch_source(self) -> str:
         """Source of ``fn_f(shape, v_0, ..., p_0, ...)`` and ``fn_fj`` (outputs, then the Jacobian rows)."""
@@ -863,6 +946,7 @@ class Generated:
     torch_fj: Callable[..., tuple[torch.Tensor, ...]]
     n_outputs: int
     n_ports: int
+    n_tape: int = 0  # entries of the tape that {fname}_grad writes and {fname}_sweep reads
 
 
 _GENERATED: dict[str, Generated] = {}
@@ -890,9 +974,12 @@ def generate(program: Program, fname: str, inline: bool, key_extra: str = "") ->
             text = None
     if text is None:
         deco = '@njit(cache=True, inline="always")' if inline else "@njit(cache=True)"
+        tape, n_tape = program.numba_tape_source(fname, deco)
         text = {
-            "numba": program.numba_eval_source(fname, deco) + "\n\n" + program.numba_vjp_source(f"{fname}_vjp", deco),
+            "numba": program.numba_eval_source(fname, deco) + "\n\n" + program.numba_vjp_source(f"{fname}_vjp", deco)
+            + "\n\n" + tape,
             "torch": program.torch_source(),
+            "tape": n_tape,
         }
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
@@ -900,7 +987,7 @@ def generate(program: Program, fname: str, inline: bool, key_extra: str = "") ->
         os.replace(tmp, path)  # atomic, as load_generated
     ns = dict(TORCH_NAMESPACE)
     exec(compile(text["torch"], f"<circuitsim device {fname}>", "exec"), ns)  # noqa: S102 (generated code)
-    gen = Generated(text["numba"], ns["fn_f"], ns["fn_fj"], len(program.outputs), len(program.ports))
+    gen = Generated(text["numba"], ns["fn_f"], ns["fn_fj"], len(program.outputs), len(program.ports), text["tape"])
     _GENERATED[key] = gen
     return gen
 
@@ -938,6 +1025,7 @@ __all__ = [
     "npow",
     "pow1m",
     "powdiv",
+    "powlog",
     "recip",
     "reciprocals",
     "shared_powers",

@@ -211,6 +211,29 @@ def _cold_wrappers(hooks: Iterable[object], shared_eval: bool) -> str:
     return "".join(out)
 
 
+# the adjoint's copies of fm_eval and fm_vjp (core.backward_core): with the nonlinearity's nl_eval_grad, which also
+# writes the parameter VJP's local partials into the sample's work (the tape), and nl_vjp_saved, which reads them
+# instead of evaluating the devices again.  Only where fm_eval calls nl_eval once and fm_vjp nl_vjp_theta once
+# (both at the sample's port voltages, with the sample's work: DK and the formulations on its hooks); else the
+# copies call the hooks as they are.
+_GRAD_CALLS = (("fm_eval", re.compile(r"\bnl_eval\("), "nl_eval_grad("),
+               ("fm_vjp", re.compile(r"\bnl_vjp_theta\("), "nl_vjp_saved("))
+
+
+def _grad_hooks(hooks: Iterable[object]) -> str:
+    by_name = {h.__name__: h for h in hooks}
+    srcs = {name: inspect.getsource(by_name[name]) for name, _, _ in _GRAD_CALLS}
+    taped = all(len(pat.findall(srcs[name])) == 1 for name, pat, _ in _GRAD_CALLS)
+    out = []
+    for name, pat, repl in _GRAD_CALLS:
+        if taped:
+            out.append(f"\n\n{_INLINE}\n" + pat.sub(repl, srcs[name].replace(f"def {name}(", f"def {name}_grad(", 1)))
+        else:
+            args = ", ".join(inspect.signature(getattr(core, name)).parameters)
+            out.append(f"\n\n{_INLINE}\ndef {name}_grad({args}):\n    return {name}({args})\n")
+    return "".join(out)
+
+
 # constants a formulation may leave out (docs/architecture.md, "Plugging a formulation into the core")
 _DEFAULT_CONSTANTS = "FM_EXPLICIT = 0\nFM_LC = N_LC\n"
 
@@ -224,7 +247,8 @@ def formulation_source(step: StepFormulation, shared_eval: bool = False) -> str:
     """
     names = {h.__name__ for h in step.hooks}
     hooks = (*step.hooks, *(h for h in (core.fm_solve,) if h.__name__ not in names))
-    code = "".join(f"\n\n{_INLINE}\n{inspect.getsource(h)}" for h in hooks) + _cold_wrappers(hooks, shared_eval)
+    code = ("".join(f"\n\n{_INLINE}\n{inspect.getsource(h)}" for h in hooks) + _cold_wrappers(hooks, shared_eval)
+            + _grad_hooks(hooks))
     return f"\n# ---- formulation {step.name}\n{_DEFAULT_CONSTANTS}{step.constants}\n{code}\n"
 
 

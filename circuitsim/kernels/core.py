@@ -51,6 +51,12 @@ cotangent ``gphi = F' ybar[n] + C' xbar[n+1]`` of ``phi[n]``::
     dD += ybar[n] x[n]'     dE += ybar[n] u[n]'     dF += ybar[n] phi[n]'
     dG += w x[n]'           dH += w u[n]'
 
+The adjoint evaluates each device once per sample: it calls ``fm_eval_grad`` and ``fm_vjp_grad``, copies of the
+formulation's ``fm_eval`` and ``fm_vjp`` that :func:`circuitsim.kernels.codegen.formulation_source` makes with the
+nonlinearity's ``nl_eval_grad`` (``nl_eval`` that also writes the local partials of the parameter VJP, the tape,
+into the sample's own work row) and ``nl_vjp_saved`` (the VJP from that tape) where ``fm_eval`` calls ``nl_eval``
+once and ``fm_vjp`` calls ``nl_vjp_theta`` once (DK and the formulations on its hooks), else the hooks themselves.
+
 The outer products are summed per block of ``checkpoint`` samples as three matrix products (the
 cotangents ``(xbar[n+1], ybar[n], w[n])`` of the block against its ``x[n]``, ``u[n]``, ``phi[n]``;
 :func:`backward_core`), so the per-sample loop runs only the serial part: ``w``, ``fm_vjp`` and
@@ -136,6 +142,14 @@ def fm_vjp(P, z, phi, theta, gphi, w, dP, dtheta, mq, want_theta, work):  # prag
 
 
 def nl_vjp_theta(v, theta, mu, gtheta, work):  # pragma: no cover
+    raise NotImplementedError
+
+
+def fm_eval_grad(P, p, z, theta, phi, dphi, g, M, work):  # pragma: no cover - codegen's adjoint copy of fm_eval
+    raise NotImplementedError
+
+
+def fm_vjp_grad(P, z, phi, theta, gphi, w, dP, dtheta, mq, want_theta, work):  # pragma: no cover - and of fm_vjp
     raise NotImplementedError
 
 
@@ -499,10 +513,12 @@ def forward_item(lin, P, theta, io, x0, xfin, warm_in, warm_out, stats, fopt, io
     stats[ST_SAMPLES] = T if fail < 0 else fail
 
 
-def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv):
+def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv, works):
     # One batch item of the adjoint (module docstring), every array borrowed as in forward_segment.
-    # Blocks of iopt[O_CP] samples, last first.  Forward over the block: phi, dphi and M (fm_eval at
-    # the saved z) and, where only checkpoints are saved, the states x[n] recomputed from the block's
+    # Blocks of iopt[O_CP] samples, last first.  Forward over the block: phi, dphi and M (fm_eval_grad at
+    # the saved z: fm_eval that also keeps in the sample's own work row, works[k], what the parameter VJP
+    # needs of the device evaluation, codegen._grad_hooks; fm_vjp_grad reads it back, so the devices are
+    # evaluated once per sample) and, where only checkpoints are saved, the states x[n] recomputed from the block's
     # checkpoint.  Backwards over the block, sample by sample, only what is serial: w, fm_vjp and
     # xbar[n] = A' xbar[n+1] + D' ybar + G' w.  The cotangents l[n] = (xbar[n+1], ybar[n], w[n]) are
     # the columns of lT, x[n], u[n], phi[n] those of xT, uT, phiT; the block's sums of outer products
@@ -517,7 +533,8 @@ def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv):
     u, ztraj, ckpt, gy, du, mu = borrow(io)
     ny = gy.shape[1]
     gx, dx0, dtheta = borrow(gvec)
-    x, xn, p, g, gphi, zbar, w, mq, work = borrow(bv)
+    x, xn, p, g, gphi, zbar, w, mq = borrow(bv)
+    works = borrow(works)
     xT, uT, phiT, lT, duT, phis, Mt, xb2, yx, yphi = borrow(bm)
     dphis, Ms = borrow(b3)
     P = borrow(P)
@@ -543,7 +560,7 @@ def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv):
             for k in range(L):
                 n = n0 + k
                 # phi, dphi and M = -dr/dz do not depend on p (g = p + r(z)): p stays 0 here
-                fm_eval(P, p, ztraj[n], theta, phis[k], dphis[k], g, Ms[k], work)
+                fm_eval_grad(P, p, ztraj[n], theta, phis[k], dphis[k], g, Ms[k], works[k])
                 if not every:
                     for i in range(NX):
                         xT[i, k] = x[i]
@@ -571,7 +588,7 @@ def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv):
                 copy_matrix(Mt, Ms[k], True)
                 if not solve_into(Mt, piv, zbar, w, NZ):
                     w.fill(math.nan)  # a singular M has no implicit derivative
-            fm_vjp(P, ztraj[n], phis[k], theta, gphi, w, dP, dtheta, mq, want_theta, work)
+            fm_vjp_grad(P, ztraj[n], phis[k], theta, gphi, w, dP, dtheta, mq, want_theta, works[k])
             if want_mu:
                 copy_into(mu[n], mq, NF)
             for i in range(NZ):
@@ -601,12 +618,12 @@ def backward_item(lin, P, theta, io, gmat, dP, gvec, iopt):
     blk = iopt[O_CP]
     ndu = blk if io[4].shape[0] != 0 else 0
     bv = (np.zeros(nx), np.zeros(nx), np.zeros(NZ), np.zeros(NZ), np.zeros(NPHI), np.zeros(NZ), np.zeros(NZ),
-          np.zeros(NF), np.zeros(FM_WORK))
+          np.zeros(NF))
     bm = (np.zeros((nx, blk)), np.zeros((nu, blk)), np.zeros((NPHI, blk)), np.zeros((nx + ny + NZ, blk + 1)),
           np.zeros((nu, ndu)), np.zeros((blk, NPHI)), np.zeros((NZ, NZ)), np.zeros((2, nx)), np.zeros((nx, blk)),
           np.zeros((NPHI, blk)))
     b3 = (np.zeros((blk, NPHI, NZ)), np.zeros((blk, NZ, NZ)))
-    backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, np.zeros(NZ, np.int64))
+    backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, np.zeros(NZ, np.int64), np.zeros((blk, FM_WORK)))
 
 
 def theta_vjp_item(theta, vtraj, mu, dtheta):
