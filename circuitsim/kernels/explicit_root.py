@@ -178,7 +178,7 @@ _TAB = np.ascontiguousarray(omega_table.COEFFS)
 TAB_XLO, TAB_H, TAB_INVH = omega_table.XLO, omega_table.H, 1.0 / omega_table.H
 TAB_N = float(omega_table.N_INTERVALS)
 TAB_ERR_W, TAB_ERR_V = omega_table.ERR_W, omega_table.ERR_V
-assert omega_table.DEG_W == 9 and omega_table.DEG_V == 7 and _TAB.shape == (omega_table.N_INTERVALS, 18)
+assert omega_table.DEG_W == 7 and omega_table.DEG_V == 5 and _TAB.shape == (omega_table.N_INTERVALS, 14)
 
 
 @intrinsic
@@ -215,9 +215,7 @@ def omega_table_at(sc: float) -> tuple:
     t4 = t2 * t2
     w = fma(fma(fma(c[j, 7], t, c[j, 6]), t2, fma(c[j, 5], t, c[j, 4])), t4,
             fma(fma(c[j, 3], t, c[j, 2]), t2, fma(c[j, 1], t, c[j, 0])))
-    w = fma(fma(c[j, 9], t, c[j, 8]), t4 * t4, w)
-    v = fma(fma(fma(c[j, 17], t, c[j, 16]), t2, fma(c[j, 15], t, c[j, 14])), t4,
-            fma(fma(c[j, 13], t, c[j, 12]), t2, fma(c[j, 11], t, c[j, 10])))
+    v = fma(fma(c[j, 13], t, c[j, 12]), t4, fma(fma(c[j, 11], t, c[j, 10]), t2, fma(c[j, 9], t, c[j, 8])))
     return w, v
 
 
