@@ -27,6 +27,13 @@ division-free, its exponentials those at ``u1`` taken from omega (``exp(u1/VP) =
 picks the smallest ``k`` whose bound is below ``OMEGA_TOL``, or none (the caller then runs Newton).
 No Newton iteration of the core runs.
 
+A sample is one chain of dependent operations (``p -> omega -> delta -> currents`` and on through the
+state to the next ``p``), so the code is arranged for latency (docs/wdf.md, "Speed of the explicit
+root"): the sign of ``p`` is a branch into two copies with constant offsets (:func:`pair_solve`), the
+table's interval and offset come from one addition (:func:`omega_table_at`), and the currents'
+Taylor coefficients are plan constants times omega or ``1/omega`` (:func:`_current_poly`), so that
+only two multiply-adds follow ``delta``.
+
 Wright omega outside the table (Lawrence, Corless & Jeffrey, ACM TOMS 38(3), 2012, "Algorithm 917"):
 the series/asymptotic starting values of their regions, then the fourth-order Fritsch-Shafer-Crowley
 iteration until its residual shows machine precision.
@@ -34,7 +41,7 @@ iteration until its residual shows machine precision.
 The compiled core calls this through a formulation's ``fm_solve`` hook (docs/architecture.md,
 "Plugging a formulation into the core"): ``fm_prepare`` fills a *plan* (``PLAN_SIZE`` floats of
 the limiting-constant array) with :func:`pair_setup` once per run, and ``fm_solve`` calls
-:func:`pair_root` per sample.
+:func:`pair_solve` per sample.
 """
 
 from __future__ import annotations
@@ -64,11 +71,16 @@ S_BV, S_IKF, S_IKR, S_ISR = (DIODE_LAYOUT.index(k) for k in ("BV_EFF", "IKF_EFF"
 # the forward diode's present (0/1), Is, N Vt, GMIN, 1/(N Vt), kappa, 1/kappa, the table coordinate
 # of x (eq. (9)) per volt of c and its offset, the offset of u, 1/(1 + R g), the reverse diode's rho IsS
 # (rho = R/(1 + R g)), this diode's (3 N Vt / e)^3 (its cubic reverse branch, as the reverse diode of
-# the other frame) and "VS = VP" (0/1)
+# the other frame), "VS = VP" (0/1), the reverse diode's IsS (3 VS / e)^3 and rho IsS (3 VS / e)^3 (its
+# cubic branch), then the coefficients of the two currents' Taylor series in delta (_current_poly):
+# the forward diode's (IsP / kappa) (1/VP)^k / k!, times omega, and the reverse diode's
+# IsS (-1/VS)^k / k! (times kappa where VS = VP), times exp(-u1/VS) (1/omega where VS = VP), k = 0..7
 P_STEPS, P_DEG = range(2)
 (D_HAS, D_IS, D_VTE, D_GMIN, D_INVV, D_KAPPA, D_INVK, D_SCALE, D_XOFF, D_UOFF, D_A1, D_RIS, D_K3,
- D_SAME) = range(14)
-N_PLAN_HEAD, DIR_SIZE = 2, 14
+ D_SAME, D_QC, D_RK3) = range(16)
+N_TAYLOR = 8  # coefficients of degree 0..7 (the largest series degree chord_steps chooses)
+D_FC, D_RC = 16, 16 + N_TAYLOR
+N_PLAN_HEAD, DIR_SIZE = 2, 16 + 2 * N_TAYLOR
 PLAN_SIZE = N_PLAN_HEAD + 2 * DIR_SIZE
 
 
@@ -166,41 +178,60 @@ _TAB = np.ascontiguousarray(omega_table.COEFFS)
 TAB_XLO, TAB_H, TAB_INVH = omega_table.XLO, omega_table.H, 1.0 / omega_table.H
 TAB_N = float(omega_table.N_INTERVALS)
 TAB_ERR_W, TAB_ERR_V = omega_table.ERR_W, omega_table.ERR_V
-assert omega_table.DEG_W == 9 and omega_table.DEG_V == 7 and _TAB.shape == (omega_table.N_INTERVALS, 18)
+assert omega_table.DEG_W == 7 and omega_table.DEG_V == 5 and _TAB.shape == (omega_table.N_INTERVALS, 14)
+
+
+@intrinsic
+def _low_bits(typingctx, x):  # noqa: ANN001, ANN201 - numba intrinsic
+    """The bits of the float64 ``x`` as a uint64 (LLVM ``bitcast``: one register move)."""
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+        return builder.bitcast(context.cast(builder, args[0], sig.args[0], types.float64), llir.IntType(64))
+
+    return types.uint64(x), codegen
+
+
+# 1.5 2^52: for |y| < 2^51, y + ROUND_MAGIC rounded to float64 holds round(y) in its low mantissa bits, and
+# (y + ROUND_MAGIC) - ROUND_MAGIC is round(y) exactly (round to nearest, ties to even)
+ROUND_MAGIC = 6755399441055744.0
+_MAGIC_BITS = np.uint64(np.float64(ROUND_MAGIC).view(np.uint64))
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def omega_table_at(s: float) -> tuple:
-    """``(omega(x), 1/(omega(x) (1 + omega(x))))`` at the table coordinate ``s = (x - TAB_XLO) / H`` in
-    ``[0, N_INTERVALS)``: the interval's two polynomials in ``tau = s - j - 1/2`` (kernels/omega_table.py)
-    by Estrin's scheme in fused multiply-adds, no logarithm, exponential or division; absolute error of
-    omega below ``TAB_ERR_W``, relative error of v below ``TAB_ERR_V`` (docs/wdf.md eq. (13))."""
-    j = np.uint64(s)  # unsigned: the loads need no negative-index wraparound
-    t = (s - 0.5) - np.float64(j)
+def omega_table_at(sc: float) -> tuple:
+    """``(omega(x), 1/(omega(x) (1 + omega(x))))`` at the centred table coordinate ``sc = (x - TAB_XLO) / H - 1/2``
+    in ``[-1/2, N_INTERVALS - 1/2)``: the interval ``j = round(sc)``'s two polynomials in ``tau = sc - j``
+    (kernels/omega_table.py) by Estrin's scheme in fused multiply-adds, no logarithm, exponential or
+    division; absolute error of omega below ``TAB_ERR_W``, relative error of v below ``TAB_ERR_V``
+    (docs/wdf.md eq. (13)).  ``j`` and ``tau`` come from one addition of ``ROUND_MAGIC`` (no conversion
+    between float and integer: a shorter chain from ``sc`` to the polynomials)."""
+    r = sc + ROUND_MAGIC
+    j = _low_bits(r) - _MAGIC_BITS  # round(sc) in [0, N_INTERVALS), unsigned: no wraparound check
+    t = sc - (r - ROUND_MAGIC)  # in [-1/2, 1/2]
     c = _TAB
     t2 = t * t
     t4 = t2 * t2
     w = fma(fma(fma(c[j, 7], t, c[j, 6]), t2, fma(c[j, 5], t, c[j, 4])), t4,
             fma(fma(c[j, 3], t, c[j, 2]), t2, fma(c[j, 1], t, c[j, 0])))
-    w = fma(fma(c[j, 9], t, c[j, 8]), t4 * t4, w)
-    v = fma(fma(fma(c[j, 17], t, c[j, 16]), t2, fma(c[j, 15], t, c[j, 14])), t4,
-            fma(fma(c[j, 13], t, c[j, 12]), t2, fma(c[j, 11], t, c[j, 10])))
+    v = fma(fma(c[j, 13], t, c[j, 12]), t4, fma(fma(c[j, 11], t, c[j, 10]), t2, fma(c[j, 9], t, c[j, 8])))
     return w, v
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def omega_and_v(s: float) -> tuple:
-    """``(omega(x), 1/(omega (1 + omega)))`` at ``s = (x - TAB_XLO) / H``: the table on [-20, 64), else
+def omega_and_v(sc: float) -> tuple:
+    """``(omega(x), 1/(omega (1 + omega)))`` at ``sc = (x - TAB_XLO) / H - 1/2``: the table on [-20, 64), else
     :func:`wright_omega` and one division."""
-    if s >= 0.0 and s < TAB_N:
-        return omega_table_at(s)
-    w = wright_omega(TAB_XLO + s * TAB_H)
+    if sc >= -0.5 and sc < TAB_N - 0.5:
+        return omega_table_at(sc)
+    w = wright_omega(TAB_XLO + (sc + 0.5) * TAB_H)
     return w, 1.0 / (w * (1.0 + w))
 
 
 def omega_table_eval(x: float) -> tuple[float, float]:
     """:func:`omega_and_v` at ``x`` (tests)."""
-    return omega_and_v((x - TAB_XLO) * TAB_INVH)
+    return omega_and_v((x - TAB_XLO) * TAB_INVH - 0.5)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -311,12 +342,23 @@ def pair_setup(K: np.ndarray, theta: np.ndarray, spec: tuple, X: np.ndarray, o: 
                 return 0
             X[b + D_KAPPA] = kappa
             X[b + D_INVK] = 1.0 / kappa  # exp(u/VP) = omega/kappa
-            X[b + D_XOFF] = (rho * isp / vp + math.log(kappa) - TAB_XLO) * TAB_INVH  # x = c/((1 + R g) VP) + that
+            X[b + D_XOFF] = (rho * isp / vp + math.log(kappa) - TAB_XLO) * TAB_INVH - 0.5  # centred: omega_and_v
             X[b + D_UOFF] = R * isp  # u1 = (c + R IsP)/(1 + R g) - VP omega
         else:
             X[b + D_KAPPA] = X[b + D_INVK] = X[b + D_XOFF] = X[b + D_UOFF] = 0.0
         # the first correction in one division: both diodes present with VS = VP (exp(-u1/VS) = kappa/omega)
         X[b + D_SAME] = 1.0 if X[b + D_HAS] != 0.0 and X[bs + D_HAS] != 0.0 and vs == vp else 0.0
+        k3 = (3.0 * vs / CONST_E) ** 3  # the reverse diode's cubic branch
+        X[b + D_QC] = iss * k3
+        X[b + D_RK3] = rho * iss * k3
+        # the currents' Taylor coefficients in delta (_current_poly): forward IsP exp(u1/VP) = (IsP/kappa) omega
+        fc = isp * X[b + D_INVK] if X[b + D_HAS] != 0.0 else 0.0
+        rc = iss * (X[b + D_KAPPA] if X[b + D_SAME] != 0.0 else 1.0)
+        for k in range(N_TAYLOR):
+            X[b + D_FC + k] = fc
+            X[b + D_RC + k] = rc
+            fc *= X[b + D_INVV] / (k + 1)
+            rc *= -1.0 / (vs * (k + 1))
     # a single diode has a reverse half-wave too: that frame has no forward diode (omega = 0)
     steps, deg = chord_steps(rho * ismax, vmin, vmax)
     cost = 1 + steps
@@ -341,24 +383,23 @@ def _expm1_series(t: float, deg: float) -> float:
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _exp_poly(d: float, q: float, rate: float, g0: float, lin: float, deg: float) -> float:
-    """``g0 + lin d + q (exp(rate d) - 1)``, the exponential by the Taylor series of :func:`_expm1_series`,
-    as a polynomial in ``d`` whose coefficients do not depend on ``d``: evaluated as soon as ``d`` is
-    known, three fused multiply-adds for degree 3 (a device current at ``u1 + d`` from its value at ``u1``)."""
-    c1 = fma(q, rate, lin)
-    qr = q * rate
-    r2 = rate * rate
-    c2 = qr * rate * 0.5
-    c3 = qr * r2 * (1.0 / 6.0)
+def _current_poly(d: float, scale: float, X: np.ndarray, b: int, g0: float, lin: float, deg: float) -> float:
+    """``g0 + lin d + scale sum_k X[b + k] d^k`` (k = 1..deg; degree 3, 5 or 7) by Estrin's scheme in fused
+    multiply-adds: a device current at ``u1 + d`` from its value ``g0`` at ``u1``, the coefficients of
+    ``exp(u/VT)`` taken from the plan times one number from omega (``scale``), so that they are all ready
+    when ``d`` is and two (three) multiply-adds follow it."""
+    d2 = d * d
+    lo = fma(fma(scale, X[b + 1], lin), d, g0)
+    hi = fma(scale * X[b + 3], d, scale * X[b + 2])
     if deg == 3.0:
-        return fma(d, fma(d, fma(d, c3, c2), c1), g0)
-    c4 = c2 * r2 * (1.0 / 12.0)
-    c5 = c3 * r2 * (1.0 / 20.0)
+        return fma(hi, d2, lo)
+    lo = fma(hi, d2, lo)
+    d4 = d2 * d2
+    h5 = fma(scale * X[b + 5], d, scale * X[b + 4])
     if deg == 5.0:
-        return fma(d, fma(d, fma(d, fma(d, fma(d, c5, c4), c3), c2), c1), g0)
-    c6 = c4 * r2 * (1.0 / 30.0)
-    c7 = c5 * r2 * (1.0 / 42.0)
-    return fma(d, fma(d, fma(d, fma(d, fma(d, fma(d, fma(d, c7, c6), c5), c4), c3), c2), c1), g0)
+        return fma(h5, d4, lo)
+    h7 = fma(scale * X[b + 7], d, scale * X[b + 6])
+    return fma(fma(h7, d2, h5), d4, lo)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -388,6 +429,8 @@ def pair_root(c0: float, X: np.ndarray, o: int, k: int) -> tuple:
     (``exp(u1/VP) = omega/kappa``, and ``exp(-u1/VS) = kappa/omega`` for identical ``VT``) times a
     Taylor series in the correction (docs/wdf.md, "Solving the root").  Where ``x`` lies in the table
     and ``VS = VP``: no logarithm, exponential or division, except ``1/u1`` on the cubic branch.
+    ``k`` should be a constant where this is inlined (:func:`pair_solve`): the plan's loads then need
+    no offset computed from the sample.
     """
     steps = int(X[o + P_STEPS])
     bp = o + N_PLAN_HEAD + k * DIR_SIZE
@@ -414,15 +457,18 @@ def pair_root(c0: float, X: np.ndarray, o: int, k: int) -> tuple:
         # the exponential branch, and there (rarely) the branch is chosen again at every step
         band = cubic and u1 < three + 2.5 * ris
         same = X[bp + D_SAME] != 0.0
-        s1 = a1 = inv1 = 0.0
+        s1 = a1 = inv1 = i2 = i3 = 0.0
         if cubic:
             inv1 = 1.0 / u1
-            a1 = X[bs + D_K3] * (inv1 * inv1) * inv1  # (3 VS / (e u1))^3
-        if not cubic or band:  # exp(-u1/VS): kappa/omega = kappa (1 + omega) v for equal N Vt
-            s1 = X[bp + D_KAPPA] * (1.0 + w) * v if same else math.exp(-u1 * invs)
+            i2 = inv1 * inv1
+            i3 = i2 * inv1
+            a1 = X[bs + D_K3] * i3  # (3 VS / (e u1))^3
+        inv_w = fma(w, v, v)  # 1/omega = (1 + omega) v
+        if not cubic or band:  # exp(-u1/VS): kappa/omega for equal N Vt
+            s1 = X[bp + D_KAPPA] * inv_w if same else math.exp(-u1 * invs)
         if steps > 0:  # the first chord step, at delta = 0: -rho IsS r(u1) / (1 + omega)
-            if cubic:
-                delta = ris * iw * (a1 - 1.0)
+            if cubic:  # rho IsS (a1 - 1) / (1 + omega)
+                delta = fma(X[bp + D_RK3] * iw, i3, -ris * iw)
             elif same:  # (1 - kappa/omega) / (1 + omega) = (omega - kappa) v
                 delta = ris * v * (X[bp + D_KAPPA] - w)
             else:
@@ -432,22 +478,41 @@ def pair_root(c0: float, X: np.ndarray, o: int, k: int) -> tuple:
             cb = cubic and not (band and u1 + delta <= three)
             h = delta + vp * w * em1 + ris * _reverse_at(delta, cb, s1, a1, inv1, invs, deg)
             delta -= h * iw
-        # the outputs at u = u1 + delta as polynomials in delta (coefficients from omega, formed while delta is)
+        # the outputs at u = u1 + delta as polynomials in delta, their coefficients ready before delta is
         iss, gs = X[bs + D_IS], X[bs + D_GMIN]
-        if cubic and not (band and u1 + delta <= three):  # -IsS (1 - a1 (1 - 3 z + 6 z^2)) - g u, z = delta/u1
-            q = iss * a1
-            i_r = fma(delta, fma(delta, 6.0 * q * (inv1 * inv1), fma(-3.0 * q, inv1, -gs)), fma(-gs, u1, q - iss))
+        if cubic and not (band and u1 + delta <= three):
+            # -IsS (1 - a1 (1 - 3 z + 6 z^2)) - g u, z = delta/u1, IsS a1 = D_QC / u1^3
+            qc = X[bp + D_QC]
+            g0 = fma(qc, i3, fma(-gs, u1, -iss))
+            i_r = fma(6.0 * qc * (i2 * i3), delta * delta, fma(fma(-3.0 * qc, i2 * i2, -gs), delta, g0))
         else:  # -IsS (1 - s1 exp(-delta/VS)) - g u
-            q = iss * s1
-            i_r = _exp_poly(delta, q, -invs, fma(-gs, u1, q - iss), -gs, deg)
+            sc = inv_w if same else s1
+            i_r = _current_poly(delta, sc, X, bp + D_RC, fma(-gs, u1, fma(sc, X[bp + D_RC], -iss)), -gs, deg)
     u = u1 + delta
     if not has_p:
         return True, u, 0.0, i_r
     if u > EXP_LIMIT * vp:
         return False, u, 0.0, i_r
-    a = X[bp + D_IS] * X[bp + D_INVK] * w  # IsP exp(u1/VP), then times exp(delta/VP)
-    gp = X[bp + D_GMIN]
-    return True, u, _exp_poly(delta, a, X[bp + D_INVV], fma(gp, u1, a - X[bp + D_IS]), gp, deg), i_r
+    gp = X[bp + D_GMIN]  # IsP exp(u1/VP) = (IsP / kappa) omega, then times exp(delta/VP)
+    i_f = _current_poly(delta, w, X, bp + D_FC, fma(gp, u1, fma(w, X[bp + D_FC], -X[bp + D_IS])), gp, deg)
+    return True, u, i_f, i_r
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def pair_solve(p: float, X: np.ndarray, o: int) -> tuple:
+    """``v = p + K f(v)`` for the diode or pair of the plan at ``X[o:]``, ``p`` volts: ``(ok, v, i_pos, i_neg)``,
+    the port voltage and the outputs (amperes) of the diode oriented +1 and of the one oriented -1.
+
+    The sign of ``p`` picks the frame by a branch into one of two copies of :func:`pair_root`, each with
+    its direction a constant: the plan's numbers of that frame are loaded before ``p`` is known (a
+    branch predicted from the previous samples), where a selected offset would make every load of the
+    sample wait for ``p``.
+    """
+    if p >= 0.0:
+        ok, u, i_f, i_r = pair_root(p, X, o, 0)
+        return ok, u, i_f, i_r
+    ok, u, i_f, i_r = pair_root(-p, X, o, 1)
+    return ok, -u, i_r, i_f
 
 
 # --------------------------------------------------------------------------- which nonlinearities
@@ -495,6 +560,7 @@ __all__ = [
     "omega_table_eval",
     "pair_root",
     "pair_setup",
+    "pair_solve",
     "plan",
     "pn",
     "wright_omega",

@@ -45,7 +45,7 @@ from circuitsim.kernels.core import (  # noqa: F401  (re-exported: the kernels' 
     StepFormulation,
     warm_state,
 )
-from circuitsim.kernels.explicit_root import PLAN_SIZE, diode_pair_spec, pair_root, pair_setup, plan
+from circuitsim.kernels.explicit_root import PLAN_SIZE, diode_pair_spec, pair_setup, pair_solve, plan
 from circuitsim.kernels.linalg import borrow, copy_into, mtv, outer_acc  # noqa: F401  (borrow: generated modules)
 
 if TYPE_CHECKING:
@@ -124,23 +124,14 @@ def fm_vjp(P, z, phi, theta, gphi, w, dP, dtheta, mq, want_theta, work):
 def fm_solve(P, p, z, theta, phi, lc, work, fopt, est, early):
     # a diode or an anti-parallel pair on the one port: v = p + K f(v) solved explicitly with the
     # Wright omega function (kernels/explicit_root.py, docs/wdf.md eqs. (9), (11)-(12)); False: Newton
-    c = p[0]
-    k = 0 if c >= 0.0 else 1
-    ok, u, i_f, i_r = pair_root(abs(c), lc, XR_PLAN, k)
+    ok, v, i_pos, i_neg = pair_solve(p[0], lc, XR_PLAN)
     if not ok:
         return False
-    if k == 0:
-        z[0] = u
-        if XR_SPEC[0] >= 0:
-            phi[XR_SPEC[0]] = i_f
-        if XR_SPEC[2] >= 0:
-            phi[XR_SPEC[2]] = i_r
-    else:
-        z[0] = -u
-        if XR_SPEC[2] >= 0:
-            phi[XR_SPEC[2]] = i_f
-        if XR_SPEC[0] >= 0:
-            phi[XR_SPEC[0]] = i_r
+    z[0] = v
+    if XR_SPEC[0] >= 0:
+        phi[XR_SPEC[0]] = i_pos
+    if XR_SPEC[2] >= 0:
+        phi[XR_SPEC[2]] = i_neg
     return True
 
 
@@ -148,7 +139,7 @@ def fm_solve(P, p, z, theta, phi, lc, work, fopt, est, early):
 _DK_HOOKS = (fm_prepare, fm_eval, fm_limit, fm_vjp)
 _DK_CONSTANTS = (
     "NZ = NV\nNPHI = NF\nFM_WORK = N_WORK\nXR_PLAN = 0\nXR_SPEC = (-1, -1, -1, -1)\n"
-    "from circuitsim.kernels.explicit_root import pair_root, pair_setup  # noqa: E402, F401\n"
+    "from circuitsim.kernels.explicit_root import pair_setup, pair_solve  # noqa: E402, F401\n"
 )
 DK_STEP = StepFormulation(name="dk", hooks=_DK_HOOKS, constants=_DK_CONSTANTS)
 
