@@ -108,7 +108,7 @@ def _inline_function(self, caller_ir, block, i, function, arg_typs=None):  # noq
     callers with ``locals`` type annotations go through numba's own path.
     """
     key = (function, bool(self.flags.no_rewrites))
-    if (not getattr(function, "__module__", "").startswith("circuitsim") or function.__code__.co_freevars
+    if (not (getattr(function, "__module__", None) or "").startswith("circuitsim") or function.__code__.co_freevars
             or self.locals):
         return _NUMBA_INLINE_FUNCTION(self, caller_ir, block, i, function, arg_typs=arg_typs)
     callee_ir = _UNTYPED.get(key)
