@@ -20,7 +20,12 @@ nonlinearity module's ``nl_eval_cold``, which the DC operating point has compile
 adjoint keeps its inlined copy: its loop over the saved samples is hot); and the module's
 ``forward_item`` has no fallbacks, which compile only when a sample first needs them
 (``forward_item_full``, :data:`FORWARD_COPIES`).  The backward (``backward_item``) compiles on its
-first call.  None of it changes the IR numba keeps (outputs and gradients are bitwise the same).
+first call.  numba's live-variable analysis, which runs after every inlining and rewrite and is quadratic
+in the inlined code, runs on bit sets (:func:`live_map`: the same result); the sized module calls the
+loop order of ``linalg.tmv3`` that its constant sizes choose (:func:`choose_loop_orders`), so that numba
+types and lowers one of the two; and the adjoint calls a large device VJP (a BJT's) as one compiled
+function instead of inlining it (:data:`VJP_CALL_STATEMENTS`).  Only the last changes the IR numba keeps
+(a call instead of inlined code, the same arithmetic): outputs and gradients are bitwise the same.
 """
 
 from __future__ import annotations
