@@ -279,7 +279,8 @@ def linear_maps(sizes: list[tuple[int, int, int, int]], samples: int, repeats: i
         for form, axpy_macs in (("dot", 1 << 60), ("rows", -1)):
             ns: dict = {}
             src = (f"from numba import njit\nNX, NU, NPHI, NY, AXPY_MACS = {nx}, {nu}, {nphi}, {ny}, {axpy_macs}\n"
-                   f"@njit(inline='always')\n{inspect.getsource(linalg.tmv3)}{_MAPS_LOOP}")
+                   + "".join(f"@njit(inline='always')\n{inspect.getsource(getattr(linalg, f))}"
+                             for f in ("tmv3_takes_dots", "tmv3_dots", "tmv3_axpy", "tmv3")) + _MAPS_LOOP)
             exec(compile(src, f"<tmv3 {form}>", "exec"), ns)
 
             once = partial(_maps_once, ns["run"], mt, u, (nx, nphi, ny))

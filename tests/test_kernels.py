@@ -656,3 +656,79 @@ def test_sized_module_refuses_other_sizes(clipper):
     bad = (*mats[:3], z((1, 2)), *mats[4:8])  # D with two columns against A's one state
     with pytest.raises(ValueError, match=r"matrix D has shape \(1, 2\), expected \(1, 1\)"):
         core.forward(clipper.module, bad, mats[8:], clipper_theta().numpy(), z((1, 3, 1)), z((1, 1)))
+
+
+def test_choose_loop_orders_by_constant_sizes():
+    # tmv3's loop order is pasted where its four sizes are constants (dot products up to AXPY_MACS multiply-adds,
+    # row passes above), and the run-time size keeps the run-time choice
+    from circuitsim.kernels import codegen, linalg
+
+    src = ("def f(y, A, x, B, u, C, phi, ny):\n"
+           "    tmv3(y, A, x, NX, B, u, NU, C, phi, NPHI, NX)  # small\n"
+           "    tmv3(y, A, x, NX, B, u, NU, C, phi, NPHI, BIG)\n"
+           "    tmv3(y, A, x, NX, B, u, NU, C, phi, 0, ny)\n")
+    sizes = {"NX": 3, "NU": 1, "NPHI": 2, "BIG": linalg.AXPY_MACS}
+    out = codegen.choose_loop_orders(src, sizes).splitlines()
+    assert out[1].strip().startswith("tmv3_dots(") and out[1].endswith("# small")
+    assert out[2].strip().startswith("tmv3_axpy(")
+    assert out[3].strip().startswith("tmv3(")
+    assert linalg.tmv3_takes_dots(3, 3, 1, 2) and not linalg.tmv3_takes_dots(linalg.AXPY_MACS, 3, 1, 2)
+
+
+def test_sized_module_pastes_the_loop_orders(clipper):
+    # the clipper's module sized for its maps calls tmv3 only where the output count (run-time) is a size
+    import inspect
+
+    mod = sized_module(clipper.module, 1, 1)
+    src = inspect.getsource(mod)
+    lines = [ln.strip() for ln in src.splitlines()]
+    generic = [ln for ln in lines if ln.startswith("tmv3(")]
+    pasted = [ln for ln in lines if ln.startswith("tmv3_dots(") and "rows, acc)" not in ln]  # not tmv3's own
+    assert generic and all(", ny)" in ln for ln in generic), generic
+    assert len(pasted) >= 5 and not [ln for ln in lines if ln.startswith("tmv3_axpy(") and "rows, acc)" not in ln]
+
+
+def test_live_map_matches_numba():
+    # codegen.live_map (bit sets) against numba's own compute_live_map on every IR numba analyses while it
+    # compiles a fresh function that inlines the core's templates (loops, branches, the LU): the same sets
+    import inspect
+
+    from numba.core import analysis, ir_utils
+
+    from circuitsim.kernels import codegen, linalg
+
+    codegen.install_inline_copy()
+    numba_live_map = codegen._NUMBA_LIVE_MAP
+    assert numba_live_map is not None and analysis.compute_live_map is codegen.live_map
+    seen = []
+
+    def both(cfg, blocks, use, defs):  # noqa: ANN001, ANN202
+        want = numba_live_map(cfg, blocks, use, defs)
+        seen.append((len(blocks), want == codegen.live_map(cfg, blocks, use, defs)))
+        return want
+
+    names = ("small_inverse", "lu_factor", "lu_solve", "solve_into", "scaled_step")
+    src = ("import math\nimport numpy as np\nfrom numba import njit\n"
+           + "".join(f"@njit(inline='always')\n{inspect.getsource(getattr(linalg, n))}\n" for n in names)
+           + "@njit\ndef solve_all(Ms, bs, out):\n"
+             "    piv = np.zeros(4, np.int64)\n"
+             "    n_ok = 0\n"
+             "    for k in range(Ms.shape[0]):\n"
+             "        ok = solve_into(Ms[k].copy(), piv, bs[k], out[k], 4)\n"
+             "        if ok and scaled_step(out[k], bs[k], 1.0, 1.0, 4) >= 0:\n"
+             "            n_ok += 1\n"
+             "        elif solve_into(Ms[k, :3, :3].copy(), piv, bs[k], out[k], 3):\n"
+             "            n_ok -= 1\n"
+             "    return n_ok\n")
+    ns: dict = {"__name__": "circuitsim_live_map_test"}  # a generated module's name: codegen's inlining path
+    exec(compile(src, "<live_map test>", "exec"), ns)
+    fn = ns["solve_all"]
+    analysis.compute_live_map = ir_utils.compute_live_map = both
+    try:
+        rng = np.random.default_rng(1)
+        Ms, bs, out = rng.standard_normal((5, 4, 4)) + 4 * np.eye(4), rng.standard_normal((5, 4)), np.zeros((5, 4))
+        assert fn(Ms, bs, out) == 5
+    finally:
+        analysis.compute_live_map = ir_utils.compute_live_map = codegen.live_map
+    np.testing.assert_allclose(out, np.linalg.solve(Ms, bs[..., None])[..., 0], rtol=1e-12)
+    assert len(seen) > 5 and max(n for n, _ in seen) > 10 and all(same for _, same in seen), seen

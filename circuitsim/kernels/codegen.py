@@ -20,11 +20,17 @@ nonlinearity module's ``nl_eval_cold``, which the DC operating point has compile
 adjoint keeps its inlined copy: its loop over the saved samples is hot); and the module's
 ``forward_item`` has no fallbacks, which compile only when a sample first needs them
 (``forward_item_full``, :data:`FORWARD_COPIES`).  The backward (``backward_item``) compiles on its
-first call.  None of it changes the IR numba keeps (outputs and gradients are bitwise the same).
+first call.  numba's live-variable analysis, which runs after every inlining and rewrite and is quadratic
+in the inlined code, runs on bit sets (:func:`live_map`: the same result); the sized module calls the
+loop order of ``linalg.tmv3`` that its constant sizes choose (:func:`choose_loop_orders`), so that numba
+types and lowers one of the two; and the adjoint calls a large device VJP (a BJT's) as one compiled
+function instead of inlining it (:data:`VJP_CALL_STATEMENTS`).  Only the last changes the IR numba keeps
+(a call instead of inlined code, the same arithmetic): outputs and gradients are bitwise the same.
 """
 
 from __future__ import annotations
 
+import ast
 import copy
 import importlib.util
 import inspect
@@ -34,6 +40,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from circuitsim.kernels import core, linalg
 from circuitsim.kernels.core import StepFormulation
@@ -105,7 +113,7 @@ def _inline_function(self, caller_ir, block, i, function, arg_typs=None):  # noq
     callers with ``locals`` type annotations go through numba's own path.
     """
     key = (function, bool(self.flags.no_rewrites))
-    if (not getattr(function, "__module__", "").startswith("circuitsim") or function.__code__.co_freevars
+    if (not (getattr(function, "__module__", None) or "").startswith("circuitsim") or function.__code__.co_freevars
             or self.locals):
         return _NUMBA_INLINE_FUNCTION(self, caller_ir, block, i, function, arg_typs=arg_typs)
     callee_ir = _UNTYPED.get(key)
@@ -125,16 +133,88 @@ def _inline_function(self, caller_ir, block, i, function, arg_typs=None):  # noq
 _NUMBA_INLINE_FUNCTION = None
 
 
+def _bits(names: Iterable[str], index: dict[str, int], nbits: int) -> int:
+    # the set `names` as an int whose bit index[name] is set
+    on = [index[n] for n in names]
+    if not on:
+        return 0
+    flags = np.zeros(nbits, dtype=bool)
+    flags[on] = True
+    return int.from_bytes(np.packbits(flags, bitorder="little").tobytes(), "little")
+
+
+def live_map(cfg, blocks, var_use_map, var_def_map):  # noqa: ANN001, ANN201 (numba's)
+    """``numba.core.analysis.compute_live_map`` (the variables alive at the entry of each block) with the
+    variable sets as bit sets (Python ints): the same two fix points, reaching definitions forward and liveness
+    backward, each iterated until nothing changes, so the same (least) fix point.
+
+    numba's version unions Python sets of names, blocks x variables per pass, quadratic in the inlined code;
+    it runs after every inlining and rewrite (``PostProcessor``, dead-code removal) and took a sixth of a
+    first compile (the diode clipper's first forward + backward: 2.6 of 16.3 CPU seconds).  A bit set makes
+    each union a few hundred machine words.  The result is the same dict of sets.
+    """
+    names = list(dict.fromkeys(n for m in (var_use_map, var_def_map) for s in m.values() for n in s))
+    index = {n: i for i, n in enumerate(names)}
+    nbits = len(names)
+    use = {b: _bits(var_use_map[b], index, nbits) for b in blocks}
+    defs = {b: _bits(var_def_map[b], index, nbits) for b in blocks}
+    topo = cfg.topo_order()
+    succ = {b: [s for s, _ in cfg.successors(b)] for b in topo}
+    pred = {b: [s for s, _ in cfg.predecessors(b)] for b in topo}
+    # the variables defined or used in a block from which this one is reachable
+    reach: dict[object, int] = {}
+    changed = True
+    while changed:
+        changed = False
+        for b in topo:
+            r = reach.get(b, 0) | defs[b] | use[b]
+            if r != reach.get(b, 0):
+                reach[b], changed = r, True
+            for s in succ[b]:
+                old = reach.get(s, 0)
+                if old | r != old:
+                    reach[s], changed = old | r, True
+    live = dict(use)
+    changed = True
+    while changed:
+        changed = False
+        for b in reversed(topo):
+            lv = live[b]
+            for p in pred[b]:
+                old = live[p]
+                new = old | (lv & reach.get(p, 0) & ~defs[p])
+                if new != old:
+                    live[p], changed = new, True
+    table = np.array(names + [""], dtype=object)
+    nbytes = (nbits + 7) // 8
+    out = {}
+    for b in blocks:
+        m = live[b]
+        on = np.flatnonzero(np.unpackbits(np.frombuffer(m.to_bytes(nbytes, "little"), np.uint8), bitorder="little"))
+        out[b] = set(table[on].tolist())
+    return out
+
+
+_NUMBA_LIVE_MAP = None
+
+
 def install_inline_copy() -> None:
-    """Give numba's inliner :class:`_BlockCopy` and :func:`_inline_function` (idempotent; called before a
-    generated module compiles).
+    """Give numba's inliner :class:`_BlockCopy` and :func:`_inline_function`, and its analysis :func:`live_map`
+    (idempotent; called before a generated module compiles).
 
     Skipped, leaving numba as it is, where its inliner does not copy blocks that way
-    (``numba.core.inline_closurecall`` without a module-level ``copy``).
+    (``numba.core.inline_closurecall`` without a module-level ``copy``), or where its ``compute_live_map``
+    has another signature.
     """
-    global _NUMBA_INLINE_FUNCTION
-    from numba.core import inline_closurecall
+    global _NUMBA_INLINE_FUNCTION, _NUMBA_LIVE_MAP
+    from numba.core import analysis, inline_closurecall, ir_utils
 
+    if _NUMBA_LIVE_MAP is None and analysis.compute_live_map.__code__.co_varnames[:4] == (
+            "cfg", "blocks", "var_use_map", "var_def_map"):
+        _NUMBA_LIVE_MAP = analysis.compute_live_map
+        analysis.compute_live_map = live_map  # postproc calls it through the module, ir_utils by its own name
+        if getattr(ir_utils, "compute_live_map", None) is _NUMBA_LIVE_MAP:
+            ir_utils.compute_live_map = live_map
     if getattr(inline_closurecall, "copy", None) is copy:
         inline_closurecall.copy = _BlockCopy()
         worker = inline_closurecall.InlineWorker
@@ -234,21 +314,53 @@ def _grad_hooks(hooks: Iterable[object]) -> str:
     return "".join(out)
 
 
+# The adjoint calls the nonlinearity's parameter VJP (nl_vjp_theta, through the formulation's fm_vjp) as one
+# compiled function instead of inlining it where its code has more than this many statements (its own and
+# those of the functions of the source it calls, Python statements): a BJT's (288) inlined was a fifth of the
+# DS-1 backward's first compile; the call costs ~4 ns a sample, 2 % of that backward (benchmarks/bench_kernel.py
+# --netlists, A/B), but 7-10 % of a diode clipper's, whose VJP (30) stays inlined
+VJP_CALL_STATEMENTS = 100
+_NL_VJP = re.compile(r"\bnl_vjp_theta\(")
+_VJP_WRAPPER = ("\n\n@njit(cache=True)\ndef nl_vjp_theta_call(v, theta, mu, gtheta, work):\n"
+                "    nl_vjp_theta(v, theta, mu, gtheta, work)\n")
+
+
+def statements(source: str, name: str) -> int:
+    """Python statements of the function ``name`` of ``source`` and of the functions of ``source`` it calls,
+    transitively (each counted once): the size of what inlining ``name`` pastes in."""
+    defs = {n.name: n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)}
+    seen: set[str] = set()
+    todo, total = [name], 0
+    while todo:
+        f = todo.pop()
+        if f in seen or f not in defs:
+            continue
+        seen.add(f)
+        for node in ast.walk(defs[f]):
+            total += isinstance(node, ast.stmt)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                todo.append(node.func.id)
+    return total
+
+
 # constants a formulation may leave out (docs/architecture.md, "Plugging a formulation into the core")
 _DEFAULT_CONSTANTS = "FM_EXPLICIT = 0\nFM_LC = N_LC\n"
 
 
-def formulation_source(step: StepFormulation, shared_eval: bool = False) -> str:
+def formulation_source(step: StepFormulation, shared_eval: bool = False, call_vjp: bool = False) -> str:
     """The formulation's constants and hooks, each hook compiled ``inline="always"``.
 
     A formulation without ``fm_solve`` gets the core's default (never solves) and ``FM_EXPLICIT = 0``.
     ``shared_eval``: the module links the nonlinearity module's ``nl_eval_cold`` (:func:`step_module`),
-    which the cold copy of ``fm_eval`` then calls.
+    which the cold copy of ``fm_eval`` then calls.  ``call_vjp``: the hooks call ``nl_vjp_theta`` through a
+    compiled function that is not inlined (``nl_vjp_theta_call``; :data:`VJP_CALL_STATEMENTS`).
     """
     names = {h.__name__ for h in step.hooks}
     hooks = (*step.hooks, *(h for h in (core.fm_solve,) if h.__name__ not in names))
-    code = ("".join(f"\n\n{_INLINE}\n{inspect.getsource(h)}" for h in hooks) + _cold_wrappers(hooks, shared_eval)
-            + _grad_hooks(hooks))
+    code = "".join(f"\n\n{_INLINE}\n{inspect.getsource(h)}" for h in hooks)
+    if call_vjp:  # the plain fm_vjp only: the adjoint's taped copy (_grad_hooks) calls nl_vjp_saved
+        code = _NL_VJP.sub("nl_vjp_theta_call(", code) + _VJP_WRAPPER
+    code += _cold_wrappers(hooks, shared_eval) + _grad_hooks(hooks)
     return f"\n# ---- formulation {step.name}\n{_DEFAULT_CONSTANTS}{step.constants}\n{code}\n"
 
 
@@ -309,7 +421,8 @@ def step_module(nb_source: str, step: StepFormulation | None = None) -> ModuleTy
     if shared:
         link = (f"\nnl_eval_cold = generated_module({load_generated(nb_source).__name__!r}).nl_eval_cold"
                 "  # noqa: E402, F811\n")
-    source = nb_source + _HEADER + link + formulation_source(step, shared) + core_source()
+    call_vjp = statements(nb_source, "nl_vjp_theta") > VJP_CALL_STATEMENTS
+    source = nb_source + _HEADER + link + formulation_source(step, shared, call_vjp) + core_source()
     deps = source_dependencies([source]) + [Path(core.__file__), Path(linalg.__file__), *step.dependencies]
     module = load_generated(source, deps)
     _BUILDS.setdefault(module.__name__, (source, tuple(deps)))
@@ -342,9 +455,56 @@ def sized_module(module: ModuleType, nx: int, nu: int) -> ModuleType:
     from circuitsim.kernels.nonlinearity import load_generated
 
     source, deps = build
+    sizes = {k: v for k, v in vars(module).items() if k.isupper() and type(v) is int}
+    sizes.update(NX=key[1], NU=key[2])
+    source = choose_loop_orders(source, sizes)
     out = load_generated(f"{source}\n# ---- linear sizes\nNX = {key[1]}\nNU = {key[2]}\n", deps)
     _SIZED[key] = out
     return out
+
+
+# the size arguments of linalg.tmv3 (n1, n2, n3, rows)
+_TMV3_SIZES = (3, 6, 9, 10)
+
+
+def choose_loop_orders(source: str, sizes: dict[str, int]) -> str:
+    """``source`` with each call of ``linalg.tmv3`` whose four sizes are compile-time constants (names in
+    ``sizes``, or literals) replaced by the call of the loop order ``tmv3`` takes for them (``tmv3_dots`` or
+    ``tmv3_axpy``, by :func:`circuitsim.kernels.linalg.tmv3_takes_dots`).
+
+    numba decides ``tmv3``'s size test only after typing (LLVM folds it), so it types and lowers both loop
+    orders at every call site (a tenth of a generated module's code); the loops run are the same, so the
+    outputs are bitwise the same.  Calls with a run-time size (``Ny``) keep ``tmv3``.
+    """
+    lines = source.splitlines(keepends=True)
+    for ln, line in enumerate(lines):
+        if "tmv3(" not in line:
+            continue
+        # parse the line alone (the whole module takes ~0.13 s, a tenth of a cached run's first call); a call
+        # that does not parse alone (split over lines) keeps tmv3
+        text = line.strip()
+        indent = len(line.encode()) - len(line.lstrip().encode())
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            continue
+        edits = []  # (start byte, end byte, name): the callee names to replace
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "tmv3"
+                    and len(node.args) >= 11):
+                continue
+            try:
+                n1, n2, n3, rows = (eval(compile(ast.Expression(node.args[i]), "<size>", "eval"),
+                                         {"__builtins__": {}}, sizes) for i in _TMV3_SIZES)
+            except (NameError, TypeError):  # a run-time size
+                continue
+            name = "tmv3_dots" if linalg.tmv3_takes_dots(rows, n1, n2, n3) else "tmv3_axpy"
+            edits.append((indent + node.func.col_offset, indent + node.func.end_col_offset, name))
+        raw = line.encode()
+        for a, b, name in sorted(edits, reverse=True):  # col offsets are UTF-8 bytes
+            raw = raw[:a] + name.encode() + raw[b:]
+        lines[ln] = raw.decode()
+    return "".join(lines)
 
 
 def dk_module(nl: Nonlinearity) -> ModuleType:
@@ -362,6 +522,6 @@ def dk_module(nl: Nonlinearity) -> ModuleType:
 
 
 __all__ = [
-    "core_source", "dk_module", "formulation_source", "install_inline_copy", "sized_module", "source_dependencies",
-    "step_module",
+    "choose_loop_orders", "core_source", "dk_module", "formulation_source", "install_inline_copy", "live_map",
+    "sized_module", "source_dependencies", "statements", "step_module",
 ]

@@ -192,27 +192,31 @@ def mv(out, M, a, rows, cols, acc):
         out[i] = s
 
 
-def tmv3(out, M1, a, n1, M2, b, n2, M3, c, n3, rows, acc=False):
-    # out[i] = sum_j M1[j, i] a[j] + sum_j M2[j, i] b[j] + sum_j M3[j, i] c[j] for i < rows (acc: out[i] += the
-    # same sums, added to out[i] in that order): the products
-    # M1' a + M2' b + M3' c of the (stored) transposes, every sum in that order, j ascending, in both loop
-    # orders below, so that both round alike.  Up to AXPY_MACS multiply-adds: a dot product per row, its sum
-    # in a register.  Above: out += a[j] M1[j, :] row after row of M (contiguous), which vectorises across i
-    # without reassociating any sum (a dot product cannot: its one sum is a serial chain).  The forward
-    # passes A' ... H' (core.forward), the adjoint A, D, G ... themselves.  Sizes are compile-time constants
-    # (NX, NU, NZ, NPHI; the output count Ny is not), so the loops unroll and the branch is mostly decided by the
-    # compiler.
-    if rows * (n1 + n2 + n3) <= AXPY_MACS:
-        for i in range(rows):
-            s = out[i] if acc else 0.0
-            for j in range(n1):
-                s += M1[j, i] * a[j]
-            for j in range(n2):
-                s += M2[j, i] * b[j]
-            for j in range(n3):
-                s += M3[j, i] * c[j]
-            out[i] = s
-        return
+def tmv3_takes_dots(rows, n1, n2, n3):
+    # whether tmv3 takes a dot product per output row (True) or passes over the rows of the matrices: up to
+    # AXPY_MACS multiply-adds.  Plain Python too: codegen.sized_module calls it where the sizes of a call are
+    # compile-time constants, to paste the chosen loop order in place of tmv3
+    return rows * (n1 + n2 + n3) <= AXPY_MACS
+
+
+def tmv3_dots(out, M1, a, n1, M2, b, n2, M3, c, n3, rows, acc=False):
+    # tmv3 by dot products: out[i] = (out[i] if acc) + sum_j M1[j, i] a[j] + ..., the sum of each row in a
+    # register (the compiler unrolls the dot products whole and interleaves their independent sums)
+    for i in range(rows):
+        s = out[i] if acc else 0.0
+        for j in range(n1):
+            s += M1[j, i] * a[j]
+        for j in range(n2):
+            s += M2[j, i] * b[j]
+        for j in range(n3):
+            s += M3[j, i] * c[j]
+        out[i] = s
+
+
+def tmv3_axpy(out, M1, a, n1, M2, b, n2, M3, c, n3, rows, acc=False):
+    # tmv3 by passes: out += a[j] M1[j, :] row after row of M (contiguous), which vectorises across i without
+    # reassociating any sum (a dot product cannot: its one sum is a serial chain); each out[i] is summed in
+    # the order of tmv3_dots, so both round alike
     if not acc:
         for i in range(rows):
             out[i] = 0.0
@@ -228,6 +232,21 @@ def tmv3(out, M1, a, n1, M2, b, n2, M3, c, n3, rows, acc=False):
         cj = c[j]
         for i in range(rows):
             out[i] += M3[j, i] * cj
+
+
+def tmv3(out, M1, a, n1, M2, b, n2, M3, c, n3, rows, acc=False):
+    # out[i] = sum_j M1[j, i] a[j] + sum_j M2[j, i] b[j] + sum_j M3[j, i] c[j] for i < rows (acc: out[i] += the
+    # same sums, added to out[i] in that order): the products
+    # M1' a + M2' b + M3' c of the (stored) transposes, every sum in that order, j ascending, in both loop
+    # orders (tmv3_dots, tmv3_axpy), so that both round alike.  Up to AXPY_MACS multiply-adds a dot product
+    # per row (tmv3_takes_dots), above it the passes.  The forward passes A' ... H' (core.forward), the adjoint A, D,
+    # G ... themselves.  Sizes are compile-time constants (NX, NU, NZ, NPHI; the output count Ny is not):
+    # where all four of a call are, codegen.sized_module pastes the chosen order in place of this call, so that
+    # numba types and lowers one loop order there instead of both (the constant test is decided only by LLVM)
+    if tmv3_takes_dots(rows, n1, n2, n3):
+        tmv3_dots(out, M1, a, n1, M2, b, n2, M3, c, n3, rows, acc)
+    else:
+        tmv3_axpy(out, M1, a, n1, M2, b, n2, M3, c, n3, rows, acc)
 
 
 def mtv(out, M, a, rows, cols, acc):
@@ -312,6 +331,9 @@ TEMPLATES = (
     "lu_solve",
     "solve_into",
     "mv",
+    "tmv3_takes_dots",
+    "tmv3_dots",
+    "tmv3_axpy",
     "tmv3",
     "mtv",
     "outer_acc",
