@@ -265,7 +265,9 @@ def main() -> None:
             "TMAX = 1/fs_sim, reltol 1e-6, abstol 1e-15, vntol 1e-9; its time is its own transient analysis "
             "time (`.options acct`), no Python file I/O counted; the process column is the whole `ngspice -b` "
             "process (start-up, parsing, raw file). Backward: every component value learnable, "
-            "loss = mean(y^2).\n\n"
+            "loss = mean(y^2). The forward (no gradients) reuses the derived matrices and the DC operating point "
+            "of the previous repeat while no value has changed (`AbstractCircuitModule.cached`, as a repeated "
+            "render does); forward + backward rebuilds both every call.\n\n"
             + out
             + "\n\nEarlier versions of this table (74–114×) timed ngspice through the Python harness, which writes a "
             "384,000-line input file and reads the raw file back: more than ngspice's own simulation. Issue 12's "
