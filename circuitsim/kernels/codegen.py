@@ -23,8 +23,9 @@ adjoint keeps its inlined copy: its loop over the saved samples is hot); and the
 first call.  numba's live-variable analysis, which runs after every inlining and rewrite and is quadratic
 in the inlined code, runs on bit sets (:func:`live_map`: the same result); the sized module calls the
 loop order of ``linalg.tmv3`` that its constant sizes choose (:func:`choose_loop_orders`), so that numba
-types and lowers one of the two; and the adjoint calls a large device VJP (a BJT's) as one compiled
-function instead of inlining it (:data:`VJP_CALL_STATEMENTS`).  Only the last changes the IR numba keeps
+types and lowers one of the two; and where the adjoint is not taped (hooks that call the nonlinearity
+more than once, :func:`_grad_hooks`) a large device VJP (a BJT's) is called as one compiled function
+instead of inlined (:data:`VJP_CALL_STATEMENTS`).  Only the last changes the IR numba keeps
 (a call instead of inlined code, the same arithmetic): outputs and gradients are bitwise the same.
 """
 
@@ -314,11 +315,13 @@ def _grad_hooks(hooks: Iterable[object]) -> str:
     return "".join(out)
 
 
-# The adjoint calls the nonlinearity's parameter VJP (nl_vjp_theta, through the formulation's fm_vjp) as one
-# compiled function instead of inlining it where its code has more than this many statements (its own and
-# those of the functions of the source it calls, Python statements): a BJT's (288) inlined was a fifth of the
-# DS-1 backward's first compile; the call costs ~4 ns a sample, 2 % of that backward (benchmarks/bench_kernel.py
-# --netlists, A/B), but 7-10 % of a diode clipper's, whose VJP (30) stays inlined
+# The plain fm_vjp calls the nonlinearity's parameter VJP (nl_vjp_theta) as one compiled function instead of
+# inlining it where its code has more than this many statements (its own and those of the functions of the
+# source it calls, Python statements).  Measured before the adjoint was taped: a BJT's (288) inlined was a fifth
+# of the DS-1 backward's first compile; the call costs ~4 ns a sample, 2 % of that backward
+# (benchmarks/bench_kernel.py --netlists, A/B), but 7-10 % of a diode clipper's, whose VJP (30) stays inlined.
+# DK's adjoint now reads the tape (nl_vjp_saved), so this serves the formulations whose hooks _grad_hooks wraps
+# as they are
 VJP_CALL_STATEMENTS = 100
 _NL_VJP = re.compile(r"\bnl_vjp_theta\(")
 _VJP_WRAPPER = ("\n\n@njit(cache=True)\ndef nl_vjp_theta_call(v, theta, mu, gtheta, work):\n"

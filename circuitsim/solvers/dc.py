@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from circuitsim.solvers.newton import NewtonError, _at_rounding_level, newton
+from circuitsim.solvers.newton import ABSTOL, NewtonError, at_rounding_level, newton
 from circuitsim.system.mna_system import MNAMatrices, MNATopology
 
 JUNCTION_STEP = 0.5  # volts: largest change of a junction voltage in one Newton step
 # continuation steps before source stepping gives up (ngspice gives up after its `srcsteps`); a
 # circuit that needs more has no operating point this homotopy can reach in reasonable time
 SOURCE_STEPS = 200
-ABSTOL = 1e-13  # volts / amperes: newton()'s default abstol, the rounding test's absolute floor
 
 
 @dataclass
@@ -55,7 +54,7 @@ def linear_point(
     One LU solve, differentiable where grad is on: autograd's solve backward is the implicit-function
     gradient ``dx/dθ = -G⁻¹ (∂G/∂θ x - ∂(Bu s)/∂θ)`` that :meth:`MNATopology.implicit_step` forms.  Also
     ``None`` where ``G`` is singular or the answer does not satisfy the equations to rounding (Newton's
-    own acceptance test, :func:`circuitsim.solvers.newton._at_rounding_level`): then the caller's Newton,
+    own acceptance test, :func:`circuitsim.solvers.newton.at_rounding_level`): then the caller's Newton,
     with its gmin stepping, decides.  ``info`` (when given) records one iteration and the residual.
     """
     if topology.nonlinearity.n_outputs:
@@ -68,7 +67,7 @@ def linear_point(
     with torch.no_grad():
         r = x @ m.G.T - b
         jac = m.G.detach().expand(x.shape[0], -1, -1)
-        if not bool(torch.isfinite(r).all()) or not _at_rounding_level(r, jac, x, ABSTOL):
+        if not bool(torch.isfinite(r).all()) or not at_rounding_level(r, jac, x, ABSTOL):
             return None
     if info is not None:
         info.iterations, info.residual = 1, float(r.abs().max()) if r.numel() else 0.0

@@ -41,13 +41,16 @@ class NewtonResult:
 ResidualFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+ABSTOL = 1e-13  # volts / amperes: the step test's and the rounding test's absolute floor
+
+
 def newton(
     fn: ResidualFn,
     x0: torch.Tensor,
     *,
     limit: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     reltol: float = 1e-11,
-    abstol: float = 1e-13,
+    abstol: float = ABSTOL,
     max_iter: int = 100,
     check_residual: bool = True,
 ) -> NewtonResult:
@@ -58,7 +61,7 @@ def newton(
     per-unknown test would chase rounding noise on near-zero unknowns.  Being relative to the
     largest unknown, it also passes at a state that has run off to a branch current of 7e50 A,
     where ``F`` is 1e82; so with ``check_residual`` an answer is accepted only where the equations
-    hold at it to rounding (:func:`_at_rounding_level`), evaluated at the new point, which is the
+    hold at it to rounding (:func:`at_rounding_level`), evaluated at the new point, which is the
     next iteration's evaluation when they do not.  ``iterations`` counts evaluations of ``fn``.
     """
     x = x0
@@ -70,7 +73,7 @@ def newton(
         res = float(f.abs().max()) if f.numel() else 0.0
         if not torch.isfinite(f).all():
             return NewtonResult(x, it, False, float("nan"))
-        if small and _at_rounding_level(f, jac, x, abstol):
+        if small and at_rounding_level(f, jac, x, abstol):
             return NewtonResult(x, it, True, res)
         if it > max_iter:
             break
@@ -80,7 +83,7 @@ def newton(
             return NewtonResult(x, it, False, res)
         full = dx
         step = full.abs().amax(-1)
-        if prev_step is not None and bool((step > 0.5 * prev_step).all()) and _at_rounding_level(f, jac, x, abstol):
+        if prev_step is not None and bool((step > 0.5 * prev_step).all()) and at_rounding_level(f, jac, x, abstol):
             # no longer contracting and the residual is rounding noise: an ill-conditioned system
             # (e.g. a 1e-5 ohm pot end stop, cond ~ 5e8) is solved as well as float64 allows
             return NewtonResult(x, it, True, res)
@@ -94,7 +97,7 @@ def newton(
     return NewtonResult(x, max_iter, False, res)
 
 
-def _at_rounding_level(f: torch.Tensor, jac: torch.Tensor, x: torch.Tensor, abstol: float) -> bool:
+def at_rounding_level(f: torch.Tensor, jac: torch.Tensor, x: torch.Tensor, abstol: float) -> bool:
     """True when every residual row is within rounding of its own terms (a backward error of a few ulps).
 
     Row ``i`` passes when ``|F_i| <= 8 n eps (|J| |x|)_i + abstol max_j |J_ij|``: the residual is
