@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gradient_check import central_differences, loss_gradients
 
 from circuitsim.api import load
 from circuitsim.cli import main
@@ -101,29 +102,16 @@ def test_gradient_through_local_error_substeps_matches_central_differences() -> 
     """d(sum y^2)/dR4 and d/dVIN through a run with split samples, against central differences of the same run."""
     x = 0.5 * np.sin(2 * np.pi * 5000.0 * np.arange(int(0.002 * FS)) / FS)
     model = _load("netlists/ts808_clipping.cir", "VIN", "out", max_local_error=1e-2)
-    u = torch.as_tensor(x).requires_grad_(True)
-    loss = (model(u) ** 2).sum()
-    loss.backward()
+    grad_r, grad_u = loss_gradients(model, x, "R4", 300)
     refined = model.diagnostics.refined
     assert refined > 0
-    r4 = model.parameter("R4")
-    grad_r, grad_u = float(r4.grad), u.grad[300].item()
-
-    def value(r: float, du: float) -> float:
-        model.set_value("R4", r)
-        xx = x.copy()
-        xx[300] += du
-        y = run_checked(xx)
-        return float((y**2).sum())
 
     def run_checked(xx: np.ndarray) -> np.ndarray:
         y = _run(model, xx)
         assert model.diagnostics.refined == refined  # the same schedule: the difference is smooth
         return y
 
-    h = 1e-5 * 4.7e3
-    fd_r = (value(4.7e3 + h, 0) - value(4.7e3 - h, 0)) / (2 * h)
-    fd_u = (value(4.7e3, 1e-6) - value(4.7e3, -1e-6)) / 2e-6
+    fd_r, fd_u = central_differences(model, x, run_checked, "R4", 4.7e3, 1e-5 * 4.7e3, 300)
     assert grad_r == pytest.approx(fd_r, rel=1e-4)
     assert grad_u == pytest.approx(fd_u, rel=1e-4)
 
