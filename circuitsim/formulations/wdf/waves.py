@@ -115,17 +115,17 @@ class Adapter:
         return torch.zeros((), dtype=DTYPE)
 
     def _reuse(self, key_index: int, inputs: list[torch.Tensor], build: Callable[[], object]) -> object:
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-        key = tuple(float(t.detach()) for t in inputs)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):  # recorded: always built, not kept
+            self.recomputed[key_index] += 1
+            self._memo.pop(key_index, None)
+            return build()
+        key = tuple(float(t) for t in inputs)
         hit = self._memo.get(key_index)
-        if not grad and hit is not None and hit[0] == key:
+        if hit is not None and hit[0] == key:
             return hit[1]
         self.recomputed[key_index] += 1
         value = build()
-        if not grad:
-            self._memo[key_index] = (key, value)
-        else:
-            self._memo.pop(key_index, None)
+        self._memo[key_index] = (key, value)
         return value
 
     def adapt(self, env: Mapping[str, torch.Tensor], theta_m=None) -> Adapted:  # noqa: ANN001
@@ -313,8 +313,9 @@ class Adapter:
 
 
 def _series(rs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    r_up = torch.stack(rs).sum()
-    return r_up, torch.stack(rs) / r_up
+    r = torch.stack(rs)
+    r_up = r.sum()
+    return r_up, r / r_up
 
 
 def _parallel(rs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
