@@ -109,7 +109,8 @@ class Adapter:
         if leaf.kind == "R":
             return torch.as_tensor(self._ev(leaf.value, env), dtype=DTYPE)
         if leaf.kind == "C":
-            return 1.0 / (2.0 * self.fs * torch.as_tensor(self._ev(leaf.value, env), dtype=DTYPE))
+            # torch.reciprocal: one autograd node (1.0 / t records a reciprocal and a product by 1)
+            return torch.reciprocal(2.0 * self.fs * torch.as_tensor(self._ev(leaf.value, env), dtype=DTYPE))
         if leaf.kind == "L":
             return 2.0 * self.fs * torch.as_tensor(self._ev(leaf.value, env), dtype=DTYPE)
         return torch.zeros((), dtype=DTYPE)
@@ -271,7 +272,7 @@ class Adapter:
             for i, j, c, el in st.gains:  # X[i, j] - c gain (E), + c d g (G), as stamp by stamp
                 X[i, j] = X[i, j] + c * torch.as_tensor(self._ev(el.value, env), dtype=DTYPE)
         Rt = torch.stack(rs) if rs else torch.zeros(0, dtype=DTYPE)
-        Gc = 1.0 / Rt
+        Gc = torch.reciprocal(Rt)
         Pc = P[:, : len(rs)]
         X0 = X + (Pc * Gc) @ Pc.T
         R_up = None
@@ -282,7 +283,7 @@ class Adapter:
             except RuntimeError:
                 raise NetlistError(f"R-type adaptor over {self._names(a)}: singular internal network (a node "
                                    "connected only through the port facing the root)", None) from None
-            Ginv = torch.cat([Gc, (1.0 / R_up).reshape(1)])
+            Ginv = torch.cat([Gc, torch.reciprocal(R_up).reshape(1)])
             X = X0 + pu @ pu.T / R_up
             rhs = torch.cat([P * Ginv, Bu], dim=1)
             data_f = None
@@ -319,9 +320,9 @@ def _series(rs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _parallel(rs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    g = 1.0 / torch.stack(rs)
+    g = torch.reciprocal(torch.stack(rs))
     g_up = g.sum()
-    return 1.0 / g_up, g / g_up
+    return torch.reciprocal(g_up), g / g_up
 
 
 def port_pair_sign(row: tuple, p: int, q: int) -> float:
