@@ -265,26 +265,23 @@ def bjt_program(features: frozenset[str]) -> Program:
     cben = P["GMIN"] * ve + (pn(b, "cben0", ve, P["ISE"], P["VTE"], ivte=P["IVTE"]) if "ISE" in features else 0)
     cbcn = P["GMIN"] * vc + (pn(b, "cbcn0", vc, P["ISC"], P["VTC"], ivte=P["IVTC"]) if "ISC" in features else 0)
     cben, cbcn = b.let("cben", cben), b.let("cbcn", cbcn)
-    # base charge qb = q1 (1 + sq)/2: Early effect q1, high injection q2 (sq = 1 where 1 + 4 q2 <= 0, as
-    # bjtload.c), carried as its inverse 1/qb = 2 (1/q1)/(1 + sq) with 1/q1 = 1 - vbc/VAF - vbe/VAR
-    # (docs/devices.md, "BJT"): one division for the value and its derivatives instead of q1's and qb's
-    # (none without the knee), within a few roundings of bjtload.c's quotients
-    iq1 = b.let("iq1", 1 - P["IVAF"] * vc - P["IVAR"] * ve)
+    # base charge qb: Early effect q1, high injection q2 (qb = q1 where 1 + 4 q2 <= 0, as bjtload.c)
+    q1 = b.let("q1", 1 / (1 - P["IVAF"] * vc - P["IVAR"] * ve))
     if "knee" in features:
         arg = b.let("arg", 1 + 4 * (P["IIKF"] * cbe + P["IIKR"] * cbc))
         sq = b.let("sqarg", Piecewise((npow(arg, P["NKF"]), arg > 0), (1, True)))
-        iqb = b.let("iqb", 2 * iq1 / (1 + sq))
+        qb = b.let("qb", q1 * (1 + sq) / 2)
     else:
-        iqb = iq1
+        qb = q1
     b.output("ib", cbe * P["IBF"] + cben + cbc * P["IBR"] + cbcn)
-    b.output("ic", (cbe - cbc) * iqb - cbc * P["IBR"] - cbcn)
+    b.output("ic", (cbe - cbc) / qb - cbc * P["IBR"] - cbcn)
     qbe = sympy.S.Zero
     if "TF" in features:  # forward transit charge, XTF/VTF/ITF modification for vbe > 0
         # t = cbe/(cbe + ITF) as its own statement: sympy would otherwise expand t**2 into
         # cbe**2/(cbe + ITF)**2, which overflows long before t does
         t = b.let("t_itf", Piecewise((cbe / (cbe + P["ITF"]), ve > 0), (0, True)))
         argtf = P["XTF"] * limexp(vc * P["OVTF"]) * t**2
-        cbe_m = b.let("cbe_m", Piecewise((cbe * (1 + argtf) * iqb, ve > 0), (cbe, True)))
+        cbe_m = b.let("cbe_m", Piecewise((cbe * (1 + argtf) / qb, ve > 0), (cbe, True)))
         qbe = P["TF"] * cbe_m
     if "CJE" in features:
         qbe = qbe + depletion(b, "qde", ve, P["CJE"], P["VJE"], P["MJE"], P["FCPE"], P["F1"], P["F2"], P["F3"],
