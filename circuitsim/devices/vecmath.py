@@ -4,8 +4,8 @@ A Gummel-Poon evaluation takes up to five ``exp`` of the port voltages (the junc
 leakage currents, the transit-time factor ``exp(vbc/(1.44 VTF))``; docs/devices.md, "BJT").  Each is a
 call of libm's scalar ``exp``, around which the compiled code spills and reloads every live floating-point
 register (the x86-64 System V ABI saves none of them across calls).  libmvec's ``_ZGVdN4v_exp`` takes four
-arguments in one AVX2 register in about the time of one scalar call; its results are within 4 ulp of the
-exact exponential (glibc manual, "Known Maximum Errors in Math Functions"), the scalar ``exp`` within 1.
+arguments in one AVX2 register in about the time of one scalar call; glibc states a maximum error of 4 ulp for
+libmvec's functions (the scalar ``exp``: within 1), which ``tests/test_devices.py`` checks against ``math.exp``.
 :meth:`circuitsim.devices.program.Program.numba_eval_source` batches the exponentials of a device
 evaluation into :func:`vexp4` calls where :data:`AVAILABLE` (glibc on x86-64 with AVX2), and keeps the
 scalar calls elsewhere.  ``benchmarks/bench_devices.py --eval`` measures the difference.
