@@ -105,6 +105,7 @@ from circuitsim.kernels.linalg import (
     gram_acc,
     lu_factor,
     lu_solve,
+    lu_solve_t,
     mtm_block,
     mv,
     rows_to_columns,
@@ -533,9 +534,9 @@ def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv, work
     u, ztraj, ckpt, gy, du, mu = borrow(io)
     ny = gy.shape[1]
     gx, dx0, dtheta = borrow(gvec)
-    x, xn, p, g, gphi, zbar, w, mq = borrow(bv)
+    x, xn, p, g, gphi, w, mq = borrow(bv)
     works = borrow(works)
-    xT, uT, phiT, lT, duT, phis, Mt, xb2, yx, yphi = borrow(bm)
+    xT, uT, phiT, lT, duT, phis, xb2, yx, yphi = borrow(bm)
     dphis, Ms = borrow(b3)
     P = borrow(P)
     dP = borrow(dP)
@@ -584,9 +585,12 @@ def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv, work
                 gphi[i] = yphi[i, k]
             tmv3(gphi, C, xbar, NX, C, xbar, 0, C, xbar, 0, NPHI, True)  # gphi = F' ybar + C' xbar
             if NZ > 0:
-                tmv3(zbar, dphis[k], gphi, NPHI, Ms[k], gphi, 0, Ms[k], gphi, 0, NZ)  # w = M^-T dphi' gphi
-                copy_matrix(Mt, Ms[k], True)
-                if not solve_into(Mt, piv, zbar, w, NZ):
+                # w = M^-T dphi' gphi: M' w = dphi' gphi solved with the factors of M itself (lu_solve_t; Ms[k] is
+                # not read again), no transposed copy (its loops over run-time shapes: a sixth of the clipper's adjoint)
+                tmv3(w, dphis[k], gphi, NPHI, Ms[k], gphi, 0, Ms[k], gphi, 0, NZ)
+                if lu_factor(Ms[k], piv, NZ):
+                    lu_solve_t(Ms[k], piv, w, NZ)
+                else:
                     w.fill(math.nan)  # a singular M has no implicit derivative
             fm_vjp_grad(P, ztraj[n], phis[k], theta, gphi, w, dP, dtheta, mq, want_theta, works[k])
             if want_mu:
@@ -617,11 +621,9 @@ def backward_item(lin, P, theta, io, gmat, dP, gvec, iopt):
     nx, ny, nu = NX, lin[2].shape[0], NU  # lin = (A, C, D, ...): D is Ny x Nx
     blk = iopt[O_CP]
     ndu = blk if io[4].shape[0] != 0 else 0
-    bv = (np.zeros(nx), np.zeros(nx), np.zeros(NZ), np.zeros(NZ), np.zeros(NPHI), np.zeros(NZ), np.zeros(NZ),
-          np.zeros(NF))
+    bv = (np.zeros(nx), np.zeros(nx), np.zeros(NZ), np.zeros(NZ), np.zeros(NPHI), np.zeros(NZ), np.zeros(NF))
     bm = (np.zeros((nx, blk)), np.zeros((nu, blk)), np.zeros((NPHI, blk)), np.zeros((nx + ny + NZ, blk + 1)),
-          np.zeros((nu, ndu)), np.zeros((blk, NPHI)), np.zeros((NZ, NZ)), np.zeros((2, nx)), np.zeros((nx, blk)),
-          np.zeros((NPHI, blk)))
+          np.zeros((nu, ndu)), np.zeros((blk, NPHI)), np.zeros((2, nx)), np.zeros((nx, blk)), np.zeros((NPHI, blk)))
     b3 = (np.zeros((blk, NPHI, NZ)), np.zeros((blk, NZ, NZ)))
     backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, np.zeros(NZ, np.int64), np.zeros((blk, FM_WORK)))
 
@@ -929,9 +931,10 @@ def backward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarr
     R = np.ascontiguousarray(np.concatenate([B, E, H], axis=0))
     gmat = (np.zeros((batch, q, nx)), np.zeros((batch, q, nu)), np.zeros((batch, q, nphi)))
     dP = tuple(np.zeros((batch,) + m.shape) for m in P)
-    du = np.zeros((batch, T if want_du else 0, nu))
-    dx0 = np.zeros((batch, nx))
-    mu = np.zeros((batch, T if want_mu else 0, module.NF))
+    # the kernel writes every row of du, mu (when asked for) and dx0: np.empty, no zeroed pages (the rest accumulate)
+    du = np.empty((batch, T if want_du else 0, nu))
+    dx0 = np.empty((batch, nx))
+    mu = np.empty((batch, T if want_mu else 0, module.NF))
     dtheta = np.zeros((batch, theta.size if theta_grad else 0))
     if T > 0:
         if saved.v is None or saved.checkpoints is None:
