@@ -59,8 +59,10 @@ once and ``fm_vjp`` calls ``nl_vjp_theta`` once (DK and the formulations on its 
 
 The outer products are summed per block of ``checkpoint`` samples as three matrix products (the
 cotangents ``(xbar[n+1], ybar[n], w[n])`` of the block against its ``x[n]``, ``u[n]``, ``phi[n]``;
-:func:`backward_core`), so the per-sample loop runs only the serial part: ``w``, ``fm_vjp`` and
-``xbar[n]``.
+:func:`backward_core`), so the per-sample loop runs only the serial part: ``w`` (``M' w = dphi' gphi`` solved with
+the factors of ``M`` itself, :func:`~circuitsim.kernels.linalg.lu_solve_t`), ``fm_vjp`` and ``xbar[n]``, and the
+copies of ``x[n]``, ``u[n]`` into the block's columns, whose loads from the saved trajectory overlap the
+latency-bound recursion in ``xbar`` there.
 
 The loop bodies below are plain Python templates: :mod:`circuitsim.kernels.codegen` pastes
 them, with the formulation's hooks and the nonlinearity (``nl_eval`` ...), into one generated
