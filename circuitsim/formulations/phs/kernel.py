@@ -21,6 +21,14 @@ module serves every setting.  Where it does not converge it returns False and
 the core's full Newton and fallbacks solve the sample.  Its first guess is the tangent
 ``v_r[n-1] + M_rr^-1 (Δp_r + K_r J_{:,h} Δp_h)`` with the LU of the previous sample's last iteration
 (``dg = Δp + K J Δv``, ``Δv_h = Δp_h``), or ``v_r[n-1]`` where ``predictor="previous"``.
+
+Where the step nonlinearity is a diode pair on one port plus damped capacitors (:func:`explicit_spec`: the diode
+clipper, the TS-808 clipping stage and pedal), :func:`ph_explicit` runs first: with the capacitors' ``h`` fixed the
+pair's port is DK's explicit Wright-omega root (:mod:`circuitsim.kernels.explicit_root`, planned per run by
+``pair_setup`` as for DK), each capacitor's end value is then a linear function, and ``h`` (the damping law PH-D1,
+docs/phs.md) is iterated to its fixed point; a sample it does not settle in ``XR_ROUNDS`` rounds goes on to the
+Newton above from its last round.  It solves the same equations (the step's outputs agree with the Newton's to
+2e-13 V on the diode clipper, 3e-12 V on the clipping stage: docs/phs.md, "Speed").
 """
 
 from __future__ import annotations
@@ -37,7 +45,16 @@ from circuitsim.formulations.phs import charges as _charges
 from circuitsim.formulations.phs.charges import Charges
 from circuitsim.kernels import codegen
 from circuitsim.kernels.core import F_ABSTOL, F_RELTOL, KernelOptions, StepFormulation, newton_stop
-from circuitsim.kernels.explicit_root import MAX_OMEGA_STEPS, PLAN_SIZE, diode_pair_spec, pair_setup, pair_solve
+from circuitsim.kernels.explicit_root import (
+    MAX_OMEGA_STEPS,
+    PLAN_SIZE,
+    S_GMIN,
+    S_IS,
+    S_VTE,
+    diode_pair_spec,
+    pair_setup,
+    pair_solve,
+)
 from circuitsim.kernels.linalg import borrow, lu_solve, solve_into
 from circuitsim.kernels.nonlinearity import DeviceBlock, ExprBlock
 from circuitsim.kernels.statespace import _DK_CONSTANTS, _DK_HOOKS
@@ -55,6 +72,7 @@ PH_FREE = PH_FIXED = np.zeros(1, np.int64)
 # capacitors, their end-value ports, earlier-value ports (s⁻ of each, then s⁻⁻, then s⁻⁻⁻) and h outputs, the most
 # fixed-point rounds, and DK's explicit-root constants (kernels/statespace.py)
 PH_XR = PH_ND = PH_XR_ROUNDS = XR_PLAN = XR_MAX_COST = 0
+XR_LINEAR = 0.0
 PH_SP = PH_HP = PH_HO = np.zeros(1, np.int64)
 XR_SPEC = (-1, -1, -1, -1)
 
@@ -81,13 +99,16 @@ def fm_prepare(P, theta, lc):
         pair_setup(P[0], theta, XR_SPEC, lc, XR_PLAN, XR_MAX_COST)
 
 
-def ph_explicit(K, p, z, phi, lc, work, reltol, abstol, bound):
+def ph_explicit(K, p, z, theta, phi, lc, work, reltol, abstol, bound):
     # the diode pair's port v0 = p0 + K_0 f(v0) + sum_j K_{0,hj} h_j with the damped capacitors' h fixed is DK's
     # explicit root; each capacitor's end value s_j = p_sj + K_sj [f; h] is then explicit, and h_j = -2 rho (s_j -
     # s_j⁻) (PH-D1) is iterated to a fixed point from h extrapolated from the last three accepted samples (rho is
-    # O(1) at a turning point of s, where both increments are O(T^2): two rounds on most samples, the second the
-    # check).  True: z and phi hold the step's solution (KCL exactly with the h it used, that h within the
-    # tolerance of the damping law at z); False: fm_solve's Newton continues from z
+    # O(1) at a turning point of s and on a clipped plateau, where both increments are O(T^2): two rounds on most
+    # samples, the second the check).  A round whose q = p0 + K_0h h is within XR_LINEAR volts of the last solved
+    # one takes the root's first-order change instead of solving again (dv = dq / (1 - K_0f f'(v)), f += f' dv; its
+    # error is below v'' dq^2 / 2 <= 0.15 dq^2 / (N Vt), 1e-15 V at XR_LINEAR, as Newton's own accepted step
+    # phi += J dz, kernels/core.py).  True: z and phi hold the step's solution (KCL exactly with the h it used, that h
+    # within the tolerance of the damping law and of its sign); False: fm_solve's Newton continues from z
     h = borrow(work[PH_WH:PH_WH + PH_ND])
     hn = borrow(work[PH_WH + PH_ND:PH_WH + 2 * PH_ND])
     sv = borrow(work[PH_WH + 2 * PH_ND:PH_WH + 3 * PH_ND])
@@ -97,13 +118,33 @@ def ph_explicit(K, p, z, phi, lc, work, reltol, abstol, bound):
         h[j] = 3.0 * (hh[j] - hh[PH_ND + j]) + hh[2 * PH_ND + j]
         sp, spp = z[PH_HP[j]], z[PH_HP[PH_ND + j]]
         rh[j] = RHO0 * ph_alternation(sp - spp, spp - z[PH_HP[2 * PH_ND + j]])
+    full = True
+    qs = vs = ips = ins = gp = gn = den = 0.0  # the last solved root: q, v, currents, their dv slopes, dv/dq
     for _ in range(PH_XR_ROUNDS):
         q = p[0]
         for j in range(PH_ND):
             q += K[0, PH_HO[j]] * h[j]
-        ok, v, i_pos, i_neg = pair_solve(q, lc, XR_PLAN)
-        if not ok:
-            return False
+        if full or not abs(q - qs) <= XR_LINEAR:
+            ok, vs, ips, ins = pair_solve(q, lc, XR_PLAN)
+            if not ok:
+                return False
+            qs = q
+            # the outputs' slopes at vs on the exponential branch, (pn + IS)/(N Vt) + GMIN with pn = i - GMIN u (the
+            # reverse diode's cubic branch has a slope below IS/(N Vt): it moves dv/dq by < 1e-6 there)
+            gp = gn = 0.0
+            if XR_SPEC[0] >= 0:
+                o = XR_SPEC[1]
+                gp = (ips - theta[o + S_GMIN] * vs + theta[o + S_IS]) / theta[o + S_VTE] + theta[o + S_GMIN]
+            if XR_SPEC[2] >= 0:  # oriented -1: it sees -v
+                o = XR_SPEC[3]
+                gn = -((ins + theta[o + S_GMIN] * vs + theta[o + S_IS]) / theta[o + S_VTE] + theta[o + S_GMIN])
+            den = 1.0 - (K[0, XR_SPEC[0]] * gp if XR_SPEC[0] >= 0 else 0.0) - (
+                K[0, XR_SPEC[2]] * gn if XR_SPEC[2] >= 0 else 0.0)
+            full = False
+        dv = (q - qs) / den
+        v = vs + dv
+        i_pos = ips + gp * dv
+        i_neg = ins + gn * dv
         done = True
         for j in range(PH_ND):
             i = PH_SP[j]
@@ -166,7 +207,7 @@ def fm_solve(P, p, z, theta, phi, lc, work, fopt, est, early):
         for a in range(NV - PH_NR):  # the state reads: v_h = p_h (zero rows of K)
             i = PH_FIXED[a]
             z[i] = p[i]
-        if ph_explicit(K, p, z, phi, lc, work, reltol, abstol, bound):
+        if ph_explicit(K, p, z, theta, phi, lc, work, reltol, abstol, bound):
             work[PH_WF] = 0.0  # no LU of ours at this z: the next Newton sample starts from it
             return True
         work[PH_WF] = 0.0  # z holds the fixed point's last round: Newton starts there, without the tangent
@@ -295,6 +336,8 @@ def explicit_spec(ch: Charges) -> tuple | None:
 
 # fixed-point rounds of ph_explicit before its last iterate goes to Newton
 XR_ROUNDS = 4
+# volts: a round whose q is within this of the last solved root's takes the root's first-order change (ph_explicit)
+XR_LINEAR_V = 1e-8
 
 
 def ph_step(free: tuple[int, ...], n_ports: int, n_theta: int, explicit: tuple | None = None) -> StepFormulation:
@@ -318,7 +361,8 @@ def ph_step(free: tuple[int, ...], n_ports: int, n_theta: int, explicit: tuple |
         consts += (f"PH_XR = 1\nPH_ND = {nd}\nPH_XR_ROUNDS = {XR_ROUNDS}\nFM_LC = N_LC + {PLAN_SIZE}\n"
                    f"XR_PLAN = N_LC\nXR_SPEC = {spec!r}\nXR_MAX_COST = {MAX_OMEGA_STEPS}\n"
                    f"PH_SP = np.array({list(sp)!r}, dtype=np.int64)\nPH_HP = np.array({list(hp)!r}, dtype=np.int64)\n"
-                   f"PH_HO = np.array({list(ho)!r}, dtype=np.int64)\n"
+                   f"PH_HO = np.array({list(ho)!r}, dtype=np.int64)\nXR_LINEAR = {XR_LINEAR_V!r}\n"
+                   "from circuitsim.kernels.explicit_root import S_GMIN, S_IS, S_VTE  # noqa: E402, F401\n"
                    "from circuitsim.formulations.phs.kernel import RHO0, ph_alternation  # noqa: E402, F401\n")
         name += f"_explicit{nd}"
     else:
