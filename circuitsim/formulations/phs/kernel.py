@@ -102,18 +102,22 @@ def fm_prepare(P, theta, lc):
 def ph_explicit(K, p, z, theta, phi, lc, work, reltol, abstol, bound):
     # the diode pair's port v0 = p0 + K_0 f(v0) + sum_j K_{0,hj} h_j with the damped capacitors' h fixed is DK's
     # explicit root; each capacitor's end value s_j = p_sj + K_sj [f; h] is then explicit, and h_j = -2 rho (s_j -
-    # s_j⁻) (PH-D1) is iterated to a fixed point from h extrapolated from the last three accepted samples (rho is
+    # s_j⁻) (PH-D1) is iterated to its fixed point from h extrapolated from the last three accepted samples (rho is
     # O(1) at a turning point of s and on a clipped plateau, where both increments are O(T^2): two rounds on most
-    # samples, the second the check).  A round whose q = p0 + K_0h h is within XR_LINEAR volts of the last solved
-    # one takes the root's first-order change instead of solving again (dv = dq / (1 - K_0f f'(v)), f += f' dv; its
-    # error is below v'' dq^2 / 2 <= 0.15 dq^2 / (N Vt), 1e-15 V at XR_LINEAR, as Newton's own accepted step
-    # phi += J dz, kernels/core.py).  True: z and phi hold the step's solution (KCL exactly with the h it used, that h
-    # within the tolerance of the damping law and of its sign); False: fm_solve's Newton continues from z
+    # samples, the second the check; from the second update on, a secant step per capacitor on hn(h) - h).  A round
+    # whose q = p0 + K_0h h is within XR_LINEAR volts of the last solved one takes the root's first-order change
+    # instead of solving again (dv = dq / (1 - K_0f f'(v)), f += f' dv; its error is below v'' dq^2 / 2 <=
+    # 0.15 dq^2 / (N Vt), 1e-15 V at XR_LINEAR, as Newton's own accepted step phi += J dz, kernels/core.py).  True: z
+    # and phi hold the step's solution (KCL exactly with the h it used, that h within the tolerance of the damping
+    # law and of its sign); False: fm_solve's Newton continues from z
     h = borrow(work[PH_WH:PH_WH + PH_ND])
     hn = borrow(work[PH_WH + PH_ND:PH_WH + 2 * PH_ND])
     sv = borrow(work[PH_WH + 2 * PH_ND:PH_WH + 3 * PH_ND])
     hh = borrow(work[PH_WH + 3 * PH_ND:PH_WH + 6 * PH_ND])  # h of the last three samples this solve accepted
     rh = borrow(work[PH_WH + 6 * PH_ND:PH_WH + 7 * PH_ND])  # RHO0 r_{n-1}: the history's factor of rho
+    hp = borrow(work[PH_WH + 7 * PH_ND:PH_WH + 8 * PH_ND])  # the previous round's h and hn - h (the secant)
+    fp = borrow(work[PH_WH + 8 * PH_ND:PH_WH + 9 * PH_ND])
+    first = True
     for j in range(PH_ND):  # first h: extrapolated from them (its third difference is the error)
         h[j] = 3.0 * (hh[j] - hh[PH_ND + j]) + hh[2 * PH_ND + j]
         sp, spp = z[PH_HP[j]], z[PH_HP[PH_ND + j]]
@@ -180,8 +184,17 @@ def ph_explicit(K, p, z, theta, phi, lc, work, reltol, abstol, bound):
                 phi[PH_HO[j]] = h[j]
             ph_h_history(phi, work)
             return True
-        for j in range(PH_ND):
-            h[j] = hn[j]
+        for j in range(PH_ND):  # the next h: a secant step on F(h) = hn(h) - h per capacitor, else the fixed point
+            f1 = hn[j] - h[j]
+            nxt = hn[j]
+            if not first:
+                df = f1 - fp[j]
+                if df != 0.0:
+                    nxt = h[j] - f1 * (h[j] - hp[j]) / df
+            hp[j] = h[j]
+            fp[j] = f1
+            h[j] = nxt
+        first = False
     return False
 
 
@@ -335,7 +348,7 @@ def explicit_spec(ch: Charges) -> tuple | None:
 
 
 # fixed-point rounds of ph_explicit before its last iterate goes to Newton
-XR_ROUNDS = 4
+XR_ROUNDS = 6
 # volts: a round whose q is within this of the last solved root's takes the root's first-order change (ph_explicit)
 XR_LINEAR_V = 1e-8
 
@@ -350,7 +363,7 @@ def ph_step(free: tuple[int, ...], n_ports: int, n_theta: int, explicit: tuple |
     nd = 0 if explicit is None else len(explicit[1])
     layout = ["PH_WJ = N_WORK", "PH_WM = PH_WJ + NF * NV", f"PH_WV = PH_WM + {nr * nr}", f"PH_WG = PH_WV + {nr}",
               f"PH_WD = PH_WG + {nr}", f"PH_WT = PH_WD + {nr}", "PH_WZ = PH_WT + NV", "PH_WP = PH_WZ + NV",
-              "PH_WS = PH_WP + NV", "PH_WF = PH_WS + NF", "PH_WH = PH_WF + 1", f"FM_WORK = PH_WH + {7 * nd}"]
+              "PH_WS = PH_WP + NV", "PH_WF = PH_WS + NF", "PH_WH = PH_WF + 1", f"FM_WORK = PH_WH + {9 * nd}"]
     consts = (_DK_CONSTANTS.replace("FM_WORK = N_WORK\n", "")
               + f"FM_EXPLICIT = 1\nPH_NR = {nr}\nPH_X0 = {int(n_theta)}\n"
               + f"PH_FREE = np.array({list(free)!r}, dtype=np.int64)\n"
