@@ -103,8 +103,8 @@ def ph_explicit(K, p, z, theta, phi, lc, work, reltol, abstol, bound):
     # the diode pair's port v0 = p0 + K_0 f(v0) + sum_j K_{0,hj} h_j with the damped capacitors' h fixed is DK's
     # explicit root; each capacitor's end value s_j = p_sj + K_sj [f; h] is then explicit, and h_j = -2 rho (s_j -
     # s_j⁻) (PH-D1) is iterated to its fixed point from h extrapolated from the last three accepted samples (rho is
-    # O(1) at a turning point of s and on a clipped plateau, where both increments are O(T^2): two rounds on most
-    # samples, the second the check; from the second update on, a secant step per capacitor on hn(h) - h).  A round
+    # O(1) near a turning point of s, where both increments are O(T^2), docs/phs.md: two rounds on most samples,
+    # the second the check; from the second update on, a secant step per capacitor on hn(h) - h).  A round
     # whose q = p0 + K_0h h is within XR_LINEAR volts of the last solved one takes the root's first-order change
     # instead of solving again (dv = dq / (1 - K_0f f'(v)), f += f' dv; its error is below v'' dq^2 / 2 <=
     # 0.15 dq^2 / (N Vt), 1e-15 V at XR_LINEAR, as Newton's own accepted step phi += J dz, kernels/core.py).  True: z
