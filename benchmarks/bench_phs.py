@@ -6,6 +6,8 @@ For each reference circuit, on one thread, interleaved so that machine load hits
 - PH forward (the discrete-gradient step on the same compiled core), no gradients, best of ``--repeats``;
 - PH forward with the core's Newton on every port of the step (``reduced_solve = False``: the damped storage's
   earlier values as Newton unknowns), the A/B of docs/phs.md's "Speed";
+- PH forward with the reduced Newton alone (``explicit_solve = False``: no explicit diode-pair root and fixed point
+  on the damped capacitors, kernel.py's ``ph_explicit``; the same model where the step has no such structure);
 - PH forward with the per-sample energy report (stored energy, dissipated and port power);
 - PH and DK forward + backward with every component value learnable (loss = mean(y^2)).
 
@@ -81,6 +83,8 @@ def bench(stem: str, seconds: float, repeats: int, clock: str = "wall") -> dict 
     ph_e.record_energy = True
     ph_full = load(path, "phs", FS)  # the core's Newton on every port of the step (docs/phs.md, "Speed")
     ph_full.reduced_solve = False
+    ph_newton = load(path, "phs", FS)  # the reduced Newton without ph_explicit
+    ph_newton.explicit_solve = False
 
     def fwd(model):
         def go():
@@ -97,13 +101,16 @@ def bench(stem: str, seconds: float, repeats: int, clock: str = "wall") -> dict 
     y_ph, y_dk = fwd(ph)(), fwd(dk)()  # compile and warm up
     fwd(ph_e)()
     fwd(ph_full)()
+    y_newton = fwd(ph_newton)()
     fwd_bwd(ph)()
     fwd_bwd(dk)()
-    best = _interleaved({"dk": fwd(dk), "phs": fwd(ph), "phs_full": fwd(ph_full), "phs_energy": fwd(ph_e),
+    best = _interleaved({"dk": fwd(dk), "phs": fwd(ph), "phs_full": fwd(ph_full), "phs_newton": fwd(ph_newton),
+                         "phs_energy": fwd(ph_e),
                          "dk_bwd": fwd_bwd(dk), "phs_bwd": fwd_bwd(ph)}, repeats, CLOCKS[clock])
     ns = {k: v / n * 1e9 for k, v in best.items()}
     residual = float(np.abs(ph_e.last_energy.residual_W).max())
-    return {**ns, "diff": float((y_ph - y_dk).abs().max()), "residual": residual}
+    return {**ns, "diff": float((y_ph - y_dk).abs().max()), "residual": residual,
+            "diff_newton": float((y_ph - y_newton).abs().max())}
 
 
 def _nl_eval_ns(fn, theta: np.ndarray, n_ports: int, n_out: int, n_work: int, calls: int = 2_000_000) -> float:
@@ -171,7 +178,7 @@ def breakdown(stem: str, seconds: float, repeats: int) -> str:
     fwd(dk, newton)()
     its = dk.diagnostics.newton_iterations / n
     m, _, _ = ph.ph_matrices()
-    mod = ph_module(ch.step_nl, ch.free_ports(), m.theta.numel())
+    mod = ph_module(ch, m.theta.numel())
     theta = m.theta.detach().numpy()
     t_ph = _nl_eval_ns(mod.ph_nl_eval, theta_with_options(m.theta, opts).detach().numpy(), ch.step_nl.n_ports,
                        ch.step_nl.n_outputs, mod.N_WORK)
@@ -211,16 +218,17 @@ BREAKDOWN_HEAD = ("| circuit | DK fwd ns/sample | PH fwd ns/sample | PH / DK | D
 
 def table(rows: dict[str, dict | str]) -> str:
     lines = ["| circuit | DK fwd ns/sample | PH fwd ns/sample | PH / DK fwd | PH full Newton / PH fwd | "
-             "PH fwd + energy report ns/sample | "
+             "PH reduced Newton alone / PH fwd (max abs difference, V) | PH fwd + energy report ns/sample | "
              "DK fwd+bwd ns/sample | PH fwd+bwd ns/sample | PH / DK fwd+bwd | max abs PH - DK (V) | "
              "largest energy residual (W) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for stem, r in rows.items():
         if isinstance(r, str):
-            lines.append(f"| {stem} | | | refused: {r} | | | | | | | |")
+            lines.append(f"| {stem} | | | refused: {r} | | | | | | | | |")
             continue
         lines.append(f"| {stem} | {r['dk']:.0f} | {r['phs']:.0f} | {r['phs'] / r['dk']:.2f} | "
-                     f"{r['phs_full'] / r['phs']:.2f} | {r['phs_energy']:.0f} | "
+                     f"{r['phs_full'] / r['phs']:.2f} | {r['phs_newton'] / r['phs']:.2f} ({r['diff_newton']:.1e}) | "
+                     f"{r['phs_energy']:.0f} | "
                      f"{r['dk_bwd']:.0f} | {r['phs_bwd']:.0f} | {r['phs_bwd'] / r['dk_bwd']:.2f} | {r['diff']:.2e} | "
                      f"{r['residual']:.1e} |")
     return "\n".join(lines)

@@ -163,19 +163,22 @@ EPS_DAMP = 1e-6  # volts: increments below this leave the damping at ~0 (the law
 HISTORY = 3  # previous values of a damped storage coordinate that the step reads
 
 
+def alternation(d, dp):  # noqa: ANN001, ANN201
+    """``r_k = δ_k² / (δ_k² + Δ_k² + Δ_{k-1}² + ε²)`` of two consecutive increments ``Δ_k = d``, ``Δ_{k-1} = dp``
+    (``δ_k = d - dp``; volts, sympy, torch or float): 2/3 on a Nyquist-rate alternation, ``O(T²)`` on a smooth
+    trajectory."""
+    dd = d - dp
+    return dd**2 / (dd**2 + d**2 + dp**2 + EPS_DAMP**2)
+
+
 def damping(w, wp, wpp, wppp):  # noqa: ANN001, ANN201
     """``ρ ≥ 0`` of the damped discrete gradient from a storage coordinate's values at ``t_n .. t_{n-3}``
     (docs/phs.md, "Alternation damping"; sympy or torch values, volts).
 
-    With the increments ``Δ_k`` and second differences ``δ_k = Δ_k - Δ_{k-1}``, each factor
-    ``r_k = δ_k² / (δ_k² + Δ_k² + Δ_{k-1}² + ε²)`` is 2/3 on a Nyquist-rate alternation and ``O(T²)`` on a
-    smooth trajectory; ``ρ = RHO0 r_n r_{n-1}`` needs the alternation in two consecutive steps, so a single kink
+    ``ρ = RHO0 r_n r_{n-1}`` (:func:`alternation`) needs the alternation in two consecutive steps, so a single kink
     of the trajectory (a diode switching) is left to the plain discrete gradient.
     """
-    d, dp, dpp = w - wp, wp - wpp, wpp - wppp
-    dd, ddp = d - dp, dp - dpp
-    eps2 = EPS_DAMP**2
-    return RHO0 * dd**2 / (dd**2 + d**2 + dp**2 + eps2) * ddp**2 / (ddp**2 + dp**2 + dpp**2 + eps2)
+    return RHO0 * alternation(w - wp, wp - wpp) * alternation(wp - wpp, wpp - wppp)
 
 
 def step_block(law: Law, sign: float, ports: tuple[int, ...], out: int, theta: int) -> ExprBlock:
@@ -336,5 +339,5 @@ def charges_of(topo: MNATopology, n_damped: int = 0) -> Charges | None:
     return Charges(names, rows_t, outs, ports, q_index, f_at_w, modulated, step_nl, energy_nl, nd)
 
 
-__all__ = ["DELTA_GUARD", "HISTORY", "RHO0", "Charges", "Law", "charges_of", "damped_block", "damping",
+__all__ = ["DELTA_GUARD", "HISTORY", "RHO0", "Charges", "Law", "alternation", "charges_of", "damped_block", "damping",
            "discrete_gradient", "energy", "energy_blocks", "step_block", "storage_law"]

@@ -55,6 +55,9 @@ class PHSModule(AbstractCircuitModule):
         # Newton on the coupled ports alone, the damped storage's earlier values read once a sample (kernel.py);
         # False: the core's Newton on every port of the step (benchmarks/bench_phs.py's A/B)
         self.reduced_solve = True
+        # with the reduced solve: the diode pair's explicit root and a fixed point on the damped capacitors' h before
+        # the Newton, where the step has that structure (kernel.py, explicit_spec); False: Newton alone (the A/B)
+        self.explicit_solve = True
         # the step's Newton options instead of step_options()'s choice (benchmarks/bench_phs.py --breakdown)
         self.newton_options: KernelOptions | None = None
 
@@ -200,7 +203,7 @@ class PHSModule(AbstractCircuitModule):
         fixed = [i for i in range(k.shape[0]) if i not in free]
         if fixed and float(k[fixed].abs().max()) != 0.0:  # not a state read after all: the core's Newton on all
             return None
-        return ph_module(nl_step, free, n_theta)
+        return ph_module(ch, n_theta, self.explicit_solve)
 
     def _energy(self, m, c, rows, op, ds0, first, mean, ys, offset, stored):  # noqa: ANN001, ANN202
         """Energy rows (batch item 0) for this block; returns the report and the last H - H_op (batch,).
