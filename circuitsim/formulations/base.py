@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import sys
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -15,6 +17,10 @@ from circuitsim.circuit.circuit import Circuit, ParamKind
 from circuitsim.errors import UnknownNameError, UsageError
 from circuitsim.solvers.dc import OperatingPointInfo, linear_point, operating_point
 from circuitsim.system.mna_system import DTYPE, MNAMatrices, MNATopology
+
+# the sizes of source arrays kept between calls (AbstractCircuitModule.source_values): smaller ones (an operating
+# point's) are joined afresh and leave the kept one alone; larger ones are not worth keeping alive
+SOURCE_BUFFER_MIN, SOURCE_BUFFER_BYTES = 1 << 15, 1 << 26
 
 
 @dataclass
@@ -82,6 +88,7 @@ class AbstractCircuitModule(nn.Module):
             self._owners.append((owner, last))
         self.diagnostics = Diagnostics()
         self._cache: dict[str, tuple[Any, Any]] = {}
+        self._source_buffer: tuple[tuple[float, ...], np.ndarray] | None = None  # (constants, array): source_values
 
     # ------------------------------------------------------------ parameters
     def parameter(self, name: str) -> nn.Parameter:
@@ -140,11 +147,34 @@ class AbstractCircuitModule(nn.Module):
 
     # ------------------------------------------------------------ signals
     def source_values(self, m: MNAMatrices, u: torch.Tensor) -> torch.Tensor:
-        """Independent source values per sample (batch, time, n_sources): channel 0 is ``u`` (volts)."""
+        """Independent source values per sample (batch, time, n_sources): channel 0 is ``u`` (volts).
+
+        With constant sources besides the input (supplies, bias), and neither ``u`` nor the values recording a
+        gradient, the array is a buffer kept between calls (``SOURCE_BUFFER_MIN`` to ``SOURCE_BUFFER_BYTES``
+        bytes): where no tensor or array of a previous call still refers to it and the constants are the same,
+        only channel 0 is written (a third of a fresh ``(batch, time, 3)`` join on the TS808 tone stage).
+        Not for two threads running one module at once (neither are the module's other caches).
+        """
         if m.sources.numel() == 1:  # only the input: a view, no copy
             return u.unsqueeze(-1)
-        rest = m.sources[1:].to(u.dtype).expand(*u.shape, -1)
-        return torch.cat([u.unsqueeze(-1), rest], dim=-1)
+        rest = m.sources[1:].to(u.dtype)
+        shape = (*u.shape, m.sources.numel())
+        if (u.dtype != DTYPE or (torch.is_grad_enabled() and (u.requires_grad or rest.requires_grad))
+                or not SOURCE_BUFFER_MIN <= 8 * math.prod(shape) <= SOURCE_BUFFER_BYTES):
+            return torch.cat([u.unsqueeze(-1), rest.expand(*u.shape, -1)], dim=-1)
+        key = tuple(rest.tolist())
+        held = self._source_buffer
+        # free: referred to by this attribute and getrefcount's argument only (a tensor from torch.from_numpy
+        # holds the array, so does every view of it)
+        if held is not None and held[0] == key and held[1].shape == shape and sys.getrefcount(held[1]) == 2:
+            buf = torch.from_numpy(held[1])
+            buf[..., 0] = u
+            return buf
+        arr = np.empty(shape)
+        buf = torch.from_numpy(arr)
+        torch.cat([u.unsqueeze(-1), rest.expand(*u.shape, -1)], dim=-1, out=buf)
+        self._source_buffer = (key, arr)
+        return buf
 
     def operating_point(self, u0: torch.Tensor | None = None) -> tuple[torch.Tensor, OperatingPointInfo]:
         """DC operating point for input value(s) ``u0`` (volts, shape (batch,)): unknowns (batch, n)."""
