@@ -120,7 +120,7 @@ class AbstractCircuitModule(nn.Module):
     def leaves(self) -> dict[str, torch.Tensor]:
         return dict(zip(self._leaf_names, self._params()))
 
-    def cached(self, what: str, build: Callable[[], Any]) -> Any:
+    def cached(self, what: str, build: Callable[[], Any], detached: bool = False) -> Any:
         """``build()``, reused while no value has changed and no gradient is being recorded.
 
         Inference calls (streaming blocks, repeated renders) then skip re-deriving the matrices;
@@ -128,10 +128,11 @@ class AbstractCircuitModule(nn.Module):
         invalidates the cache.  With autograd recording, results are always rebuilt: keeping the graph
         and replaying it through one node per call (retain_graph) was measured on the FMV stack at
         0.03 of 1.41 ms per forward + backward at 64 samples and 0.12 of 7.1 ms at 192,000 (CPU time),
-        its backward costing about what the rebuild saves.
+        its backward costing about what the rebuild saves.  ``detached``: what ``build`` returns (and what
+        the caller keeps in it) carries no graph, so it is reused while gradients are recorded too.
         """
         leaves = self._params()
-        if torch.is_grad_enabled() and any(p.requires_grad for p in leaves):
+        if not detached and self._recording(leaves):
             return build()
         key = (what, self.sample_rate, tuple(p._version for p in leaves), tuple(id(p) for p in leaves))
         hit = self._cache.get(what)
@@ -140,6 +141,11 @@ class AbstractCircuitModule(nn.Module):
                 hit = (key, build())
             self._cache[what] = hit
         return hit[1]
+
+    @staticmethod
+    def _recording(leaves: list[nn.Parameter]) -> bool:
+        """Whether autograd records a graph through the values now."""
+        return torch.is_grad_enabled() and any(p.requires_grad for p in leaves)
 
     def matrices(self) -> MNAMatrices:
         """The MNA matrices at the current parameter values (differentiable)."""
@@ -190,21 +196,37 @@ class AbstractCircuitModule(nn.Module):
         (:func:`~circuitsim.solvers.dc.linear_point`).  Otherwise Newton without autograd, then one
         implicit-function step (:meth:`MNATopology.implicit_step`) for the gradient.
         """
-        info = OperatingPointInfo()
-        x = linear_point(self.topology, m, s0, info)
+        def linear() -> tuple[torch.Tensor | None, OperatingPointInfo]:
+            info = OperatingPointInfo()
+            return linear_point(self.topology, m, s0, info), info
+
+        # both answers are functions of the values and s0 alone: kept (:meth:`cached`) while no value changes,
+        # per source vector.  The linear one only where no gradient is recorded (its solve carries the gradient;
+        # a repeated render skips a solve and the residual test, ~0.3 ms); Newton's, found without autograd,
+        # also where one is (a repeated forward + backward at the same values skips its ~14 iterations, 3-5 ms
+        # on the DS-1 booster; a training step, whose values changed, finds it again)
+        linear_ok = not self.topology.nonlinearity.n_outputs
+        x, info = self._memo_point("linear point", s0, linear, detached=False) if linear_ok else (None, None)
         if x is not None:
             return x, info
-        # Newton's answer is a function of the values and s0 alone: kept (:meth:`cached`) while no value
-        # changes and no gradient is recorded, per source vector (repeated renders skip its ~14 iterations)
-        memo = self.cached("operating point", dict)
+
+        def newton() -> tuple[torch.Tensor, OperatingPointInfo]:
+            with torch.no_grad():
+                return operating_point(self.topology, m, s0)
+
+        x, info = self._memo_point("operating point", s0, newton, detached=True)
+        return self.topology.implicit_step(m, x, m.G, m.Wi, s0 @ m.Bu.T), info
+
+    def _memo_point(self, what: str, s0: torch.Tensor, solve: Callable[[], tuple[Any, OperatingPointInfo]],
+                    detached: bool) -> tuple[Any, OperatingPointInfo]:
+        """``solve()``, kept per source vector ``s0`` in :meth:`cached` ``what`` (``detached``: as there)."""
+        memo = self.cached(what, dict, detached)
         hit = memo.get("op")
         if hit is not None and hit[0].shape == s0.shape and torch.equal(hit[0], s0):
-            x, info = hit[1], replace(hit[2])
-        else:
-            with torch.no_grad():
-                x, info = operating_point(self.topology, m, s0)
-            memo["op"] = (s0.detach().clone(), x, replace(info))
-        return self.topology.implicit_step(m, x, m.G, m.Wi, s0 @ m.Bu.T), info
+            return hit[1], replace(hit[2])
+        x, info = solve()
+        memo["op"] = (s0.detach().clone(), x, replace(info))
+        return x, info
 
     def dc_voltages(self, u0: float = 0.0) -> dict[str, float]:
         """Node voltages (volts) and source currents (amperes) at the DC operating point, by name."""
