@@ -279,7 +279,8 @@ class DKModule(AbstractCircuitModule):
                     charges[first] = y[..., : 1 + ns]
             y_all = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
             charge = y[:, -1, 1 : 1 + ns] if end_charges or charges is not None else None
-            # the last sources cloned: s may be a reused buffer (AbstractCircuitModule.source_values)
+            # the last sources cloned: a view would keep the reusable source array busy while the state is held
+            # (AbstractCircuitModule.source_values)
             return y_all, Boundary(q, charge, v, s[:, -1].clone()), merge_stats(stats)
 
         def remap(b: Boundary, k_from: int, k_to: int) -> Boundary:
