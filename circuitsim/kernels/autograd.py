@@ -186,7 +186,8 @@ class StepFunction(torch.autograd.Function):
         (theta,) = ctx.saved_tensors
         dhead = None
         if need[4]:
-            dhead = torch.zeros(saved.y.shape[0], saved.y.shape[2], dtype=ctx.dtypes[2]) if gy is None else gy[:, 0]
+            dhead = (torch.zeros(saved.y.shape[0], saved.y.shape[2], dtype=ctx.dtypes[2]) if gy is None
+                     else gy[:, 0].to(ctx.dtypes[2]))
         return (
             None,
             torch.from_numpy(res.dtheta).to(theta.dtype).reshape(theta.shape) if want_theta else None,
