@@ -17,7 +17,17 @@ root (``fm_solve`` below: ``v = p``, currents proportional to it, the same loop-
 so the root's share of a sample is explicit-root minus trivial-root time, the rest of the core is its
 loop over the linear maps, and ``model(x)`` minus the core is the per-call work outside the kernel.
 
+``--stages`` splits forward + backward (WDF and DK, the same input, every variant interleaved, CPU time,
+best of ``--repeats`` each): ``model(x)`` without gradients and its compiled core; forward + backward and,
+inside it, the core's forward (saving the trajectory) and its backward (``core.backward``); the maps
+(MNA, then the WDF's adapted tree and composed maps (8) or DK's) built under autograd and their backward
+alone; the loss mean(y^2) and its backward on a tensor of y's size; the rest (the operating point
+and initial state with their gradients, conversions).  Where the root is a diode pair, also the core's
+backward with the devices' evaluation replaced by a trivial one (``fm_eval`` below: f = 1e-3 v): what the
+backward spends re-evaluating the diodes at the saved roots.
+
     python benchmarks/bench_wdf.py [--seconds 1] [--signal sine|guitar] [--circuits ...] [--no-ngspice] [--write]
+    python benchmarks/bench_wdf.py --stages [--circuits diode_clipper fmv_tonestack] [--repeats 7]
     python benchmarks/bench_wdf.py --split [--circuits diode_clipper ts808_clipping] [--repeats 5]
                                    [--signal sine --amplitude 0.5 --seconds 0.5]
 """
@@ -169,6 +179,163 @@ def split(name: str, x: np.ndarray, repeats: int) -> list[dict]:
     return rows
 
 
+NV = NF = 0  # placeholders: the generated module's sizes, read by the trivial devices' hooks there
+
+
+def fm_eval(P, p, z, theta, phi, dphi, g, M, work):  # noqa: ANN001, ANN201 - trivial devices' hook (generated code)
+    # f = 1e-3 v[0], df/dv = 1e-3, and the residual and M = I - K J as DK's fm_eval (--stages)
+    K = P[0]
+    for k in range(NF):
+        phi[k] = 1e-3 * z[0]
+        dphi[k, 0] = 1e-3
+    n2 = 0.0
+    for i in range(NV):
+        s = p[i] - z[i]
+        for k in range(NF):
+            s += K[i, k] * phi[k]
+        g[i] = s
+        n2 += s * s
+        for j in range(NV):
+            m = 1.0 if i == j else 0.0
+            for k in range(NF):
+                m -= K[i, k] * dphi[k, j]
+            M[i, j] = m
+    return n2
+
+
+def fm_vjp(P, z, phi, theta, gphi, w, dP, dtheta, mq, want_theta, work):  # noqa: ANN001, ANN201 - (generated code)
+    # DK's fm_vjp without the devices' parameter VJP (--stages)
+    copy_into(mq, gphi, NF)  # noqa: F821 - the generated module's
+    mtv(mq, P[0], w, NV, NF, True)  # noqa: F821
+    outer_acc(dP[0], w, phi, NV, NF)  # noqa: F821
+
+
+class _KernelClock:
+    """CPU seconds spent in ``core.forward`` and ``core.backward`` while installed (``with``)."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+        self._saved: dict[str, object] = {}
+
+    def _wrap(self, name: str):  # noqa: ANN202
+        fn = self._saved[name]
+
+        def timed_call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            t0 = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.spent[name] = self.spent.get(name, 0.0) + time.process_time() - t0
+
+        return timed_call
+
+    def __enter__(self) -> _KernelClock:
+        for name in ("forward", "backward"):
+            self._saved[name] = getattr(core, name)
+            setattr(core, name, self._wrap(name))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, fn in self._saved.items():
+            setattr(core, name, fn)
+
+
+def _maps(model) -> list[torch.Tensor]:  # noqa: ANN001
+    """The maps the core runs, built under autograd (those that carry a gradient)."""
+    mats = model.wdf()[2] if model.method == "wdf" else model.dk()[1]
+    return [t for t in mats.as_tuple() if t.requires_grad]
+
+
+def stages(name: str, x: np.ndarray, repeats: int) -> list[dict]:
+    """CPU milliseconds of each part of forward + backward (module docstring, ``--stages``) for the WDF and DK."""
+    path = ROOT / "netlists" / f"{name}.cir"
+    xt = torch.as_tensor(x).unsqueeze(0)
+    models = {meth: load(path, meth, FS) for meth in ("wdf", "dk")}
+    clock = _KernelClock()
+    parts: dict[tuple[str, str], object] = {}
+    for meth, model in models.items():
+        def fwd(model=model) -> dict[str, float]:  # noqa: ANN001
+            clock.spent.clear()
+            t0 = time.process_time()
+            _no_grad(model, xt)
+            return {"fwd": time.process_time() - t0, "core fwd": clock.spent["forward"]}
+
+        def fb(model=model) -> dict[str, float]:  # noqa: ANN001
+            clock.spent.clear()
+            t0 = time.process_time()
+            model.zero_grad()
+            (model(xt) ** 2).mean().backward()
+            return {"fb": time.process_time() - t0, "core fwd (save)": clock.spent["forward"],
+                    "core bwd": clock.spent["backward"]}
+
+        def maps(model=model) -> dict[str, float]:  # noqa: ANN001
+            t0 = time.process_time()
+            model.zero_grad()
+            ms = _maps(model)
+            torch.autograd.backward(ms, [torch.ones_like(t) for t in ms])
+            return {"maps": time.process_time() - t0}
+
+        parts[(meth, "fwd")], parts[(meth, "fb")], parts[(meth, "maps")] = fwd, fb, maps
+    y = torch.zeros(1, len(x), dtype=torch.float64, requires_grad=True)
+
+    def loss() -> dict[str, float]:
+        t0 = time.process_time()
+        (y**2).mean().backward()
+        return {"loss": time.process_time() - t0}
+
+    parts[("-", "loss")] = loss
+    wdf = models["wdf"]
+    if wdf.root_path()[0] == "omega":  # the core's backward with trivial devices (module docstring)
+        nl = wdf.topology.nonlinearity
+        base = dk_step(nl, MAX_OMEGA_STEPS)
+        trivial = codegen.step_module(nl.nb_source, StepFormulation(
+            name="trivial_devices", hooks=(base.hooks[0], fm_eval, base.hooks[2], fm_vjp, *base.hooks[4:]),
+            constants=base.constants))
+        with torch.no_grad():
+            m, _, w = wdf.wdf()
+            u = np.ascontiguousarray(wdf.source_values(m, xt).numpy())
+            th, mats = m.theta.numpy(), [t.numpy() for t in w.as_tuple()]
+        opts = autograd.DEFAULT_OPTIONS
+        x0 = np.zeros((1, mats[0].shape[0]))
+        saved = core.forward(wdf.kernel(), mats[:8], mats[8:], th, u, x0, None, opts, save=True)
+        gy = np.ones_like(saved.y)
+        for label, mod in (("core bwd, own devices", wdf.kernel()), ("core bwd, trivial devices", trivial)):
+            def bwd(mod=mod, label=label) -> dict[str, float]:  # noqa: ANN001
+                t0 = time.process_time()
+                core.backward(mod, mats[:8], mats[8:], th, u, saved, gy, None, opts, True, want_du=False,
+                              want_mu=False)
+                return {label: time.process_time() - t0}
+
+            parts[("wdf", label)] = bwd
+    best: dict[tuple[str, str], float] = {}
+    with clock:
+        for _ in range(repeats + 1):  # the first round compiles or loads the modules
+            for (meth, _), f in parts.items():
+                for k, v in f().items():
+                    best[(meth, k)] = min(best.get((meth, k), float("inf")), v)
+    rows = []
+    for meth in ("wdf", "dk"):
+        ms = {k: v * 1e3 for (mm, k), v in best.items() if mm == meth}
+        ms["loss"] = best[("-", "loss")] * 1e3
+        ms["rest"] = ms["fb"] - ms["core fwd (save)"] - ms["core bwd"] - ms["maps"] - ms["loss"]
+        rows.append({"circuit": f"{name} ({meth.upper()})", **ms})
+    return rows
+
+
+def stages_table(rows: list[dict]) -> str:
+    lines = ["| circuit | fwd | of it the core | fwd+bwd | fwd+bwd / fwd | core fwd, saving | core bwd | maps built + "
+             "their bwd | loss + its bwd | rest | (core fwd + bwd) / fwd | core bwd: own / trivial devices |",
+             "|" + "---|" * 12]
+    for r in rows:
+        dev = (f"{r['core bwd, own devices']:.2f} / {r['core bwd, trivial devices']:.2f}"
+               if "core bwd, trivial devices" in r else "–")
+        lines.append(f"| {r['circuit']} | {r['fwd']:.2f} | {r['core fwd']:.2f} | {r['fb']:.2f} "
+                     f"| {r['fb'] / r['fwd']:.2f} "
+                     f"| {r['core fwd (save)']:.2f} | {r['core bwd']:.2f} | {r['maps']:.2f} | {r['loss']:.2f} "
+                     f"| {r['rest']:.2f} | {(r['core fwd (save)'] + r['core bwd']) / r['fwd']:.2f} | {dev} |")
+    return "\n".join(lines)
+
+
 def split_table(rows: list[dict]) -> str:
     lines = ["| circuit | model(x) | core, explicit root | core, Newton | core, trivial root | explicit root's share "
              "| outside the core |", "|---|---|---|---|---|---|---|"]
@@ -194,7 +361,15 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = arguments(__doc__, CIRCUITS, seconds=1.0, signal="guitar", repeats=5, spice_repeats=1)
     ap.add_argument("--split", action="store_true", help="time the core alone: explicit root, Newton, trivial root")
+    ap.add_argument("--stages", action="store_true", help="split forward + backward into its parts (CPU ms)")
     args = ap.parse_args()
+    if args.stages:
+        torch.set_num_threads(1)
+        x = guitar(args.seconds, FS) if args.signal == "guitar" else sine(args.seconds, FS, args.freq, args.amplitude)
+        rows = [r for c in args.circuits for r in stages(c, x, args.repeats)]
+        print(f"CPU ms per call, {args.seconds:g} s of {args.signal} at {FS} Hz, best of {args.repeats}, "
+              f"load average {os.getloadavg()[0]:.1f}\n" + stages_table(rows))
+        return
     if args.split:
         torch.set_num_threads(1)
         x = guitar(args.seconds, FS) if args.signal == "guitar" else sine(args.seconds, FS, args.freq, args.amplitude)

@@ -13,7 +13,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import circuitsim.devices.diode as diode_module
+from circuitsim.devices import vecmath
 from circuitsim.devices.bjt import (
     BJT_ALIASES,
     BJT_DEFAULTS,
@@ -41,6 +42,7 @@ from circuitsim.devices.diode import (
     diode_junction,
     diode_model,
 )
+from circuitsim.devices.program import Program
 from circuitsim.kernels.devices import (
     BJT_LAYOUT,
     BJT_PARAM_ORDER,
@@ -291,6 +293,80 @@ def test_pnp_is_mirrored_npn() -> None:
         assert torch.equal(m[j], -n[j])
     for j in range(4, 12):
         assert torch.equal(m[j], n[j])
+
+
+# ----------------------------------------------------------------------------- libmvec exponentials
+# The generated numba forward batches a device's port exponentials into 4-lane libmvec calls
+# (circuitsim/devices/vecmath.py); the scalar libm code it replaces is the reference.
+
+needs_libmvec = pytest.mark.skipif(not vecmath.AVAILABLE, reason="libmvec (glibc, x86-64 with AVX2) not found")
+
+
+@needs_libmvec
+def test_vexp4_within_4_ulp_of_exp() -> None:
+    import math
+
+    from numba import njit
+
+    @njit
+    def lanes(x: np.ndarray, out: np.ndarray) -> None:
+        for i in range(0, x.size, 4):
+            out[i], out[i + 1], out[i + 2], out[i + 3] = vecmath.vexp4(x[i], x[i + 1], x[i + 2], x[i + 3])
+
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.uniform(-745.0, 709.0, 20000), rng.uniform(-40.0, 40.0, 20000),
+                        [0.0, 1.0, -1.0, 700.0, -708.0, 1e-300, -1e-300, 709.7]])
+    x = np.concatenate([x, np.zeros(-x.size % 4)])
+    out = np.empty_like(x)
+    lanes(x, out)
+    ref = np.array([math.exp(v) for v in x])
+    normal = ref > 2.3e-308  # in the subnormal range, 4 ulp is an absolute 4 * 2**-1074
+    ulps = np.abs(out - ref) / np.spacing(ref)
+    assert ulps[normal].max() <= 4.0
+    assert np.abs(out[~normal] - ref[~normal]).max() <= 4 * 2.0**-1074
+    special, res = np.array([np.nan, -np.inf, np.inf, 710.0]), np.empty(4)
+    lanes(special, res)
+    assert np.isnan(res[0]) and res[1] == 0.0 and res[2] == np.inf and res[3] == np.inf
+
+
+def _forward(prog: Program, vector: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[Callable[..., tuple], str]:
+    # the program's numba forward generated with (vector) and without libmvec, compiled on its own
+    from circuitsim.devices.program import NB_HELPERS
+    from circuitsim.kernels.nonlinearity import load_generated
+
+    with monkeypatch.context() as mp:
+        mp.setattr(vecmath, "AVAILABLE", vector)
+        src = prog.numba_eval_source("dev_fwd", "@njit(cache=True)")
+    mod = load_generated("import math\nfrom numba import njit\n" + NB_HELPERS + "\n" + src)
+    return mod.dev_fwd, src
+
+
+@needs_libmvec
+@pytest.mark.parametrize("name", list(BJT_CARDS))
+def test_bjt_vector_exponentials_match_scalar_libm(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the full program (five port exponentials: four in one call, the fifth scalar) and each card's
+    # variant, on the grid of test_bjt_numba_matches_torch; NaN port voltages stay NaN (Newton's test)
+    from circuitsim.devices.bjt import FAMILY, bjt_program
+
+    kind, card = BJT_CARDS[name]
+    pol = 1.0 if kind == "NPN" else -1.0
+    p = card_params(card, BJT_ALIASES)
+    vec = bjt_params_vector(p, pol)
+    vbe, vbc = bjt_grid()
+    for feats in (FAMILY.all_features, FAMILY.features(p)):
+        prog = bjt_program(feats)
+        fv, src = _forward(prog, True, monkeypatch)
+        fs, scalar = _forward(prog, False, monkeypatch)
+        assert "_vexp4(" not in scalar
+        if feats == FAMILY.all_features:
+            assert src.count("_vexp4(") == 1 and src.count("_limexp(") == 1  # four in the call, one scalar
+        elif "_vexp4(" not in src:
+            continue  # fewer than three port exponentials: scalar calls either way
+        a = np.array([fv(float(x), float(y), vec) for x, y in zip(vbe, vbc)])
+        b = np.array([fs(float(x), float(y), vec) for x, y in zip(vbe, vbc)])
+        scale = np.abs(b).max(axis=0, keepdims=True)
+        assert_close(a, b, 1e-13, 1e-13 * scale, f"{name} {sorted(feats)}")
+        assert np.isnan(fv(np.nan, 0.3, vec)[:2]).all() and np.isnan(fv(0.6, np.nan, vec)[:2]).all()
 
 
 # ----------------------------------------------------------------------------- parameter VJPs

@@ -675,6 +675,27 @@ def test_choose_loop_orders_by_constant_sizes():
     assert linalg.tmv3_takes_dots(3, 3, 1, 2) and not linalg.tmv3_takes_dots(linalg.AXPY_MACS, 3, 1, 2)
 
 
+def test_lu_solve_t_solves_the_transposed_system():
+    # the adjoint's M' w = r with the factors of M (linalg.lu_solve_t), against numpy's solve of M': the explicit
+    # inverse (n <= 3) and the pivoted LU (n > 3; the first column's largest entry is moved off the diagonal so that
+    # every factorisation swaps rows), run as plain Python
+    from circuitsim.kernels.linalg import lu_factor, lu_solve_t
+
+    rng = np.random.default_rng(3)
+    for n in range(1, 7):
+        M = rng.standard_normal((n, n)) + 0.5 * np.eye(n)
+        if n > 3:
+            M[n - 1, 0] = 10.0 * np.abs(M).max()
+        r = rng.standard_normal(n)
+        LU, piv, w = M.copy(), np.zeros(n, dtype=np.int64), r.copy()
+        assert lu_factor(LU, piv, n)
+        if n > 3:
+            assert piv[0] == n - 1
+        lu_solve_t(LU, piv, w, n)
+        ref = np.linalg.solve(M.T, r)
+        assert np.allclose(w, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max()), (n, w, ref)
+
+
 def test_sized_module_pastes_the_loop_orders(clipper):
     # the clipper's module sized for its maps calls tmv3 only where the output count (run-time) is a size
     import inspect

@@ -776,11 +776,66 @@ class Program:
         order = lead + [n for n in range(len(plan)) if n not in set(lead)]
         return [(n, plan[n]) for n in order]
 
+    def _vector_exps(self, plan: list, names: dict) -> tuple[list[str], dict]:
+        """The ``limexp`` of the forward as :func:`circuitsim.devices.vecmath.vexp4` calls: ``(lines, substitutions)``.
+
+        The arguments that read only ports and parameters (a junction's ``v / (N Vt)``), three or more of them,
+        go four to a call at the top of the function, in every region (an exponential a region does not use
+        costs nothing in a lane); ``limexp(x)`` becomes ``E (1 + max(x - EXP_LIMIT, 0))`` and ``limexp_d(x)``
+        ``E``, with ``E = exp(min(x, EXP_LIMIT))`` from the call (the same formulas as ``_limexp``).  Arguments of
+        statements without a ``zero_if`` skip (used whenever their region is) fill the calls first; a last one
+        alone keeps its scalar call.  Nothing where libmvec is missing (``vecmath.AVAILABLE``).
+        """
+        from circuitsim.devices import vecmath
+
+        if not vecmath.AVAILABLE:
+            return [], {}
+        base = set(self.ports) | {s for s, _, _ in self.params}
+        args: list[tuple[bool, int, sympy.Expr]] = []
+        seen = set()
+        for y, _, regions in plan:
+            for row, _ in regions:
+                for e in row:
+                    for f in sympy.preorder_traversal(e):
+                        a = f.args[0] if isinstance(f, (limexp, limexp_d)) else None
+                        if a is not None and a.free_symbols <= base and a not in seen:
+                            seen.add(a)
+                            args.append((y in self.zero_if, len(args), a))
+        if len(args) < 3:
+            return [], {}
+        args.sort(key=lambda t: t[:2])
+        lanes = vecmath.LANES
+        keep = len(args) - (len(args) % lanes == 1)
+        lines, subs = [], {}
+        emit = Emitter(names, "numba")
+        lim = sympy.Float(EXP_LIMIT)  # E (1 + max(x - L, 0)): NaN in E is NaN in the value whatever max gives
+        for c in range(0, keep, lanes):
+            chunk = [a for _, _, a in args[c:min(c + lanes, keep)]]
+            outs = [sympy.Symbol(f"e_vx{c + i}", real=True) for i in range(len(chunk))]
+            for a, e in zip(chunk, outs):
+                names[e] = str(e)
+                subs[limexp(a)] = e * (1 + sympy.Max(a - lim, 0))
+                subs[limexp_d(a)] = e
+            # min(x, L) in _limexp's order: numba's min, as Python's, returns its first argument where a NaN
+            # makes the comparison false, so that a NaN port voltage stays NaN (Newton's divergence test)
+            ins = [f"min({emit(a)}, {EXP_LIMIT!r})" for a in chunk] + ["0.0"] * (lanes - len(chunk))
+            pad = ["_"] * (lanes - len(chunk))
+            lines.append(f"    {', '.join([str(e) for e in outs] + pad)}, = _vexp4({', '.join(ins)})")
+        return lines, subs
+
     def numba_eval_source(self, fname: str, decorator: str) -> str:
-        """``fname(v_0, ..., p) -> (f_0, ..., J_00, J_01, ...)``: outputs, then the Jacobian row by row."""
+        """``fname(v_0, ..., p) -> (f_0, ..., J_00, J_01, ...)``: outputs, then the Jacobian row by row.
+
+        The exponentials of the ports go through :meth:`_vector_exps` (four to a libmvec call) where it applies."""
         plan, deriv = self._jacobian_statements()
         names = self._names("numba")
         lines = [decorator, f"def {fname}({', '.join(str(v) for v in self.ports)}, p):"]
+        vec, subs = self._vector_exps(plan, names)
+        if vec:
+            lines[:0] = ["from circuitsim.devices.vecmath import vexp4 as _vexp4", "", ""]
+            lines += vec
+            plan = [(y, d, [([e.xreplace(subs) for e in row], cond) for row, cond in regions])
+                    for y, d, regions in plan]
         for n, (y, dsyms, regions) in self._schedule(plan):
             lhs = [str(y)] + [str(d) for d in dsyms if d is not None]
             for d in dsyms:
@@ -961,7 +1016,9 @@ def generate(program: Program, fname: str, inline: bool, key_extra: str = "") ->
     h = hashlib.sha256(sympy.srepr((program.ports, program.params, program.stmts, program.outputs,
                                     sorted(program.zero_if.items(), key=str))).encode())
     h.update(Path(__file__).read_bytes())
-    h.update(f"{fname}|{inline}|{key_extra}".encode())
+    from circuitsim.devices import vecmath  # the forward's exponentials depend on libmvec being there
+
+    h.update(f"{fname}|{inline}|{key_extra}|{vecmath.AVAILABLE}".encode())
     key = h.hexdigest()[:24]
     if key in _GENERATED:
         return _GENERATED[key]

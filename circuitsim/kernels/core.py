@@ -59,8 +59,10 @@ once and ``fm_vjp`` calls ``nl_vjp_theta`` once (DK and the formulations on its 
 
 The outer products are summed per block of ``checkpoint`` samples as three matrix products (the
 cotangents ``(xbar[n+1], ybar[n], w[n])`` of the block against its ``x[n]``, ``u[n]``, ``phi[n]``;
-:func:`backward_core`), so the per-sample loop runs only the serial part: ``w``, ``fm_vjp`` and
-``xbar[n]``.
+:func:`backward_core`), so the per-sample loop runs only the serial part: ``w`` (``M' w = dphi' gphi`` solved with
+the factors of ``M`` itself, :func:`~circuitsim.kernels.linalg.lu_solve_t`), ``fm_vjp`` and ``xbar[n]``, and the
+copies of ``x[n]``, ``u[n]`` into the block's columns, whose loads from the saved trajectory overlap the
+latency-bound recursion in ``xbar`` there.
 
 The loop bodies below are plain Python templates: :mod:`circuitsim.kernels.codegen` pastes
 them, with the formulation's hooks and the nonlinearity (``nl_eval`` ...), into one generated
@@ -105,6 +107,7 @@ from circuitsim.kernels.linalg import (
     gram_acc,
     lu_factor,
     lu_solve,
+    lu_solve_t,
     mtm_block,
     mv,
     rows_to_columns,
@@ -533,9 +536,9 @@ def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv, work
     u, ztraj, ckpt, gy, du, mu = borrow(io)
     ny = gy.shape[1]
     gx, dx0, dtheta = borrow(gvec)
-    x, xn, p, g, gphi, zbar, w, mq = borrow(bv)
+    x, xn, p, g, gphi, w, mq = borrow(bv)
     works = borrow(works)
-    xT, uT, phiT, lT, duT, phis, Mt, xb2, yx, yphi = borrow(bm)
+    xT, uT, phiT, lT, duT, phis, xb2, yx, yphi = borrow(bm)
     dphis, Ms = borrow(b3)
     P = borrow(P)
     dP = borrow(dP)
@@ -566,9 +569,6 @@ def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv, work
                         xT[i, k] = x[i]
                     tmv3(xn, At, x, NX, Bt, u[n], NU, Ct, phis[k], NPHI, NX)
                     copy_into(x, xn, NX)
-        if every:
-            rows_to_columns(xT, ckpt, n0, L)
-        rows_to_columns(uT, u, n0, L)
         rows_to_columns(phiT, phis, 0, L)
         rows_to_columns(lY, gy, n0, L)
         # the terms in ybar for the whole block, off the per-sample loop (whose run-time-sized loops over Ny cost
@@ -580,13 +580,23 @@ def backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, piv, work
         for k in range(L - 1, -1, -1):
             n = n0 + k
             xbar, xbn = xb2[cur], xb2[1 - cur]
+            # x[n] and u[n] into the columns of xT, uT here rather than in a pass over the block: their loads (the
+            # saved trajectory, from memory) then overlap the latency-bound chain in xbar (FMV 12.0 -> 10.5 ns/sample)
+            if every:
+                for i in range(NX):
+                    xT[i, k] = ckpt[n, i]
+            for j in range(NU):
+                uT[j, k] = u[n, j]
             for i in range(NPHI):
                 gphi[i] = yphi[i, k]
             tmv3(gphi, C, xbar, NX, C, xbar, 0, C, xbar, 0, NPHI, True)  # gphi = F' ybar + C' xbar
             if NZ > 0:
-                tmv3(zbar, dphis[k], gphi, NPHI, Ms[k], gphi, 0, Ms[k], gphi, 0, NZ)  # w = M^-T dphi' gphi
-                copy_matrix(Mt, Ms[k], True)
-                if not solve_into(Mt, piv, zbar, w, NZ):
+                # w = M^-T dphi' gphi: M' w = dphi' gphi solved with the factors of M itself (lu_solve_t; Ms[k] is
+                # not read again), no transposed copy (its loops over run-time shapes: a sixth of the clipper's adjoint)
+                tmv3(w, dphis[k], gphi, NPHI, Ms[k], gphi, 0, Ms[k], gphi, 0, NZ)
+                if lu_factor(Ms[k], piv, NZ):
+                    lu_solve_t(Ms[k], piv, w, NZ)
+                else:
                     w.fill(math.nan)  # a singular M has no implicit derivative
             fm_vjp_grad(P, ztraj[n], phis[k], theta, gphi, w, dP, dtheta, mq, want_theta, works[k])
             if want_mu:
@@ -617,11 +627,9 @@ def backward_item(lin, P, theta, io, gmat, dP, gvec, iopt):
     nx, ny, nu = NX, lin[2].shape[0], NU  # lin = (A, C, D, ...): D is Ny x Nx
     blk = iopt[O_CP]
     ndu = blk if io[4].shape[0] != 0 else 0
-    bv = (np.zeros(nx), np.zeros(nx), np.zeros(NZ), np.zeros(NZ), np.zeros(NPHI), np.zeros(NZ), np.zeros(NZ),
-          np.zeros(NF))
+    bv = (np.zeros(nx), np.zeros(nx), np.zeros(NZ), np.zeros(NZ), np.zeros(NPHI), np.zeros(NZ), np.zeros(NF))
     bm = (np.zeros((nx, blk)), np.zeros((nu, blk)), np.zeros((NPHI, blk)), np.zeros((nx + ny + NZ, blk + 1)),
-          np.zeros((nu, ndu)), np.zeros((blk, NPHI)), np.zeros((NZ, NZ)), np.zeros((2, nx)), np.zeros((nx, blk)),
-          np.zeros((NPHI, blk)))
+          np.zeros((nu, ndu)), np.zeros((blk, NPHI)), np.zeros((2, nx)), np.zeros((nx, blk)), np.zeros((NPHI, blk)))
     b3 = (np.zeros((blk, NPHI, NZ)), np.zeros((blk, NZ, NZ)))
     backward_core(lin, P, theta, io, gmat, dP, gvec, iopt, bv, bm, b3, np.zeros(NZ, np.int64), np.zeros((blk, FM_WORK)))
 
@@ -942,9 +950,10 @@ def backward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarr
     R = np.ascontiguousarray(np.concatenate([B, E, H], axis=0))
     gmat = (np.zeros((batch, q, nx)), np.zeros((batch, q, nu)), np.zeros((batch, q, nphi)))
     dP = tuple(np.zeros((batch,) + m.shape) for m in P)
-    du = np.zeros((batch, T if want_du else 0, nu))
-    dx0 = np.zeros((batch, nx))
-    mu = np.zeros((batch, T if want_mu else 0, module.NF))
+    # the kernel writes every row of du, mu (when asked for) and dx0: np.empty, no zeroed pages (the rest accumulate)
+    du = np.empty((batch, T if want_du else 0, nu))
+    dx0 = np.empty((batch, nx))
+    mu = np.empty((batch, T if want_mu else 0, module.NF))
     dtheta = np.zeros((batch, theta.size if theta_grad else 0))
     if T > 0:
         if saved.v is None or saved.checkpoints is None:

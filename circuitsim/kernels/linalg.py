@@ -172,6 +172,36 @@ def lu_solve(M, piv, b, n):
         b[i] = s * M[i, i]
 
 
+def lu_solve_t(M, piv, b, n):
+    # b <- (P^T L U)^-T b in place, with the factors of lu_factor: the transposed system U' L' P x = b by forward
+    # substitution with U' (diagonal 1/U_kk), back substitution with L' (unit diagonal), then x = P' z (the swaps
+    # undone last first; Golub & Van Loan sec. 3.4.2 applied to M' = U' L' P).  The adjoint solves M' w = r with the
+    # factors of M itself, without a transposed copy of M; n <= 3: b <- M' b with M the inverse
+    if n <= 3:
+        b0 = b[0]
+        b1 = b[1] if n > 1 else 0.0
+        b2 = b[2] if n > 2 else 0.0
+        for i in range(n):
+            b[i] = M[0, i] * b0 + (M[1, i] * b1 if n > 1 else 0.0) + (M[2, i] * b2 if n > 2 else 0.0)
+        return
+    for i in range(n):
+        s = b[i]
+        for j in range(i):
+            s -= M[j, i] * b[j]
+        b[i] = s * M[i, i]
+    for i in range(n - 1, -1, -1):
+        s = b[i]
+        for j in range(i + 1, n):
+            s -= M[j, i] * b[j]
+        b[i] = s
+    for k in range(n - 1, -1, -1):
+        r = piv[k]
+        if r != k:
+            t = b[k]
+            b[k] = b[r]
+            b[r] = t
+
+
 def solve_into(M, piv, rhs, out, n):
     # out = M^-1 rhs, factoring M in place (M then holds its LU factors); False if M is singular
     for i in range(n):
@@ -329,6 +359,7 @@ TEMPLATES = (
     "small_inverse",
     "lu_factor",
     "lu_solve",
+    "lu_solve_t",
     "solve_into",
     "mv",
     "tmv3_takes_dots",
@@ -343,4 +374,5 @@ TEMPLATES = (
     "scaled_step",
 )
 
-__all__ = ["BLOCK_TEMPLATES", "TEMPLATES", "borrow", "gram_acc", "lu_factor", "lu_solve", "mtm_block", "solve_into"]
+__all__ = ["BLOCK_TEMPLATES", "TEMPLATES", "borrow", "gram_acc", "lu_factor", "lu_solve", "lu_solve_t", "mtm_block",
+           "solve_into"]

@@ -61,7 +61,8 @@ class WDFModule(AbstractCircuitModule):
         if state is None:
             x_op, diag.operating_point = self.start_point(m, s[:, 0])
             v_op = x_op @ m.Nv.T
-            f_op = nl.torch_eval(v_op, m.theta) if nl.n_outputs else x_op[:, :0]
+            # the device outputs at the operating point enter only the charge histories' initial values
+            f_op = nl.torch_eval(v_op, m.theta) if self.layout.charges else x_op[:, :0]
             x0 = initial_state(self.tree, self.topology, ad, self.layout, x_op, f_op, self.sample_rate)
             y0 = (x_op @ m.out).unsqueeze(1)
             y, final, stats = run_state_space(

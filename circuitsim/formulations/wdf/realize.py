@@ -173,17 +173,14 @@ def compose(tree: WDFTree, topo: MNATopology, ad: Adapted, fs: float) -> WDFMatr
     for o in lay.charges:
         nxt.append(4.0 * fs * fb[o] - sigma[o])
     nxt_m = torch.stack(nxt) if nxt else eye[:0]
-    v = p + (K @ fb if lay.nf else 0.0)
-    ix, iu = slice(0, lay.nx), slice(lay.nx, lay.nx + lay.nu)
-    i_f = slice(lay.nx + lay.nu, lay.nb)
-    yy = y.unsqueeze(0)
-    return WDFMatrices(
-        A=nxt_m[:, ix], B=nxt_m[:, iu], C=nxt_m[:, i_f],
-        D=yy[:, ix], E=yy[:, iu], F=yy[:, i_f],
-        G=v[:, ix] if lay.nf else torch.zeros(0, lay.nx, dtype=DTYPE),
-        H=v[:, iu] if lay.nf else torch.zeros(0, lay.nu, dtype=DTYPE),
-        K=v[:, i_f] if lay.nf else torch.zeros(0, 0, dtype=DTYPE),
-    )
+    v = p + K @ fb if lay.nf else eye[:0]
+    # each row block split into its [x, s, f] columns: one autograd node per block (nine slices recorded nine,
+    # whose backward each fills a zero matrix)
+    cols = [lay.nx, lay.nu, lay.nf]
+    A, B, C = torch.split(nxt_m, cols, dim=1)
+    D, E, F = torch.split(y.unsqueeze(0), cols, dim=1)
+    G, H, K = torch.split(v, cols, dim=1)
+    return WDFMatrices(A=A, B=B, C=C, D=D, E=E, F=F, G=G, H=H, K=K)
 
 
 def initial_state(tree: WDFTree, topo: MNATopology, ad: Adapted, lay: Layout, x_op: torch.Tensor,
@@ -193,16 +190,19 @@ def initial_state(tree: WDFTree, topo: MNATopology, ad: Adapted, lay: Layout, x_
     Capacitor: ``a = b = v_C``.  Inductor (``v = 0``, current ``i_L``): stored ``a = R_L i_L``.
     Charge history: ``σ = 2/T q(v_op)`` (no charge current at DC).  ``f_q`` (batch, Nf) device outputs.
     """
-    cols = []
-    for lf in tree.states:
-        if lf.kind == "C":
-            row = _pair(*lf.nodes)
-            cols.append(sum(c * x_op[:, i] for i, c in row) if row else torch.zeros_like(x_op[:, 0]))
-        else:
-            cols.append(ad.R[id(lf)] * x_op[:, topo.branch[lf.name]])
-    for o in lay.charges:
-        cols.append(2.0 * fs * f_q[:, o])
-    return torch.stack(cols, dim=1) if cols else x_op[:, :0]
+    # capacitor k: v_C = sum_i c_i x_op[i] over its node pair; inductor k: the branch current (times R_L below):
+    # one product with a constant selection matrix
+    sel = torch.zeros(x_op.shape[1], lay.n_wave, dtype=DTYPE)
+    for k, lf in enumerate(tree.states):
+        for i, c in (_pair(*lf.nodes) if lf.kind == "C" else [(topo.branch[lf.name], 1.0)]):
+            sel[i, k] = c
+    x0 = x_op @ sel
+    if any(lf.kind == "L" for lf in tree.states):
+        one = torch.ones((), dtype=DTYPE)
+        x0 = x0 * torch.stack([ad.R[id(lf)] if lf.kind == "L" else one for lf in tree.states])
+    if lay.charges:
+        x0 = torch.cat([x0, (2.0 * fs) * f_q[:, lay.charges]], dim=1)
+    return x0
 
 
 __all__ = ["Layout", "RootMaps", "WDFMatrices", "compose", "initial_state", "root_pass", "step_rows"]

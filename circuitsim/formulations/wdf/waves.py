@@ -47,7 +47,7 @@ class RTypeData:
     """Numbers of one R-type adaptor (or the R-type root): see the module docstring."""
 
     S: torch.Tensor | None  # (m+1, m+1) scattering, ports = children then up (None at the root)
-    T: torch.Tensor  # (m[+1], Nu) source-to-reflected-wave map
+    T: torch.Tensor | None  # (m+1, Nu) source-to-reflected-wave map (None at the root)
     Zp: torch.Tensor  # (nz, m[+1]) internal unknowns per port wave: X⁻¹ P R⁻¹
     Zs: torch.Tensor  # (nz, Nu) internal unknowns per source value: X⁻¹ Bu
     R_up: torch.Tensor | None
@@ -109,23 +109,24 @@ class Adapter:
         if leaf.kind == "R":
             return torch.as_tensor(self._ev(leaf.value, env), dtype=DTYPE)
         if leaf.kind == "C":
-            return 1.0 / (2.0 * self.fs * torch.as_tensor(self._ev(leaf.value, env), dtype=DTYPE))
+            # torch.reciprocal: one autograd node (1.0 / t records a reciprocal and a product by 1)
+            return torch.reciprocal(2.0 * self.fs * torch.as_tensor(self._ev(leaf.value, env), dtype=DTYPE))
         if leaf.kind == "L":
             return 2.0 * self.fs * torch.as_tensor(self._ev(leaf.value, env), dtype=DTYPE)
         return torch.zeros((), dtype=DTYPE)
 
     def _reuse(self, key_index: int, inputs: list[torch.Tensor], build: Callable[[], object]) -> object:
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-        key = tuple(float(t.detach()) for t in inputs)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):  # recorded: always built, not kept
+            self.recomputed[key_index] += 1
+            self._memo.pop(key_index, None)
+            return build()
+        key = tuple(float(t) for t in inputs)
         hit = self._memo.get(key_index)
-        if not grad and hit is not None and hit[0] == key:
+        if hit is not None and hit[0] == key:
             return hit[1]
         self.recomputed[key_index] += 1
         value = build()
-        if not grad:
-            self._memo[key_index] = (key, value)
-        else:
-            self._memo.pop(key_index, None)
+        self._memo[key_index] = (key, value)
         return value
 
     def adapt(self, env: Mapping[str, torch.Tensor], theta_m=None) -> Adapted:  # noqa: ANN001
@@ -253,7 +254,7 @@ class Adapter:
             for o, (col, charge) in enumerate(topo.outputs):
                 for i, c in col:
                     (wq if charge else wi)[local[i], o] = c
-            maps = (nv, torch.cat([wq, wi + 2.0 * self.fs * wq], dim=1))
+            maps = (nv, torch.cat([wq, -(wi + 2.0 * self.fs * wq)], dim=1))  # solved for Zq and Zf
         out = _RTypeStructure(unknowns, ports, P, X, Bu, gains, maps)
         self._structures[a.index] = out
         return out
@@ -271,7 +272,7 @@ class Adapter:
             for i, j, c, el in st.gains:  # X[i, j] - c gain (E), + c d g (G), as stamp by stamp
                 X[i, j] = X[i, j] + c * torch.as_tensor(self._ev(el.value, env), dtype=DTYPE)
         Rt = torch.stack(rs) if rs else torch.zeros(0, dtype=DTYPE)
-        Gc = 1.0 / Rt
+        Gc = torch.reciprocal(Rt)
         Pc = P[:, : len(rs)]
         X0 = X + (Pc * Gc) @ Pc.T
         R_up = None
@@ -282,36 +283,29 @@ class Adapter:
             except RuntimeError:
                 raise NetlistError(f"R-type adaptor over {self._names(a)}: singular internal network (a node "
                                    "connected only through the port facing the root)", None) from None
-            Rall = torch.cat([Rt, R_up.reshape(1)])
+            Ginv = torch.cat([Gc, torch.reciprocal(R_up).reshape(1)])
             X = X0 + pu @ pu.T / R_up
+            rhs = torch.cat([P * Ginv, Bu], dim=1)
+            data_f = None
         else:
-            Rall = Rt
             X = X0
-        Ginv = 1.0 / Rall
-        rhs = torch.cat([P * Ginv, Bu], dim=1)
-        data_f = None
-        if is_root:
-            nv, device_cols = st.maps
-            rhs = torch.cat([rhs, device_cols], dim=1)
-            data_f = nv
+            data_f, device_cols = st.maps
+            rhs = torch.cat([P * Gc, Bu, device_cols], dim=1)
         try:
             sol = torch.linalg.solve(X, rhs)
         except RuntimeError:
             raise NetlistError(f"R-type adaptor over {self._names(a)}: its internal MNA matrix is singular", None) \
                 from None
         npt = len(ports)
-        Zp, Zs = sol[:, :npt], sol[:, npt : npt + nu]
-        PtZp = P.T @ Zp
-        S = 2.0 * PtZp - torch.eye(npt, dtype=DTYPE)
-        T = 2.0 * (P.T @ Zs)
-        out = RTypeData(S, T, Zp, Zs, R_up, unknowns=unknowns)
-        if is_root:
+        if is_root:  # no port faces a parent: no scattering; the device maps instead
             nf = topo.nonlinearity.n_outputs
-            out.Zq = sol[:, npt + nu : npt + nu + nf]
-            out.Zf = -sol[:, npt + nu + nf :]
-            out.Nv = data_f
-            out.Pt = P.T
-        return out
+            Zp, Zs, Zq, Zf = torch.split(sol, [npt, nu, nf, nf], dim=1)
+            return RTypeData(None, None, Zp, Zs, R_up, Zq=Zq, Zf=Zf, Nv=data_f, Pt=P.T, unknowns=unknowns)
+        # [S T] = 2 P' [Zp Zs] - [I 0] (eq. (3)): one product for both
+        Zp, Zs = torch.split(sol, [npt, nu], dim=1)
+        eye0 = torch.cat([torch.eye(npt, dtype=DTYPE), torch.zeros(npt, nu, dtype=DTYPE)], dim=1)
+        S, T = torch.split((2.0 * P.T) @ sol - eye0, [npt, nu], dim=1)
+        return RTypeData(S, T, Zp, Zs, R_up, unknowns=unknowns)
 
     def _names(self, a: Adaptor) -> str:
         names = [c.label() if isinstance(c, Leaf) else f"adaptor {c.index}" for c, _ in a.children]
@@ -320,14 +314,15 @@ class Adapter:
 
 
 def _series(rs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    r_up = torch.stack(rs).sum()
-    return r_up, torch.stack(rs) / r_up
+    r = torch.stack(rs)
+    r_up = r.sum()
+    return r_up, r / r_up
 
 
 def _parallel(rs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    g = 1.0 / torch.stack(rs)
+    g = torch.reciprocal(torch.stack(rs))
     g_up = g.sum()
-    return 1.0 / g_up, g / g_up
+    return torch.reciprocal(g_up), g / g_up
 
 
 def port_pair_sign(row: tuple, p: int, q: int) -> float:
@@ -336,6 +331,9 @@ def port_pair_sign(row: tuple, p: int, q: int) -> float:
 
 
 # ---------------------------------------------------------------------- propagation
+Known = torch.Tensor | Callable[[], torch.Tensor]  # a branch voltage of Propagation.known
+
+
 @dataclass
 class Propagation:
     """Waves of one sample: reflected (``alpha``: leaves/adaptors towards the parent) and incident
@@ -343,7 +341,9 @@ class Propagation:
 
     alpha: dict[int, torch.Tensor] = field(default_factory=dict)
     beta: dict[int, torch.Tensor] = field(default_factory=dict)
-    known: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)  # (n1, n2, v(n1)-v(n2))
+    # (n1, n2, v(n1)-v(n2)): a tensor, or a function of no arguments that forms it (node_voltage calls only
+    # those on its path: the others record no operation)
+    known: list[tuple[int, int, Known]] = field(default_factory=list)
 
 
 def _stack(xs: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
@@ -381,58 +381,99 @@ def _signed(t: torch.Tensor, s: int) -> torch.Tensor:
     return t if s > 0 else -t
 
 
-def down_pass(tree: WDFTree, ad: Adapted, pr: Propagation, item, incident: torch.Tensor,  # noqa: ANN001
+def down_pass(tree: WDFTree, ad: Adapted, pr: Propagation, item, incident: Known,  # noqa: ANN001
               src: torch.Tensor) -> None:
-    """Incident waves from an adaptor (whose own incident wave is ``incident``) down to the leaves."""
-    pr.beta[id(item)] = incident
+    """Incident waves from an adaptor (whose own incident wave is ``incident``) down to the leaves.
+
+    A resistor or a source has no state: its incident wave (a function of no arguments here, :func:`_lazy`)
+    is formed only where :func:`node_voltage` reads its voltage."""
     if isinstance(item, Leaf):
-        pr.known.append((item.nodes[0], item.nodes[1], 0.5 * (pr.alpha[id(item)] + incident)))
+        a_leaf = pr.alpha[id(item)]
+        if callable(incident):
+            pr.known.append((item.nodes[0], item.nodes[1], lambda: 0.5 * (a_leaf + incident())))
+        else:
+            pr.beta[id(item)] = incident
+            pr.known.append((item.nodes[0], item.nodes[1], lambda: 0.5 * (a_leaf + incident)))
         return
+    pr.beta[id(item)] = incident
     a: Adaptor = item
     al = [pr.alpha[id(c)] for c, _ in a.children]
     if a.kind == "series":
         loop = incident - pr.alpha[id(a)]
         cf = ad.coeff[id(a)]
         for k, (c, s) in enumerate(a.children):
-            down_pass(tree, ad, pr, c, al[k] + _signed(cf[k], s) * loop, src)
+            down_pass(tree, ad, pr, c, _lazy(c, lambda k=k, s=s: al[k] + _signed(cf[k], s) * loop), src)
     elif a.kind == "parallel":
         tot = incident + pr.alpha[id(a)]
         for k, (c, s) in enumerate(a.children):
-            down_pass(tree, ad, pr, c, _signed(tot, s) - al[k], src)
+            down_pass(tree, ad, pr, c, _lazy(c, lambda k=k, s=s: _signed(tot, s) - al[k]), src)
     else:
         d = ad.rtype[id(a)]
         m = len(a.children)
         waves = _stack([_signed(pr.alpha[id(c)], s) for c, s in a.children] + [incident], src[0])
         out = _contract(d.S[:m], waves) + _contract(d.T[:m], src)
-        z = _contract(d.Zp, waves) + _contract(d.Zs, src)
-        record_nodes(a, d, z, pr)
+        record_nodes(a, d, _once(lambda: _contract(d.Zp, waves) + _contract(d.Zs, src)), pr)
         for k, (c, s) in enumerate(a.children):
-            down_pass(tree, ad, pr, c, _signed(out[k], s), src)
+            down_pass(tree, ad, pr, c, _lazy(c, lambda k=k, s=s: _signed(out[k], s)), src)
 
 
-def record_nodes(a: Adaptor, d: RTypeData, z: torch.Tensor, pr: Propagation) -> None:
+def _lazy(child, wave: Callable[[], torch.Tensor]) -> Known:  # noqa: ANN001
+    """The incident wave of ``child``: formed now for an adaptor or a capacitor or inductor (their waves are
+    needed), left as ``wave`` for a resistor or a source (only its voltage may be read)."""
+    return wave if isinstance(child, Leaf) and child.kind in ("R", "V") else wave()
+
+
+def _once(build: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """``build`` called at most once: its result is kept for later calls."""
+    memo: list[torch.Tensor] = []
+
+    def get() -> torch.Tensor:
+        if not memo:
+            memo.append(build())
+        return memo[0]
+
+    return get
+
+
+def record_nodes(a: Adaptor, d: RTypeData, z: Known, pr: Propagation) -> None:
+    """Node voltages of an R-type's unknowns ``z`` (or a function forming them) into ``pr.known``."""
     ref = GROUND if GROUND in a.nodes else a.nodes[0]
+    zf = z if callable(z) else (lambda: z)
     for i, n in enumerate(d.unknowns):
         if n >= 0:
-            pr.known.append((n, ref, z[i]))
+            pr.known.append((n, ref, lambda i=i: zf()[i]))
 
 
-def node_voltage(known: list[tuple[int, int, torch.Tensor]], node: int, like: torch.Tensor) -> torch.Tensor:
-    """``v(node)`` from known branch voltages (a path to ground through them)."""
-    pot: dict[int, torch.Tensor] = {GROUND: torch.zeros_like(like)}
+def node_voltage(known: list[tuple[int, int, Known]], node: int, like: torch.Tensor) -> torch.Tensor:
+    """``v(node)`` from known branch voltages (a path to ground through them).
+
+    The path is found on the node pairs alone (sweeps over ``known`` in order, as far as ``node``); only
+    the voltages along it are then formed and summed from ground.
+    """
+    via: dict[int, tuple[int, int, float]] = {GROUND: (GROUND, -1, 0.0)}  # node -> (from, entry, sign)
     changed = True
-    while node not in pot and changed:
+    while node not in via and changed:
         changed = False
-        for n1, n2, v in known:
-            if n1 in pot and n2 not in pot:
-                pot[n2] = pot[n1] - v
+        for k, (n1, n2, _) in enumerate(known):
+            if n1 in via and n2 not in via:
+                via[n2] = (n1, k, -1.0)
                 changed = True
-            elif n2 in pot and n1 not in pot:
-                pot[n1] = pot[n2] + v
+            elif n2 in via and n1 not in via:
+                via[n1] = (n2, k, 1.0)
                 changed = True
-    if node not in pot:  # pragma: no cover - every node touches a leaf or an R-type
+    if node not in via:  # pragma: no cover - every node touches a leaf or an R-type
         raise NetlistError("the output node's voltage is not reachable through the WDF tree", None)
-    return pot[node]
+    path = []
+    n = node
+    while n != GROUND:
+        path.append(via[n])
+        n = via[n][0]
+    pot = torch.zeros_like(like)
+    for _, k, sign in reversed(path):
+        v = known[k][2]
+        v = v() if callable(v) else v
+        pot = pot + v if sign > 0 else pot - v
+    return pot
 
 
 __all__ = ["Adapted", "Adapter", "Propagation", "RTypeData", "down_pass", "node_voltage", "up_pass"]
