@@ -315,7 +315,9 @@ class DKModule(AbstractCircuitModule):
         tol = self.max_local_error if max_split > 1 and rest.shape[1] else None
         charges: dict[int, torch.Tensor] | None = None if tol is None else {}
         try:  # the whole batch at once; substeps (item by item) only where Newton fails
-            span = (rest, _largest(u[:, u.shape[1] - rest.shape[1] :], m.sources)) if rest.shape[1] else None
+            # the input's range for the bound on |v| (core.forward), where there are port voltages to bound
+            newton = rest.shape[1] and self.topology.nonlinearity.n_ports
+            span = (rest, _largest(u[:, u.shape[1] - rest.shape[1] :], m.sources)) if newton else None
             run, _ = self._runner(m, d, max_split, watch=False, head=head, charges=charges, end_charges=keep_state,
                                   u_max=span)
             y, end, stats = run(1, rest, start, offset) if rest.shape[1] else (rest[..., 0], start, {})
