@@ -267,7 +267,9 @@ def main() -> None:
             "process (start-up, parsing, raw file). Backward: every component value learnable, "
             "loss = mean(y^2). The forward (no gradients) reuses the derived matrices and the DC operating point "
             "of the previous repeat while no value has changed (`AbstractCircuitModule.cached`, as a repeated "
-            "render does); forward + backward rebuilds both every call.\n\n"
+            "render does); forward + backward rebuilds the matrices and their graph every call and reuses only "
+            "the Newton solution of the DC operating point (found without autograd; its implicit-function step "
+            "is rebuilt), which a training step, whose values have changed, finds again.\n\n"
             + out
             + "\n\nEarlier versions of this table (74–114×) timed ngspice through the Python harness, which writes a "
             "384,000-line input file and reads the raw file back: more than ngspice's own simulation. Issue 12's "

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import sys
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -15,6 +17,10 @@ from circuitsim.circuit.circuit import Circuit, ParamKind
 from circuitsim.errors import UnknownNameError, UsageError
 from circuitsim.solvers.dc import OperatingPointInfo, linear_point, operating_point
 from circuitsim.system.mna_system import DTYPE, MNAMatrices, MNATopology
+
+# the sizes of source arrays kept between calls (AbstractCircuitModule.source_values): smaller ones (an operating
+# point's) are joined afresh and leave the kept one alone; larger ones are not worth keeping alive
+SOURCE_BUFFER_MIN, SOURCE_BUFFER_BYTES = 1 << 15, 1 << 26
 
 
 @dataclass
@@ -82,6 +88,7 @@ class AbstractCircuitModule(nn.Module):
             self._owners.append((owner, last))
         self.diagnostics = Diagnostics()
         self._cache: dict[str, tuple[Any, Any]] = {}
+        self._source_buffer: tuple[tuple[float, ...], np.ndarray] | None = None  # (constants, array): source_values
 
     # ------------------------------------------------------------ parameters
     def parameter(self, name: str) -> nn.Parameter:
@@ -113,7 +120,7 @@ class AbstractCircuitModule(nn.Module):
     def leaves(self) -> dict[str, torch.Tensor]:
         return dict(zip(self._leaf_names, self._params()))
 
-    def cached(self, what: str, build: Callable[[], Any]) -> Any:
+    def cached(self, what: str, build: Callable[[], Any], detached: bool = False) -> Any:
         """``build()``, reused while no value has changed and no gradient is being recorded.
 
         Inference calls (streaming blocks, repeated renders) then skip re-deriving the matrices;
@@ -121,10 +128,11 @@ class AbstractCircuitModule(nn.Module):
         invalidates the cache.  With autograd recording, results are always rebuilt: keeping the graph
         and replaying it through one node per call (retain_graph) was measured on the FMV stack at
         0.03 of 1.41 ms per forward + backward at 64 samples and 0.12 of 7.1 ms at 192,000 (CPU time),
-        its backward costing about what the rebuild saves.
+        its backward costing about what the rebuild saves.  ``detached``: what ``build`` returns (and what
+        the caller keeps in it) carries no graph, so it is reused while gradients are recorded too.
         """
         leaves = self._params()
-        if torch.is_grad_enabled() and any(p.requires_grad for p in leaves):
+        if not detached and self._recording(leaves):
             return build()
         key = (what, self.sample_rate, tuple(p._version for p in leaves), tuple(id(p) for p in leaves))
         hit = self._cache.get(what)
@@ -134,17 +142,45 @@ class AbstractCircuitModule(nn.Module):
             self._cache[what] = hit
         return hit[1]
 
+    @staticmethod
+    def _recording(leaves: list[nn.Parameter]) -> bool:
+        """Whether autograd records a graph through the values now."""
+        return torch.is_grad_enabled() and any(p.requires_grad for p in leaves)
+
     def matrices(self) -> MNAMatrices:
         """The MNA matrices at the current parameter values (differentiable)."""
         return self.cached("mna", lambda: self.topology.assemble(self.leaves()))
 
     # ------------------------------------------------------------ signals
     def source_values(self, m: MNAMatrices, u: torch.Tensor) -> torch.Tensor:
-        """Independent source values per sample (batch, time, n_sources): channel 0 is ``u`` (volts)."""
+        """Independent source values per sample (batch, time, n_sources): channel 0 is ``u`` (volts).
+
+        With constant sources besides the input (supplies, bias), and neither ``u`` nor the values recording a
+        gradient, the array is a buffer kept between calls (``SOURCE_BUFFER_MIN`` to ``SOURCE_BUFFER_BYTES``
+        bytes): where no tensor or array of a previous call still refers to it and the constants are the same,
+        only channel 0 is written (a third of a fresh ``(batch, time, 3)`` join on the TS808 tone stage).
+        Not for two threads running one module at once (neither are the module's other caches).
+        """
         if m.sources.numel() == 1:  # only the input: a view, no copy
             return u.unsqueeze(-1)
-        rest = m.sources[1:].to(u.dtype).expand(*u.shape, -1)
-        return torch.cat([u.unsqueeze(-1), rest], dim=-1)
+        rest = m.sources[1:].to(u.dtype)
+        shape = (*u.shape, m.sources.numel())
+        if (u.dtype != DTYPE or (torch.is_grad_enabled() and (u.requires_grad or rest.requires_grad))
+                or not SOURCE_BUFFER_MIN <= 8 * math.prod(shape) <= SOURCE_BUFFER_BYTES):
+            return torch.cat([u.unsqueeze(-1), rest.expand(*u.shape, -1)], dim=-1)
+        key = tuple(rest.tolist())
+        held = self._source_buffer
+        # free: referred to by this attribute and getrefcount's argument only (a tensor from torch.from_numpy
+        # holds the array, so does every view of it)
+        if held is not None and held[0] == key and held[1].shape == shape and sys.getrefcount(held[1]) == 2:
+            buf = torch.from_numpy(held[1])
+            buf[..., 0] = u
+            return buf
+        arr = np.empty(shape)
+        buf = torch.from_numpy(arr)
+        torch.cat([u.unsqueeze(-1), rest.expand(*u.shape, -1)], dim=-1, out=buf)
+        self._source_buffer = (key, arr)
+        return buf
 
     def operating_point(self, u0: torch.Tensor | None = None) -> tuple[torch.Tensor, OperatingPointInfo]:
         """DC operating point for input value(s) ``u0`` (volts, shape (batch,)): unknowns (batch, n)."""
@@ -160,21 +196,37 @@ class AbstractCircuitModule(nn.Module):
         (:func:`~circuitsim.solvers.dc.linear_point`).  Otherwise Newton without autograd, then one
         implicit-function step (:meth:`MNATopology.implicit_step`) for the gradient.
         """
-        info = OperatingPointInfo()
-        x = linear_point(self.topology, m, s0, info)
+        def linear() -> tuple[torch.Tensor | None, OperatingPointInfo]:
+            info = OperatingPointInfo()
+            return linear_point(self.topology, m, s0, info), info
+
+        # both answers are functions of the values and s0 alone: kept (:meth:`cached`) while no value changes,
+        # per source vector.  The linear one only where no gradient is recorded (its solve carries the gradient;
+        # a repeated render skips a solve and the residual test, ~0.3 ms); Newton's, found without autograd,
+        # also where one is (a repeated forward + backward at the same values skips its ~14 iterations, 3-5 ms
+        # on the DS-1 booster; a training step, whose values changed, finds it again)
+        linear_ok = not self.topology.nonlinearity.n_outputs
+        x, info = self._memo_point("linear point", s0, linear, detached=False) if linear_ok else (None, None)
         if x is not None:
             return x, info
-        # Newton's answer is a function of the values and s0 alone: kept (:meth:`cached`) while no value
-        # changes and no gradient is recorded, per source vector (repeated renders skip its ~14 iterations)
-        memo = self.cached("operating point", dict)
+
+        def newton() -> tuple[torch.Tensor, OperatingPointInfo]:
+            with torch.no_grad():
+                return operating_point(self.topology, m, s0)
+
+        x, info = self._memo_point("operating point", s0, newton, detached=True)
+        return self.topology.implicit_step(m, x, m.G, m.Wi, s0 @ m.Bu.T), info
+
+    def _memo_point(self, what: str, s0: torch.Tensor, solve: Callable[[], tuple[Any, OperatingPointInfo]],
+                    detached: bool) -> tuple[Any, OperatingPointInfo]:
+        """``solve()``, kept per source vector ``s0`` in :meth:`cached` ``what`` (``detached``: as there)."""
+        memo = self.cached(what, dict, detached)
         hit = memo.get("op")
         if hit is not None and hit[0].shape == s0.shape and torch.equal(hit[0], s0):
-            x, info = hit[1], replace(hit[2])
-        else:
-            with torch.no_grad():
-                x, info = operating_point(self.topology, m, s0)
-            memo["op"] = (s0.detach().clone(), x, replace(info))
-        return self.topology.implicit_step(m, x, m.G, m.Wi, s0 @ m.Bu.T), info
+            return hit[1], replace(hit[2])
+        x, info = solve()
+        memo["op"] = (s0.detach().clone(), x, replace(info))
+        return x, info
 
     def dc_voltages(self, u0: float = 0.0) -> dict[str, float]:
         """Node voltages (volts) and source currents (amperes) at the DC operating point, by name."""

@@ -182,6 +182,18 @@ def _with_output(charge: torch.Tensor | None) -> torch.Tensor | None:
     return None if charge is None else torch.cat([torch.full_like(charge[:, :1], float("nan")), charge], dim=1)
 
 
+def _largest(u: torch.Tensor, sources: torch.Tensor) -> tuple[float, ...]:
+    """The largest ``|value|`` of each item (batch,) of ``source_values`` over input ``u`` (batch, T) and the
+    constant ``sources[1:]`` (volts / amperes): the max and min of the input alone, a pass over a third to
+    a half of the bytes of the source array on a circuit with one or two supplies."""
+    x = u.detach().numpy()
+    c = sources[1:].detach().numpy()
+    hi, lo = x.max(axis=1), x.min(axis=1)
+    if c.size:
+        hi, lo = np.maximum(hi, c.max()), np.minimum(lo, c.min())
+    return tuple(float(v) for v in np.maximum(hi, -lo))
+
+
 class DKModule(AbstractCircuitModule):
     """Nonlinear state-space (DK method) formulation with the compiled per-sample core.
 
@@ -206,8 +218,8 @@ class DKModule(AbstractCircuitModule):
         return m, self.cached("dk", lambda: dk_matrices(m, self.sample_rate, self._q))
 
     def _runner(self, m: MNAMatrices, d: DKMatrices, max_split: int, watch: bool, head: torch.Tensor | None = None,
-                charges: dict[int, torch.Tensor] | None = None, end_charges: bool = True
-                ) -> tuple[Runner, Remap]:
+                charges: dict[int, torch.Tensor] | None = None, end_charges: bool = True,
+                u_max: tuple[torch.Tensor, tuple[float, ...]] | None = None) -> tuple[Runner, Remap]:
         """The DK run of samples at ``split`` x the rate and the exact state map between two rates.
 
         A run's last sample also gives the charges ``c`` (:func:`charge_rows`).  With ``h = 2/T c + r``
@@ -224,7 +236,9 @@ class DKModule(AbstractCircuitModule):
         each run at the base rate puts the output and the charges ``c`` of all its samples into (batch, T,
         1 + Nc), by first sample (what :func:`local_error_splits` watches).  ``end_charges=False``: the
         run's end state is not kept (``forward``), so no sample needs the extra rows and the whole run is
-        one kernel call; its boundary has no charge and cannot be remapped.
+        one kernel call; its boundary has no charge and cannot be remapped.  ``u_max``: a source array and the
+        largest ``|value|`` in each of its items, passed to the kernel for a run over that whole array
+        (``core.forward``: no pass over it there).
         """
         fs, nl, ns = self.sample_rate, self.topology.nonlinearity, d.A.shape[0]
         mats: dict[tuple[int, bool], tuple[torch.Tensor, ...]] = {}
@@ -245,21 +259,29 @@ class DKModule(AbstractCircuitModule):
             # last where the end state is kept, else all
             cut = 0 if charges is not None else s.shape[1] - 1 if end_charges else s.shape[1]
             options = replace(base, bound=RANGE if 2 * split <= max_split else math.inf)
-            q, v, ys, stats = b.state, b.warm, [] if head is None else [head], []
+            q, v, ys, stats = b.state, b.warm, [], []
+            lead = head  # put before the first part's output: by the kernel itself where that part has no charge rows
             for rows, part, first in ((False, s[:, :cut], offset), (True, s[:, cut:], offset + cut)):
                 if part.shape[1] == 0:
                     continue
                 lin = matrices(split, rows)
+                um = u_max[1] if u_max is not None and s is u_max[0] and part.shape[1] == s.shape[1] else None
                 y, final, st = run_state_space(lin, m.theta, part, q, nl, sample_rate=split * fs, v_init=v,
-                                               sample_offset=first, options=options)
+                                               sample_offset=first, options=options,
+                                               head=None if rows else lead, u_max=um)
                 q, v = final["x"], final["v"]
+                if lead is not None and rows:
+                    ys.append(lead)
+                lead = None
                 ys.append(first_output(y))
                 stats.append(st)
                 if charges is not None and split == 1:
                     charges[first] = y[..., : 1 + ns]
             y_all = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
             charge = y[:, -1, 1 : 1 + ns] if end_charges or charges is not None else None
-            return y_all, Boundary(q, charge, v, s[:, -1]), merge_stats(stats)
+            # the last sources cloned: a view would keep the reusable source array busy while the state is held
+            # (AbstractCircuitModule.source_values)
+            return y_all, Boundary(q, charge, v, s[:, -1].clone()), merge_stats(stats)
 
         def remap(b: Boundary, k_from: int, k_to: int) -> Boundary:
             return Boundary(b.state + (2.0 * fs * (k_to - k_from)) * b.charge, b.charge, _ports(b.warm), b.sources)
@@ -293,7 +315,11 @@ class DKModule(AbstractCircuitModule):
         tol = self.max_local_error if max_split > 1 and rest.shape[1] else None
         charges: dict[int, torch.Tensor] | None = None if tol is None else {}
         try:  # the whole batch at once; substeps (item by item) only where Newton fails
-            run, _ = self._runner(m, d, max_split, watch=False, head=head, charges=charges, end_charges=keep_state)
+            # the input's range for the bound on |v| (core.forward), where there are port voltages to bound
+            newton = rest.shape[1] and self.topology.nonlinearity.n_ports
+            span = (rest, _largest(u[:, u.shape[1] - rest.shape[1] :], m.sources)) if newton else None
+            run, _ = self._runner(m, d, max_split, watch=False, head=head, charges=charges, end_charges=keep_state,
+                                  u_max=span)
             y, end, stats = run(1, rest, start, offset) if rest.shape[1] else (rest[..., 0], start, {})
             if not rest.shape[1] and head is not None:
                 y = head

@@ -122,60 +122,79 @@ class StepSpec:
     sample_rate: float | None = None
     sample_offset: int = 0
     n_lin: int = 8
+    u_max: tuple[float, ...] | None = None  # the largest |u| of each item, where known (core.forward)
 
-    def run(self, mats: Sequence[np.ndarray], theta: np.ndarray, u: np.ndarray, x0: np.ndarray, save: bool
-            ) -> core.ForwardResult:
-        """The compiled forward pass; raises :class:`NewtonError`."""
+    def run(self, mats: Sequence[np.ndarray], theta: np.ndarray, u: np.ndarray, x0: np.ndarray, save: bool,
+            head: np.ndarray | None = None) -> tuple[core.ForwardResult, np.ndarray]:
+        """The compiled forward pass and its output (batch, T, Ny); raises :class:`NewtonError`.
+
+        ``head`` (batch, Ny): an output row put before the run's, the output then (batch, 1 + T, Ny) with
+        the kernel writing its rows straight after it (``core.forward``'s ``y_out``: no join, no copy)."""
         zi = self.z_init
         zi = _np(zi) if isinstance(zi, torch.Tensor) else zi
-        res = core.forward(self.module, mats[: self.n_lin], mats[self.n_lin :], theta, u, x0, zi, self.options, save)
+        out = None
+        if head is not None:
+            out = np.empty((u.shape[0], 1 + u.shape[1], head.shape[-1]))
+            out[:, 0] = head
+        res = core.forward(self.module, mats[: self.n_lin], mats[self.n_lin :], theta, u, x0, zi, self.options, save,
+                           None if out is None else out[:, 1:], self.u_max)
         _raise_if_failed(res, self.sample_rate, self.sample_offset)
-        return res
+        return res, res.y if out is None else out
 
 
 class StepFunction(torch.autograd.Function):
-    """``y, x_final, warm, stats = StepFunction.apply(spec, theta, u, x0, A, ..., H, *P)``.
+    """``y, x_final, warm, stats = StepFunction.apply(spec, theta, u, x0, head, A, ..., H, *P)``.
 
-    Differentiable in ``theta``, ``u`` (batch, T, Nu), ``x0`` (batch, Nx) and every matrix
-    through ``y`` (batch, T, Ny) and ``x_final`` (batch, Nx).  ``warm`` (Newton warm start for
-    the next block) and ``stats`` are not differentiable.  Raises :class:`NewtonError`.
+    Differentiable in ``theta``, ``u`` (batch, T, Nu), ``x0`` (batch, Nx), ``head`` and every matrix
+    through ``y`` (batch, T, Ny) and ``x_final`` (batch, Nx).  ``head``: None, or an output row
+    (batch, Ny) put before the run's, ``y`` then (batch, 1 + T, Ny) (:meth:`StepSpec.run`).  ``warm``
+    (Newton warm start for the next block) and ``stats`` are not differentiable.  Raises
+    :class:`NewtonError`.
     """
 
     @staticmethod
     def forward(
-        ctx: Any, spec: StepSpec, theta: torch.Tensor, u: torch.Tensor, x0: torch.Tensor, *mats: torch.Tensor
+        ctx: Any, spec: StepSpec, theta: torch.Tensor, u: torch.Tensor, x0: torch.Tensor, head: torch.Tensor | None,
+        *mats: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         mats_np = tuple(_np(m) for m in mats)
         th, un = _np(theta), _np(u)
-        res = spec.run(mats_np, th, un, _np(x0), save=True)
+        res, y = spec.run(mats_np, th, un, _np(x0), save=True, head=None if head is None else _np(head))
         ctx.spec = spec
         ctx.arrays = (mats_np, th, un, res)
         ctx.save_for_backward(theta)
-        ctx.dtypes = (u.dtype, x0.dtype)
+        ctx.dtypes = (u.dtype, x0.dtype, None if head is None else head.dtype)
         warm = torch.from_numpy(res.warm)
         stats = torch.from_numpy(res.stats)
         ctx.mark_non_differentiable(warm, stats)
-        return torch.from_numpy(res.y), torch.from_numpy(res.x_final), warm, stats
+        return torch.from_numpy(y), torch.from_numpy(res.x_final), warm, stats
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor | None, gx: torch.Tensor | None, *_: Any) -> tuple[Any, ...]:
         mats, th, un, saved = ctx.arrays
         spec = ctx.spec
-        gy_np = np.zeros(saved.y.shape) if gy is None else _np(gy)
-        gx_np = None if gx is None else _np(gx)
         need = ctx.needs_input_grad
+        head = ctx.dtypes[2] is not None
+        # with a head row, the run's rows are gy[:, 1:] (a view; contiguous where batch = 1)
+        gy_np = np.zeros(saved.y.shape) if gy is None else _np(gy[:, 1:] if head else gy)
+        gx_np = None if gx is None else _np(gx)
         want_theta = bool(need[1])
         res = core.backward(
             spec.module, mats[: spec.n_lin], mats[spec.n_lin :], th, un, saved, gy_np, gx_np, spec.options, want_theta,
             want_du=bool(need[2]), want_mu=False,
         )
         (theta,) = ctx.saved_tensors
+        dhead = None
+        if need[4]:
+            dhead = (torch.zeros(saved.y.shape[0], saved.y.shape[2], dtype=ctx.dtypes[2]) if gy is None
+                     else gy[:, 0].to(ctx.dtypes[2]))
         return (
             None,
             torch.from_numpy(res.dtheta).to(theta.dtype).reshape(theta.shape) if want_theta else None,
             torch.from_numpy(res.du).to(ctx.dtypes[0]) if need[2] else None,
             torch.from_numpy(res.dx0).to(ctx.dtypes[1]) if need[3] else None,
-            *(torch.from_numpy(d) if n else None for d, n in zip(res.dmats, need[4:])),
+            dhead,
+            *(torch.from_numpy(d) if n else None for d, n in zip(res.dmats, need[5:])),
         )
 
 
@@ -185,7 +204,7 @@ StateSpaceFunction = StepFunction  # the name the DK code used
 def run_step(module: ModuleType, lin: Sequence[torch.Tensor], P: Sequence[torch.Tensor], theta: torch.Tensor,
         u: torch.Tensor, x0: torch.Tensor, *, sample_rate: float | None = None,
         z_init: torch.Tensor | np.ndarray | None = None, options: KernelOptions | None = None,
-        sample_offset: int = 0
+        sample_offset: int = 0, head: torch.Tensor | None = None, u_max: Sequence[float] | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
     """Run a formulation on the core; differentiable when any input requires grad (and grad mode is on).
 
@@ -195,7 +214,9 @@ def run_step(module: ModuleType, lin: Sequence[torch.Tensor], P: Sequence[torch.
     of a previous block (streaming: identical to one long run).  Returns ``y`` (batch, T, Ny),
     ``final = {"x": state (batch, Nx), "v": warm start}`` and Newton statistics.  Raises
     :class:`NewtonError` naming the sample (offset by ``sample_offset``) and the time (when
-    ``sample_rate`` in hertz is given).
+    ``sample_rate`` in hertz is given).  ``head`` (batch, Ny): an output row put before the run's (e.g.
+    the operating point's), ``y`` then (batch, 1 + T, Ny), written in place by the kernel (no join).
+    ``u_max``: the largest ``|u|`` of each item, where the caller knows it (``core.forward``).
     """
     if u.ndim != 3:
         raise ValueError(f"u must be (batch, T, Nu), got shape {tuple(u.shape)}")
@@ -203,15 +224,20 @@ def run_step(module: ModuleType, lin: Sequence[torch.Tensor], P: Sequence[torch.
         raise ValueError(f"expected the 8 linear maps A..H, got {len(lin)}")
     if x0.ndim == 1:
         x0 = x0.expand(u.shape[0], x0.shape[0])
-    spec = StepSpec(module, options or DEFAULT_OPTIONS, z_init, sample_rate, sample_offset)
+    spec = StepSpec(module, options or DEFAULT_OPTIONS, z_init, sample_rate, sample_offset,
+                    u_max=None if u_max is None else tuple(u_max))
     mats = (*lin, *P)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (theta, u, x0, *mats)):
-        y, xT, warm, st = StepFunction.apply(spec, theta, u, x0, *mats)
+    if head is not None and head.shape != (u.shape[0], lin[3].shape[0]):
+        raise ValueError(f"head must be (batch, Ny) = {(u.shape[0], lin[3].shape[0])}, got {tuple(head.shape)}")
+    args = (theta, u, x0, *mats) if head is None else (theta, u, x0, head, *mats)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in args):
+        y, xT, warm, st = StepFunction.apply(spec, theta, u, x0, head, *mats)
         stats = st.numpy()
     else:
-        res = spec.run(tuple(_np(m) for m in mats), _np(theta), _np(u), _np(x0), save=False)
-        y, xT, warm, stats = (torch.from_numpy(a) for a in (res.y, res.x_final, res.warm, res.stats))
-        stats = stats.numpy()
+        res, yn = spec.run(tuple(_np(m) for m in mats), _np(theta), _np(u), _np(x0), save=False,
+                           head=None if head is None else _np(head))
+        y, xT, warm = (torch.from_numpy(a) for a in (yn, res.x_final, res.warm))
+        stats = res.stats
     return y, {"x": xT, "v": warm}, stats_dict(stats)
 
 
@@ -227,7 +253,8 @@ def _matrices(matrices: Sequence[torch.Tensor] | Mapping[str, torch.Tensor]) -> 
 def run_state_space(matrices: Sequence[torch.Tensor] | Mapping[str, torch.Tensor], theta: torch.Tensor,
         u: torch.Tensor, x0: torch.Tensor, nonlinearity: Nonlinearity, *, sample_rate: float | None = None,
         v_init: torch.Tensor | np.ndarray | None = None, options: KernelOptions | None = None,
-        sample_offset: int = 0, module: ModuleType | None = None
+        sample_offset: int = 0, module: ModuleType | None = None, head: torch.Tensor | None = None,
+        u_max: Sequence[float] | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
     """Run the DK recursion (:mod:`circuitsim.kernels.statespace`) on the core; differentiable.
 
@@ -238,13 +265,14 @@ def run_state_space(matrices: Sequence[torch.Tensor] | Mapping[str, torch.Tensor
     start}`` and Newton statistics.  Raises :class:`NewtonError` naming the sample (offset by
     ``sample_offset``) and the time (when ``sample_rate`` in hertz is given).  ``module``: a
     generated DK module of ``nonlinearity`` other than its own (``codegen.dk_module``), e.g. one
-    built by ``codegen.step_module(nl.nb_source, statespace.dk_step(nl, max_omega))``.
+    built by ``codegen.step_module(nl.nb_source, statespace.dk_step(nl, max_omega))``.  ``head``, ``u_max``:
+    as :func:`run_step`'s.
     """
     mats = _matrices(matrices)
     check_matrices(nonlinearity, mats, theta.numel())
     return run_step(
         module or codegen.dk_module(nonlinearity), mats[:8], mats[8:], theta, u, x0,
-        sample_rate=sample_rate, z_init=v_init, options=options, sample_offset=sample_offset,
+        sample_rate=sample_rate, z_init=v_init, options=options, sample_offset=sample_offset, head=head, u_max=u_max,
     )
 
 

@@ -859,7 +859,7 @@ def saved_states(options: KernelOptions, mode: int, T: int) -> int:
 
 def forward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarray], theta: np.ndarray,
         u: np.ndarray, x0: np.ndarray, z_init: np.ndarray | None = None, options: KernelOptions | None = None,
-        save: bool = True
+        save: bool = True, y_out: np.ndarray | None = None, u_max: Sequence[float] | None = None
 ) -> ForwardResult:
     """Run a formulation's recursion over ``u`` (batch, T, Nu) from states ``x0`` (batch, Nx).
 
@@ -868,7 +868,11 @@ def forward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarra
     of ``z`` and the states for :func:`backward` (every state within ``options.state_budget``,
     else one per ``options.checkpoint`` samples).  Pass ``ForwardResult.warm`` and
     ``x_final`` of one block as ``z_init`` and ``x0`` of the next for streaming: the result is
-    identical to one long run.  Newton failures are reported in ``stats`` (never raised).
+    identical to one long run.  Newton failures are reported in ``stats`` (never raised); the outputs of
+    an item from its failing sample on are NaN.  ``y_out``: a float64 array (batch, T, Ny) whose items
+    ``y_out[b]`` are C-contiguous (e.g. ``buf[:, 1:]`` of a ``(batch, 1 + T, Ny)`` buffer), written in
+    place of a new one: the caller's layout without a copy.  ``u_max``: the largest ``|u|`` of each item where
+    the caller knows it (the bound on ``|z|``, ``options.bound``, scales with it): saves a pass over ``u``.
     """
     options = options or KernelOptions()
     lin = tuple(_c(m) for m in lin)
@@ -881,7 +885,13 @@ def forward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarra
     warm, given = warm_state(z_init, batch, nz)
     mode = save_mode(options, save, batch, T, nx)
     fopt, iopt = options.arrays(mode, bool(given))
-    y = np.zeros((batch, T, ny))
+    if y_out is None:
+        y = np.empty((batch, T, ny))  # every row written by the run (the rows after a failure: NaN, below)
+    else:
+        y = y_out
+        if y.shape != (batch, T, ny) or y.dtype != np.float64 or not all(y[b].flags.c_contiguous for b in range(batch)):
+            raise ValueError(f"y_out must be float64 ({batch}, {T}, {ny}) with C-contiguous items, got "
+                             f"{y.dtype} {y.shape}")
     ztraj = np.empty((batch, T if save else 0, nz))  # every row written by the run (np.empty: no page zeroing)
     ckpt = np.empty((batch, saved_states(options, mode, T), nx))
     xfin = np.zeros((batch, nx))
@@ -893,7 +903,7 @@ def forward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarra
     if math.isfinite(options.bound) and nz > 0 and u.size:  # each item's largest input, for the bound on |z|
         fopts = [fopt.copy() for _ in range(batch)]
         for b, f in enumerate(fopts):
-            f[F_UMAX] = max(1.0, float(u[b].max()), -float(u[b].min()))
+            f[F_UMAX] = max(1.0, float(u[b].max()), -float(u[b].min())) if u_max is None else max(1.0, float(u_max[b]))
     lin_t = tuple(np.ascontiguousarray(m.T) for m in lin)  # forward_segment reads A' ... H' row by row (tmv3)
     items = [
         (lin_t, P, theta, (u[b], y[b], ztraj[b], ckpt[b]), x0[b], xfin[b], warm[b], warm_out[b], stats[b], fopts[b],
@@ -909,6 +919,9 @@ def forward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarra
     if redo:
         module._need_fallbacks = True
         run_items(module.forward_item_full, redo, options.threads)
+    for b, st in enumerate(stats):
+        if st[ST_FAIL] >= 0:
+            y[b, st[ST_FAIL] :] = math.nan  # rows the run did not reach
     return ForwardResult(y, xfin, warm_out, stats, ztraj if save else None, ckpt if save else None)
 
 
