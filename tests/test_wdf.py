@@ -47,6 +47,19 @@ def test_wdf_is_the_dk_system(path: Path) -> None:
         assert _rel(y_w, y_d) < 1e-9, (path.stem, name, _rel(y_w, y_d))
 
 
+@pytest.mark.parametrize("stem", ["diode_clipper", "fmv_tonestack", "bjt_common_emitter"])
+def test_short_inputs_match_dk(stem: str) -> None:
+    """One, two and three samples: the operating point's output, then the run's (a one-sample input runs
+    no sample after the operating point: it used to read as a Newton failure at sample 1)."""
+    wdf, dk = load(ROOT / "netlists" / f"{stem}.cir", "wdf", FS), load(ROOT / "netlists" / f"{stem}.cir", "dk", FS)
+    for n in (1, 2, 3):
+        x = torch.linspace(0.0, 0.2, n, dtype=torch.float64).unsqueeze(0)
+        with torch.no_grad():
+            y_w, y_d = wdf(x), dk(x)
+        assert y_w.shape == y_d.shape == (1, n)
+        assert torch.allclose(y_w, y_d, rtol=0, atol=1e-9 * max(1.0, float(y_d.abs().max()))), (stem, n)
+
+
 def test_fmv_pot_settings_and_streaming() -> None:
     """FMV at several pot settings (the R-type re-adapts), and block streaming equals one call."""
     path = ROOT / "netlists" / "fmv_tonestack.cir"

@@ -897,7 +897,8 @@ def forward(module: ModuleType, lin: Sequence[np.ndarray], P: Sequence[np.ndarra
     xfin = np.zeros((batch, nx))
     warm_out = np.zeros_like(warm)
     stats = np.zeros((batch, N_STATS), dtype=np.int64)
-    if T == 0:
+    if T == 0:  # no sample run: none failed (the kernels set ST_FAIL to -1 themselves)
+        stats[:, ST_FAIL] = -1
         return ForwardResult(y, x0.copy(), warm, stats, ztraj if save else None, ckpt if save else None)
     fopts = [fopt] * batch
     if math.isfinite(options.bound) and nz > 0 and u.size:  # each item's largest input, for the bound on |z|

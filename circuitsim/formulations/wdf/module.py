@@ -65,11 +65,13 @@ class WDFModule(AbstractCircuitModule):
             f_op = nl.torch_eval(v_op, m.theta) if self.layout.charges else x_op[:, :0]
             x0 = initial_state(self.tree, self.topology, ad, self.layout, x_op, f_op, self.sample_rate)
             y0 = (x_op @ m.out).unsqueeze(1)
+            mats = w.as_tuple()
+            one_row = mats[3].shape[0] == 1  # the kernel writes after the head row itself (no full-length cat)
             y, final, stats = run_state_space(
-                w.as_tuple(), m.theta, s[:, 1:], x0, nl, sample_rate=self.sample_rate,
-                v_init=v_op.detach(), sample_offset=1, module=self.kernel(),
+                mats, m.theta, s[:, 1:], x0, nl, sample_rate=self.sample_rate,
+                v_init=v_op.detach(), sample_offset=1, module=self.kernel(), head=y0 if one_row else None,
             )
-            y = torch.cat([y0, first_output(y)], dim=1)
+            y = first_output(y) if one_row else torch.cat([y0, first_output(y)], dim=1)
         else:
             y, final, stats = run_state_space(
                 w.as_tuple(), m.theta, s, state.q, nl, sample_rate=self.sample_rate,
